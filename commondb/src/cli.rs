@@ -1,0 +1,331 @@
+//! The command line every executable shares: one mode flag per call, the task's arguments, and
+//! the global options.
+//!
+//! The command is built from the task's `clap::Args` at run time, so `--help` shows the task's
+//! verb and arguments next to the harness's modes. Nothing else happens before parsing, so
+//! `--help` and `--version` cost no more than clap itself.
+
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Args, Command};
+
+use crate::task::Task;
+
+/// The mode of one call: exactly one per call.
+#[derive(Debug)]
+pub(crate) enum Mode<A> {
+    /// The task itself (`--create` for `create-user`), with its arguments.
+    Task(A),
+    /// `--self-setup`.
+    Setup,
+    /// `--self-test`.
+    Test,
+    /// `--self-cleanup`, confirmed in advance with `--yes` or not.
+    Cleanup { yes: bool },
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+pub(crate) struct Invocation<A> {
+    pub mode: Mode<A>,
+    pub json: bool,
+    pub verbosity: i8,
+    pub config: Option<PathBuf>,
+}
+
+const SETUP: &str = "self-setup";
+const TEST: &str = "self-test";
+const CLEANUP: &str = "self-cleanup";
+const MODES: &str = "mode";
+const TASK_ARGS: &str = "task-arguments";
+
+/// The task's command.
+pub(crate) fn command<T: Task>() -> Command {
+    let flag = |id: &'static str, help: String| {
+        Arg::new(id)
+            .long(id)
+            .action(ArgAction::SetTrue)
+            .help(help)
+            .help_heading("Modes (exactly one)")
+    };
+    let cmd = Command::new(T::NAME)
+        .version(T::VERSION)
+        .about(T::ABOUT)
+        .arg_required_else_help(true)
+        // Help and version are declared below, so that they sit with the other options.
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .after_help(
+            "Exit codes: 0 success, 1 check failed or declined, 2 usage, 65 invalid input, \
+             69 database unavailable, 70 internal error, 73 already exists, 75 temporary failure \
+             (retry), 77 permission denied, 78 configuration or setup needed.",
+        )
+        .arg(flag(
+            T::VERB,
+            format!(
+                "{}: the task itself, with the task arguments below",
+                T::ABOUT
+            ),
+        ))
+        .arg(flag(
+            SETUP,
+            "Create the database and apply the schema (idempotent)".into(),
+        ))
+        .arg(flag(
+            TEST,
+            "Run the built-in tests on a throwaway database".into(),
+        ))
+        .arg(flag(
+            CLEANUP,
+            "Remove the database that setup made (asks first; backups are kept)".into(),
+        ))
+        .group(
+            ArgGroup::new(MODES)
+                .args([T::VERB, SETUP, TEST, CLEANUP])
+                .required(true)
+                .multiple(false),
+        )
+        .next_help_heading("Options")
+        .arg(
+            Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(ArgAction::Help)
+                .help("Print help"),
+        )
+        .arg(
+            Arg::new("version")
+                .short('V')
+                .long("version")
+                .action(ArgAction::Version)
+                .help("Print version"),
+        )
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Print the result as one JSON document on stdout"),
+        )
+        .arg(
+            Arg::new("verbose")
+                .short('v')
+                .long("verbose")
+                .action(ArgAction::Count)
+                .conflicts_with("quiet")
+                .help("Say more on stderr"),
+        )
+        .arg(
+            Arg::new("quiet")
+                .short('q')
+                .long("quiet")
+                .action(ArgAction::SetTrue)
+                .help("Print nothing on stderr but errors"),
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Read this configuration file after the system and user ones"),
+        )
+        .arg(
+            Arg::new("yes")
+                .long("yes")
+                .action(ArgAction::SetTrue)
+                .conflicts_with_all([T::VERB, SETUP, TEST])
+                .help("Confirm --self-cleanup without asking"),
+        );
+    let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+    let cmd = T::Args::augment_args(
+        cmd.next_help_heading(format!("Task arguments (with --{})", T::VERB)),
+    );
+    let task_args: Vec<_> = cmd
+        .get_arguments()
+        .filter(|a| !ours.contains(a.get_id()))
+        .map(|a| a.get_id().clone())
+        .collect();
+    let usage = usage(&cmd, &task_args, T::VERB);
+    // The task's arguments belong to the task mode: required there, refused with the others.
+    cmd.mut_args(|a| {
+        if task_args.contains(a.get_id()) && a.is_required_set() {
+            a.required(false).required_if_eq(T::VERB, "true")
+        } else {
+            a
+        }
+    })
+    .group(ArgGroup::new(TASK_ARGS).args(&task_args).multiple(true))
+    .mut_arg(SETUP, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(TEST, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(CLEANUP, |a| a.conflicts_with(TASK_ARGS))
+    .override_usage(usage)
+}
+
+/// The usage lines: the task mode with its arguments, and the self modes.
+fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
+    let name = cmd.get_name();
+    let mut task = format!("{name} [OPTIONS] --{verb}");
+    for arg in cmd
+        .get_arguments()
+        .filter(|a| task_args.contains(a.get_id()))
+    {
+        let Some(long) = arg.get_long() else { continue };
+        let value = match arg.get_value_names() {
+            Some([first, ..]) if arg.get_action().takes_values() => format!(" <{first}>"),
+            _ => String::new(),
+        };
+        if arg.is_required_set() {
+            task.push_str(&format!(" --{long}{value}"));
+        } else {
+            task.push_str(&format!(" [--{long}{value}]"));
+        }
+    }
+    format!("{task}\n       {name} [OPTIONS] --self-setup | --self-test | --self-cleanup [--yes]")
+}
+
+/// Parses the process's arguments; prints usage and exits on a usage error, `--help` or
+/// `--version`.
+pub(crate) fn parse<T: Task>() -> Invocation<T::Args> {
+    let matches = command::<T>().get_matches();
+    match invocation::<T>(&matches) {
+        Ok(inv) => inv,
+        Err(e) => e.format(&mut command::<T>()).exit(),
+    }
+}
+
+/// Parses a list of arguments (the first is the program name), for tests.
+#[cfg(test)]
+pub(crate) fn try_parse<T: Task, I: IntoIterator<Item = &'static str>>(
+    args: I,
+) -> Result<Invocation<T::Args>, clap::Error> {
+    let matches = command::<T>().try_get_matches_from(args)?;
+    invocation::<T>(&matches)
+}
+
+fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Error> {
+    let mode = if m.get_flag(T::VERB) {
+        Mode::Task(<T::Args as clap::FromArgMatches>::from_arg_matches(m)?)
+    } else if m.get_flag(SETUP) {
+        Mode::Setup
+    } else if m.get_flag(TEST) {
+        Mode::Test
+    } else {
+        Mode::Cleanup {
+            yes: m.get_flag("yes"),
+        }
+    };
+    let verbosity = if m.get_flag("quiet") {
+        -1
+    } else {
+        i8::try_from(m.get_count("verbose")).unwrap_or(i8::MAX)
+    };
+    Ok(Invocation {
+        mode,
+        json: m.get_flag("json"),
+        verbosity,
+        config: m.get_one::<PathBuf>("config").cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NoteArgs, Notes};
+    use clap::error::ErrorKind as K;
+
+    fn parse(args: &[&'static str]) -> Result<Invocation<NoteArgs>, clap::Error> {
+        try_parse::<Notes, _>(std::iter::once("notes").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command::<Notes>().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_prints_the_usage_and_is_a_usage_error() {
+        let e = parse(&[]).unwrap_err();
+        assert_eq!(e.kind(), K::DisplayHelpOnMissingArgumentOrSubcommand);
+        assert_eq!(e.exit_code(), 2);
+        let help = command::<Notes>().render_help().to_string();
+        for mode in ["--add", "--self-setup", "--self-test", "--self-cleanup"] {
+            assert!(help.contains(mode), "{mode} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn the_verb_takes_the_task_arguments() {
+        let inv = parse(&["--add", "--text", "hi", "--json", "-vv"]).unwrap();
+        let Mode::Task(args) = inv.mode else {
+            panic!("not the task mode")
+        };
+        assert_eq!(args.text, "hi");
+        assert!(inv.json);
+        assert_eq!(inv.verbosity, 2);
+    }
+
+    #[test]
+    fn the_verb_without_its_required_arguments_is_refused() {
+        assert_eq!(
+            parse(&["--add"]).unwrap_err().kind(),
+            K::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn self_modes_need_no_task_arguments_and_refuse_them() {
+        assert!(matches!(
+            parse(&["--self-setup"]).unwrap().mode,
+            Mode::Setup
+        ));
+        assert!(matches!(
+            parse(&["--self-test", "-q"]).unwrap().mode,
+            Mode::Test
+        ));
+        assert!(matches!(
+            parse(&["--self-cleanup", "--yes"]).unwrap().mode,
+            Mode::Cleanup { yes: true }
+        ));
+        let e = parse(&["--self-setup", "--text", "x"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+    }
+
+    #[test]
+    fn exactly_one_mode_per_call() {
+        let e = parse(&["--self-setup", "--self-test"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+        let e = parse(&["--json"]).unwrap_err();
+        assert_eq!(e.kind(), K::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn yes_only_confirms_cleanup() {
+        let e = parse(&["--add", "--text", "x", "--yes"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+        assert!(matches!(
+            parse(&["--self-cleanup"]).unwrap().mode,
+            Mode::Cleanup { yes: false }
+        ));
+    }
+
+    #[test]
+    fn quiet_and_verbose_exclude_each_other() {
+        assert_eq!(parse(&["--self-test", "-q"]).unwrap().verbosity, -1);
+        assert_eq!(
+            parse(&["--self-test", "-q", "-v"]).unwrap_err().kind(),
+            K::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn the_usage_shows_the_task_line_and_the_self_modes() {
+        let usage = command::<Notes>().render_usage().to_string();
+        assert!(
+            usage.contains("notes [OPTIONS] --add --text <TEXT> [--secret-stdin]"),
+            "{usage}"
+        );
+        assert!(
+            usage.contains("--self-setup | --self-test | --self-cleanup"),
+            "{usage}"
+        );
+    }
+}

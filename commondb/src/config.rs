@@ -1,0 +1,300 @@
+//! Layered configuration: one typed [`Settings`] struct.
+//!
+//! Layers, later ones winning: built-in defaults, the system files
+//! (`/etc/commondb/config.toml`, then `/etc/commondb/<executable>.toml`), the user's files
+//! (`$XDG_CONFIG_HOME/commondb/config.toml`, then `<executable>.toml` beside it), the file
+//! named by `--config FILE`, and last the environment variables prefixed `COMMONDB_`
+//! (`COMMONDB_DATABASE_URL`, `COMMONDB_DATA_DIR`, `COMMONDB_TASK__ARGON2_MEMORY_KIB`: a double
+//! underscore goes one table down). The `<executable>.toml` files let several executables share
+//! one `config.toml` and still differ where they need to.
+//!
+//! Secrets are not configuration: they live in the files of [`crate::secrets`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The prefix of the environment variables that configure every executable.
+pub const ENV_PREFIX: &str = "COMMONDB";
+
+/// Where system-wide configuration lives.
+pub const SYSTEM_DIR: &str = "/etc/commondb";
+
+/// Every setting an executable reads, after all layers are merged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The database to use. Unset means the embedded default: a SQLite file named after the
+    /// executable in `data_dir`. A URL with a password belongs in the app secrets file instead.
+    pub database_url: Option<String>,
+    /// Where the embedded database (and, by default, its backups) live.
+    pub data_dir: PathBuf,
+    /// Where the secrets files live: `admin.toml` and `<executable>.toml`.
+    pub secrets_dir: PathBuf,
+    /// How long a SQLite statement waits for a lock held by another process before it gives up
+    /// with exit 75.
+    pub busy_timeout_ms: u64,
+    /// How long setup and cleanup wait for another process's setup or cleanup to finish.
+    pub lock_timeout_ms: u64,
+    /// SQLite's `synchronous` setting: `full` makes every commit durable against power loss.
+    pub synchronous: Synchronous,
+    /// The task's own settings (the `[task]` table), read by the task as its `Settings` type.
+    #[serde(default)]
+    pub task: serde_json::Value,
+}
+
+/// SQLite's `PRAGMA synchronous` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// No syncs; a power loss may corrupt the database.
+    Off,
+    /// In WAL mode, durable against a crash of the program, not of the machine.
+    Normal,
+    /// Every commit is synced to disk.
+    Full,
+    /// Like `full`, and the directory is synced too.
+    Extra,
+}
+
+impl Synchronous {
+    /// The pragma value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+impl Settings {
+    /// The task's own settings, from the `[task]` table; its defaults where the table is absent.
+    pub fn task_settings<S: serde::de::DeserializeOwned + Default>(&self) -> Result<S> {
+        if self.task.is_null() {
+            return Ok(S::default());
+        }
+        serde_json::from_value(self.task.clone()).map_err(|e| {
+            Error::config(format!("the [task] settings are not valid: {e}")).hint(
+                "fix the [task] table of your configuration file or the COMMONDB_TASK__* variables",
+            )
+        })
+    }
+}
+
+/// The files and environment that [`load`] merges, in order.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Files in increasing priority, each with whether it must exist.
+    pub files: Vec<(PathBuf, bool)>,
+    /// The environment to read; `None` reads the process's own.
+    pub env: Option<HashMap<String, String>>,
+    /// The default data directory, if one could be found.
+    pub default_data_dir: Option<PathBuf>,
+    /// The default secrets directory, if one could be found.
+    pub default_secrets_dir: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The standard layers for executable `exe`, with the file given by `--config`, if any.
+    pub fn standard(exe: &str, explicit: Option<&Path>) -> Self {
+        let dirs = directories::ProjectDirs::from("", "", "commondb");
+        let system = Path::new(SYSTEM_DIR);
+        let mut files = vec![
+            (system.join("config.toml"), false),
+            (system.join(format!("{exe}.toml")), false),
+        ];
+        if let Some(d) = &dirs {
+            files.push((d.config_dir().join("config.toml"), false));
+            files.push((d.config_dir().join(format!("{exe}.toml")), false));
+        }
+        if let Some(path) = explicit {
+            files.push((path.to_path_buf(), true));
+        }
+        Sources {
+            files,
+            env: None,
+            default_data_dir: dirs.as_ref().map(|d| d.data_dir().to_path_buf()),
+            default_secrets_dir: dirs.as_ref().map(|d| d.config_dir().join("secrets")),
+        }
+    }
+}
+
+/// Merges the layers of `sources` into [`Settings`].
+pub fn load(sources: &Sources) -> Result<Settings> {
+    let mut builder = ::config::Config::builder()
+        .set_default("busy_timeout_ms", 5_000)
+        .and_then(|b| b.set_default("lock_timeout_ms", 30_000))
+        .and_then(|b| b.set_default("synchronous", "full"))
+        .map_err(internal)?;
+    if let Some(dir) = &sources.default_data_dir {
+        builder = builder
+            .set_default("data_dir", dir.to_string_lossy().as_ref())
+            .map_err(internal)?;
+    }
+    if let Some(dir) = &sources.default_secrets_dir {
+        builder = builder
+            .set_default("secrets_dir", dir.to_string_lossy().as_ref())
+            .map_err(internal)?;
+    }
+    for (path, required) in &sources.files {
+        if *required && !path.is_file() {
+            return Err(Error::config(format!(
+                "configuration file {} does not exist or is not a file",
+                path.display()
+            ))
+            .hint("check the path given to --config"));
+        }
+        builder = builder.add_source(
+            ::config::File::new(&path.to_string_lossy(), ::config::FileFormat::Toml)
+                .required(false),
+        );
+    }
+    builder = builder.add_source(
+        ::config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .ignore_empty(true)
+            .try_parsing(true)
+            .source(sources.env.clone()),
+    );
+    let config = builder.build().map_err(config_error)?;
+    let settings: Settings = config.try_deserialize().map_err(config_error)?;
+    Ok(settings)
+}
+
+fn config_error(e: ::config::ConfigError) -> Error {
+    let missing_home = matches!(&e, ::config::ConfigError::Message(m) if m.contains("data_dir") || m.contains("secrets_dir"));
+    let hint = if missing_home {
+        "no home directory was found: set COMMONDB_DATA_DIR and COMMONDB_SECRETS_DIR"
+    } else {
+        "fix the setting named above in your configuration files or COMMONDB_* environment variables"
+    };
+    Error::config(format!("configuration is not valid: {e}")).hint(hint)
+}
+
+fn internal(e: ::config::ConfigError) -> Error {
+    Error::internal(format!("building the configuration defaults failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn sources(dir: &Path, files: &[(&str, &str)], env: &[(&str, &str)]) -> Sources {
+        let files = files
+            .iter()
+            .map(|(name, body)| {
+                let p = dir.join(name);
+                std::fs::write(&p, body).unwrap();
+                (p, false)
+            })
+            .collect();
+        Sources {
+            files,
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            default_data_dir: Some(dir.join("data")),
+            default_secrets_dir: Some(dir.join("secrets")),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = load(&sources(dir.path(), &[], &[])).unwrap();
+        assert_eq!(s.database_url, None);
+        assert_eq!(s.data_dir, dir.path().join("data"));
+        assert_eq!(s.busy_timeout_ms, 5_000);
+        assert_eq!(s.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones_and_the_environment_overrides_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(
+            dir.path(),
+            &[
+                (
+                    "system.toml",
+                    "busy_timeout_ms = 1\ndata_dir = \"/sys\"\nsynchronous = \"off\"",
+                ),
+                ("user.toml", "busy_timeout_ms = 2\ndata_dir = \"/user\""),
+                ("explicit.toml", "busy_timeout_ms = 3"),
+            ],
+            &[
+                ("COMMONDB_DATA_DIR", "/env"),
+                ("OTHER_DATA_DIR", "/ignored"),
+            ],
+        );
+        let s = load(&src).unwrap();
+        assert_eq!(s.busy_timeout_ms, 3);
+        assert_eq!(s.data_dir, PathBuf::from("/env"));
+        assert_eq!(s.synchronous, Synchronous::Off);
+    }
+
+    #[test]
+    fn database_url_and_task_tables_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(
+            dir.path(),
+            &[("a.toml", "[task]\nargon2_memory_kib = 64\nother = \"x\"")],
+            &[
+                ("COMMONDB_DATABASE_URL", "sqlite:///tmp/x.db"),
+                ("COMMONDB_TASK__ARGON2_MEMORY_KIB", "8"),
+            ],
+        );
+        let s = load(&src).unwrap();
+        assert_eq!(s.database_url.as_deref(), Some("sqlite:///tmp/x.db"));
+        assert_eq!(s.task["argon2_memory_kib"], 8);
+        assert_eq!(s.task["other"], "x");
+    }
+
+    #[test]
+    fn an_unknown_setting_is_a_configuration_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(dir.path(), &[("a.toml", "databse_url = \"x\"")], &[]);
+        let e = load(&src).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("databse_url"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_badly_typed_environment_value_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(dir.path(), &[], &[("COMMONDB_BUSY_TIMEOUT_MS", "soon")]);
+        let e = load(&src).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("busy_timeout_ms"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = sources(dir.path(), &[], &[]);
+        src.files.push((dir.path().join("nope.toml"), true));
+        let e = load(&src).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("nope.toml"));
+    }
+
+    #[test]
+    fn task_settings_default_when_the_table_is_absent() {
+        #[derive(Deserialize, Default, Debug, PartialEq)]
+        struct T {
+            #[serde(default)]
+            n: u32,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = load(&sources(dir.path(), &[], &[])).unwrap();
+        assert_eq!(s.task_settings::<T>().unwrap(), T::default());
+    }
+}

@@ -1,0 +1,127 @@
+//! `--self-setup`: create what the task needs, idempotently, under a lock.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::schema::{self, MigrationInfo, SchemaState};
+use super::sqlite::{self, DirLock};
+use super::{Backend, Conn, Location, Migrations, Target};
+use crate::error::{Error, Result};
+use crate::secrets;
+
+/// What setup did, for people and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupReport {
+    /// The backend set up.
+    pub backend: Backend,
+    /// Where the database is (without credentials).
+    pub database: String,
+    /// Whether this run created the database.
+    pub created: bool,
+    /// The migrations this run applied (empty when the schema was current).
+    pub applied: Vec<MigrationInfo>,
+    /// The schema version now.
+    pub schema_version: i64,
+    /// Where the secrets files live.
+    pub secrets_dir: PathBuf,
+}
+
+impl SetupReport {
+    /// Whether the run changed nothing.
+    pub fn unchanged(&self) -> bool {
+        !self.created && self.applied.is_empty()
+    }
+}
+
+impl SetupReport {
+    /// One line for stderr when a task mode set the embedded database up on the user's behalf.
+    pub fn summary(&self) -> String {
+        if self.created {
+            format!(
+                "first use: created the database {} (schema version {}); --self-setup does this explicitly",
+                self.database, self.schema_version
+            )
+        } else {
+            format!(
+                "applied {} pending migration(s) to {} (schema version {})",
+                self.applied.len(),
+                self.database,
+                self.schema_version
+            )
+        }
+    }
+}
+
+impl fmt::Display for SetupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unchanged() {
+            writeln!(f, "already set up: nothing to do")?;
+        } else {
+            writeln!(f, "set up on {}", self.backend.name())?;
+        }
+        let state = if self.created { " (created)" } else { "" };
+        writeln!(f, "  database: {}{state}", self.database)?;
+        write!(f, "  schema:   version {}", self.schema_version)?;
+        match self.applied.len() {
+            0 => writeln!(f, ", no pending migrations")?,
+            n => {
+                let names: Vec<_> = self
+                    .applied
+                    .iter()
+                    .map(|m| m.description.as_str())
+                    .collect();
+                writeln!(f, ", applied {n} migration(s): {}", names.join(", "))?;
+            }
+        }
+        write!(f, "  secrets:  {}", self.secrets_dir.display())?;
+        if self.backend == Backend::Sqlite {
+            write!(f, " (SQLite needs none)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets up `target` for `migrations`: creates the database if it is missing and applies the
+/// pending migrations. Safe to run many times and from many processes at once.
+pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<SetupReport> {
+    match &target.location {
+        Location::Sqlite(path) => setup_sqlite(target, path, migrations).await,
+    }
+}
+
+async fn setup_sqlite(
+    target: &Target,
+    path: &Path,
+    migrations: &Migrations,
+) -> Result<SetupReport> {
+    let settings = &target.settings;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    secrets::create_private_dir(dir)?;
+    let _lock = DirLock::acquire(dir, Duration::from_millis(settings.lock_timeout_ms)).await?;
+    let created = sqlite::create_file(path)?;
+    let mut sqlite = sqlite::connect(path, settings).await?;
+    // WAL lets readers run beside the one writer; the mode is stored in the file, so it is set
+    // once here and not on every connect.
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut sqlite)
+        .await?;
+    let mut conn = Conn::Sqlite(sqlite);
+    let applied = schema::migrate(&mut conn, migrations).await?;
+    let SchemaState::Current { version } = schema::check(&mut conn, migrations).await? else {
+        return Err(Error::internal(
+            "after applying the migrations the schema still differs from this program's",
+        ));
+    };
+    conn.close().await?;
+    Ok(SetupReport {
+        backend: Backend::Sqlite,
+        database: target.location.to_string(),
+        created,
+        applied,
+        schema_version: version,
+        secrets_dir: settings.secrets_dir.clone(),
+    })
+}

@@ -1,0 +1,212 @@
+//! The embedded default: a SQLite file, private to its owner, in WAL mode.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+use super::Location;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// The files SQLite keeps beside a database in WAL mode (and in rollback mode).
+pub(crate) const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Parses `sqlite:PATH`, `sqlite://PATH` and `sqlite:///ABSOLUTE/PATH`.
+pub(crate) fn parse_url(url: &str) -> Result<Location> {
+    let rest = &url["sqlite:".len()..];
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.contains('?') || path.contains('#') {
+        return Err(
+            Error::config("sqlite: database URLs take no options (the part after '?')")
+                .hint("set synchronous and busy_timeout_ms in the configuration instead"),
+        );
+    }
+    if path.is_empty() || path == ":memory:" {
+        return Err(Error::config(
+            "the sqlite: database URL names no file (an in-memory database would not outlive the process)",
+        )
+        .hint("give a file path, e.g. sqlite:///var/lib/app/users.sqlite3"));
+    }
+    let path = std::path::absolute(path)
+        .map_err(|e| Error::config(format!("the sqlite: database path is not usable: {e}")))?;
+    Ok(Location::Sqlite(path))
+}
+
+/// Opens an existing database file.
+pub(crate) async fn connect(path: &Path, settings: &Settings) -> Result<SqliteConnection> {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_millis(settings.busy_timeout_ms))
+        .pragma("synchronous", settings.synchronous.as_str())
+        .foreign_keys(true)
+        .connect()
+        .await
+        .map_err(|e| {
+            let e = Error::from(e);
+            Error::new(
+                e.kind(),
+                format!("cannot open database {}: {}", path.display(), e.message()),
+            )
+            .hint(
+                e.hint_text()
+                    .unwrap_or("check the path and its permissions"),
+            )
+        })
+}
+
+/// Creates an empty database file with mode 0600; `false` if it already existed.
+///
+/// SQLite gives its `-wal` and `-shm` files the mode of the database file, so they stay private
+/// too.
+pub(crate) fn create_file(path: &Path) -> Result<bool> {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::permission(format!(
+            "cannot create database file {}: {e}",
+            path.display()
+        ))
+        .hint("check that you may write to its directory, or configure data_dir")),
+    }
+}
+
+/// Whether `path` holds a SQLite database (or the empty file that setup creates first).
+pub(crate) fn is_database_file(path: &Path) -> Result<bool> {
+    let mut header = [0u8; 16];
+    let mut f = fs::File::open(path)
+        .map_err(|e| Error::permission(format!("cannot open {}: {e}", path.display())))?;
+    let n = f
+        .read(&mut header)
+        .map_err(|e| Error::permission(format!("cannot read {}: {e}", path.display())))?;
+    Ok(n == 0 || (n == 16 && &header == b"SQLite format 3\0"))
+}
+
+/// The database file and whichever of its side files exist.
+pub(crate) fn existing_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    for suffix in SIDE_FILES {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        if side.exists() {
+            files.push(side);
+        }
+    }
+    files
+}
+
+/// An exclusive lock on the database's directory, held while setup or cleanup runs so that
+/// many copies started at once (say 200 by the runner) set the database up exactly once.
+///
+/// It locks the directory itself (`flock` on a directory works on Linux) so that no lock file
+/// is left behind; the lock goes with the process, however it ends.
+pub(crate) struct DirLock {
+    _dir: fs::File,
+}
+
+impl DirLock {
+    pub(crate) async fn acquire(dir: &Path, timeout: Duration) -> Result<DirLock> {
+        use rustix::fs::{FlockOperation, flock};
+        let file = fs::File::open(dir).map_err(|e| {
+            Error::permission(format!("cannot open directory {}: {e}", dir.display()))
+        })?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(DirLock { _dir: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(Error::temporary(format!(
+                        "another process kept the setup lock on {} for over {} ms",
+                        dir.display(),
+                        timeout.as_millis()
+                    ))
+                    .hint(
+                        "wait for the other setup or cleanup to finish, or raise lock_timeout_ms",
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::internal(format!(
+                        "cannot lock directory {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn urls_in_three_spellings_name_a_file() {
+        assert_eq!(
+            parse_url("sqlite:///abs/db.sqlite3").unwrap(),
+            Location::Sqlite("/abs/db.sqlite3".into())
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            parse_url("sqlite:rel.db").unwrap(),
+            Location::Sqlite(cwd.join("rel.db"))
+        );
+        assert_eq!(
+            parse_url("sqlite://rel.db").unwrap(),
+            Location::Sqlite(cwd.join("rel.db"))
+        );
+    }
+
+    #[test]
+    fn memory_databases_and_options_are_refused() {
+        for url in ["sqlite::memory:", "sqlite:", "sqlite://x.db?mode=rwc"] {
+            assert_eq!(
+                parse_url(url).unwrap_err().kind(),
+                ErrorKind::Config,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_sqlite_files_count_as_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        assert!(create_file(&empty).unwrap());
+        assert!(!create_file(&empty).unwrap());
+        assert!(is_database_file(&empty).unwrap());
+        let text = dir.path().join("text");
+        fs::write(&text, "not a database, keep me").unwrap();
+        assert!(!is_database_file(&text).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_second_lock_on_the_same_directory_waits_then_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DirLock::acquire(dir.path(), Duration::from_millis(10))
+            .await
+            .unwrap();
+        let e = DirLock::acquire(dir.path(), Duration::from_millis(30))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Temporary);
+    }
+}

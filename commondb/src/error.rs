@@ -1,0 +1,253 @@
+//! Errors and the exit-code contract.
+//!
+//! Every failure in `commondb` and in a task is an [`Error`]: a [`ErrorKind`] that decides the
+//! exit code (and, later, the status of a socket answer), a message that says what failed, and a
+//! hint that says what to do about it. The table below is the contract that the README
+//! documents; codes never change meaning once released.
+//!
+//! | kind           | exit | meaning                                                        |
+//! |----------------|------|----------------------------------------------------------------|
+//! | `failed`       | 1    | a check failed (self-test) or the user declined a confirmation |
+//! | `usage`        | 2    | bad command line (clap uses 2 as well)                         |
+//! | `invalid_input`| 65   | the request's data is invalid (sysexits `EX_DATAERR`)          |
+//! | `unavailable`  | 69   | the database cannot be reached (`EX_UNAVAILABLE`)              |
+//! | `internal`     | 70   | a bug or a damaged database (`EX_SOFTWARE`)                    |
+//! | `conflict`     | 73   | the record already exists (`EX_CANTCREAT`)                     |
+//! | `temporary`    | 75   | busy or locked; retrying later may succeed (`EX_TEMPFAIL`)     |
+//! | `permission`   | 77   | not allowed: file modes, credentials (`EX_NOPERM`)             |
+//! | `config`       | 78   | configuration is wrong or setup is needed (`EX_CONFIG`)        |
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What kind of failure an [`Error`] is; it decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A check failed or the user declined: exit 1.
+    Failed,
+    /// The command line was wrong: exit 2.
+    Usage,
+    /// The request's data is invalid: exit 65.
+    InvalidInput,
+    /// The database cannot be reached: exit 69.
+    Unavailable,
+    /// A bug, or a database in a state the program cannot handle: exit 70.
+    Internal,
+    /// The record already exists: exit 73.
+    Conflict,
+    /// Busy or locked; trying again later may succeed: exit 75.
+    Temporary,
+    /// Not allowed: file modes, ownership, credentials: exit 77.
+    Permission,
+    /// The configuration is wrong, or setup is needed: exit 78.
+    Config,
+}
+
+impl ErrorKind {
+    /// Every kind, in exit-code order (for documentation and tests).
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Failed,
+        ErrorKind::Usage,
+        ErrorKind::InvalidInput,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+        ErrorKind::Conflict,
+        ErrorKind::Temporary,
+        ErrorKind::Permission,
+        ErrorKind::Config,
+    ];
+
+    /// The process exit code for this kind of failure.
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::InvalidInput => 65,
+            ErrorKind::Unavailable => 69,
+            ErrorKind::Internal => 70,
+            ErrorKind::Conflict => 73,
+            ErrorKind::Temporary => 75,
+            ErrorKind::Permission => 77,
+            ErrorKind::Config => 78,
+        }
+    }
+
+    /// The name used in JSON output (`invalid_input`, `conflict`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Usage => "usage",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Temporary => "temporary",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure with its kind, what failed, and what to do about it.
+///
+/// Messages never contain secrets: code that builds an `Error` from something that might hold
+/// one (a URL, a secrets file) redacts it first.
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+impl Error {
+    /// A new error of `kind` saying what failed.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds what the user should do about it.
+    #[must_use]
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The request's data is invalid (exit 65).
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// The record already exists (exit 73).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    /// The database cannot be reached (exit 69).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// A bug or an unexpected state (exit 70).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Busy or locked; worth retrying (exit 75).
+    pub fn temporary(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Temporary, message)
+    }
+
+    /// Not allowed (exit 77).
+    pub fn permission(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permission, message)
+    }
+
+    /// The configuration is wrong or setup is needed (exit 78).
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    /// The command line is wrong (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+
+    /// A check failed or the user declined (exit 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Failed, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// What failed.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// What to do about it, if there is something to say.
+    pub fn hint_text(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
+
+    /// Replaces the message of a [`ErrorKind::Conflict`] with one the task can phrase better
+    /// (the database only knows that a unique key was violated); other errors pass unchanged.
+    #[must_use]
+    pub fn on_conflict(self, message: impl FnOnce() -> String) -> Self {
+        if self.kind == ErrorKind::Conflict {
+            Error {
+                message: message(),
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// The JSON document printed for this error with `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "kind": self.kind,
+                "exit_code": self.exit_code(),
+                "message": self.message,
+                "hint": self.hint,
+            }
+        })
+    }
+}
+
+/// `commondb`'s result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_and_follow_sysexits() {
+        let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
+        assert_eq!(codes, [1, 2, 65, 69, 70, 73, 75, 77, 78]);
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn json_carries_kind_code_message_and_hint() {
+        let e = Error::conflict("user exists").hint("choose another name");
+        let j = e.to_json();
+        assert_eq!(j["error"]["kind"], "conflict");
+        assert_eq!(j["error"]["exit_code"], 73);
+        assert_eq!(j["error"]["message"], "user exists");
+        assert_eq!(j["error"]["hint"], "choose another name");
+    }
+
+    #[test]
+    fn on_conflict_rewrites_only_conflicts() {
+        let c = Error::conflict("UNIQUE constraint failed").on_conflict(|| "taken".into());
+        assert_eq!(c.message(), "taken");
+        let u = Error::unavailable("down").on_conflict(|| "taken".into());
+        assert_eq!(u.message(), "down");
+    }
+}

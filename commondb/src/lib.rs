@@ -1,0 +1,30 @@
+//! `commondb` turns a short task definition into a self-contained multi-mode executable.
+//!
+//! An executable defines one [`Task`] (its name, verb, arguments, migrations, validation,
+//! handler, sample request and self-test cases) and calls [`main`]. It then has the task mode
+//! (`create-user --create …`), `--self-setup`, `--self-test` and `--self-cleanup`, layered
+//! configuration, private secrets files, a documented exit-code contract, and the embedded
+//! SQLite database that needs no setup at all.
+//!
+//! `commondb` is not an ORM and not a server framework: a task writes its own SQL, through the
+//! small [`Tx`] API, and runs inside one transaction per request.
+
+mod cli;
+pub mod config;
+mod db;
+pub mod error;
+mod output;
+mod run;
+pub mod secrets;
+mod selftest;
+mod task;
+#[cfg(test)]
+mod testing;
+
+pub use db::{Backend, Migrations, Param, Params, Record, Tx};
+pub use error::{Error, ErrorKind, Result};
+pub use run::main;
+pub use task::{Case, Context, Repeat, Task};
+
+/// The `sqlx` this crate is built on, for `sqlx::migrate!` and `#[derive(sqlx::FromRow)]`.
+pub use sqlx;

@@ -1,0 +1,81 @@
+//! Where things are printed: results on stdout, everything else on stderr.
+//!
+//! A result is printed once, as text for people or as one JSON document with `--json`. Notes
+//! (what the program did on the user's behalf) go to stderr unless `-q`; details go to stderr
+//! with `-v`. Errors always go to stderr, and with `--json` also to stdout as a JSON document so
+//! that a script reading stdout always gets one.
+
+use std::fmt::Display;
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// How much to print, and in which form.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    name: &'static str,
+    json: bool,
+    verbosity: i8,
+}
+
+impl Output {
+    /// Output for executable `name`; `verbosity` is 0 by default, -1 with `-q`, +n with `-v`s.
+    pub fn new(name: &'static str, json: bool, verbosity: i8) -> Self {
+        Output {
+            name,
+            json,
+            verbosity,
+        }
+    }
+
+    /// An output that prints no notes and no details (for runs inside the self-test).
+    pub fn silent(name: &'static str) -> Self {
+        Output::new(name, false, -1)
+    }
+
+    /// Whether results are printed as JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints the result of the run on stdout.
+    pub fn result<T: Serialize + Display>(&self, value: &T) {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (say `| head`) must not turn a success into a panic.
+        let _ = if self.json {
+            serde_json::to_writer(&mut stdout, value)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(stdout))
+        } else {
+            writeln!(stdout, "{value}")
+        };
+        let _ = stdout.flush();
+    }
+
+    /// Tells the user something the program did on their behalf (stderr; silenced by `-q`).
+    pub fn note(&self, message: impl Display) {
+        if self.verbosity >= 0 {
+            eprintln!("{}: {message}", self.name);
+        }
+    }
+
+    /// A detail for `-v` (stderr).
+    pub fn detail(&self, message: impl Display) {
+        if self.verbosity >= 1 {
+            eprintln!("{}: {message}", self.name);
+        }
+    }
+
+    /// Reports an error: always on stderr, and with `--json` also as a JSON document on stdout.
+    pub fn error(&self, error: &Error) {
+        eprintln!("{}: error: {}", self.name, error.message());
+        if let Some(hint) = error.hint_text() {
+            eprintln!("{}: hint: {hint}", self.name);
+        }
+        if self.json {
+            println!("{}", error.to_json());
+        }
+    }
+}

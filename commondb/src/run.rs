@@ -1,0 +1,145 @@
+//! The entry point every executable calls: parse, dispatch on the mode, map the outcome to an
+//! exit code. One `match` on [`Mode`] is the whole map of what an executable can do.
+
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use crate::cli::{self, Mode};
+use crate::config::{self, Settings, Sources};
+use crate::db::{self, Target, cleanup, setup};
+use crate::error::{Error, ErrorKind, Result};
+use crate::output::Output;
+use crate::selftest;
+use crate::task::{Context, Input, Task};
+
+/// Runs executable `T` on the process's command line and returns its exit code.
+///
+/// ```text
+/// fn main() -> std::process::ExitCode {
+///     commondb::main::<CreateUser>()
+/// }
+/// ```
+pub fn main<T: Task>() -> ExitCode {
+    let inv = cli::parse::<T>();
+    let out = Output::new(T::NAME, inv.json, inv.verbosity);
+    let sources = Sources::standard(T::NAME, inv.config.as_deref());
+    let outcome =
+        config::load(&sources).and_then(|settings| dispatch::<T>(inv.mode, &settings, &out));
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> Result<ExitCode> {
+    match mode {
+        Mode::Task(args) => {
+            let target = Target::resolve(settings, T::NAME)?;
+            out.detail(format_args!("database: {}", target.location));
+            let task_settings = settings.task_settings::<T::Settings>()?;
+            let output = block_on(perform::<T>(
+                &target,
+                &task_settings,
+                args,
+                Input::Stdin,
+                out,
+            ))?;
+            out.result(&output);
+        }
+        Mode::Setup => {
+            let target = Target::resolve(settings, T::NAME)?;
+            out.result(&block_on(setup::run(&target, T::MIGRATIONS))?);
+        }
+        Mode::Test => {
+            let report = selftest::run::<T>(settings, out)?;
+            if out.json() {
+                out.result(&report);
+            } else {
+                println!("{report}");
+            }
+            if report.failed > 0 {
+                return Ok(ExitCode::from(ErrorKind::Failed.exit_code()));
+            }
+        }
+        Mode::Cleanup { yes } => {
+            let target = Target::resolve(settings, T::NAME)?;
+            let files = cleanup::plan(&target)?;
+            if !files.is_empty() && !yes {
+                confirm_cleanup(&files)?;
+            }
+            out.result(&block_on(cleanup::run(&target))?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one request the way the task mode does: validate, open (setting up the embedded
+/// database on first use), execute in a transaction, commit. The self-test calls it too, so
+/// that what it tests is what users run.
+pub(crate) async fn perform<T: Task>(
+    target: &Target,
+    task_settings: &T::Settings,
+    args: T::Args,
+    input: Input,
+    out: &Output,
+) -> Result<T::Output> {
+    let request = T::prepare(args, &mut Context::new(task_settings, input))?;
+    let (mut conn, setup) = db::open(target, T::MIGRATIONS).await?;
+    if let Some(report) = setup {
+        out.note(report.summary());
+    }
+    let output = async {
+        let mut tx = conn.begin_write().await?;
+        let output = T::execute(&mut tx, request).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(output)
+    }
+    .await;
+    // Closed on failure too, so that the database is always left checkpointed.
+    let closed = conn.close().await;
+    let output = output?;
+    closed?;
+    Ok(output)
+}
+
+/// Asks on the terminal before cleanup removes anything; without a terminal, `--yes` is needed.
+fn confirm_cleanup(files: &[std::path::PathBuf]) -> Result<()> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Error::usage(
+            "--self-cleanup removes the database, and there is no terminal to confirm on",
+        )
+        .hint("add --yes to confirm"));
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "This removes (backups are kept):");
+    for f in files {
+        let _ = writeln!(stderr, "  {}", f.display());
+    }
+    let _ = write!(stderr, "Remove them? [y/N] ");
+    let _ = stderr.flush();
+    let mut answer = String::new();
+    let _ = stdin.lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Error::failed("cleanup cancelled: nothing was removed"))
+    }
+}
+
+/// Runs a future on a current-thread runtime: one-shot modes need no more, and it starts in
+/// microseconds.
+pub(crate) fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| {
+            Error::temporary(format!("cannot start the async runtime: {e}"))
+                .hint("the system is out of file descriptors or memory; try again")
+        })?
+        .block_on(future)
+}

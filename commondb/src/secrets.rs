@@ -1,0 +1,244 @@
+//! Secrets files: credentials kept apart from configuration, readable only by their owner.
+//!
+//! Two small TOML files in `secrets_dir`, as in the original design:
+//! - `admin.toml`: the database administrator's credentials, read only by setup and cleanup;
+//! - `<executable>.toml`: the app's own connection settings (`database_url`), read by every mode.
+//!
+//! A file that group or others can access, or that another user owns, is refused the way ssh
+//! refuses a private key: with the file's name and the `chmod 600` that fixes it. Values are
+//! held in [`SecretString`]s, which print as `[REDACTED]` and are wiped on drop; parse errors
+//! report a line number, never the line itself.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// The app's own secrets: how to reach its database with its own (least) privileges.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSecrets {
+    /// A database URL that may carry the app role's password; overrides `database_url`.
+    pub database_url: Option<SecretString>,
+}
+
+/// The app secrets file of executable `exe`.
+pub fn app_file(settings: &Settings, exe: &str) -> PathBuf {
+    settings.secrets_dir.join(format!("{exe}.toml"))
+}
+
+/// The admin secrets file, shared by the executables that use the same settings.
+pub fn admin_file(settings: &Settings) -> PathBuf {
+    settings.secrets_dir.join("admin.toml")
+}
+
+/// Reads and parses the secrets file at `path`; `None` if there is no such file.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let Some(text) = read(path)? else {
+        return Ok(None);
+    };
+    toml::from_str(text.expose_secret()).map(Some).map_err(|e| {
+        // toml's own message quotes the offending line, which may hold a password: report
+        // only where it is and what keys are allowed.
+        let line = e
+            .span()
+            .map(|s| text.expose_secret()[..s.start].matches('\n').count() + 1)
+            .unwrap_or(1);
+        Error::config(format!(
+            "secrets file {} is not valid (line {line})",
+            path.display()
+        ))
+        .hint("it must be TOML with only the documented keys, e.g. database_url = \"…\"")
+    })
+}
+
+/// Reads the secrets file at `path` after checking that only its owner can access it.
+pub fn read(path: &Path) -> Result<Option<SecretString>> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::permission(format!(
+                "cannot open secrets file {}: {e}",
+                path.display()
+            ))
+            .hint("check that the file is yours and readable by you (chmod 600)"));
+        }
+    };
+    // Check the file we opened, not the path, so that the check and the read see one file.
+    let meta = file.metadata().map_err(|e| {
+        Error::permission(format!(
+            "cannot inspect secrets file {}: {e}",
+            path.display()
+        ))
+    })?;
+    check_private(path, &meta)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| {
+        Error::config(format!("cannot read secrets file {}: {e}", path.display()))
+            .hint("a secrets file must be UTF-8 TOML text")
+    })?;
+    Ok(Some(SecretString::from(text)))
+}
+
+fn check_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(Error::permission(format!(
+            "secrets file {} belongs to user id {}, not to you (user id {me})",
+            path.display(),
+            meta.uid()
+        ))
+        .hint(format!(
+            "secrets must belong to the user who runs the program: chown {me} {}",
+            path.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::permission(format!(
+            "secrets file {} is accessible by group or others (mode {mode:04o})",
+            path.display()
+        ))
+        .hint(format!(
+            "secrets must be private to their owner: chmod 600 {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a secrets file: its directory is created with mode 0700, the file with 0600, through
+/// a temporary file renamed into place so a crash never leaves half a file.
+pub fn write(path: &Path, contents: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::permission(format!("cannot write secrets file {}: {e}", path.display()))
+            .hint("check that you own its directory")
+    })
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (an existing directory is left as is).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            Error::permission(format!("cannot create directory {}: {e}", dir.display()))
+                .hint("check that you may write to its parent, or configure another directory")
+        })
+}
+
+/// Whether `path`'s mode lets group or others in (used to warn about existing directories).
+pub fn is_shared(path: &Path) -> bool {
+    fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o077 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn file(dir: &Path, mode: u32, body: &str) -> PathBuf {
+        let p = dir.join("s.toml");
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_missing_file_is_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(&dir.path().join("none.toml")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_private_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(dir.path(), 0o600, "database_url = \"sqlite:x\"\n");
+        let s: AppSecrets = load(&p).unwrap().unwrap();
+        assert_eq!(s.database_url.unwrap().expose_secret(), "sqlite:x");
+    }
+
+    #[test]
+    fn a_group_or_world_readable_file_is_refused_with_the_chmod_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o640, 0o604, 0o660, 0o644] {
+            let p = file(dir.path(), mode, "database_url = \"x\"");
+            let e = read(&p).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Permission);
+            assert!(e.message().contains(&p.display().to_string()));
+            assert_eq!(
+                e.hint_text().unwrap(),
+                format!(
+                    "secrets must be private to their owner: chmod 600 {}",
+                    p.display()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_parse_error_names_the_line_but_not_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(
+            dir.path(),
+            0o600,
+            "# comment\ndatabase_url = postgres://u:hunter2@h/d\n",
+        );
+        let e = load::<AppSecrets>(&p).unwrap_err();
+        assert!(!format!("{e} {:?}", e.hint_text()).contains("hunter2"));
+        assert!(e.message().contains("line 2"), "{}", e.message());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = AppSecrets {
+            database_url: Some(SecretString::from("postgres://u:hunter2@h/d")),
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn write_creates_a_private_file_in_a_private_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new/dir/app.toml");
+        write(&p, "database_url = \"x\"\n").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert!(read(&p).unwrap().is_some());
+    }
+}

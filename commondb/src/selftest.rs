@@ -1,0 +1,396 @@
+//! `--self-test`: the executable tests itself on a throwaway database.
+//!
+//! The scratch database lives in a fresh temporary directory; the configured database, data
+//! directory and secrets are never opened. The generic lifecycle checks run for every task,
+//! then the task's own cases; each prints one line, and the run ends with `N passed, N failed`.
+
+use std::fmt;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::db::{self, Location, Target, cleanup, schema, setup};
+use crate::error::{Error, ErrorKind, Result};
+use crate::output::Output;
+use crate::run::{block_on, perform};
+use crate::task::{Case, Input, Repeat, Task};
+
+/// The outcome of one case.
+#[derive(Debug, Serialize)]
+pub struct CaseResult {
+    /// What the case checks, as a sentence.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long it took.
+    pub millis: u64,
+}
+
+impl fmt::Display for CaseResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            None => write!(f, "ok    {} ({} ms)", self.name, self.millis),
+            Some(r) => write!(f, "FAIL  {}: {r}", self.name),
+        }
+    }
+}
+
+/// The whole run, for `--json`.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Every case, in the order run.
+    pub cases: Vec<CaseResult>,
+    /// How many passed.
+    pub passed: usize,
+    /// How many failed.
+    pub failed: usize,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
+    }
+}
+
+/// Runs the self-test of task `T`, printing a line per case unless `--json`.
+pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> {
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{}-self-test-", T::NAME))
+        .tempdir()
+        .map_err(|e| {
+            Error::temporary(format!(
+                "cannot create a scratch directory for the self-test: {e}"
+            ))
+            .hint("check TMPDIR and free space")
+        })?;
+    // Only the timeouts and durability settings carry over; the database, data and secrets
+    // directories are the scratch ones.
+    let mut scratch_settings = settings.clone();
+    scratch_settings.database_url = None;
+    scratch_settings.data_dir = scratch.path().join("data");
+    scratch_settings.secrets_dir = scratch.path().join("secrets");
+    let target = Target::resolve(&scratch_settings, T::NAME)?;
+    let task_settings = settings.task_settings::<T::Settings>()?;
+    let mut suite = Suite {
+        report: Report::default(),
+        out: *out,
+    };
+    block_on(async {
+        lifecycle::<T>(&mut suite, &target, &task_settings).await;
+        Ok(())
+    })?;
+    Ok(suite.report)
+}
+
+struct Suite {
+    report: Report,
+    out: Output,
+}
+
+impl Suite {
+    async fn case<F: Future<Output = std::result::Result<(), String>>>(
+        &mut self,
+        name: impl Into<String>,
+        check: F,
+    ) {
+        let started = Instant::now();
+        let outcome = check.await;
+        let result = CaseResult {
+            name: name.into(),
+            passed: outcome.is_ok(),
+            reason: outcome.err(),
+            millis: started.elapsed().as_millis() as u64,
+        };
+        if result.passed {
+            self.report.passed += 1;
+        } else {
+            self.report.failed += 1;
+        }
+        if !self.out.json() {
+            println!("{result}");
+        }
+        self.report.cases.push(result);
+    }
+}
+
+/// A run id unique to this self-test, for the sample requests.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("t{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+}
+
+async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &T::Settings) {
+    let quiet = Output::silent(T::NAME);
+    let run = run_id();
+    let migrations = T::MIGRATIONS;
+    let attempt = |args, input| perform::<T>(target, task_settings, args, input, &quiet);
+
+    suite
+        .case("setup creates the database, private to its owner", async {
+            let r = setup::run(target, migrations).await.map_err(show)?;
+            expect(r.created, "setup did not report creating the database")?;
+            expect(!r.applied.is_empty(), "setup applied no migration")?;
+            let Location::Sqlite(path) = &target.location;
+            expect(mode_of(path) == 0o600, "the database file is not mode 0600")?;
+            let dir = path.parent().unwrap_or(path);
+            expect(mode_of(dir) == 0o700, "the data directory is not mode 0700")
+        })
+        .await;
+
+    suite
+        .case("setup run again changes nothing", async {
+            let r = setup::run(target, migrations).await.map_err(show)?;
+            expect(r.unchanged(), "the second setup changed something")
+        })
+        .await;
+
+    suite
+        .case("sample request 1 succeeds", async {
+            attempt(T::sample(1, &run), Input::None)
+                .await
+                .map(drop)
+                .map_err(show)
+        })
+        .await;
+
+    match T::on_repeat() {
+        Repeat::Conflict => {
+            suite
+                .case(
+                    "repeating sample request 1 is refused as a conflict and writes nothing",
+                    async {
+                        refused(
+                            target,
+                            ErrorKind::Conflict,
+                            attempt(T::sample(1, &run), Input::None),
+                        )
+                        .await
+                    },
+                )
+                .await
+        }
+        Repeat::Succeeds => {
+            suite
+                .case("repeating sample request 1 succeeds", async {
+                    attempt(T::sample(1, &run), Input::None)
+                        .await
+                        .map(drop)
+                        .map_err(show)
+                })
+                .await
+        }
+    }
+
+    suite
+        .case(
+            "an invalid request is refused as invalid input and writes nothing",
+            async {
+                refused(
+                    target,
+                    ErrorKind::InvalidInput,
+                    attempt(T::invalid_sample(), Input::None),
+                )
+                .await
+            },
+        )
+        .await;
+
+    for Case {
+        name,
+        args,
+        input,
+        expect: expected,
+        count,
+    } in T::cases()
+    {
+        let input = input.map_or(Input::None, |t| Input::Text(t.to_string()));
+        suite
+            .case(name, async {
+                match expected {
+                    Some(kind) => refused(target, kind, attempt(args, input)).await?,
+                    None => attempt(args, input).await.map(drop).map_err(show)?,
+                }
+                if let Some((sql, n)) = count {
+                    let got = async { db::connect(target).await?.count(sql).await }
+                        .await
+                        .map_err(show)?;
+                    expect(got == n, &format!("{sql} returned {got}, expected {n}"))?;
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    suite
+        .case(
+            "cleanup removes the database and leaves nothing behind",
+            async {
+                let r = cleanup::run(target).await.map_err(show)?;
+                expect(!r.removed.is_empty(), "cleanup removed nothing")?;
+                let Location::Sqlite(path) = &target.location;
+                let dir = path.parent().unwrap_or(path);
+                let left: Vec<_> = std::fs::read_dir(dir)
+                    .map_err(|e| e.to_string())?
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .collect();
+                expect(left.is_empty(), &format!("cleanup left {left:?} behind"))
+            },
+        )
+        .await;
+}
+
+/// Checks that `attempt` fails with `kind` and leaves every table's row count as it was.
+async fn refused<T>(
+    target: &Target,
+    kind: ErrorKind,
+    attempt: impl Future<Output = Result<T>>,
+) -> std::result::Result<(), String> {
+    let before = counts(target).await?;
+    match attempt.await {
+        Ok(_) => return Err(format!("expected {kind}, but the request succeeded")),
+        Err(e) if e.kind() != kind => {
+            return Err(format!(
+                "expected {kind}, got {}: {}",
+                e.kind(),
+                e.message()
+            ));
+        }
+        Err(_) => {}
+    }
+    let after = counts(target).await?;
+    expect(
+        before == after,
+        &format!("rows changed from {before:?} to {after:?}"),
+    )
+}
+
+async fn counts(target: &Target) -> std::result::Result<Vec<(String, i64)>, String> {
+    async {
+        let mut conn = db::connect(target).await?;
+        let counts = schema::row_counts(&mut conn).await?;
+        conn.close().await?;
+        Ok::<_, Error>(counts)
+    }
+    .await
+    .map_err(show)
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}
+
+fn expect(condition: bool, failure: &str) -> std::result::Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(failure.to_string())
+    }
+}
+
+fn show(e: Error) -> String {
+    format!("{}: {}", e.kind(), e.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Migrations;
+    use crate::task::{Context, Repeat};
+    use crate::testing::{self, NoteArgs, Notes, note};
+
+    #[test]
+    fn every_generic_check_and_task_case_passes_for_a_correct_task() {
+        let (_dir, settings) = testing::scratch();
+        let report = run::<Notes>(&settings, &Output::silent("notes")).unwrap();
+        let failures: Vec<_> = report.cases.iter().filter(|c| !c.passed).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!(report.passed, 6 + 2);
+    }
+
+    #[test]
+    fn the_configured_database_is_never_opened() {
+        let (dir, settings) = testing::scratch();
+        run::<Notes>(&settings, &Output::silent("notes")).unwrap();
+        assert!(
+            !dir.path().join("data").exists(),
+            "the self-test wrote to the configured data_dir"
+        );
+    }
+
+    /// `Notes` with wrong expectations: its self-test must report them as failures.
+    struct Wrong;
+    impl Task for Wrong {
+        const NAME: &'static str = "wrong";
+        const VERSION: &'static str = "0";
+        const ABOUT: &'static str = "Notes with wrong expectations";
+        const VERB: &'static str = "add";
+        const MIGRATIONS: &'static Migrations = testing::V1;
+        type Args = NoteArgs;
+        type Request = String;
+        type Output = i64;
+        type Settings = ();
+        fn prepare(args: NoteArgs, ctx: &mut Context<'_, ()>) -> Result<String> {
+            Notes::prepare(args, ctx)
+        }
+        async fn execute(tx: &mut crate::Tx<'_>, text: String) -> Result<i64> {
+            Notes::execute(tx, text).await
+        }
+        fn sample(n: u64, run: &str) -> NoteArgs {
+            Notes::sample(n, run)
+        }
+        // Valid, so the generic invalid-input check must fail.
+        fn invalid_sample() -> NoteArgs {
+            note("valid after all")
+        }
+        // Notes are unique, so a repeat is a conflict, not a success.
+        fn on_repeat() -> Repeat {
+            Repeat::Succeeds
+        }
+        fn cases() -> Vec<Case<NoteArgs>> {
+            vec![
+                Case::new("expects a failure that does not come", note("x"))
+                    .fails_with(ErrorKind::Conflict),
+                Case::new("expects a count that is wrong", note("y"))
+                    .then_count("SELECT COUNT(*) FROM notes", 99),
+            ]
+        }
+    }
+
+    #[test]
+    fn wrong_expectations_are_reported_as_failures_with_reasons() {
+        let (_dir, settings) = testing::scratch();
+        let report = run::<Wrong>(&settings, &Output::silent("wrong")).unwrap();
+        let failed: Vec<_> = report
+            .cases
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "repeating sample request 1 succeeds",
+                "an invalid request is refused as invalid input and writes nothing",
+                "expects a failure that does not come",
+                "expects a count that is wrong",
+            ]
+        );
+        assert_eq!(report.failed, 4);
+        assert!(report.cases.iter().all(|c| c.passed == c.reason.is_none()));
+        assert_eq!(
+            report.to_string(),
+            format!("{} passed, 4 failed", report.passed)
+        );
+    }
+}

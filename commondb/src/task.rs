@@ -1,0 +1,272 @@
+//! The one thing an executable defines: its [`Task`].
+//!
+//! A task says what it is called, what its arguments are, how its schema is built, how a request
+//! is validated ([`Task::prepare`], no database yet) and carried out ([`Task::execute`], inside
+//! a transaction the harness commits), what a valid sample request looks like, and which cases
+//! its self-test adds. Everything else (modes, configuration, secrets, setup, tests, exit codes)
+//! comes from `commondb`.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io::{BufRead, IsTerminal};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::db::{Migrations, Tx};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secrets::SecretString;
+
+/// A task definition. See `executables/src/bin/create-user.rs` for a complete one.
+pub trait Task: Sized + 'static {
+    /// The executable's name, e.g. `create-user`.
+    const NAME: &'static str;
+    /// The executable's version: `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    /// One line saying what the task does, e.g. "Create a user account".
+    const ABOUT: &'static str;
+    /// The mode flag that runs the task, without dashes, e.g. `create` for `--create`.
+    const VERB: &'static str;
+    /// The task's migrations, one set per backend.
+    const MIGRATIONS: &'static Migrations;
+
+    /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`
+    /// and the mode flags are the harness's.
+    type Args: clap::FromArgMatches + clap::Args + Send + 'static;
+    /// A validated request, ready to execute.
+    type Request: Send + 'static;
+    /// What a successful run returns: printed with `Display`, or as JSON with `--json`.
+    type Output: Serialize + Display + Send + 'static;
+    /// The task's own settings: the `[task]` table of the configuration.
+    type Settings: DeserializeOwned + Default + Send + Sync + 'static;
+
+    /// Validates the arguments and does the work that needs no database (hashing, say).
+    /// An invalid request fails here with [`ErrorKind::InvalidInput`], before any connection.
+    fn prepare(args: Self::Args, ctx: &mut Context<'_, Self::Settings>) -> Result<Self::Request>;
+
+    /// Carries out the request inside the transaction `tx`. The harness commits it if this
+    /// returns `Ok` and rolls it back otherwise.
+    fn execute(
+        tx: &mut Tx<'_>,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Self::Output>> + Send;
+
+    /// Sample request number `n` of the run `run`: valid, and unique per `n` and per `run` (the
+    /// self-test uses it, and the runner will launch it by the hundred).
+    fn sample(n: u64, run: &str) -> Self::Args;
+
+    /// A request that the task must refuse as invalid input.
+    fn invalid_sample() -> Self::Args;
+
+    /// What repeating a sample request must do.
+    fn on_repeat() -> Repeat {
+        Repeat::Conflict
+    }
+
+    /// The task's own self-test cases, run in order on one scratch database after the generic
+    /// checks.
+    fn cases() -> Vec<Case<Self::Args>> {
+        Vec::new()
+    }
+}
+
+/// What happens when the same sample request runs twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// The second run is refused with [`ErrorKind::Conflict`] and writes nothing.
+    Conflict,
+    /// The second run succeeds too (the task is idempotent).
+    Succeeds,
+}
+
+/// What [`Task::prepare`] may use besides the arguments: the task's settings and the input
+/// stream (for secrets such as a password, which never travel on the command line).
+pub struct Context<'a, S> {
+    settings: &'a S,
+    input: Input,
+}
+
+/// Where a task's secret input comes from.
+#[derive(Debug)]
+pub enum Input {
+    /// The process's standard input.
+    Stdin,
+    /// Given text (self-test cases).
+    Text(String),
+    /// No input: asking for it is an error.
+    None,
+}
+
+/// The longest secret line read from the input (argon2 and friends need no more).
+pub const MAX_SECRET_LEN: usize = 1024;
+
+impl<'a, S> Context<'a, S> {
+    pub(crate) fn new(settings: &'a S, input: Input) -> Self {
+        Context { settings, input }
+    }
+
+    /// The task's settings.
+    pub fn settings(&self) -> &S {
+        self.settings
+    }
+
+    /// Reads one line of secret input (say a password), without its line ending. On a
+    /// terminal it prompts on stderr and turns echo off while the user types.
+    pub fn read_secret_line(&mut self, what: &str) -> Result<SecretString> {
+        let line = match std::mem::replace(&mut self.input, Input::None) {
+            Input::Text(text) => text,
+            Input::None => {
+                return Err(Error::invalid_input(format!("no {what} was given"))
+                    .hint(format!("send the {what} on standard input")));
+            }
+            Input::Stdin => read_stdin_line(what)?,
+        };
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(Error::invalid_input(format!(
+                "the {what} read from standard input is empty"
+            ))
+            .hint(format!(
+                "send the {what} as the first line of standard input"
+            )));
+        }
+        if line.len() > MAX_SECRET_LEN {
+            return Err(Error::invalid_input(format!(
+                "the {what} is longer than {MAX_SECRET_LEN} bytes"
+            ))
+            .hint(format!("use a shorter {what}")));
+        }
+        Ok(SecretString::from(line.to_string()))
+    }
+}
+
+fn read_stdin_line(what: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let mut line = String::new();
+    let read = if terminal {
+        eprint!("{what}: ");
+        let _echo = EchoOff::new(&stdin);
+        let r = stdin.lock().read_line(&mut line);
+        eprintln!();
+        r
+    } else {
+        stdin.lock().read_line(&mut line)
+    };
+    read.map_err(|e| {
+        Error::invalid_input(format!("cannot read the {what} from standard input: {e}"))
+            .hint(format!("send the {what} as UTF-8 text on standard input"))
+    })?;
+    Ok(line)
+}
+
+/// Turns terminal echo off until dropped.
+struct EchoOff<'a> {
+    stdin: &'a std::io::Stdin,
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(stdin: &'a std::io::Stdin) -> Self {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin).ok();
+        if let Some(saved) = &saved {
+            let mut quiet = saved.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(stdin, OptionalActions::Now, &quiet);
+        }
+        EchoOff { stdin, saved }
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = rustix::termios::tcsetattr(
+                self.stdin,
+                rustix::termios::OptionalActions::Now,
+                saved,
+            );
+        }
+    }
+}
+
+/// One of a task's own self-test cases: a request (the task's arguments `A`) and what must
+/// come of it.
+pub struct Case<A> {
+    pub(crate) name: &'static str,
+    pub(crate) args: A,
+    pub(crate) input: Option<&'static str>,
+    pub(crate) expect: Option<ErrorKind>,
+    pub(crate) count: Option<(&'static str, i64)>,
+}
+
+impl<A> Case<A> {
+    /// A case named `name` (a sentence: "a password is stored hashed") that runs `args` and
+    /// expects success.
+    pub fn new(name: &'static str, args: A) -> Self {
+        Case {
+            name,
+            args,
+            input: None,
+            expect: None,
+            count: None,
+        }
+    }
+
+    /// Gives the request `text` on its input.
+    #[must_use]
+    pub fn input(mut self, text: &'static str) -> Self {
+        self.input = Some(text);
+        self
+    }
+
+    /// Expects the request to fail with `kind` (and to write nothing).
+    #[must_use]
+    pub fn fails_with(mut self, kind: ErrorKind) -> Self {
+        self.expect = Some(kind);
+        self
+    }
+
+    /// After the request, `sql` (a `SELECT COUNT(*) …`) must return `n`.
+    #[must_use]
+    pub fn then_count(mut self, sql: &'static str, n: i64) -> Self {
+        self.count = Some((sql, n));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(input: Input) -> Result<String> {
+        use secrecy::ExposeSecret;
+        Context::new(&(), input)
+            .read_secret_line("password")
+            .map(|s| s.expose_secret().to_string())
+    }
+
+    #[test]
+    fn a_secret_line_loses_its_line_ending_only() {
+        assert_eq!(
+            read(Input::Text("  pass word \n".into())).unwrap(),
+            "  pass word "
+        );
+        assert_eq!(read(Input::Text("pw\r\n".into())).unwrap(), "pw");
+        assert_eq!(read(Input::Text("pw".into())).unwrap(), "pw");
+    }
+
+    #[test]
+    fn empty_missing_and_oversized_secrets_are_invalid_input() {
+        for input in [
+            Input::Text("\n".into()),
+            Input::Text(String::new()),
+            Input::None,
+            Input::Text("x".repeat(MAX_SECRET_LEN + 1)),
+        ] {
+            assert_eq!(read(input).unwrap_err().kind(), ErrorKind::InvalidInput);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! A tiny task, `notes`, for the harness's own unit tests, and scratch settings to run it on.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use crate::config::{Settings, Synchronous};
+use crate::db::{Migrations, Target, Tx};
+use crate::error::{Error, Result};
+use crate::task::{Case, Context, Task};
+
+pub(crate) const V1: &Migrations = &Migrations {
+    sqlite: sqlx::migrate!("testdata/notes/v1"),
+};
+pub(crate) const V2: &Migrations = &Migrations {
+    sqlite: sqlx::migrate!("testdata/notes/v2"),
+};
+pub(crate) const DRIFTED: &Migrations = &Migrations {
+    sqlite: sqlx::migrate!("testdata/notes/drifted"),
+};
+
+pub(crate) struct Notes;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct NoteArgs {
+    /// The note.
+    #[arg(long)]
+    pub text: String,
+    /// Read a secret from stdin.
+    #[arg(long)]
+    pub secret_stdin: bool,
+}
+
+pub(crate) fn note(text: &str) -> NoteArgs {
+    NoteArgs {
+        text: text.into(),
+        secret_stdin: false,
+    }
+}
+
+impl Task for Notes {
+    const NAME: &'static str = "notes";
+    const VERSION: &'static str = "0.0.1";
+    const ABOUT: &'static str = "Add a note";
+    const VERB: &'static str = "add";
+    const MIGRATIONS: &'static Migrations = V1;
+    type Args = NoteArgs;
+    type Request = String;
+    type Output = i64;
+    type Settings = ();
+
+    fn prepare(args: NoteArgs, ctx: &mut Context<'_, ()>) -> Result<String> {
+        if args.secret_stdin {
+            ctx.read_secret_line("secret")?;
+        }
+        if args.text.is_empty() {
+            return Err(Error::invalid_input("empty note"));
+        }
+        Ok(args.text)
+    }
+
+    async fn execute(tx: &mut Tx<'_>, text: String) -> Result<i64> {
+        let (id,) = tx
+            .fetch_one("INSERT INTO notes (text) VALUES (?) RETURNING id", (text,))
+            .await?;
+        Ok(id)
+    }
+
+    fn sample(n: u64, run: &str) -> NoteArgs {
+        note(&format!("{run}-{n}"))
+    }
+
+    fn invalid_sample() -> NoteArgs {
+        note("")
+    }
+
+    fn cases() -> Vec<Case<NoteArgs>> {
+        vec![
+            Case::new("a note is stored", note("hello"))
+                .then_count("SELECT COUNT(*) FROM notes WHERE text = 'hello'", 1),
+            Case::new("the same note twice is a conflict", note("hello"))
+                .fails_with(crate::ErrorKind::Conflict),
+        ]
+    }
+}
+
+/// Settings whose data and secrets directories are inside a fresh temporary directory.
+pub(crate) fn scratch() -> (TempDir, Settings) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_in(dir.path());
+    (dir, settings)
+}
+
+pub(crate) fn settings_in(dir: &Path) -> Settings {
+    Settings {
+        database_url: None,
+        data_dir: dir.join("data"),
+        secrets_dir: dir.join("secrets"),
+        busy_timeout_ms: 5_000,
+        lock_timeout_ms: 5_000,
+        synchronous: Synchronous::Full,
+        task: serde_json::Value::Null,
+    }
+}
+
+pub(crate) fn target(settings: &Settings) -> Target {
+    Target::resolve(settings, Notes::NAME).unwrap()
+}
