@@ -1,0 +1,7 @@
+//! The domain code of the executables built with `commondb`.
+//!
+//! Each executable is one short file in `src/bin/` that declares its task; the domain logic it
+//! shares with its siblings (validation, hashing, storage) lives in the modules here, with its
+//! unit tests. Migrations live in `migrations/<domain>/<backend>/`.
+
+pub mod users;
