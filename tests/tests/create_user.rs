@@ -1,0 +1,657 @@
+//! `create-user` end to end, on the embedded SQLite default: every mode, every documented exit
+//! code, the `--json` shapes, secrets, configuration layers and concurrency.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use e2e::{Run, Sandbox, sqlite_count};
+
+const EXE: &str = "create-user";
+
+fn create(sb: &Sandbox, username: &str, email: &str) -> Run {
+    sb.run(EXE, &["--create", "--username", username, "--email", email])
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn users(sb: &Sandbox) -> i64 {
+    sqlite_count(&sb.database(EXE), "SELECT COUNT(*) FROM users")
+}
+
+#[test]
+fn no_arguments_print_the_usage_with_every_mode_and_exit_2() {
+    let sb = Sandbox::new();
+    let run = sb.run(EXE, &[]);
+    run.code(2);
+    for mode in ["--create", "--self-setup", "--self-test", "--self-cleanup"] {
+        run.stderr_has(mode);
+    }
+    assert!(run.stdout.is_empty(), "usage goes to stderr\n{run}");
+}
+
+#[test]
+fn help_and_version_succeed_without_touching_anything() {
+    let sb = Sandbox::new();
+    sb.run(EXE, &["--help"])
+        .code(0)
+        .stdout_has("Exit codes:")
+        .stdout_has("--password-stdin");
+    sb.run(EXE, &["--version"])
+        .code(0)
+        .stdout_has("create-user 0.1.0");
+    assert!(!sb.data_dir().exists());
+}
+
+#[test]
+fn setup_create_duplicate_invalid_cleanup_lifecycle() {
+    let sb = Sandbox::new();
+    sb.run(EXE, &["--self-setup"])
+        .code(0)
+        .stdout_has("set up on SQLite")
+        .stdout_has(&sb.database(EXE).display().to_string())
+        .stdout_has(&sb.secrets_dir().display().to_string());
+    assert_eq!(mode_of(&sb.database(EXE)), 0o600);
+    assert_eq!(mode_of(&sb.data_dir()), 0o700);
+
+    sb.run(EXE, &["--self-setup"])
+        .code(0)
+        .stdout_has("already set up");
+
+    create(&sb, "alice", "alice@example.com")
+        .code(0)
+        .stdout_has("created user alice <alice@example.com>");
+    create(&sb, "alice", "other@example.com")
+        .code(73)
+        .stderr_has("username \"alice\" is already taken")
+        .stderr_has("hint:");
+    create(&sb, "bob", "not-an-address")
+        .code(65)
+        .stderr_has("email \"not-an-address\" is not valid")
+        .stderr_has("name@example.com");
+    create(&sb, "B", "b@example.com")
+        .code(65)
+        .stderr_has("3 to 32 characters");
+    assert_eq!(users(&sb), 1, "refused requests wrote nothing");
+
+    sb.run(EXE, &["--self-cleanup", "--yes"])
+        .code(0)
+        .stdout_has("removed the database");
+    let left: Vec<_> = fs::read_dir(sb.data_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "cleanup left {left:?}");
+    sb.run(EXE, &["--self-cleanup", "--yes"])
+        .code(0)
+        .stdout_has("nothing to clean up");
+}
+
+#[test]
+fn the_first_create_on_a_fresh_machine_sets_itself_up_and_says_so() {
+    let sb = Sandbox::new();
+    create(&sb, "alice", "alice@example.com")
+        .code(0)
+        .stderr_has("first use: created the database")
+        .stdout_has("created user alice");
+    create(&sb, "bob", "bob@example.com").code(0);
+    let second = create(&sb, "carol", "carol@example.com");
+    assert!(
+        second.stderr.is_empty(),
+        "only the first run talks about setup\n{second}"
+    );
+    assert_eq!(mode_of(&sb.database(EXE)), 0o600);
+    assert_eq!(users(&sb), 3);
+}
+
+#[test]
+fn quiet_silences_the_setup_note_but_not_errors() {
+    let sb = Sandbox::new();
+    let run = sb.run(
+        EXE,
+        &[
+            "-q",
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+        ],
+    );
+    run.code(0);
+    assert!(run.stderr.is_empty(), "{run}");
+    sb.run(
+        EXE,
+        &[
+            "-q",
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+        ],
+    )
+    .code(73)
+    .stderr_has("already taken");
+}
+
+#[test]
+fn json_output_is_one_document_for_results_and_for_errors() {
+    let sb = Sandbox::new();
+    let setup = sb.run(EXE, &["--self-setup", "--json"]);
+    let doc = setup.code(0).json();
+    assert_eq!(doc["backend"], "sqlite");
+    assert_eq!(doc["created"], true);
+    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["applied"][0]["description"], "users");
+
+    let created = sb.run(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+            "--json",
+        ],
+    );
+    let user = created.code(0).json();
+    assert_eq!(user["id"], 1);
+    assert_eq!(user["username"], "alice");
+    assert_eq!(user["email"], "a@example.com");
+    assert_eq!(user["has_password"], false);
+    assert!(user["created_at"].as_str().unwrap().ends_with('Z'));
+    let keys: Vec<_> = user.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys.len(), 5, "no hash or other field leaks: {keys:?}");
+
+    let dup = sb.run(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+            "--json",
+        ],
+    );
+    let err = dup.code(73).json();
+    assert_eq!(err["error"]["kind"], "conflict");
+    assert_eq!(err["error"]["exit_code"], 73);
+    assert!(err["error"]["message"].as_str().unwrap().contains("alice"));
+    assert!(err["error"]["hint"].is_string());
+
+    let cleanup = sb
+        .run(EXE, &["--self-cleanup", "--yes", "--json"])
+        .code(0)
+        .json();
+    assert_eq!(cleanup["removed"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_password_is_read_from_stdin_and_stored_only_as_an_argon2id_hash() {
+    let sb = Sandbox::new();
+    let secret = "tr0ub4dor&3 horse";
+    let run = sb.run_with_input(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+            "--password-stdin",
+            "--json",
+        ],
+        &format!("{secret}\n"),
+    );
+    run.code(0).never_shows(secret);
+    assert_eq!(run.json()["has_password"], true);
+    let db = sb.database(EXE);
+    assert_eq!(
+        sqlite_count(
+            &db,
+            "SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%'"
+        ),
+        1
+    );
+    let raw = fs::read(&db).unwrap();
+    assert!(
+        !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the password is in the file"
+    );
+
+    sb.run_with_input(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "bob",
+            "--email",
+            "b@example.com",
+            "--password-stdin",
+        ],
+        "\n",
+    )
+    .code(65)
+    .stderr_has("password read from standard input is empty");
+}
+
+#[test]
+fn argon2_costs_come_from_the_task_settings() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "64");
+    sb.set_env("COMMONDB_TASK__ARGON2_ITERATIONS", "1");
+    sb.run_with_input(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+            "--password-stdin",
+        ],
+        "pw\n",
+    )
+    .code(0);
+    assert_eq!(
+        sqlite_count(
+            &sb.database(EXE),
+            "SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=64,t=1,p=1$%'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
+    let sb = Sandbox::new();
+    let file = sb.secrets_dir().join("create-user.toml");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let url = format!(
+        "sqlite://{}/elsewhere.sqlite3?pw=hunter2",
+        sb.root().display()
+    );
+    fs::write(&file, format!("database_url = \"{url}\"\n")).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    create(&sb, "alice", "a@example.com")
+        .code(77)
+        .stderr_has(&file.display().to_string())
+        .stderr_has(&format!("chmod 600 {}", file.display()))
+        .never_shows("hunter2");
+    sb.run(EXE, &["--self-setup"]).code(77);
+    assert!(!sb.data_dir().exists(), "nothing was created");
+
+    // Once private, the file is read; its URL's error still hides the secret.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    create(&sb, "alice", "a@example.com")
+        .code(78)
+        .stderr_has("take no options")
+        .never_shows("hunter2");
+}
+
+#[test]
+fn the_app_secrets_file_can_point_at_the_database() {
+    let sb = Sandbox::new();
+    let file = sb.secrets_dir().join("create-user.toml");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let db = sb.root().join("elsewhere.sqlite3");
+    fs::write(
+        &file,
+        format!("database_url = \"sqlite://{}\"\n", db.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    create(&sb, "alice", "a@example.com").code(0);
+    assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM users"), 1);
+    assert!(!sb.database(EXE).exists());
+}
+
+#[test]
+fn configuration_layers_user_file_then_config_flag_then_environment() {
+    let mut sb = Sandbox::new();
+    let user_db = sb.root().join("user.sqlite3");
+    let flag_db = sb.root().join("flag.sqlite3");
+    let env_db = sb.root().join("env.sqlite3");
+    fs::create_dir_all(sb.config_dir()).unwrap();
+    fs::write(
+        sb.config_dir().join("config.toml"),
+        format!("database_url = \"sqlite://{}\"\n", user_db.display()),
+    )
+    .unwrap();
+    create(&sb, "user1", "a@example.com").code(0);
+    assert!(user_db.exists());
+
+    let flag_file = sb.root().join("flag.toml");
+    fs::write(
+        &flag_file,
+        format!("database_url = \"sqlite://{}\"\n", flag_db.display()),
+    )
+    .unwrap();
+    let flag = flag_file.display().to_string();
+    sb.run(
+        EXE,
+        &[
+            "--config",
+            &flag,
+            "--create",
+            "--username",
+            "user2",
+            "--email",
+            "a@example.com",
+        ],
+    )
+    .code(0);
+    assert!(flag_db.exists());
+
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", env_db.display()),
+    );
+    sb.run(
+        EXE,
+        &[
+            "--config",
+            &flag,
+            "--create",
+            "--username",
+            "user3",
+            "--email",
+            "a@example.com",
+        ],
+    )
+    .code(0);
+    assert!(env_db.exists());
+    for db in [&user_db, &flag_db, &env_db] {
+        assert_eq!(
+            sqlite_count(db, "SELECT COUNT(*) FROM users"),
+            1,
+            "{}",
+            db.display()
+        );
+    }
+}
+
+#[test]
+fn the_per_executable_file_overrides_the_shared_one_and_data_dir_moves_the_database() {
+    let mut sb = Sandbox::new();
+    let data = sb.root().join("moved");
+    sb.set_env("COMMONDB_DATA_DIR", data.display().to_string());
+    fs::create_dir_all(sb.config_dir()).unwrap();
+    fs::write(
+        sb.config_dir().join("config.toml"),
+        "busy_timeout_ms = \"not a number\"\n",
+    )
+    .unwrap();
+    create(&sb, "alice", "a@example.com")
+        .code(78)
+        .stderr_has("busy_timeout_ms");
+    fs::write(
+        sb.config_dir().join("create-user.toml"),
+        "busy_timeout_ms = 2000\n",
+    )
+    .unwrap();
+    create(&sb, "alice", "a@example.com").code(0);
+    assert!(data.join("create-user.sqlite3").exists());
+}
+
+#[test]
+fn every_documented_exit_code_is_reachable() {
+    let mut sb = Sandbox::new();
+    // 0 and 73 and 65 are covered by the lifecycle; here the rest.
+    // 2: usage.
+    sb.run(EXE, &["--create", "--self-test"]).code(2);
+    // 78: configuration (an unknown setting, and a bad URL).
+    fs::create_dir_all(sb.config_dir()).unwrap();
+    let bad = sb.root().join("bad.toml");
+    fs::write(&bad, "databse_url = \"x\"\n").unwrap();
+    sb.run(
+        EXE,
+        &["--config", &bad.display().to_string(), "--self-setup"],
+    )
+    .code(78)
+    .stderr_has("databse_url");
+    let mut url_sb = Sandbox::new();
+    url_sb.set_env("COMMONDB_DATABASE_URL", "redis://127.0.0.1");
+    create(&url_sb, "alice", "a@example.com")
+        .code(78)
+        .stderr_has("must start with sqlite:");
+    // 69: the database path is a directory, which cannot be opened as a database.
+    let dir_db = sb.root().join("a-directory");
+    fs::create_dir(&dir_db).unwrap();
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", dir_db.display()),
+    );
+    create(&sb, "alice", "a@example.com")
+        .code(69)
+        .stderr_has("cannot open database");
+    // 70: the database file is damaged.
+    let damaged = sb.root().join("damaged.sqlite3");
+    fs::write(&damaged, vec![b'x'; 8192]).unwrap();
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", damaged.display()),
+    );
+    create(&sb, "alice", "a@example.com")
+        .code(70)
+        .stderr_has("not a database");
+    // 77: a secrets file others can read (also in its own test).
+    let perm = Sandbox::new();
+    let file = perm.secrets_dir().join("create-user.toml");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, "").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    create(&perm, "alice", "a@example.com").code(77);
+    // 1: a self-test case fails (argon2 costs too low to be valid make the password case fail).
+    let mut failing = Sandbox::new();
+    failing.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "1");
+    failing
+        .run(EXE, &["--self-test"])
+        .code(1)
+        .stdout_has("FAIL")
+        .stdout_has("1 failed");
+}
+
+#[test]
+fn a_busy_database_is_a_temporary_failure() {
+    let mut sb = Sandbox::new();
+    create(&sb, "alice", "a@example.com").code(0);
+    let db = sb.database(EXE);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut holder = e2e::open_sqlite(&db).await;
+        let tx = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "100");
+        create(&sb, "bob", "b@example.com")
+            .code(75)
+            .stderr_has("busy")
+            .stderr_has("try again");
+        tx.rollback().await.unwrap();
+    });
+    create(&sb, "bob", "b@example.com").code(0);
+}
+
+#[test]
+fn cleanup_without_a_terminal_needs_yes_and_keeps_the_database() {
+    let sb = Sandbox::new();
+    create(&sb, "alice", "a@example.com").code(0);
+    sb.run(EXE, &["--self-cleanup"]).code(2).stderr_has("--yes");
+    assert_eq!(users(&sb), 1);
+}
+
+#[test]
+fn cleanup_asks_on_a_terminal_and_a_no_keeps_everything() {
+    let sb = Sandbox::new();
+    create(&sb, "alice", "a@example.com").code(0);
+    // `script` gives the program a terminal; the answer is typed on it.
+    let bin = e2e::bin(EXE).display().to_string();
+    let run_on_tty = |answer: &str| {
+        let mut script = std::process::Command::new("script");
+        script
+            .args(["-qec", &format!("{bin} --self-cleanup"), "/dev/null"])
+            .env_clear()
+            .envs(sb.env())
+            .current_dir(sb.root());
+        Run::of(script, Some(answer))
+    };
+    let no = run_on_tty("n\n");
+    no.code(1)
+        .stdout_has("Remove them? [y/N]")
+        .stdout_has("cleanup cancelled");
+    assert_eq!(users(&sb), 1);
+    let yes = run_on_tty("y\n");
+    yes.code(0).stdout_has("removed the database");
+    assert!(!sb.database(EXE).exists());
+}
+
+#[test]
+fn cleanup_refuses_to_remove_a_file_that_is_not_a_sqlite_database() {
+    let mut sb = Sandbox::new();
+    let precious = sb.root().join("precious.txt");
+    fs::write(&precious, "not a database").unwrap();
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", precious.display()),
+    );
+    sb.run(EXE, &["--self-cleanup", "--yes"])
+        .code(78)
+        .stderr_has("not a SQLite database");
+    assert_eq!(fs::read_to_string(&precious).unwrap(), "not a database");
+}
+
+#[test]
+fn self_test_passes_and_leaves_the_configured_database_byte_for_byte_untouched() {
+    let sb = Sandbox::new();
+    create(&sb, "alice", "a@example.com").code(0);
+    let snapshot = |sb: &Sandbox| {
+        let mut files: Vec<_> = fs::read_dir(sb.data_dir())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name(),
+                    fs::read(e.path()).unwrap(),
+                    e.metadata().unwrap().modified().unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&sb);
+    let run = sb.run(EXE, &["--self-test"]);
+    run.code(0).stdout_has("0 failed");
+    let lines: Vec<_> = run.stdout.lines().collect();
+    assert!(lines.len() >= 10, "{run}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("ok ")),
+        "{run}"
+    );
+    assert!(
+        lines.last().unwrap().ends_with(" passed, 0 failed"),
+        "{run}"
+    );
+    assert_eq!(
+        before,
+        snapshot(&sb),
+        "the self-test touched the configured database"
+    );
+}
+
+#[test]
+fn self_test_json_lists_every_case() {
+    let sb = Sandbox::new();
+    let doc = sb.run(EXE, &["--self-test", "--json"]).code(0).json();
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(doc["failed"], 0);
+    assert_eq!(doc["passed"], cases.len());
+    let names: Vec<_> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for expected in [
+        "setup creates the database, private to its owner",
+        "setup run again changes nothing",
+        "sample request 1 succeeds",
+        "repeating sample request 1 is refused as a conflict and writes nothing",
+        "an invalid request is refused as invalid input and writes nothing",
+        "a password from stdin is stored only as its argon2id hash",
+        "cleanup removes the database and leaves nothing behind",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[test]
+fn fifty_concurrent_creates_on_one_file_all_succeed() {
+    let sb = Sandbox::new();
+    sb.run(EXE, &["--self-setup"]).code(0);
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            let name = format!("user{i}");
+            let mut cmd = sb.command(
+                EXE,
+                &["--create", "--username", &name, "--email", "u@example.com"],
+            );
+            let command = format!("{cmd:?}");
+            let child = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (command, child)
+        })
+        .collect();
+    for (command, child) in children {
+        Run::from_output(command, child.wait_with_output().unwrap()).code(0);
+    }
+    assert_eq!(users(&sb), 50);
+    assert_eq!(
+        sqlite_count(&sb.database(EXE), "SELECT COUNT(DISTINCT id) FROM users"),
+        50
+    );
+}
+
+#[test]
+fn fifty_concurrent_first_creates_set_the_database_up_exactly_once() {
+    let sb = Sandbox::new();
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            let name = format!("user{i}");
+            let mut cmd = sb.command(
+                EXE,
+                &["--create", "--username", &name, "--email", "u@example.com"],
+            );
+            let command = format!("{cmd:?}");
+            let child = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (command, child)
+        })
+        .collect();
+    let runs: Vec<_> = children
+        .into_iter()
+        .map(|(command, child)| Run::from_output(command, child.wait_with_output().unwrap()))
+        .collect();
+    for run in &runs {
+        run.code(0);
+    }
+    let notes = runs
+        .iter()
+        .filter(|r| r.stderr.contains("first use: created"))
+        .count();
+    assert_eq!(notes, 1, "exactly one process created the database");
+    assert_eq!(users(&sb), 50);
+}
