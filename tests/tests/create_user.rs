@@ -592,11 +592,9 @@ fn self_test_json_lists_every_case() {
     }
 }
 
-#[test]
-fn fifty_concurrent_creates_on_one_file_all_succeed() {
-    let sb = Sandbox::new();
-    sb.run(EXE, &["--self-setup"]).code(0);
-    let children: Vec<_> = (0..50)
+/// Starts `n` `--create` processes at once and waits for them all.
+fn concurrent_creates(sb: &Sandbox, n: usize) -> Vec<Run> {
+    let children: Vec<_> = (0..n)
         .map(|i| {
             let name = format!("user{i}");
             let mut cmd = sb.command(
@@ -612,8 +610,18 @@ fn fifty_concurrent_creates_on_one_file_all_succeed() {
             (command, child)
         })
         .collect();
-    for (command, child) in children {
-        Run::from_output(command, child.wait_with_output().unwrap()).code(0);
+    children
+        .into_iter()
+        .map(|(command, child)| Run::from_output(command, child.wait_with_output().unwrap()))
+        .collect()
+}
+
+#[test]
+fn fifty_concurrent_creates_on_one_file_all_succeed() {
+    let sb = Sandbox::new();
+    sb.run(EXE, &["--self-setup"]).code(0);
+    for run in concurrent_creates(&sb, 50) {
+        run.code(0);
     }
     assert_eq!(users(&sb), 50);
     assert_eq!(
@@ -625,26 +633,7 @@ fn fifty_concurrent_creates_on_one_file_all_succeed() {
 #[test]
 fn fifty_concurrent_first_creates_set_the_database_up_exactly_once() {
     let sb = Sandbox::new();
-    let children: Vec<_> = (0..50)
-        .map(|i| {
-            let name = format!("user{i}");
-            let mut cmd = sb.command(
-                EXE,
-                &["--create", "--username", &name, "--email", "u@example.com"],
-            );
-            let command = format!("{cmd:?}");
-            let child = cmd
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (command, child)
-        })
-        .collect();
-    let runs: Vec<_> = children
-        .into_iter()
-        .map(|(command, child)| Run::from_output(command, child.wait_with_output().unwrap()))
-        .collect();
+    let runs = concurrent_creates(&sb, 50);
     for run in &runs {
         run.code(0);
     }
