@@ -22,6 +22,8 @@ pub(crate) enum Mode<A> {
     Test,
     /// `--self-cleanup`, confirmed in advance with `--yes` or not.
     Cleanup { yes: bool },
+    /// `--self-status`.
+    Status,
 }
 
 /// A parsed command line.
@@ -36,6 +38,7 @@ pub(crate) struct Invocation<A> {
 const SETUP: &str = "self-setup";
 const TEST: &str = "self-test";
 const CLEANUP: &str = "self-cleanup";
+const STATUS: &str = "self-status";
 const MODES: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
@@ -58,7 +61,7 @@ pub(crate) fn command<T: Task>() -> Command {
         .after_help(
             "Exit codes: 0 success, 1 check failed or declined, 2 usage, 65 invalid input, \
              69 database unavailable, 70 internal error, 73 already exists, 75 temporary failure \
-             (retry), 77 permission denied, 78 configuration or setup needed.",
+             (retry), 77 permission denied or bad credentials, 78 configuration or setup needed.",
         )
         .arg(flag(
             T::VERB,
@@ -79,9 +82,13 @@ pub(crate) fn command<T: Task>() -> Command {
             CLEANUP,
             "Remove the database that setup made (asks first; backups are kept)".into(),
         ))
+        .arg(flag(
+            STATUS,
+            "Report the database and its schema, read-only (exit 78 if setup is needed)".into(),
+        ))
         .group(
             ArgGroup::new(MODES)
-                .args([T::VERB, SETUP, TEST, CLEANUP])
+                .args([T::VERB, SETUP, TEST, CLEANUP, STATUS])
                 .required(true)
                 .multiple(false),
         )
@@ -132,7 +139,7 @@ pub(crate) fn command<T: Task>() -> Command {
             Arg::new("yes")
                 .long("yes")
                 .action(ArgAction::SetTrue)
-                .conflicts_with_all([T::VERB, SETUP, TEST])
+                .conflicts_with_all([T::VERB, SETUP, TEST, STATUS])
                 .help("Confirm --self-cleanup without asking"),
         );
     let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
@@ -157,6 +164,7 @@ pub(crate) fn command<T: Task>() -> Command {
     .mut_arg(SETUP, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(TEST, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(CLEANUP, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(STATUS, |a| a.conflicts_with(TASK_ARGS))
     .override_usage(usage)
 }
 
@@ -179,7 +187,9 @@ fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
             task.push_str(&format!(" [--{long}{value}]"));
         }
     }
-    format!("{task}\n       {name} [OPTIONS] --self-setup | --self-test | --self-cleanup [--yes]")
+    format!(
+        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-cleanup [--yes]"
+    )
 }
 
 /// Parses the process's arguments; prints usage and exits on a usage error, `--help` or
@@ -208,6 +218,8 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         Mode::Setup
     } else if m.get_flag(TEST) {
         Mode::Test
+    } else if m.get_flag(STATUS) {
+        Mode::Status
     } else {
         Mode::Cleanup {
             yes: m.get_flag("yes"),
@@ -247,7 +259,13 @@ mod tests {
         assert_eq!(e.kind(), K::DisplayHelpOnMissingArgumentOrSubcommand);
         assert_eq!(e.exit_code(), 2);
         let help = command::<Notes>().render_help().to_string();
-        for mode in ["--add", "--self-setup", "--self-test", "--self-cleanup"] {
+        for mode in [
+            "--add",
+            "--self-setup",
+            "--self-test",
+            "--self-cleanup",
+            "--self-status",
+        ] {
             assert!(help.contains(mode), "{mode} missing from:\n{help}");
         }
     }
@@ -324,7 +342,7 @@ mod tests {
             "{usage}"
         );
         assert!(
-            usage.contains("--self-setup | --self-test | --self-cleanup"),
+            usage.contains("--self-setup | --self-status | --self-test | --self-cleanup"),
             "{usage}"
         );
     }

@@ -39,6 +39,15 @@ pub struct Settings {
     pub busy_timeout_ms: u64,
     /// How long setup and cleanup wait for another process's setup or cleanup to finish.
     pub lock_timeout_ms: u64,
+    /// How long one attempt to connect to a database server may take.
+    pub connect_timeout_ms: u64,
+    /// How long to keep retrying a connection that failed for a reason that passes (server
+    /// starting up, too many connections, connection reset), with jittered exponential backoff.
+    pub connect_retry_ms: u64,
+    /// The role the task connects as on a server; default `<database>_app`.
+    pub app_role: Option<String>,
+    /// The read-only role for backups on a server; default `<database>_backup`.
+    pub backup_role: Option<String>,
     /// SQLite's `synchronous` setting: `full` makes every commit durable against power loss.
     pub synchronous: Synchronous,
     /// The task's own settings (the `[task]` table), read by the task as its `Settings` type.
@@ -91,8 +100,8 @@ impl Settings {
 pub struct Sources {
     /// Files in increasing priority, each with whether it must exist.
     pub files: Vec<(PathBuf, bool)>,
-    /// The environment to read; `None` reads the process's own.
-    pub env: Option<HashMap<String, String>>,
+    /// The `COMMONDB_*` environment variables to read (but `COMMONDB_ADMIN_URL`, a secret).
+    pub env: HashMap<String, String>,
     /// The default data directory, if one could be found.
     pub default_data_dir: Option<PathBuf>,
     /// The default secrets directory, if one could be found.
@@ -117,11 +126,22 @@ impl Sources {
         }
         Sources {
             files,
-            env: None,
+            env: settings_env(std::env::vars_os()),
             default_data_dir: dirs.as_ref().map(|d| d.data_dir().to_path_buf()),
             default_secrets_dir: dirs.as_ref().map(|d| d.config_dir().join("secrets")),
         }
     }
+}
+
+/// The environment variables that are settings: those prefixed `COMMONDB_`, except
+/// [`crate::secrets::ADMIN_URL_VAR`], which is the environment form of a secrets file and is read
+/// only by setup and cleanup.
+fn settings_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> HashMap<String, String> {
+    vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("COMMONDB_") && k != crate::secrets::ADMIN_URL_VAR)
+        .collect()
 }
 
 /// Merges the layers of `sources` into [`Settings`].
@@ -129,6 +149,8 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     let mut builder = ::config::Config::builder()
         .set_default("busy_timeout_ms", 5_000)
         .and_then(|b| b.set_default("lock_timeout_ms", 30_000))
+        .and_then(|b| b.set_default("connect_timeout_ms", 5_000))
+        .and_then(|b| b.set_default("connect_retry_ms", 10_000))
         .and_then(|b| b.set_default("synchronous", "full"))
         .map_err(internal)?;
     if let Some(dir) = &sources.default_data_dir {
@@ -160,7 +182,7 @@ pub fn load(sources: &Sources) -> Result<Settings> {
             .separator("__")
             .ignore_empty(true)
             .try_parsing(true)
-            .source(sources.env.clone()),
+            .source(Some(sources.env.clone())),
     );
     let config = builder.build().map_err(config_error)?;
     let settings: Settings = config.try_deserialize().map_err(config_error)?;
@@ -197,11 +219,7 @@ mod tests {
             .collect();
         Sources {
             files,
-            env: Some(
-                env.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            env: settings_env(env.iter().map(|(k, v)| (k.into(), v.into()))),
             default_data_dir: Some(dir.join("data")),
             default_secrets_dir: Some(dir.join("secrets")),
         }
@@ -274,6 +292,18 @@ mod tests {
         let e = load(&src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.message().contains("busy_timeout_ms"), "{}", e.message());
+    }
+
+    #[test]
+    fn the_admin_url_is_a_secret_and_not_a_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(
+            dir.path(),
+            &[],
+            &[("COMMONDB_ADMIN_URL", "postgres://postgres@h/postgres")],
+        );
+        assert!(src.env.is_empty());
+        load(&src).unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | `temporary`    | 75   | busy or locked; retrying later may succeed (`EX_TEMPFAIL`)     |
 //! | `permission`   | 77   | not allowed: file modes, credentials (`EX_NOPERM`)             |
 //! | `config`       | 78   | configuration is wrong or setup is needed (`EX_CONFIG`)        |
+//! | `interrupted`  | 130  | stopped by Ctrl-C or SIGTERM (the shell's 128 + SIGINT)        |
 
 use std::fmt;
 
@@ -43,11 +44,13 @@ pub enum ErrorKind {
     Permission,
     /// The configuration is wrong, or setup is needed: exit 78.
     Config,
+    /// Stopped by Ctrl-C or SIGTERM after cleaning up: exit 130.
+    Interrupted,
 }
 
 impl ErrorKind {
     /// Every kind, in exit-code order (for documentation and tests).
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Failed,
         ErrorKind::Usage,
         ErrorKind::InvalidInput,
@@ -57,6 +60,7 @@ impl ErrorKind {
         ErrorKind::Temporary,
         ErrorKind::Permission,
         ErrorKind::Config,
+        ErrorKind::Interrupted,
     ];
 
     /// The process exit code for this kind of failure.
@@ -71,6 +75,7 @@ impl ErrorKind {
             ErrorKind::Temporary => 75,
             ErrorKind::Permission => 77,
             ErrorKind::Config => 78,
+            ErrorKind::Interrupted => 130,
         }
     }
 
@@ -86,6 +91,7 @@ impl ErrorKind {
             ErrorKind::Temporary => "temporary",
             ErrorKind::Permission => "permission",
             ErrorKind::Config => "config",
+            ErrorKind::Interrupted => "interrupted",
         }
     }
 }
@@ -124,6 +130,16 @@ impl Error {
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// Adds a hint unless there is one already.
+    #[must_use]
+    pub fn hint_if_none(self, hint: impl Into<String>) -> Self {
+        if self.hint.is_some() {
+            self
+        } else {
+            self.hint(hint)
+        }
     }
 
     /// The request's data is invalid (exit 65).
@@ -228,7 +244,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_and_follow_sysexits() {
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
-        assert_eq!(codes, [1, 2, 65, 69, 70, 73, 75, 77, 78]);
+        assert_eq!(codes, [1, 2, 65, 69, 70, 73, 75, 77, 78, 130]);
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
     }

@@ -12,6 +12,17 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+/// The process's output, for the few places deep in the database layer that report details
+/// (connection retries) with `-v`.
+static INSTALLED: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
+/// Reports a detail through the process's output, if one was installed and `-v` was given.
+pub(crate) fn detail(message: impl Display) {
+    if let Some(out) = INSTALLED.get() {
+        out.detail(message);
+    }
+}
+
 /// How much to print, and in which form.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -28,6 +39,11 @@ impl Output {
             json,
             verbosity,
         }
+    }
+
+    /// Makes this the process's output for [`detail`].
+    pub fn install(self) {
+        let _ = INSTALLED.set(self);
     }
 
     /// An output that prints no notes and no details (for runs inside the self-test).

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use crate::cli::{self, Mode};
 use crate::config::{self, Settings, Sources};
-use crate::db::{self, Target, cleanup, setup};
+use crate::db::{self, Target, cleanup, setup, status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::selftest;
@@ -23,6 +23,7 @@ use crate::task::{Context, Input, Task};
 pub fn main<T: Task>() -> ExitCode {
     let inv = cli::parse::<T>();
     let out = Output::new(T::NAME, inv.json, inv.verbosity);
+    out.install();
     let sources = Sources::standard(T::NAME, inv.config.as_deref());
     let outcome =
         config::load(&sources).and_then(|settings| dispatch::<T>(inv.mode, &settings, &out));
@@ -67,11 +68,20 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
         }
         Mode::Cleanup { yes } => {
             let target = Target::resolve(settings, T::NAME)?;
-            let files = cleanup::plan(&target)?;
-            if !files.is_empty() && !yes {
-                confirm_cleanup(&files)?;
+            let plan = cleanup::plan(&target)?;
+            if !plan.is_empty() && !yes {
+                confirm_cleanup(&plan)?;
             }
             out.result(&block_on(cleanup::run(&target))?);
+        }
+        Mode::Status => {
+            let target = Target::resolve(settings, T::NAME)?;
+            let report = block_on(status::run(&target, T::MIGRATIONS))?;
+            out.result(&report);
+            if let Some(kind) = report.failure() {
+                out.note(format_args!("{}: {}", kind, report.advice()));
+                return Ok(ExitCode::from(kind.exit_code()));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -93,10 +103,19 @@ pub(crate) async fn perform<T: Task>(
         out.note(report.summary());
     }
     let output = async {
-        let mut tx = conn.begin_write().await?;
-        let output = T::execute(&mut tx, request).await?;
-        tx.commit().await?;
-        Ok::<_, Error>(output)
+        let mut tx = conn.begin_task(&target.location, T::MIGRATIONS).await?;
+        match T::execute(&mut tx, request).await {
+            Ok(output) => {
+                tx.commit().await?;
+                Ok::<_, Error>(output)
+            }
+            Err(e) => {
+                // Rolled back explicitly, so that a server never holds the failed transaction
+                // until the connection closes.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
     .await;
     // Closed on failure too, so that the database is always left checkpointed.
@@ -107,7 +126,7 @@ pub(crate) async fn perform<T: Task>(
 }
 
 /// Asks on the terminal before cleanup removes anything; without a terminal, `--yes` is needed.
-fn confirm_cleanup(files: &[std::path::PathBuf]) -> Result<()> {
+fn confirm_cleanup(plan: &[String]) -> Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(Error::usage(
@@ -117,8 +136,8 @@ fn confirm_cleanup(files: &[std::path::PathBuf]) -> Result<()> {
     }
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "This removes (backups are kept):");
-    for f in files {
-        let _ = writeln!(stderr, "  {}", f.display());
+    for item in plan {
+        let _ = writeln!(stderr, "  {item}");
     }
     let _ = write!(stderr, "Remove them? [y/N] ");
     let _ = stderr.flush();
@@ -135,7 +154,7 @@ fn confirm_cleanup(files: &[std::path::PathBuf]) -> Result<()> {
 /// microseconds.
 pub(crate) fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| {
             Error::temporary(format!("cannot start the async runtime: {e}"))

@@ -1,8 +1,12 @@
 //! Secrets files: credentials kept apart from configuration, readable only by their owner.
 //!
 //! Two small TOML files in `secrets_dir`, as in the original design:
-//! - `admin.toml`: the database administrator's credentials, read only by setup and cleanup;
-//! - `<executable>.toml`: the app's own connection settings (`database_url`), read by every mode.
+//! - `admin.toml`: the database administrator's URL (`url = "postgres://postgres:…@host/postgres"`),
+//!   read only by setup, cleanup and a server self-test; `COMMONDB_ADMIN_URL` is its environment
+//!   form;
+//! - `<executable>.toml`: the app's own credentials, written by setup on a server (`database`,
+//!   `[app]` and `[backup]` with `user` and `password`), or a whole `database_url` written by
+//!   hand; read by every mode.
 //!
 //! A file that group or others can access, or that another user owns, is refused the way ssh
 //! refuses a private key: with the file's name and the `chmod 600` that fixes it. Values are
@@ -21,12 +25,74 @@ use serde::de::DeserializeOwned;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
+/// The environment variable that stands for the admin secrets file.
+pub const ADMIN_URL_VAR: &str = "COMMONDB_ADMIN_URL";
+
 /// The app's own secrets: how to reach its database with its own (least) privileges.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSecrets {
-    /// A database URL that may carry the app role's password; overrides `database_url`.
+    /// A database URL that may carry a password, written by hand; overrides `database_url`.
     pub database_url: Option<SecretString>,
+    /// The database the credentials below are for, as setup printed it (no credentials).
+    pub database: Option<String>,
+    /// The app role's credentials.
+    pub app: Option<Credentials>,
+    /// The backup role's credentials.
+    pub backup: Option<Credentials>,
+}
+
+/// A role's name and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The role (user) name.
+    pub user: String,
+    /// Its password.
+    pub password: SecretString,
+}
+
+impl AppSecrets {
+    /// The credentials of `role` if they are recorded for `database`.
+    pub fn for_role(&self, database: &str, role: &str, backup: bool) -> Option<&Credentials> {
+        let creds = if backup { &self.backup } else { &self.app };
+        creds
+            .as_ref()
+            .filter(|c| c.user == role && self.database.as_deref() == Some(database))
+    }
+
+    /// The file's text, as setup writes it.
+    pub fn to_toml(database: &str, app: &Credentials, backup: &Credentials) -> String {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        format!(
+            "# Written by --self-setup: the credentials of the roles it created. Keep private.\n\
+             database = {}\n\n[app]\nuser = {}\npassword = {}\n\n[backup]\nuser = {}\npassword = {}\n",
+            q(database),
+            q(&app.user),
+            q(app.password.expose_secret()),
+            q(&backup.user),
+            q(backup.password.expose_secret()),
+        )
+    }
+}
+
+/// The admin secrets file: the administrator's database URL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSecrets {
+    url: SecretString,
+}
+
+/// The administrator's database URL, from `COMMONDB_ADMIN_URL` or else the admin secrets file;
+/// `None` if neither is there.
+pub fn admin_url(settings: &Settings) -> Result<Option<SecretString>> {
+    if let Some(url) = std::env::var_os(ADMIN_URL_VAR).filter(|v| !v.is_empty()) {
+        let url = url
+            .into_string()
+            .map_err(|_| Error::config(format!("{ADMIN_URL_VAR} is not valid UTF-8")))?;
+        return Ok(Some(SecretString::from(url)));
+    }
+    Ok(load::<AdminSecrets>(&admin_file(settings))?.map(|a| a.url))
 }
 
 /// The app secrets file of executable `exe`.
@@ -225,8 +291,42 @@ mod tests {
     fn secrets_never_show_in_debug_output() {
         let s = AppSecrets {
             database_url: Some(SecretString::from("postgres://u:hunter2@h/d")),
+            ..AppSecrets::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_file_setup_writes_reads_back_and_matches_only_its_database_and_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = |user: &str, pw: &str| Credentials {
+            user: user.into(),
+            password: SecretString::from(pw.to_string()),
+        };
+        let text = AppSecrets::to_toml(
+            "postgres://h:5432/shop",
+            &creds("shop_app", "p\"w'1"),
+            &creds("shop_backup", "pw2"),
+        );
+        let p = dir.path().join("app.toml");
+        write(&p, &text).unwrap();
+        let s: AppSecrets = load(&p).unwrap().unwrap();
+        let app = s
+            .for_role("postgres://h:5432/shop", "shop_app", false)
+            .unwrap();
+        assert_eq!(app.password.expose_secret(), "p\"w'1");
+        assert!(
+            s.for_role("postgres://h:5432/shop", "shop_backup", true)
+                .is_some()
+        );
+        assert!(
+            s.for_role("postgres://h:5432/other", "shop_app", false)
+                .is_none()
+        );
+        assert!(
+            s.for_role("postgres://h:5432/shop", "other_app", false)
+                .is_none()
+        );
     }
 
     #[test]

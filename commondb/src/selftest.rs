@@ -12,10 +12,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, Location, Target, cleanup, schema, setup};
+use crate::db::{self, Location, Target, cleanup, dialect, schema, server, setup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::run::{block_on, perform};
+use crate::secrets::{self, ExposeSecret};
 use crate::task::{Case, Input, Repeat, Task};
 
 /// The outcome of one case.
@@ -59,6 +60,10 @@ impl fmt::Display for Report {
 }
 
 /// Runs the self-test of task `T`, printing a line per case unless `--json`.
+///
+/// On a server the scratch database and its roles get a random suffix; they are dropped at the
+/// end whatever happened, also when the run is interrupted (Ctrl-C or SIGTERM), which then ends
+/// with [`ErrorKind::Interrupted`].
 pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> {
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}-self-test-", T::NAME))
@@ -69,23 +74,92 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
             ))
             .hint("check TMPDIR and free space")
         })?;
-    // Only the timeouts and durability settings carry over; the database, data and secrets
-    // directories are the scratch ones.
-    let mut scratch_settings = settings.clone();
-    scratch_settings.database_url = None;
-    scratch_settings.data_dir = scratch.path().join("data");
-    scratch_settings.secrets_dir = scratch.path().join("secrets");
+    let scratch_settings = scratch_settings(settings, scratch.path(), T::NAME)?;
     let target = Target::resolve(&scratch_settings, T::NAME)?;
     let task_settings = settings.task_settings::<T::Settings>()?;
     let mut suite = Suite {
         report: Report::default(),
         out: *out,
     };
-    block_on(async {
-        lifecycle::<T>(&mut suite, &target, &task_settings).await;
-        Ok(())
+    let interrupted = block_on(async {
+        let interrupted = tokio::select! {
+            () = lifecycle::<T>(&mut suite, &target, &task_settings) => false,
+            () = interruption() => true,
+        };
+        if let Location::Server(server) = &target.location {
+            server::drop_scratch(&target, server).await?;
+        }
+        Ok(interrupted)
     })?;
+    if interrupted {
+        return Err(Error::new(
+            ErrorKind::Interrupted,
+            format!(
+                "the self-test was interrupted after {} case(s)",
+                suite.report.cases.len()
+            ),
+        )
+        .hint("its scratch database was removed; run it again"));
+    }
     Ok(suite.report)
+}
+
+/// The settings of the scratch run: the configured backend and timeouts, but a database, data
+/// directory and secrets directory of its own. On a server the database is named
+/// `st_<executable>_<random>`, its roles after it; the administrator's credentials are the
+/// configured ones.
+fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Result<Settings> {
+    let mut scratch = settings.clone();
+    scratch.data_dir = dir.join("data");
+    scratch.secrets_dir = dir.join("secrets");
+    scratch.app_role = None;
+    scratch.backup_role = None;
+    scratch.database_url = None;
+    let configured = match &settings.database_url {
+        Some(url) => Some(Location::parse(url)?),
+        None => None,
+    };
+    if let Some(Location::Server(server)) = configured {
+        let suffix: String = dialect::random_bytes::<4>()?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let exe: String = exe
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(10)
+            .collect();
+        let name = format!("st_{}_{suffix}", exe.to_ascii_lowercase());
+        scratch.database_url = Some(server.with_database(&name).display());
+        if let Some(url) = secrets::admin_url(settings)?
+            && std::env::var_os(secrets::ADMIN_URL_VAR).is_none()
+        {
+            let text = format!(
+                "url = {}\n",
+                toml::Value::String(url.expose_secret().to_string())
+            );
+            secrets::write(&secrets::admin_file(&scratch), &text)?;
+        }
+    }
+    Ok(scratch)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interruption() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
 }
 
 struct Suite {
@@ -134,17 +208,44 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
     let migrations = T::MIGRATIONS;
     let attempt = |args, input| perform::<T>(target, task_settings, args, input, &quiet);
 
-    suite
-        .case("setup creates the database, private to its owner", async {
-            let r = setup::run(target, migrations).await.map_err(show)?;
-            expect(r.created, "setup did not report creating the database")?;
-            expect(!r.applied.is_empty(), "setup applied no migration")?;
-            let Location::Sqlite(path) = &target.location;
-            expect(mode_of(path) == 0o600, "the database file is not mode 0600")?;
-            let dir = path.parent().unwrap_or(path);
-            expect(mode_of(dir) == 0o700, "the data directory is not mode 0700")
-        })
-        .await;
+    match &target.location {
+        Location::Sqlite(path) => {
+            suite
+                .case("setup creates the database, private to its owner", async {
+                    let r = setup::run(target, migrations).await.map_err(show)?;
+                    expect(r.created, "setup did not report creating the database")?;
+                    expect(!r.applied.is_empty(), "setup applied no migration")?;
+                    expect(mode_of(path) == 0o600, "the database file is not mode 0600")?;
+                    let dir = path.parent().unwrap_or(path);
+                    expect(mode_of(dir) == 0o700, "the data directory is not mode 0700")
+                })
+                .await;
+        }
+        Location::Server(_) => {
+            suite
+                .case(
+                    "setup creates the database and its roles, and keeps their passwords private",
+                    async {
+                        let r = setup::run(target, migrations).await.map_err(show)?;
+                        expect(r.created, "setup did not report creating the database")?;
+                        expect(!r.applied.is_empty(), "setup applied no migration")?;
+                        expect(
+                            r.roles.len() == 2 && r.roles.iter().all(|r| r.created),
+                            "setup did not create both roles",
+                        )?;
+                        let file = r
+                            .secrets_file
+                            .as_deref()
+                            .ok_or("setup wrote no secrets file")?;
+                        expect(
+                            mode_of(file) == 0o600,
+                            "the app secrets file is not mode 0600",
+                        )
+                    },
+                )
+                .await;
+        }
+    }
 
     suite
         .case("setup run again changes nothing", async {
@@ -204,6 +305,30 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
         )
         .await;
 
+    if let Location::Server(server) = &target.location {
+        suite
+            .case("the app role can neither create nor drop a table", async {
+                let mut app = db::connect(target).await.map_err(show)?;
+                let table = first_table(&mut app).await?;
+                denied(&mut app, "CREATE TABLE commondb_self_test (id INT)".into()).await?;
+                denied(&mut app, format!("DROP TABLE {table}")).await?;
+                app.close().await.map_err(show)
+            })
+            .await;
+        suite
+            .case(
+                "the backup role can read the tables but not change them",
+                async {
+                    let options = server::app_options(target, server, true).map_err(show)?;
+                    let mut backup = options.connect(&target.settings).await.map_err(show)?;
+                    let table = first_table(&mut backup).await?;
+                    denied(&mut backup, format!("DELETE FROM {table}")).await?;
+                    backup.close().await.map_err(show)
+                },
+            )
+            .await;
+    }
+
     for Case {
         name,
         args,
@@ -220,9 +345,14 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
                     None => attempt(args, input).await.map(drop).map_err(show)?,
                 }
                 if let Some((sql, n)) = count {
-                    let got = async { db::connect(target).await?.count(sql).await }
-                        .await
-                        .map_err(show)?;
+                    let got = async {
+                        let mut conn = db::connect(target).await?;
+                        let n = conn.count(sql).await;
+                        conn.close().await?;
+                        n
+                    }
+                    .await
+                    .map_err(show)?;
                     expect(got == n, &format!("{sql} returned {got}, expected {n}"))?;
                 }
                 Ok(())
@@ -230,22 +360,65 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
             .await;
     }
 
-    suite
-        .case(
-            "cleanup removes the database and leaves nothing behind",
-            async {
-                let r = cleanup::run(target).await.map_err(show)?;
-                expect(!r.removed.is_empty(), "cleanup removed nothing")?;
-                let Location::Sqlite(path) = &target.location;
-                let dir = path.parent().unwrap_or(path);
-                let left: Vec<_> = std::fs::read_dir(dir)
-                    .map_err(|e| e.to_string())?
-                    .filter_map(|e| e.ok().map(|e| e.file_name()))
-                    .collect();
-                expect(left.is_empty(), &format!("cleanup left {left:?} behind"))
-            },
-        )
-        .await;
+    match &target.location {
+        Location::Sqlite(path) => {
+            suite
+                .case(
+                    "cleanup removes the database and leaves nothing behind",
+                    async {
+                        let r = cleanup::run(target).await.map_err(show)?;
+                        expect(!r.removed.is_empty(), "cleanup removed nothing")?;
+                        let dir = path.parent().unwrap_or(path);
+                        let left: Vec<_> = std::fs::read_dir(dir)
+                            .map_err(|e| e.to_string())?
+                            .filter_map(|e| e.ok().map(|e| e.file_name()))
+                            .collect();
+                        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))
+                    },
+                )
+                .await;
+        }
+        Location::Server(server) => {
+            suite
+                .case(
+                    "cleanup drops the database and its roles and leaves nothing behind",
+                    async {
+                        let r = cleanup::run(target).await.map_err(show)?;
+                        expect(
+                            r.dropped.len() == 3,
+                            &format!("cleanup dropped {:?}", r.dropped),
+                        )?;
+                        let left = server::leftovers(target, server).await.map_err(show)?;
+                        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))?;
+                        let file = secrets::app_file(&target.settings, target.exe);
+                        expect(!file.exists(), "cleanup left the app secrets file behind")
+                    },
+                )
+                .await;
+        }
+    }
+}
+
+/// The quoted name of the first of the task's tables.
+async fn first_table(conn: &mut db::Conn) -> std::result::Result<String, String> {
+    let counts = schema::row_counts(conn).await.map_err(show)?;
+    let (table, _) = counts.first().ok_or("the task has no table")?;
+    Ok(match conn.backend() {
+        crate::Backend::MySql => format!("`{table}`"),
+        _ => format!("\"{table}\""),
+    })
+}
+
+/// Checks that `sql` is refused for lack of privilege.
+async fn denied(conn: &mut db::Conn, sql: String) -> std::result::Result<(), String> {
+    match conn.exec(sql.clone()).await {
+        Ok(()) => Err(format!("{sql} was allowed")),
+        Err(e) if e.kind() == ErrorKind::Permission => Ok(()),
+        Err(e) => Err(format!(
+            "{sql} failed, but not for lack of privilege: {}",
+            e.message()
+        )),
+    }
 }
 
 /// Checks that `attempt` fails with `kind` and leaves every table's row count as it was.

@@ -10,13 +10,19 @@ use crate::error::{Error, Result};
 use crate::task::{Case, Context, Task};
 
 pub(crate) const V1: &Migrations = &Migrations {
-    sqlite: sqlx::migrate!("testdata/notes/v1"),
+    sqlite: sqlx::migrate!("testdata/notes/v1/sqlite"),
+    postgres: sqlx::migrate!("testdata/notes/v1/postgres"),
+    mysql: sqlx::migrate!("testdata/notes/v1/mysql"),
 };
 pub(crate) const V2: &Migrations = &Migrations {
-    sqlite: sqlx::migrate!("testdata/notes/v2"),
+    sqlite: sqlx::migrate!("testdata/notes/v2/sqlite"),
+    postgres: sqlx::migrate!("testdata/notes/v2/postgres"),
+    mysql: sqlx::migrate!("testdata/notes/v2/mysql"),
 };
 pub(crate) const DRIFTED: &Migrations = &Migrations {
-    sqlite: sqlx::migrate!("testdata/notes/drifted"),
+    sqlite: sqlx::migrate!("testdata/notes/drifted/sqlite"),
+    postgres: sqlx::migrate!("testdata/notes/drifted/postgres"),
+    mysql: sqlx::migrate!("testdata/notes/drifted/mysql"),
 };
 
 pub(crate) struct Notes;
@@ -60,10 +66,8 @@ impl Task for Notes {
     }
 
     async fn execute(tx: &mut Tx<'_>, text: String) -> Result<i64> {
-        let (id,) = tx
-            .fetch_one("INSERT INTO notes (text) VALUES (?) RETURNING id", (text,))
-            .await?;
-        Ok(id)
+        tx.insert("INSERT INTO notes (text) VALUES (?)", "id", (text,))
+            .await
     }
 
     fn sample(n: u64, run: &str) -> NoteArgs {
@@ -98,6 +102,10 @@ pub(crate) fn settings_in(dir: &Path) -> Settings {
         secrets_dir: dir.join("secrets"),
         busy_timeout_ms: 5_000,
         lock_timeout_ms: 5_000,
+        connect_timeout_ms: 5_000,
+        connect_retry_ms: 5_000,
+        app_role: None,
+        backup_role: None,
         synchronous: Synchronous::Full,
         task: serde_json::Value::Null,
     }

@@ -271,10 +271,10 @@ impl fmt::Display for User {
 
 /// Stores `user`; a taken username is a conflict and writes nothing.
 pub async fn insert(tx: &mut Tx<'_>, user: NewUser) -> Result<User> {
-    let (id,): (i64,) = tx
-        .fetch_one(
-            "INSERT INTO users (username, email, password_hash, created_at) \
-             VALUES (?, ?, ?, ?) RETURNING id",
+    let id = tx
+        .insert(
+            "INSERT INTO users (username, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            "id",
             (
                 user.username.as_str(),
                 user.email.as_str(),

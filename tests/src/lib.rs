@@ -131,6 +131,43 @@ impl Sandbox {
         Run::of(self.command(exe, args), None)
     }
 
+    /// Runs `create-user --create --username USERNAME --email EMAIL`.
+    pub fn create_user(&self, username: &str, email: &str) -> Run {
+        self.run(
+            "create-user",
+            &["--create", "--username", username, "--email", email],
+        )
+    }
+
+    /// Starts one `exe` process per argument list, all at once, with `env` added to the
+    /// sandbox's environment, and waits for them all.
+    pub fn run_concurrently(
+        &self,
+        exe: &str,
+        runs: Vec<Vec<String>>,
+        env: &[(&str, &str)],
+    ) -> Vec<Run> {
+        let children: Vec<_> = runs
+            .iter()
+            .map(|args| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut cmd = self.command(exe, &args);
+                cmd.envs(env.iter().copied());
+                let command = format!("{cmd:?}");
+                let child = cmd
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (command, child)
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|(command, child)| Run::from_output(command, child.wait_with_output().unwrap()))
+            .collect()
+    }
+
     /// Runs `exe` with `args`, writing `input` to its stdin.
     pub fn run_with_input(&self, exe: &str, args: &[&str], input: &str) -> Run {
         Run::of(self.command(exe, args), Some(input))
@@ -274,4 +311,409 @@ pub fn sqlite_count(path: &Path, sql: &'static str) -> i64 {
             conn.close().await.expect("the connection closes");
             n
         })
+}
+
+/// The backends the scenarios run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// PostgreSQL, found through `TEST_POSTGRES_ADMIN_URL`.
+    Postgres,
+    /// MariaDB or MySQL, found through `TEST_MYSQL_ADMIN_URL`.
+    MySql,
+}
+
+/// Defines one `#[test]` per backend for each scenario `fn name(backend: Backend)`, in modules
+/// `sqlite`, `postgres` and `mysql`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[test] fn $name() { super::$name($crate::Backend::Sqlite) } )* }
+        mod postgres { $( #[test] fn $name() { super::$name($crate::Backend::Postgres) } )* }
+        mod mysql { $( #[test] fn $name() { super::$name($crate::Backend::MySql) } )* }
+    };
+}
+
+/// Defines one `#[test]` per server backend for each scenario `fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_every_server {
+    ($($name:ident),* $(,)?) => {
+        mod postgres { $( #[test] fn $name() { super::$name($crate::Backend::Postgres) } )* }
+        mod mysql { $( #[test] fn $name() { super::$name($crate::Backend::MySql) } )* }
+    };
+}
+
+impl Backend {
+    /// The environment variable naming the server's admin URL, and its default.
+    fn admin_var(self) -> (&'static str, &'static str) {
+        match self {
+            Backend::Postgres => (
+                "TEST_POSTGRES_ADMIN_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            Backend::MySql => ("TEST_MYSQL_ADMIN_URL", "mysql://root@127.0.0.1:3306/"),
+            Backend::Sqlite => ("", ""),
+        }
+    }
+
+    /// The server's admin URL, if the server answers. Without one the test is skipped with a
+    /// loud line, except with `CI=true`, where a missing server fails the test.
+    pub fn admin_url(self) -> Option<String> {
+        let (var, default) = self.admin_var();
+        let url = std::env::var(var).unwrap_or_else(|_| default.to_string());
+        let authority = url
+            .split_once("://")
+            .map_or("", |(_, r)| r)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let answers = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+                    .is_ok()
+            });
+        if answers {
+            return Some(url);
+        }
+        let msg = format!(
+            "no {self:?} server answers at {host_port}: set {var} to an admin URL, or start one with scripts/dev-servers start"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true requires every server)");
+        }
+        eprintln!("SKIPPED: {msg}");
+        None
+    }
+}
+
+/// A uniquely named database (and its roles) on a server, dropped when the test ends.
+pub struct ServerDb {
+    /// The backend.
+    pub backend: Backend,
+    /// The administrator's URL.
+    pub admin_url: String,
+    /// The database's name; the roles are `<name>_app`, `<name>_backup` and, where a test
+    /// makes one, the administrator `<name>_adm`.
+    pub name: String,
+}
+
+impl ServerDb {
+    fn new(backend: Backend, admin_url: String) -> ServerDb {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("e2e_{:x}_{n}", std::process::id());
+        ServerDb {
+            backend,
+            admin_url,
+            name,
+        }
+    }
+
+    /// The server's `host:port`.
+    pub fn host_port(&self) -> &str {
+        let authority = self
+            .admin_url
+            .split_once("://")
+            .map_or("", |(_, r)| r)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        authority.rsplit_once('@').map_or(authority, |(_, hp)| hp)
+    }
+
+    /// The server's port, as `:PORT`.
+    pub fn port(&self) -> String {
+        format!(
+            ":{}",
+            self.host_port().rsplit_once(':').map_or("", |(_, p)| p)
+        )
+    }
+
+    /// The database's URL, without credentials.
+    pub fn url(&self) -> String {
+        let scheme = if self.backend == Backend::Postgres {
+            "postgres"
+        } else {
+            "mysql"
+        };
+        format!("{scheme}://{}/{}", self.host_port(), self.name)
+    }
+
+    /// Runs statements as the administrator, in database `db` (or the admin URL's own).
+    pub fn admin_exec(&self, db: Option<&str>, statements: &[String]) -> Result<(), String> {
+        block_on(async {
+            let mut conn = self.admin_connect(db).await?;
+            for sql in statements {
+                conn.exec(sql).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs a `SELECT COUNT(*) …` as the administrator in this database.
+    pub fn admin_count(&self, sql: &str) -> i64 {
+        block_on(async {
+            let mut conn = self.admin_connect(Some(&self.name)).await?;
+            conn.count(sql).await
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn admin_connect(&self, db: Option<&str>) -> Result<AnyConn, String> {
+        AnyConn::connect(self.backend, &self.admin_url, None, db).await
+    }
+
+    /// Connects as `user`/`password` to database `db` and runs `sql`.
+    pub fn exec_as(&self, user: &str, password: &str, db: &str, sql: &str) -> Result<(), String> {
+        block_on(async {
+            let mut conn = AnyConn::connect(
+                self.backend,
+                &self.admin_url,
+                Some((user, password)),
+                Some(db),
+            )
+            .await?;
+            conn.exec(sql).await
+        })
+    }
+
+    /// The database or roles of this name still on the server.
+    pub fn leftovers(&self) -> Vec<String> {
+        let (dbs, roles) = match self.backend {
+            Backend::Postgres => (
+                "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
+                "SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('{}_app', '{}_backup', '{}_adm')",
+            ),
+            _ => (
+                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{}'",
+                "SELECT COUNT(*) FROM mysql.user WHERE user IN ('{}_app', '{}_backup', '{}_adm')",
+            ),
+        };
+        let count = |template: &str| {
+            let sql = template.replace("{}", &self.name);
+            block_on(async { self.admin_connect(None).await?.count(&sql).await }).unwrap_or(-1)
+        };
+        let mut left = Vec::new();
+        if count(dbs) != 0 {
+            left.push(format!("database {}", self.name));
+        }
+        if count(roles) != 0 {
+            left.push(format!("roles of {}", self.name));
+        }
+        left
+    }
+
+    /// Drops the database and roles whatever state they are in.
+    pub fn drop_all(&self) {
+        let n = &self.name;
+        let statements = match self.backend {
+            Backend::Postgres => vec![
+                format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS \"{n}_app\""),
+                format!("DROP ROLE IF EXISTS \"{n}_backup\""),
+                format!("DROP ROLE IF EXISTS \"{n}_adm\""),
+            ],
+            _ => vec![
+                format!("DROP DATABASE IF EXISTS `{n}`"),
+                format!("DROP USER IF EXISTS '{n}_app'@'%'"),
+                format!("DROP USER IF EXISTS '{n}_backup'@'%'"),
+                format!("DROP USER IF EXISTS '{n}_adm'@'%'"),
+            ],
+        };
+        if let Err(e) = self.admin_exec(None, &statements) {
+            eprintln!("could not drop the test database {n}: {e}");
+        }
+    }
+}
+
+impl Drop for ServerDb {
+    fn drop(&mut self) {
+        self.drop_all();
+    }
+}
+
+/// A connection to any backend, for the tests' own checks.
+pub enum AnyConn {
+    /// SQLite.
+    Sqlite(sqlx::SqliteConnection),
+    /// PostgreSQL.
+    Postgres(sqlx::PgConnection),
+    /// MySQL or MariaDB.
+    MySql(sqlx::MySqlConnection),
+}
+
+impl AnyConn {
+    /// Connects to a server with the admin URL's address, as `creds` (or the admin), to `db`.
+    pub async fn connect(
+        backend: Backend,
+        admin_url: &str,
+        creds: Option<(&str, &str)>,
+        db: Option<&str>,
+    ) -> Result<AnyConn, String> {
+        use sqlx::ConnectOptions;
+        use std::str::FromStr;
+        let e = |e: sqlx::Error| e.to_string();
+        Ok(match backend {
+            Backend::Postgres => {
+                let mut o = sqlx::postgres::PgConnectOptions::from_str(admin_url).map_err(e)?;
+                if let Some((u, p)) = creds {
+                    o = o.username(u).password(p);
+                }
+                if let Some(db) = db {
+                    o = o.database(db);
+                }
+                AnyConn::Postgres(o.connect().await.map_err(e)?)
+            }
+            Backend::MySql => {
+                let mut o = sqlx::mysql::MySqlConnectOptions::from_str(admin_url).map_err(e)?;
+                if let Some((u, p)) = creds {
+                    o = o.username(u).password(p);
+                }
+                if let Some(db) = db {
+                    o = o.database(db);
+                }
+                AnyConn::MySql(o.connect().await.map_err(e)?)
+            }
+            Backend::Sqlite => {
+                AnyConn::Sqlite(open_sqlite(Path::new(db.unwrap_or(admin_url))).await)
+            }
+        })
+    }
+
+    /// Runs one statement.
+    pub async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        let r = match self {
+            AnyConn::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+            AnyConn::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+            AnyConn::MySql(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Runs a query returning one `BIGINT`.
+    pub async fn count(&mut self, sql: &str) -> Result<i64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        let r = match self {
+            AnyConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+            AnyConn::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+            AnyConn::MySql(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs a future on a fresh current-thread runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// A sandbox whose executables use `backend`: for a server, a fresh uniquely named database
+/// (`COMMONDB_DATABASE_URL`), with the administrator's URL kept apart for [`Sandbox::run_admin`].
+pub struct BackendSandbox {
+    /// The sandbox.
+    pub sb: Sandbox,
+    /// The backend.
+    pub backend: Backend,
+    /// The server database, for server backends.
+    pub server: Option<ServerDb>,
+}
+
+impl std::ops::Deref for BackendSandbox {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
+}
+
+impl std::ops::DerefMut for BackendSandbox {
+    fn deref_mut(&mut self) -> &mut Sandbox {
+        &mut self.sb
+    }
+}
+
+impl BackendSandbox {
+    /// A sandbox on `backend`, or `None` (after a loud line) if its server does not answer.
+    pub fn new(backend: Backend) -> Option<BackendSandbox> {
+        let mut sb = Sandbox::new();
+        let server = match backend {
+            Backend::Sqlite => None,
+            _ => {
+                let db = ServerDb::new(backend, backend.admin_url()?);
+                sb.set_env("COMMONDB_DATABASE_URL", db.url());
+                Some(db)
+            }
+        };
+        Some(BackendSandbox {
+            sb,
+            backend,
+            server,
+        })
+    }
+
+    /// The server database; panics on SQLite.
+    pub fn server(&self) -> &ServerDb {
+        self.server.as_ref().expect("a server backend")
+    }
+
+    /// Runs `exe` with the administrator's URL in `COMMONDB_ADMIN_URL` (servers only).
+    pub fn run_admin(&self, exe: &str, args: &[&str]) -> Run {
+        let mut cmd = self.sb.command(exe, args);
+        if let Some(db) = &self.server {
+            cmd.env("COMMONDB_ADMIN_URL", &db.admin_url);
+        }
+        Run::of(cmd, None)
+    }
+
+    /// Runs a `SELECT COUNT(*) …` in the executable's database, whatever the backend.
+    pub fn count(&self, exe: &str, sql: &str) -> i64 {
+        match &self.server {
+            Some(db) => db.admin_count(sql),
+            None => block_on(async {
+                let mut conn = AnyConn::Sqlite(open_sqlite(&self.sb.database(exe)).await);
+                conn.count(sql).await
+            })
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// The credentials setup wrote for `role` (`app` or `backup`).
+    pub fn credentials(&self, exe: &str, role: &str) -> (String, String) {
+        let file = self.sb.secrets_dir().join(format!("{exe}.toml"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let doc: toml::Table = text.parse().expect("the secrets file is TOML");
+        let table = doc[role].as_table().expect("a role table");
+        (
+            table["user"].as_str().unwrap().to_string(),
+            table["password"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+/// Starts `n` `create-user --create` processes at once (user0 … user{n-1}) and waits for them.
+pub fn concurrent_creates(sb: &Sandbox, n: usize) -> Vec<Run> {
+    let runs = (0..n)
+        .map(|i| {
+            [
+                "--create",
+                "--username",
+                &format!("user{i}"),
+                "--email",
+                "u@example.com",
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    sb.run_concurrently("create-user", runs, &[])
 }

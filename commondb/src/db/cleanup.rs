@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::sqlite::{self, DirLock};
-use super::{Backend, Location, Target};
+use super::{Backend, Location, Target, server};
 use crate::error::{Error, Result};
+use crate::secrets;
 
 /// What cleanup removed, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -17,28 +18,39 @@ pub struct CleanupReport {
     pub backend: Backend,
     /// Where the database was (without credentials).
     pub database: String,
-    /// The files removed; empty when there was nothing to remove.
+    /// The files removed.
     pub removed: Vec<PathBuf>,
+    /// On a server: the database and roles dropped.
+    pub dropped: Vec<String>,
+    /// On a server: what was left because setup did not create it.
+    pub kept: Vec<String>,
 }
 
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.removed.is_empty() {
-            return write!(f, "nothing to clean up: {} does not exist", self.database);
+        if self.removed.is_empty() && self.dropped.is_empty() {
+            write!(f, "nothing to clean up: {} does not exist", self.database)?;
+        } else {
+            write!(f, "removed the database {}", self.database)?;
         }
-        write!(f, "removed the database {}", self.database)?;
+        for item in &self.dropped {
+            write!(f, "\n  dropped {item}")?;
+        }
         for file in &self.removed {
             write!(f, "\n  removed {}", file.display())?;
+        }
+        for item in &self.kept {
+            write!(f, "\n  kept {item}")?;
         }
         Ok(())
     }
 }
 
-/// What cleanup would remove, checked to be ours: the confirmation prompt shows this list.
-pub(crate) fn plan(target: &Target) -> Result<Vec<PathBuf>> {
+/// What cleanup would remove, for the confirmation prompt; on SQLite, checked to be a database.
+/// Empty when there is nothing to remove.
+pub(crate) fn plan(target: &Target) -> Result<Vec<String>> {
     match &target.location {
         Location::Sqlite(path) => {
-            let files = sqlite::existing_files(path);
             if path.exists() && !sqlite::is_database_file(path)? {
                 return Err(Error::config(format!(
                     "{} is not a SQLite database, so cleanup will not remove it",
@@ -46,21 +58,49 @@ pub(crate) fn plan(target: &Target) -> Result<Vec<PathBuf>> {
                 ))
                 .hint("check database_url: it must name the executable's own database file"));
             }
-            Ok(files)
+            Ok(sqlite::existing_files(path)
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect())
+        }
+        Location::Server(s) => {
+            let names = server::Names::new(s, &target.settings)?;
+            Ok(vec![
+                format!(
+                    "database {} on {} (if setup created it)",
+                    names.database,
+                    s.endpoint()
+                ),
+                format!(
+                    "roles {} and {} (those setup created)",
+                    names.app, names.backup
+                ),
+                format!(
+                    "{} (the roles' credentials)",
+                    secrets::app_file(&target.settings, target.exe).display()
+                ),
+            ])
         }
     }
 }
 
-/// Removes the database and its side files.
+/// Removes the database and what setup created with it.
 pub(crate) async fn run(target: &Target) -> Result<CleanupReport> {
-    let Location::Sqlite(path) = &target.location;
+    match &target.location {
+        Location::Sqlite(path) => cleanup_sqlite(target, path).await,
+        Location::Server(s) => server::cleanup(target, s).await,
+    }
+}
+
+async fn cleanup_sqlite(target: &Target, path: &Path) -> Result<CleanupReport> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let mut removed = Vec::new();
     if dir.is_dir() {
         // Under the setup lock, so that a concurrent setup never sees half a database.
         let timeout = Duration::from_millis(target.settings.lock_timeout_ms);
         let _lock = DirLock::acquire(dir, timeout).await?;
-        for file in plan(target)? {
+        plan(target)?;
+        for file in sqlite::existing_files(path) {
             match std::fs::remove_file(&file) {
                 Ok(()) => removed.push(file),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -78,5 +118,7 @@ pub(crate) async fn run(target: &Target) -> Result<CleanupReport> {
         backend: Backend::Sqlite,
         database: target.location.to_string(),
         removed,
+        dropped: Vec::new(),
+        kept: Vec::new(),
     })
 }

@@ -1,39 +1,52 @@
-//! The database: where it is ([`Target`]), how a task talks to it ([`Tx`]), and how its errors
-//! become [`Error`]s.
+//! The database: where it is ([`Target`]), how a task talks to it ([`Tx`]), and how the
+//! harness opens it.
 //!
 //! A task never opens a connection itself. The harness resolves the [`Target`] from the
 //! settings and the app secrets file, opens the connection, checks the schema, begins one write
 //! transaction and hands the task a [`Tx`]; it commits only if the task returns `Ok`. The `Tx`
 //! API takes `&'static str` SQL so that queries are literals (nothing from a request is ever
-//! spliced into SQL) with `?` placeholders and a tuple of parameters.
+//! spliced into SQL) with `?` placeholders (rewritten to `$1`, `$2`, … for PostgreSQL) and a
+//! tuple of parameters.
 //!
-//! Today the one backend is the embedded SQLite default; the `Backend`, `Conn` and `Tx` enums
-//! are the seam where the server backends go.
+//! `Backend`, `Location`, `Conn` and `Tx` are the seam between the backends: one variant each
+//! for SQLite, PostgreSQL and MySQL/MariaDB.
 
+mod classify;
 pub(crate) mod cleanup;
+pub(crate) mod dialect;
 pub(crate) mod schema;
+pub(crate) mod server;
 pub(crate) mod setup;
 pub(crate) mod sqlite;
+pub(crate) mod status;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
+use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteRow};
-use sqlx::{Arguments, Encode, FromRow, Type};
+use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Type};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::secrets::{self, AppSecrets, ExposeSecret};
 
 pub use schema::Migrations;
+pub(crate) use server::ServerOptions;
 
-/// Which kind of database a [`Target`] is.
+/// Which kind of database a task runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The embedded default: a file on this machine.
     Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+    /// A MySQL or MariaDB server.
+    #[serde(rename = "mysql")]
+    MySql,
 }
 
 impl Backend {
@@ -41,24 +54,19 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+            Backend::MySql => "MySQL/MariaDB",
         }
     }
 }
 
-/// The database an executable works on, resolved from its settings and secrets.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// Where the database is.
-    pub location: Location,
-    /// The settings it was resolved from (timeouts, durability).
-    pub settings: Settings,
-}
-
 /// Where a database is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
     /// A SQLite database file.
     Sqlite(PathBuf),
+    /// A database on a server (boxed: its options are large, a path is not).
+    Server(Box<ServerOptions>),
 }
 
 impl fmt::Display for Location {
@@ -66,134 +74,336 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Server(server) => f.write_str(&server.display()),
         }
     }
 }
 
 impl Location {
     /// Parses a database URL. Errors never repeat the URL, which may carry a password.
-    pub fn parse(url: &str) -> Result<Location> {
+    pub(crate) fn parse(url: &str) -> Result<Location> {
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => sqlite::parse_url(url),
-            "postgres" | "postgresql" | "mysql" | "mariadb" => Err(Error::config(format!(
-                "database URLs with the scheme \"{scheme}:\" are not supported by this version"
-            ))
-            .hint("use a sqlite: URL, or leave database_url unset for the embedded default")),
+            "postgres" | "postgresql" => Ok(Location::Server(Box::new(ServerOptions::parse(url, Backend::Postgres)?))),
+            "mysql" | "mariadb" => Ok(Location::Server(Box::new(ServerOptions::parse(url, Backend::MySql)?))),
             _ => Err(Error::config(
-                "the database URL is not valid: it must start with sqlite:".to_string(),
+                "the database URL is not valid: it must start with sqlite:, postgres:, postgresql:, mysql: or mariadb:",
             )
-            .hint("e.g. COMMONDB_DATABASE_URL=sqlite:///var/lib/app/users.sqlite3")),
+            .hint("e.g. COMMONDB_DATABASE_URL=postgres://127.0.0.1:5432/shop")),
         }
     }
+
+    /// The backend that serves this location.
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Location::Sqlite(_) => Backend::Sqlite,
+            Location::Server(s) => s.backend(),
+        }
+    }
+}
+
+/// The database an executable works on, resolved from its settings and app secrets.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// The executable's name (it names the app secrets file and the embedded database).
+    pub exe: &'static str,
+    /// Where the database is.
+    pub location: Location,
+    /// The settings it was resolved from (timeouts, durability, role names).
+    pub settings: Settings,
+    /// The app secrets file as it was when the target was resolved (empty if there was none).
+    pub secrets: AppSecrets,
 }
 
 impl Target {
     /// Resolves the database of executable `exe`: the app secrets file's `database_url` if it
     /// has one, else the `database_url` setting, else a SQLite file named after the executable
     /// in the data directory.
-    pub fn resolve(settings: &Settings, exe: &str) -> Result<Target> {
-        let app: AppSecrets = secrets::load(&secrets::app_file(settings, exe))?.unwrap_or_default();
-        let location = match (&app.database_url, &settings.database_url) {
+    pub(crate) fn resolve(settings: &Settings, exe: &'static str) -> Result<Target> {
+        let secrets: AppSecrets =
+            secrets::load(&secrets::app_file(settings, exe))?.unwrap_or_default();
+        let location = match (&secrets.database_url, &settings.database_url) {
             (Some(url), _) => Location::parse(url.expose_secret())?,
+            (None, Some(url)) if server::url_has_password(url) => {
+                return Err(Error::config("database_url carries a password, and settings are no place for secrets")
+                    .hint(format!(
+                        "remove it from the URL: setup writes the app's credentials to {} (or put the whole URL there, chmod 600)",
+                        secrets::app_file(settings, exe).display()
+                    )));
+            }
             (None, Some(url)) => Location::parse(url)?,
             (None, None) => Location::Sqlite(settings.data_dir.join(format!("{exe}.sqlite3"))),
         };
         Ok(Target {
+            exe,
             location,
             settings: settings.clone(),
+            secrets,
         })
+    }
+
+    /// The backend.
+    pub(crate) fn backend(&self) -> Backend {
+        self.location.backend()
     }
 }
 
-/// Opens `target` for a task and checks its schema in one query.
+/// Opens `target` for a task.
 ///
 /// The embedded database belongs to the user who runs the program, so on first use it is set up
 /// on the spot, and a schema behind the binary's migrations is brought up to date the way
-/// `--self-setup` would (under the same lock). The setup report is returned when that happened.
+/// `--self-setup` would (under the same lock); the setup report is returned when that happened.
+/// On a server the task connects as the app role, which may not change the schema:
+/// [`Conn::begin_task`] refuses a database that is not set up, or is behind, with the advice to
+/// run `--self-setup`.
 pub(crate) async fn open(
     target: &Target,
     migrations: &Migrations,
 ) -> Result<(Conn, Option<setup::SetupReport>)> {
-    let Location::Sqlite(path) = &target.location;
-    let mut report = None;
-    if !path.exists() {
-        report = Some(setup::run(target, migrations).await?).filter(|r| !r.unchanged());
-    }
-    let mut conn = connect(target).await?;
-    if !matches!(
-        schema::check(&mut conn, migrations).await?,
-        schema::SchemaState::Current { .. }
-    ) {
-        let r = setup::run(target, migrations).await?;
-        if !r.unchanged() {
-            report = Some(r);
+    match &target.location {
+        Location::Sqlite(path) => {
+            let mut report = None;
+            if !path.exists() {
+                report = Some(setup::run(target, migrations).await?).filter(|r| !r.unchanged());
+            }
+            let mut conn = connect(target).await?;
+            if !matches!(
+                schema::check(&mut conn, migrations).await?,
+                schema::SchemaState::Current { .. }
+            ) {
+                let r = setup::run(target, migrations).await?;
+                if !r.unchanged() {
+                    report = Some(r);
+                }
+            }
+            Ok((conn, report))
         }
+        // On a server the schema is checked by `begin_task`, in the round trip that begins the
+        // transaction.
+        Location::Server(_) => Ok((connect(target).await?, None)),
     }
-    Ok((conn, report))
 }
 
-/// Opens `target` without looking at its schema.
+/// Opens `target` as the app (on a server, the app role) without looking at its schema.
 pub(crate) async fn connect(target: &Target) -> Result<Conn> {
     match &target.location {
         Location::Sqlite(path) => Ok(Conn::Sqlite(sqlite::connect(path, &target.settings).await?)),
+        Location::Server(server) => {
+            server::app_options(target, server, false)?
+                .connect(&target.settings)
+                .await
+        }
     }
 }
 
 /// An open connection, of whichever backend.
 pub(crate) enum Conn {
     Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+    MySql(MySqlConnection),
 }
 
-impl Conn {
-    /// Begins the transaction a task runs in. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
-    /// when a read would have to be upgraded to a write.
-    pub(crate) async fn begin_write(&mut self) -> Result<Tx<'_>> {
-        match self {
-            Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
-                sqlx::Connection::begin_with(c, "BEGIN IMMEDIATE").await?,
-            ))),
+/// Runs one sqlx call on whichever connection `$conn` is, as `$c`.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => $body,
+            Conn::Postgres($c) => $body,
+            Conn::MySql($c) => $body,
         }
+    };
+}
+pub(crate) use on_conn;
+
+impl Conn {
+    /// The backend of this connection.
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+            Conn::MySql(_) => Backend::MySql,
+        }
+    }
+
+    /// Begins the transaction a task runs in, after checking that the schema is the binary's.
+    ///
+    /// On SQLite (checked by [`open`]) it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// concurrent writers queue on the busy timeout instead of failing when a read would have to
+    /// be upgraded to a write. On a server the session settings, the schema check and `BEGIN`
+    /// go in one simple-query round trip; if the schema differs the transaction is rolled back
+    /// and the database refused.
+    pub(crate) async fn begin_task(
+        &mut self,
+        location: &Location,
+        migrations: &Migrations,
+    ) -> Result<Tx<'_>> {
+        use sqlx::Row;
+        const CHECK: &str =
+            "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
+        let backend = self.backend();
+        let sql = match backend {
+            Backend::Sqlite => {
+                self.exec("BEGIN IMMEDIATE".into()).await?;
+                return Ok(Tx { conn: self });
+            }
+            Backend::Postgres => format!("{CHECK}; BEGIN"),
+            Backend::MySql => format!("{}; {CHECK}; START TRANSACTION", dialect::MYSQL_SESSION),
+        };
+        let rows = on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *c).await.map(|rows| {
+            rows.first().map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        }));
+        let applied = match rows {
+            Ok(Some(Ok(applied))) => Some(applied),
+            // No migrations table (or another failure): the full check below says which.
+            Ok(_) | Err(_) => None,
+        };
+        let migrator = migrations.for_backend(backend);
+        if applied == Some(schema::embedded(migrator)) {
+            return Ok(Tx { conn: self });
+        }
+        if applied.is_some() {
+            self.exec("ROLLBACK".into()).await?;
+        }
+        let state = schema::check(self, migrations).await?;
+        Err(schema::refusal(state, migrator, location))
+    }
+
+    /// Runs one statement given as text, without parameters (DDL, grants: their identifiers
+    /// are validated and quoted by the caller).
+    pub(crate) async fn exec(&mut self, sql: String) -> Result<()> {
+        on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await.map(drop))?;
+        Ok(())
+    }
+
+    /// Runs a query that returns one `BIGINT`.
+    pub(crate) async fn scalar(&mut self, sql: &'static str) -> Result<i64> {
+        Ok(on_conn!(self, c => sqlx::query_scalar(sql).fetch_one(&mut *c).await)?)
     }
 
     /// Runs a `SELECT COUNT(*) …` (self-test checks).
     pub(crate) async fn count(&mut self, sql: &'static str) -> Result<i64> {
+        let sql = self.native(sql);
+        Ok(on_conn!(self, c => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *c).await)?)
+    }
+
+    /// Runs a query with one text parameter (a name) that returns one `BIGINT`.
+    pub(crate) async fn count_named(&mut self, sql: &'static str, name: &str) -> Result<i64> {
+        Ok(on_conn!(self, c => sqlx::query_scalar(sql).bind(name).fetch_one(&mut *c).await)?)
+    }
+
+    /// Runs a query with one text parameter that returns a column of `BIGINT`s.
+    pub(crate) async fn ids_named(&mut self, sql: &'static str, name: &str) -> Result<Vec<i64>> {
+        Ok(on_conn!(self, c => sqlx::query_scalar(sql).bind(name).fetch_all(&mut *c).await)?)
+    }
+
+    /// Runs a query that returns a column of text.
+    pub(crate) async fn strings(&mut self, sql: &'static str) -> Result<Vec<String>> {
+        Ok(on_conn!(self, c => sqlx::query_scalar(sql).fetch_all(&mut *c).await)?)
+    }
+
+    /// What setup recorded for `item`: created (`true`), found (`false`) or nothing.
+    pub(crate) async fn marker(&mut self, item: &str) -> Result<Option<bool>> {
+        let sql = self.native("SELECT created FROM _commondb_setup WHERE item = ?");
+        Ok(
+            on_conn!(self, c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(item).fetch_optional(&mut *c).await)?,
+        )
+    }
+
+    /// `sql` with `?` placeholders rewritten for this backend.
+    fn native(&self, sql: &'static str) -> String {
         match self {
-            Conn::Sqlite(c) => Ok(sqlx::query_scalar(sql).fetch_one(&mut *c).await?),
+            Conn::Postgres(_) => dialect::numbered_placeholders(sql).into_owned(),
+            _ => sql.to_string(),
         }
     }
 
     /// Closes the connection cleanly (on SQLite this checkpoints the write-ahead log).
     pub(crate) async fn close(self) -> Result<()> {
-        match self {
-            Conn::Sqlite(c) => Ok(sqlx::Connection::close(c).await?),
-        }
+        use sqlx::Connection;
+        Ok(on_conn!(self, c => c.close().await)?)
     }
 }
 
-/// The transaction a task's handler runs in; committed by the harness if the handler succeeds.
-pub struct Tx<'c>(TxInner<'c>);
+/// The transaction a task's handler runs in; the harness commits it if the handler succeeds and
+/// rolls it back otherwise.
+pub struct Tx<'c> {
+    conn: &'c mut Conn,
+}
 
-enum TxInner<'c> {
-    Sqlite(sqlx::Transaction<'c, Sqlite>),
+/// Runs one sqlx query builder on whichever connection `$tx` is in: `$q` is given the SQL (with
+/// placeholders for the backend) and the bound arguments, `$e` the executor.
+macro_rules! on_tx {
+    ($tx:expr, $sql:expr, $params:expr, |$q:ident, $e:ident| $run:expr) => {
+        match &mut *$tx.conn {
+            Conn::Sqlite(c) => {
+                let $q = ($sql, $params.sqlite()?);
+                let $e = &mut *c;
+                $run
+            }
+            Conn::Postgres(c) => {
+                let $q = (
+                    AssertSqlSafe(dialect::numbered_placeholders($sql).into_owned()),
+                    $params.postgres()?,
+                );
+                let $e = &mut *c;
+                $run
+            }
+            Conn::MySql(c) => {
+                let $q = ($sql, $params.mysql()?);
+                let $e = &mut *c;
+                $run
+            }
+        }
+    };
 }
 
 impl Tx<'_> {
     /// The backend, for the rare query that must be written per backend.
     pub fn backend(&self) -> Backend {
-        match &self.0 {
-            TxInner::Sqlite(_) => Backend::Sqlite,
-        }
+        self.conn.backend()
     }
 
     /// Runs a statement and returns how many rows it changed.
     pub async fn execute<'q>(&mut self, sql: &'static str, params: impl Params<'q>) -> Result<u64> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(sqlx::query_with(sql, params.sqlite()?)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()),
+        on_tx!(self, sql, params, |q, e| Ok(sqlx::query_with(q.0, q.1)
+            .execute(e)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Runs an `INSERT` of one row and returns the integer key the database generated for it
+    /// in column `key`: with `RETURNING` on PostgreSQL, as the connection's last insert id on
+    /// SQLite and MySQL/MariaDB (MySQL has no `RETURNING`).
+    pub async fn insert<'q>(
+        &mut self,
+        sql: &'static str,
+        key: &'static str,
+        params: impl Params<'q>,
+    ) -> Result<i64> {
+        match &mut *self.conn {
+            Conn::Sqlite(c) => {
+                let done = sqlx::query_with(sql, params.sqlite()?)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(done.last_insert_rowid())
+            }
+            Conn::Postgres(c) => {
+                let sql = format!("{} RETURNING {key}", dialect::numbered_placeholders(sql));
+                Ok(
+                    sqlx::query_scalar_with(AssertSqlSafe(sql), params.postgres()?)
+                        .fetch_one(&mut *c)
+                        .await?,
+                )
+            }
+            Conn::MySql(c) => {
+                let done = sqlx::query_with(sql, params.mysql()?)
+                    .execute(&mut *c)
+                    .await?;
+                i64::try_from(done.last_insert_id()).map_err(|_| {
+                    Error::internal("the generated key does not fit a signed 64-bit integer")
+                })
+            }
         }
     }
 
@@ -203,11 +413,9 @@ impl Tx<'_> {
         sql: &'static str,
         params: impl Params<'q>,
     ) -> Result<R> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(sqlx::query_as_with(sql, params.sqlite()?)
-                .fetch_one(&mut **tx)
-                .await?),
-        }
+        on_tx!(self, sql, params, |q, e| Ok(sqlx::query_as_with(q.0, q.1)
+            .fetch_one(e)
+            .await?))
     }
 
     /// Runs a query that returns at most one row.
@@ -216,11 +424,9 @@ impl Tx<'_> {
         sql: &'static str,
         params: impl Params<'q>,
     ) -> Result<Option<R>> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(sqlx::query_as_with(sql, params.sqlite()?)
-                .fetch_optional(&mut **tx)
-                .await?),
-        }
+        on_tx!(self, sql, params, |q, e| Ok(sqlx::query_as_with(q.0, q.1)
+            .fetch_optional(e)
+            .await?))
     }
 
     /// Runs a query and returns all its rows.
@@ -229,33 +435,70 @@ impl Tx<'_> {
         sql: &'static str,
         params: impl Params<'q>,
     ) -> Result<Vec<R>> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(sqlx::query_as_with(sql, params.sqlite()?)
-                .fetch_all(&mut **tx)
-                .await?),
-        }
+        on_tx!(self, sql, params, |q, e| Ok(sqlx::query_as_with(q.0, q.1)
+            .fetch_all(e)
+            .await?))
     }
 
     pub(crate) async fn commit(self) -> Result<()> {
-        match self.0 {
-            TxInner::Sqlite(tx) => Ok(tx.commit().await?),
-        }
+        self.conn.exec("COMMIT".into()).await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.conn.exec("ROLLBACK".into()).await
     }
 }
 
-/// A row type a task can fetch: anything `#[derive(sqlx::FromRow)]` on every backend.
-pub trait Record: for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
-impl<T> Record for T where T: for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+/// A row type a task can fetch: anything `#[derive(sqlx::FromRow)]` whose fields every backend
+/// can decode.
+pub trait Record:
+    for<'r> FromRow<'r, SqliteRow>
+    + for<'r> FromRow<'r, PgRow>
+    + for<'r> FromRow<'r, MySqlRow>
+    + Send
+    + Unpin
+{
+}
+impl<T> Record for T where
+    T: for<'r> FromRow<'r, SqliteRow>
+        + for<'r> FromRow<'r, PgRow>
+        + for<'r> FromRow<'r, MySqlRow>
+        + Send
+        + Unpin
+{
+}
 
-/// A value a task can bind to a `?` placeholder: strings, integers, floats, booleans, bytes,
-/// `chrono` timestamps, and `Option`s of them (for NULL).
-pub trait Param<'q>: Encode<'q, Sqlite> + Type<Sqlite> + Send {}
-impl<'q, T> Param<'q> for T where T: Encode<'q, Sqlite> + Type<Sqlite> + Send {}
+/// A value a task can bind to a `?` placeholder on every backend: strings, integers, floats,
+/// booleans, bytes, `chrono` timestamps, and `Option`s of them (for NULL).
+pub trait Param<'q>:
+    Encode<'q, Sqlite>
+    + Type<Sqlite>
+    + Encode<'q, Postgres>
+    + Type<Postgres>
+    + Encode<'q, MySql>
+    + Type<MySql>
+    + Send
+{
+}
+impl<'q, T> Param<'q> for T where
+    T: Encode<'q, Sqlite>
+        + Type<Sqlite>
+        + Encode<'q, Postgres>
+        + Type<Postgres>
+        + Encode<'q, MySql>
+        + Type<MySql>
+        + Send
+{
+}
 
 /// The parameters of one statement: a tuple of [`Param`]s, `()` for none.
 pub trait Params<'q>: Send {
     #[doc(hidden)]
     fn sqlite(self) -> Result<SqliteArguments>;
+    #[doc(hidden)]
+    fn postgres(self) -> Result<PgArguments>;
+    #[doc(hidden)]
+    fn mysql(self) -> Result<MySqlArguments>;
 }
 
 macro_rules! impl_params {
@@ -265,6 +508,20 @@ macro_rules! impl_params {
             fn sqlite(self) -> Result<SqliteArguments> {
                 let ($($p,)*) = self;
                 let mut args = SqliteArguments::default();
+                $(args.add($p).map_err(encode_error)?;)*
+                Ok(args)
+            }
+            #[allow(non_snake_case, unused_mut)]
+            fn postgres(self) -> Result<PgArguments> {
+                let ($($p,)*) = self;
+                let mut args = PgArguments::default();
+                $(args.add($p).map_err(encode_error)?;)*
+                Ok(args)
+            }
+            #[allow(non_snake_case, unused_mut)]
+            fn mysql(self) -> Result<MySqlArguments> {
+                let ($($p,)*) = self;
+                let mut args = MySqlArguments::default();
                 $(args.add($p).map_err(encode_error)?;)*
                 Ok(args)
             }
@@ -287,84 +544,6 @@ impl_params!(A, B, C, D, E, F, G, H, I, J, K, L);
 
 fn encode_error(e: sqlx::error::BoxDynError) -> Error {
     Error::internal(format!("a query parameter could not be encoded: {e}"))
-}
-
-/// SQLite's primary result codes that decide how an error is classified.
-mod sqlite_code {
-    pub const BUSY: i64 = 5;
-    pub const LOCKED: i64 = 6;
-    pub const READONLY: i64 = 8;
-    pub const IOERR: i64 = 10;
-    pub const CORRUPT: i64 = 11;
-    pub const FULL: i64 = 13;
-    pub const CANTOPEN: i64 = 14;
-    pub const NOTADB: i64 = 26;
-}
-
-impl From<sqlx::Error> for Error {
-    /// Classifies a database error by what the user can do about it.
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Database(db) => {
-                use sqlx::error::ErrorKind as K;
-                match db.kind() {
-                    K::UniqueViolation => {
-                        return Error::conflict(format!(
-                            "a record with the same key already exists ({})",
-                            db.message()
-                        ))
-                        .hint("nothing was written; use a different value");
-                    }
-                    K::ForeignKeyViolation | K::NotNullViolation | K::CheckViolation => {
-                        return Error::invalid_input(format!(
-                            "the database refused the data: {}",
-                            db.message()
-                        ))
-                        .hint("nothing was written; correct the request");
-                    }
-                    _ => {}
-                }
-                let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) & 0xff;
-                let msg = db.message().to_string();
-                match code {
-                    sqlite_code::BUSY | sqlite_code::LOCKED => Error::temporary(format!(
-                        "the database is busy: {msg}"
-                    ))
-                    .hint("another process held the lock too long; try again, or raise busy_timeout_ms"),
-                    sqlite_code::READONLY => Error::permission(format!(
-                        "the database cannot be written: {msg}"
-                    ))
-                    .hint("check the owner and mode of the database file and its directory"),
-                    sqlite_code::CORRUPT | sqlite_code::NOTADB => Error::internal(format!(
-                        "the database file is damaged or is not a database: {msg}"
-                    ))
-                    .hint("restore it from a backup, or remove it with --self-cleanup and set up again"),
-                    sqlite_code::FULL => Error::temporary(format!("the disk is full: {msg}"))
-                        .hint("free some space and try again"),
-                    sqlite_code::IOERR | sqlite_code::CANTOPEN => Error::unavailable(format!(
-                        "the database file cannot be read or written: {msg}"
-                    ))
-                    .hint("check that the file and its directory exist and are yours"),
-                    _ => Error::internal(format!("the database reported an error: {msg}")),
-                }
-            }
-            sqlx::Error::Io(e) => Error::unavailable(format!("cannot reach the database: {e}"))
-                .hint("check that the database is running and reachable"),
-            sqlx::Error::Configuration(e) => {
-                Error::config(format!("the database settings are not valid: {e}"))
-            }
-            sqlx::Error::PoolTimedOut => Error::temporary("no database connection became free in time")
-                .hint("the database is overloaded; try again"),
-            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
-                Error::unavailable(format!("the database connection was lost: {e}"))
-                    .hint("try again")
-            }
-            other => Error::internal(format!(
-                "the database returned something this program does not expect: {other}"
-            ))
-            .hint("check that the schema matches this version (--self-setup applies pending migrations)"),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -428,7 +607,7 @@ mod tests {
         let (_dir, settings) = testing::scratch();
         let target = testing::target(&settings);
         let (mut conn, _) = open(&target, V1).await.unwrap();
-        let mut tx = conn.begin_write().await.unwrap();
+        let mut tx = conn.begin_task(&target.location, V1).await.unwrap();
         tx.execute("INSERT INTO notes (text) VALUES (?)", ("a",))
             .await
             .unwrap();
@@ -437,7 +616,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict);
-        drop(tx);
+        tx.rollback().await.unwrap();
         assert_eq!(conn.count("SELECT COUNT(*) FROM notes").await.unwrap(), 0);
     }
 
@@ -446,11 +625,15 @@ mod tests {
         let (_dir, mut settings) = testing::scratch();
         let target = testing::target(&settings);
         let (mut holder, _) = open(&target, V1).await.unwrap();
-        let _held = holder.begin_write().await.unwrap();
+        let _held = holder.begin_task(&target.location, V1).await.unwrap();
         settings.busy_timeout_ms = 50;
         let impatient = Target::resolve(&settings, "notes").unwrap();
         let mut conn = connect(&impatient).await.unwrap();
-        let e = conn.begin_write().await.err().unwrap();
+        let e = conn
+            .begin_task(&impatient.location, V1)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), ErrorKind::Temporary, "{}", e.message());
     }
 
@@ -477,15 +660,13 @@ mod tests {
     fn the_app_secrets_file_overrides_the_database_url_and_must_be_private() {
         let (dir, mut settings) = testing::scratch();
         settings.database_url = Some("sqlite:///from/settings.db".into());
-        assert_eq!(
-            testing::target(&settings).location,
-            Location::Sqlite("/from/settings.db".into())
+        assert!(
+            matches!(&testing::target(&settings).location, Location::Sqlite(p) if p.as_os_str() == "/from/settings.db")
         );
         let file = secrets::app_file(&settings, "notes");
         secrets::write(&file, "database_url = \"sqlite:///from/secrets.db\"\n").unwrap();
-        assert_eq!(
-            testing::target(&settings).location,
-            Location::Sqlite("/from/secrets.db".into())
+        assert!(
+            matches!(&testing::target(&settings).location, Location::Sqlite(p) if p.as_os_str() == "/from/secrets.db")
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Target::resolve(&settings, "notes").unwrap_err();
@@ -494,10 +675,10 @@ mod tests {
     }
 
     #[test]
-    fn server_and_unknown_urls_are_configuration_errors_that_hide_the_url() {
+    fn unknown_and_malformed_urls_are_configuration_errors_that_hide_the_url() {
         for url in [
-            "postgres://u:hunter2@h/d",
-            "mysql://u:hunter2@h/d",
+            "postgres://u:hunter2@h:x/d",
+            "mysql://u:hunter2@h:99999/d",
             "http://u:hunter2@h",
             "hunter2",
         ] {

@@ -1,12 +1,14 @@
 //! The task's embedded migrations and the check that the database's schema matches them.
 //!
-//! Migrations are sqlx's: embedded with `sqlx::migrate!`, recorded in `_sqlx_migrations`.
-//! Every mode but setup checks the schema with one cheap query before it does anything.
+//! Migrations are sqlx's: embedded with `sqlx::migrate!`, recorded in `_sqlx_migrations`, one
+//! set per backend with the same version numbers. Every mode but setup checks the schema with
+//! one cheap query before it does anything.
 
 use serde::Serialize;
+use sqlx::AssertSqlSafe;
 use sqlx::migrate::Migrator;
 
-use super::Conn;
+use super::{Backend, Conn, Location, on_conn};
 use crate::error::{Error, Result};
 
 /// A task's migrations, one set per backend, with the same versions in each.
@@ -14,19 +16,27 @@ use crate::error::{Error, Result};
 /// ```text
 /// const MIGRATIONS: &'static Migrations = &Migrations {
 ///     sqlite: sqlx::migrate!("migrations/users/sqlite"),
+///     postgres: sqlx::migrate!("migrations/users/postgres"),
+///     mysql: sqlx::migrate!("migrations/users/mysql"),
 /// };
 /// ```
 #[derive(Debug)]
 pub struct Migrations {
     /// The migrations for SQLite.
     pub sqlite: Migrator,
+    /// The migrations for PostgreSQL.
+    pub postgres: Migrator,
+    /// The migrations for MySQL and MariaDB.
+    pub mysql: Migrator,
 }
 
 impl Migrations {
-    /// The migrator for the backend of `conn`.
-    pub(crate) fn for_conn(&self, conn: &Conn) -> &Migrator {
-        match conn {
-            Conn::Sqlite(_) => &self.sqlite,
+    /// The migrator for `backend`.
+    pub(crate) fn for_backend(&self, backend: Backend) -> &Migrator {
+        match backend {
+            Backend::Sqlite => &self.sqlite,
+            Backend::Postgres => &self.postgres,
+            Backend::MySql => &self.mysql,
         }
     }
 }
@@ -46,16 +56,18 @@ pub(crate) enum SchemaState {
     /// Every embedded migration is applied, and no other.
     Current { version: i64 },
     /// Applied migrations differ from the embedded ones (older schema, newer schema or drift);
-    /// setup's full check says which.
+    /// `--self-status` says which.
     Differs { applied: i64, version: i64 },
 }
 
 /// Compares the applied migrations with the embedded ones in one query.
 pub(crate) async fn check(conn: &mut Conn, migrations: &Migrations) -> Result<SchemaState> {
-    let embedded = embedded(migrations.for_conn(conn));
+    let embedded = embedded(migrations.for_backend(conn.backend()));
     let applied = match applied_summary(conn).await {
         Ok(applied) => applied,
-        Err(_) if !table_exists(conn).await? => return Ok(SchemaState::Missing),
+        Err(_) if !table_exists(conn, "_sqlx_migrations").await? => {
+            return Ok(SchemaState::Missing);
+        }
         // The table appeared between the two queries (a concurrent setup): ask again.
         Err(_) => applied_summary(conn).await?,
     };
@@ -69,21 +81,68 @@ pub(crate) async fn check(conn: &mut Conn, migrations: &Migrations) -> Result<Sc
     })
 }
 
+/// The error a task mode on a server gives for a schema it may not use.
+pub(crate) fn refusal(state: SchemaState, migrator: &Migrator, location: &Location) -> Error {
+    let (_, newest) = embedded(migrator);
+    match state {
+        SchemaState::Missing => Error::config(format!("database {location} is not set up (it has no migrations table)")),
+        SchemaState::Differs { version, .. } if version > newest => Error::config(format!(
+            "database {location} has schema version {version}, newer than this program's ({newest})"
+        ))
+        .hint("run a newer version of this executable"),
+        SchemaState::Differs { version, .. } => Error::config(format!(
+            "database {location} has schema version {version}, but this program needs version {newest}"
+        )),
+        SchemaState::Current { .. } => Error::internal("a current schema was refused"),
+    }
+    .hint_if_none("run --self-setup with the administrator's credentials (COMMONDB_ADMIN_URL); the app role may not change the schema")
+}
+
 /// How many migrations were applied successfully, and the newest version.
+///
+/// On a server this is sent as a simple (unprepared) query: one round trip instead of two, on
+/// the path of every task.
 async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
+    use sqlx::Row;
     let sql = "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
     Ok(match conn {
         Conn::Sqlite(c) => sqlx::query_as(sql).fetch_one(&mut *c).await?,
+        Conn::Postgres(c) => {
+            let row = sqlx::raw_sql(sql).fetch_one(&mut *c).await?;
+            (row.try_get(0)?, row.try_get(1)?)
+        }
+        Conn::MySql(c) => {
+            let row = sqlx::raw_sql(sql).fetch_one(&mut *c).await?;
+            (row.try_get(0)?, row.try_get(1)?)
+        }
     })
 }
 
-async fn table_exists(conn: &mut Conn) -> Result<bool> {
+/// Whether the current database (schema, on PostgreSQL) has table `name`.
+pub(crate) async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
     let n: i64 = match conn {
-        Conn::Sqlite(c) => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&mut *c)
-        .await?,
+        Conn::Sqlite(c) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?")
+                .bind(name)
+                .fetch_one(&mut *c)
+                .await?
+        }
+        Conn::Postgres(c) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut *c)
+            .await?
+        }
+        Conn::MySql(c) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(name)
+            .fetch_one(&mut *c)
+            .await?
+        }
     };
     Ok(n > 0)
 }
@@ -97,6 +156,32 @@ pub struct MigrationInfo {
     pub description: String,
 }
 
+/// A row of `_sqlx_migrations`.
+#[derive(Debug, Clone)]
+pub(crate) struct Applied {
+    pub version: i64,
+    pub success: bool,
+    pub checksum: Vec<u8>,
+}
+
+/// Every row of `_sqlx_migrations`, oldest first; empty if the table does not exist.
+pub(crate) async fn applied(conn: &mut Conn) -> Result<Vec<Applied>> {
+    if !table_exists(conn, "_sqlx_migrations").await? {
+        return Ok(Vec::new());
+    }
+    let sql = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+    let rows: Vec<(i64, bool, Vec<u8>)> =
+        on_conn!(conn, c => sqlx::query_as(sql).fetch_all(&mut *c).await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, success, checksum)| Applied {
+            version,
+            success,
+            checksum,
+        })
+        .collect())
+}
+
 /// Applies the pending migrations and returns those it applied. The caller holds the setup
 /// lock. A migration applied earlier whose checksum differs from the embedded one, or an
 /// applied version the binary does not know (the database is newer than the binary), is refused.
@@ -104,8 +189,8 @@ pub(crate) async fn migrate(
     conn: &mut Conn,
     migrations: &Migrations,
 ) -> Result<Vec<MigrationInfo>> {
-    let migrator = migrations.for_conn(conn);
-    let before = applied_versions(conn).await?;
+    let migrator = migrations.for_backend(conn.backend());
+    let before: Vec<i64> = applied(conn).await?.iter().map(|a| a.version).collect();
     if let Some(unknown) = before.iter().find(|v| !migrator.version_exists(**v)) {
         let (_, newest) = embedded(migrator);
         return Err(Error::config(format!(
@@ -113,9 +198,7 @@ pub(crate) async fn migrate(
         ))
         .hint("run a newer version of this executable against this database"));
     }
-    let result = match conn {
-        Conn::Sqlite(c) => migrator.run(&mut *c).await,
-    };
+    let result = on_conn!(conn, c => migrator.run(&mut *c).await);
     result.map_err(|e| match e {
         sqlx::migrate::MigrateError::VersionMismatch(v) => Error::config(format!(
             "migration {v} was applied to the database with different contents than this program's"
@@ -138,46 +221,41 @@ pub(crate) async fn migrate(
         .collect())
 }
 
-async fn applied_versions(conn: &mut Conn) -> Result<Vec<i64>> {
-    if !table_exists(conn).await? {
-        return Ok(Vec::new());
-    }
-    let sql = "SELECT version FROM _sqlx_migrations ORDER BY version";
-    Ok(match conn {
-        Conn::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(&mut *c).await?,
-    })
-}
-
-/// The row count of every table the task owns (all but the migrations table), in name order.
-/// The self-test uses it to prove that a refused request wrote nothing.
+/// The row count of every table the task owns (all but the bookkeeping tables), in name
+/// order. The self-test uses it to prove that a refused request wrote nothing.
 pub(crate) async fn row_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
-    let tables: Vec<String> = match conn {
-        Conn::Sqlite(c) => {
-            sqlx::query_scalar(
-                "SELECT name FROM sqlite_master WHERE type = 'table' \
-                 AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",
-            )
-            .fetch_all(&mut *c)
-            .await?
-        }
+    let (list, quote): (&'static str, fn(&str) -> String) = match conn {
+        Conn::Sqlite(_) => (
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            |t| format!("\"{t}\""),
+        ),
+        Conn::Postgres(_) => (
+            super::dialect::Dialect::tables(&super::dialect::Postgres),
+            |t| format!("\"{t}\""),
+        ),
+        Conn::MySql(_) => (
+            super::dialect::Dialect::tables(&super::dialect::MySql),
+            |t| format!("`{t}`"),
+        ),
     };
+    let tables = conn.strings(list).await?;
     let mut counts = Vec::with_capacity(tables.len());
-    for table in tables {
-        let sql = format!("SELECT COUNT(*) FROM {}", quote_identifier(&table)?);
-        let n: i64 = match conn {
-            Conn::Sqlite(c) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(&mut *c)
-                    .await?
-            }
-        };
+    for table in tables
+        .into_iter()
+        .filter(|t| !t.starts_with("_sqlx") && !t.starts_with("_commondb"))
+    {
+        quote_identifier(&table)?;
+        let sql = format!("SELECT COUNT(*) FROM {}", quote(&table));
+        let n: i64 =
+            on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *c).await)?;
         counts.push((table, n));
     }
     Ok(counts)
 }
 
-/// Quotes an identifier for SQL after checking it against a strict pattern: ASCII letters,
+/// Checks an identifier against a strict pattern before it goes into SQL: ASCII letters,
 /// digits and `_`, not starting with a digit, at most 63 characters (PostgreSQL's limit).
+/// Returns it double-quoted (the callers that need backticks quote it themselves).
 pub(crate) fn quote_identifier(name: &str) -> Result<String> {
     let valid = !name.is_empty()
         && name.len() <= 63
@@ -206,6 +284,7 @@ mod tests {
             "1abc",
             "a-b",
             "a\"b",
+            "a`b",
             "a b",
             "x;drop table y",
             "é",

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::schema::{self, MigrationInfo, SchemaState};
 use super::sqlite::{self, DirLock};
-use super::{Backend, Conn, Location, Migrations, Target};
+use super::{Backend, Conn, Location, Migrations, Target, server};
 use crate::error::{Error, Result};
 use crate::secrets;
 
@@ -27,16 +27,34 @@ pub struct SetupReport {
     pub schema_version: i64,
     /// Where the secrets files live.
     pub secrets_dir: PathBuf,
+    /// On a server: the app and backup roles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleReport>,
+    /// On a server: the app secrets file that holds the roles' credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_file: Option<PathBuf>,
+    /// Whether this run wrote that file.
+    pub secrets_written: bool,
+}
+
+/// A role setup made sure of.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleReport {
+    /// Its name.
+    pub name: String,
+    /// Whether this run created it.
+    pub created: bool,
 }
 
 impl SetupReport {
     /// Whether the run changed nothing.
     pub fn unchanged(&self) -> bool {
-        !self.created && self.applied.is_empty()
+        !self.created
+            && self.applied.is_empty()
+            && !self.secrets_written
+            && self.roles.iter().all(|r| !r.created)
     }
-}
 
-impl SetupReport {
     /// One line for stderr when a task mode set the embedded database up on the user's behalf.
     pub fn summary(&self) -> String {
         if self.created {
@@ -62,8 +80,12 @@ impl fmt::Display for SetupReport {
         } else {
             writeln!(f, "set up on {}", self.backend.name())?;
         }
-        let state = if self.created { " (created)" } else { "" };
-        writeln!(f, "  database: {}{state}", self.database)?;
+        let state = if self.created { "created" } else { "exists" };
+        writeln!(f, "  database: {} ({state})", self.database)?;
+        for role in &self.roles {
+            let state = if role.created { "created" } else { "exists" };
+            writeln!(f, "  role:     {} ({state})", role.name)?;
+        }
         write!(f, "  schema:   version {}", self.schema_version)?;
         match self.applied.len() {
             0 => writeln!(f, ", no pending migrations")?,
@@ -76,19 +98,31 @@ impl fmt::Display for SetupReport {
                 writeln!(f, ", applied {n} migration(s): {}", names.join(", "))?;
             }
         }
-        write!(f, "  secrets:  {}", self.secrets_dir.display())?;
-        if self.backend == Backend::Sqlite {
-            write!(f, " (SQLite needs none)")?;
+        match &self.secrets_file {
+            Some(file) => {
+                let state = if self.secrets_written {
+                    "written"
+                } else {
+                    "unchanged"
+                };
+                write!(f, "  secrets:  {} ({state}, mode 0600)", file.display())
+            }
+            None => write!(
+                f,
+                "  secrets:  {} (SQLite needs none)",
+                self.secrets_dir.display()
+            ),
         }
-        Ok(())
     }
 }
 
-/// Sets up `target` for `migrations`: creates the database if it is missing and applies the
-/// pending migrations. Safe to run many times and from many processes at once.
+/// Sets up `target` for `migrations`: creates the database if it is missing (on a server, its
+/// roles too) and applies the pending migrations. Safe to run many times and from many
+/// processes at once.
 pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<SetupReport> {
     match &target.location {
         Location::Sqlite(path) => setup_sqlite(target, path, migrations).await,
+        Location::Server(s) => server::setup(target, s, migrations).await,
     }
 }
 
@@ -123,5 +157,8 @@ async fn setup_sqlite(
         applied,
         schema_version: version,
         secrets_dir: settings.secrets_dir.clone(),
+        roles: Vec::new(),
+        secrets_file: None,
+        secrets_written: false,
     })
 }

@@ -14,6 +14,8 @@ impl Task for CreateUser {
     const VERB: &'static str = "create";
     const MIGRATIONS: &'static Migrations = &Migrations {
         sqlite: sqlx::migrate!("migrations/users/sqlite"),
+        postgres: sqlx::migrate!("migrations/users/postgres"),
+        mysql: sqlx::migrate!("migrations/users/mysql"),
     };
     type Args = CreateArgs;
     type Request = NewUser;

@@ -1,16 +1,14 @@
-//! `create-user` end to end, on the embedded SQLite default: every mode, every documented exit
-//! code, the `--json` shapes, secrets, configuration layers and concurrency.
+//! `create-user` end to end on what only the embedded SQLite default has: first-use setup, file
+//! modes, busy locks, configuration layers, secrets files, the exit codes, and the terminal
+//! confirmation. The scenarios every backend shares are in `lifecycle.rs`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use e2e::concurrent_creates;
 use e2e::{Run, Sandbox, sqlite_count};
 
 const EXE: &str = "create-user";
-
-fn create(sb: &Sandbox, username: &str, email: &str) -> Run {
-    sb.run(EXE, &["--create", "--username", username, "--email", email])
-}
 
 fn mode_of(path: &std::path::Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -45,58 +43,14 @@ fn help_and_version_succeed_without_touching_anything() {
 }
 
 #[test]
-fn setup_create_duplicate_invalid_cleanup_lifecycle() {
-    let sb = Sandbox::new();
-    sb.run(EXE, &["--self-setup"])
-        .code(0)
-        .stdout_has("set up on SQLite")
-        .stdout_has(&sb.database(EXE).display().to_string())
-        .stdout_has(&sb.secrets_dir().display().to_string());
-    assert_eq!(mode_of(&sb.database(EXE)), 0o600);
-    assert_eq!(mode_of(&sb.data_dir()), 0o700);
-
-    sb.run(EXE, &["--self-setup"])
-        .code(0)
-        .stdout_has("already set up");
-
-    create(&sb, "alice", "alice@example.com")
-        .code(0)
-        .stdout_has("created user alice <alice@example.com>");
-    create(&sb, "alice", "other@example.com")
-        .code(73)
-        .stderr_has("username \"alice\" is already taken")
-        .stderr_has("hint:");
-    create(&sb, "bob", "not-an-address")
-        .code(65)
-        .stderr_has("email \"not-an-address\" is not valid")
-        .stderr_has("name@example.com");
-    create(&sb, "B", "b@example.com")
-        .code(65)
-        .stderr_has("3 to 32 characters");
-    assert_eq!(users(&sb), 1, "refused requests wrote nothing");
-
-    sb.run(EXE, &["--self-cleanup", "--yes"])
-        .code(0)
-        .stdout_has("removed the database");
-    let left: Vec<_> = fs::read_dir(sb.data_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "cleanup left {left:?}");
-    sb.run(EXE, &["--self-cleanup", "--yes"])
-        .code(0)
-        .stdout_has("nothing to clean up");
-}
-
-#[test]
 fn the_first_create_on_a_fresh_machine_sets_itself_up_and_says_so() {
     let sb = Sandbox::new();
-    create(&sb, "alice", "alice@example.com")
+    sb.create_user("alice", "alice@example.com")
         .code(0)
         .stderr_has("first use: created the database")
         .stdout_has("created user alice");
-    create(&sb, "bob", "bob@example.com").code(0);
-    let second = create(&sb, "carol", "carol@example.com");
+    sb.create_user("bob", "bob@example.com").code(0);
+    let second = sb.create_user("carol", "carol@example.com");
     assert!(
         second.stderr.is_empty(),
         "only the first run talks about setup\n{second}"
@@ -137,109 +91,6 @@ fn quiet_silences_the_setup_note_but_not_errors() {
 }
 
 #[test]
-fn json_output_is_one_document_for_results_and_for_errors() {
-    let sb = Sandbox::new();
-    let setup = sb.run(EXE, &["--self-setup", "--json"]);
-    let doc = setup.code(0).json();
-    assert_eq!(doc["backend"], "sqlite");
-    assert_eq!(doc["created"], true);
-    assert_eq!(doc["schema_version"], 1);
-    assert_eq!(doc["applied"][0]["description"], "users");
-
-    let created = sb.run(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "alice",
-            "--email",
-            "a@example.com",
-            "--json",
-        ],
-    );
-    let user = created.code(0).json();
-    assert_eq!(user["id"], 1);
-    assert_eq!(user["username"], "alice");
-    assert_eq!(user["email"], "a@example.com");
-    assert_eq!(user["has_password"], false);
-    assert!(user["created_at"].as_str().unwrap().ends_with('Z'));
-    let keys: Vec<_> = user.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys.len(), 5, "no hash or other field leaks: {keys:?}");
-
-    let dup = sb.run(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "alice",
-            "--email",
-            "a@example.com",
-            "--json",
-        ],
-    );
-    let err = dup.code(73).json();
-    assert_eq!(err["error"]["kind"], "conflict");
-    assert_eq!(err["error"]["exit_code"], 73);
-    assert!(err["error"]["message"].as_str().unwrap().contains("alice"));
-    assert!(err["error"]["hint"].is_string());
-
-    let cleanup = sb
-        .run(EXE, &["--self-cleanup", "--yes", "--json"])
-        .code(0)
-        .json();
-    assert_eq!(cleanup["removed"].as_array().unwrap().len(), 1);
-}
-
-#[test]
-fn a_password_is_read_from_stdin_and_stored_only_as_an_argon2id_hash() {
-    let sb = Sandbox::new();
-    let secret = "tr0ub4dor&3 horse";
-    let run = sb.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "alice",
-            "--email",
-            "a@example.com",
-            "--password-stdin",
-            "--json",
-        ],
-        &format!("{secret}\n"),
-    );
-    run.code(0).never_shows(secret);
-    assert_eq!(run.json()["has_password"], true);
-    let db = sb.database(EXE);
-    assert_eq!(
-        sqlite_count(
-            &db,
-            "SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%'"
-        ),
-        1
-    );
-    let raw = fs::read(&db).unwrap();
-    assert!(
-        !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
-        "the password is in the file"
-    );
-
-    sb.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "bob",
-            "--email",
-            "b@example.com",
-            "--password-stdin",
-        ],
-        "\n",
-    )
-    .code(65)
-    .stderr_has("password read from standard input is empty");
-}
-
-#[test]
 fn argon2_costs_come_from_the_task_settings() {
     let mut sb = Sandbox::new();
     sb.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "64");
@@ -277,7 +128,7 @@ fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
     );
     fs::write(&file, format!("database_url = \"{url}\"\n")).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-    create(&sb, "alice", "a@example.com")
+    sb.create_user("alice", "a@example.com")
         .code(77)
         .stderr_has(&file.display().to_string())
         .stderr_has(&format!("chmod 600 {}", file.display()))
@@ -287,7 +138,7 @@ fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
 
     // Once private, the file is read; its URL's error still hides the secret.
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
-    create(&sb, "alice", "a@example.com")
+    sb.create_user("alice", "a@example.com")
         .code(78)
         .stderr_has("take no options")
         .never_shows("hunter2");
@@ -305,7 +156,7 @@ fn the_app_secrets_file_can_point_at_the_database() {
     )
     .unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
-    create(&sb, "alice", "a@example.com").code(0);
+    sb.create_user("alice", "a@example.com").code(0);
     assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM users"), 1);
     assert!(!sb.database(EXE).exists());
 }
@@ -322,7 +173,7 @@ fn configuration_layers_user_file_then_config_flag_then_environment() {
         format!("database_url = \"sqlite://{}\"\n", user_db.display()),
     )
     .unwrap();
-    create(&sb, "user1", "a@example.com").code(0);
+    sb.create_user("user1", "a@example.com").code(0);
     assert!(user_db.exists());
 
     let flag_file = sb.root().join("flag.toml");
@@ -386,7 +237,7 @@ fn the_per_executable_file_overrides_the_shared_one_and_data_dir_moves_the_datab
         "busy_timeout_ms = \"not a number\"\n",
     )
     .unwrap();
-    create(&sb, "alice", "a@example.com")
+    sb.create_user("alice", "a@example.com")
         .code(78)
         .stderr_has("busy_timeout_ms");
     fs::write(
@@ -394,7 +245,7 @@ fn the_per_executable_file_overrides_the_shared_one_and_data_dir_moves_the_datab
         "busy_timeout_ms = 2000\n",
     )
     .unwrap();
-    create(&sb, "alice", "a@example.com").code(0);
+    sb.create_user("alice", "a@example.com").code(0);
     assert!(data.join("create-user.sqlite3").exists());
 }
 
@@ -416,7 +267,8 @@ fn every_documented_exit_code_is_reachable() {
     .stderr_has("databse_url");
     let mut url_sb = Sandbox::new();
     url_sb.set_env("COMMONDB_DATABASE_URL", "redis://127.0.0.1");
-    create(&url_sb, "alice", "a@example.com")
+    url_sb
+        .create_user("alice", "a@example.com")
         .code(78)
         .stderr_has("must start with sqlite:");
     // 69: the database path is a directory, which cannot be opened as a database.
@@ -426,7 +278,7 @@ fn every_documented_exit_code_is_reachable() {
         "COMMONDB_DATABASE_URL",
         format!("sqlite://{}", dir_db.display()),
     );
-    create(&sb, "alice", "a@example.com")
+    sb.create_user("alice", "a@example.com")
         .code(69)
         .stderr_has("cannot open database");
     // 70: the database file is damaged.
@@ -436,7 +288,7 @@ fn every_documented_exit_code_is_reachable() {
         "COMMONDB_DATABASE_URL",
         format!("sqlite://{}", damaged.display()),
     );
-    create(&sb, "alice", "a@example.com")
+    sb.create_user("alice", "a@example.com")
         .code(70)
         .stderr_has("not a database");
     // 77: a secrets file others can read (also in its own test).
@@ -445,7 +297,7 @@ fn every_documented_exit_code_is_reachable() {
     fs::create_dir_all(file.parent().unwrap()).unwrap();
     fs::write(&file, "").unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
-    create(&perm, "alice", "a@example.com").code(77);
+    perm.create_user("alice", "a@example.com").code(77);
     // 1: a self-test case fails (argon2 costs too low to be valid make the password case fail).
     let mut failing = Sandbox::new();
     failing.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "1");
@@ -459,7 +311,7 @@ fn every_documented_exit_code_is_reachable() {
 #[test]
 fn a_busy_database_is_a_temporary_failure() {
     let mut sb = Sandbox::new();
-    create(&sb, "alice", "a@example.com").code(0);
+    sb.create_user("alice", "a@example.com").code(0);
     let db = sb.database(EXE);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -470,27 +322,19 @@ fn a_busy_database_is_a_temporary_failure() {
         let mut holder = e2e::open_sqlite(&db).await;
         let tx = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
         sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "100");
-        create(&sb, "bob", "b@example.com")
+        sb.create_user("bob", "b@example.com")
             .code(75)
             .stderr_has("busy")
             .stderr_has("try again");
         tx.rollback().await.unwrap();
     });
-    create(&sb, "bob", "b@example.com").code(0);
-}
-
-#[test]
-fn cleanup_without_a_terminal_needs_yes_and_keeps_the_database() {
-    let sb = Sandbox::new();
-    create(&sb, "alice", "a@example.com").code(0);
-    sb.run(EXE, &["--self-cleanup"]).code(2).stderr_has("--yes");
-    assert_eq!(users(&sb), 1);
+    sb.create_user("bob", "b@example.com").code(0);
 }
 
 #[test]
 fn cleanup_asks_on_a_terminal_and_a_no_keeps_everything() {
     let sb = Sandbox::new();
-    create(&sb, "alice", "a@example.com").code(0);
+    sb.create_user("alice", "a@example.com").code(0);
     // `script` gives the program a terminal; the answer is typed on it.
     let bin = e2e::bin(EXE).display().to_string();
     let run_on_tty = |answer: &str| {
@@ -530,7 +374,7 @@ fn cleanup_refuses_to_remove_a_file_that_is_not_a_sqlite_database() {
 #[test]
 fn self_test_passes_and_leaves_the_configured_database_byte_for_byte_untouched() {
     let sb = Sandbox::new();
-    create(&sb, "alice", "a@example.com").code(0);
+    sb.create_user("alice", "a@example.com").code(0);
     let snapshot = |sb: &Sandbox| {
         let mut files: Vec<_> = fs::read_dir(sb.data_dir())
             .unwrap()
@@ -590,44 +434,6 @@ fn self_test_json_lists_every_case() {
             "{expected} missing from {names:?}"
         );
     }
-}
-
-/// Starts `n` `--create` processes at once and waits for them all.
-fn concurrent_creates(sb: &Sandbox, n: usize) -> Vec<Run> {
-    let children: Vec<_> = (0..n)
-        .map(|i| {
-            let name = format!("user{i}");
-            let mut cmd = sb.command(
-                EXE,
-                &["--create", "--username", &name, "--email", "u@example.com"],
-            );
-            let command = format!("{cmd:?}");
-            let child = cmd
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (command, child)
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|(command, child)| Run::from_output(command, child.wait_with_output().unwrap()))
-        .collect()
-}
-
-#[test]
-fn fifty_concurrent_creates_on_one_file_all_succeed() {
-    let sb = Sandbox::new();
-    sb.run(EXE, &["--self-setup"]).code(0);
-    for run in concurrent_creates(&sb, 50) {
-        run.code(0);
-    }
-    assert_eq!(users(&sb), 50);
-    assert_eq!(
-        sqlite_count(&sb.database(EXE), "SELECT COUNT(DISTINCT id) FROM users"),
-        50
-    );
 }
 
 #[test]

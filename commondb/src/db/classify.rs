@@ -1,0 +1,210 @@
+//! How database errors become [`Error`]s: by what the user can do about them.
+//!
+//! SQLite reports result codes, PostgreSQL SQLSTATE codes, MySQL/MariaDB error numbers; each is
+//! mapped to a kind (and so an exit code) and a hint. Messages never repeat a URL or password.
+
+use sqlx::error::{DatabaseError, ErrorKind as DbKind};
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::postgres::PgDatabaseError;
+use sqlx::sqlite::SqliteError;
+
+use super::server::ServerOptions;
+use crate::error::{Error, ErrorKind};
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) => database_error(db.as_ref()),
+            sqlx::Error::Io(e) => {
+                Error::unavailable(format!("the connection to the database failed: {e}"))
+                    .hint("check that the database is running and reachable, then try again")
+            }
+            sqlx::Error::Configuration(e) => {
+                Error::config(format!("the database settings are not valid: {e}"))
+            }
+            sqlx::Error::PoolTimedOut => {
+                Error::temporary("no database connection became free in time")
+                    .hint("the database is overloaded; try again")
+            }
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                Error::unavailable(format!("the database connection was lost: {e}"))
+                    .hint("try again")
+            }
+            other => Error::internal(format!(
+                "the database returned something this program does not expect: {other}"
+            ))
+            .hint("check that the schema matches this version (--self-status)"),
+        }
+    }
+}
+
+/// An error the database reported for a statement.
+fn database_error(db: &(dyn DatabaseError + 'static)) -> Error {
+    let msg = db.message().to_string();
+    match db.kind() {
+        DbKind::UniqueViolation => {
+            return Error::conflict(format!("a record with the same key already exists ({msg})"))
+                .hint("nothing was written; use a different value");
+        }
+        DbKind::ForeignKeyViolation | DbKind::NotNullViolation | DbKind::CheckViolation => {
+            return Error::invalid_input(format!("the database refused the data: {msg}"))
+                .hint("nothing was written; correct the request");
+        }
+        _ => {}
+    }
+    let kind = if let Some(e) = db.try_downcast_ref::<SqliteError>() {
+        sqlite_kind(e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0) & 0xff)
+    } else if let Some(e) = db.try_downcast_ref::<PgDatabaseError>() {
+        postgres_kind(e.code())
+    } else if let Some(e) = db.try_downcast_ref::<MySqlDatabaseError>() {
+        mysql_kind(e.number())
+    } else {
+        None
+    };
+    let Some((kind, what, hint)) = kind else {
+        return Error::internal(format!("the database reported an error: {msg}"));
+    };
+    Error::new(kind, format!("{what}: {msg}")).hint(hint)
+}
+
+type Class = Option<(ErrorKind, &'static str, &'static str)>;
+
+const BUSY: Class = Some((
+    ErrorKind::Temporary,
+    "the database is busy",
+    "another process held a lock too long; try again, or raise busy_timeout_ms",
+));
+const NOT_ALLOWED: Class = Some((
+    ErrorKind::Permission,
+    "the database refused the statement",
+    "the role lacks the privilege; the app role may only read and write the task's tables",
+));
+const NOT_SET_UP: Class = Some((
+    ErrorKind::Config,
+    "the database lacks a table this program needs",
+    "run --self-setup to create the schema",
+));
+const DAMAGED: Class = Some((
+    ErrorKind::Internal,
+    "the database file is damaged or is not a database",
+    "restore it from a backup, or remove it with --self-cleanup and set up again",
+));
+
+fn sqlite_kind(primary: i64) -> Class {
+    match primary {
+        5 | 6 => BUSY,
+        8 => Some((
+            ErrorKind::Permission,
+            "the database cannot be written",
+            "check the owner and mode of the database file and its directory",
+        )),
+        10 | 14 => Some((
+            ErrorKind::Unavailable,
+            "the database file cannot be read or written",
+            "check that the file and its directory exist and are yours",
+        )),
+        11 | 26 => DAMAGED,
+        13 => Some((
+            ErrorKind::Temporary,
+            "the disk is full",
+            "free some space and try again",
+        )),
+        _ => None,
+    }
+}
+
+fn postgres_kind(sqlstate: &str) -> Class {
+    match sqlstate {
+        "40001" | "40P01" | "55P03" | "57014" => Some((
+            ErrorKind::Temporary,
+            "the transaction could not complete now",
+            "it was rolled back; try again",
+        )),
+        "42501" => NOT_ALLOWED,
+        "42P01" => NOT_SET_UP,
+        "53100" | "53200" | "53300" => Some((
+            ErrorKind::Temporary,
+            "the server is out of resources",
+            "try again later",
+        )),
+        s if s.starts_with("08") || s.starts_with("57P") => Some((
+            ErrorKind::Unavailable,
+            "the server ended the connection",
+            "check that the server is running, then try again",
+        )),
+        _ => None,
+    }
+}
+
+fn mysql_kind(number: u16) -> Class {
+    match number {
+        1205 | 1213 => Some((
+            ErrorKind::Temporary,
+            "the transaction could not complete now",
+            "it was rolled back; try again",
+        )),
+        1044 | 1142 | 1143 | 1227 => NOT_ALLOWED,
+        1146 => NOT_SET_UP,
+        1040 | 1203 => Some((
+            ErrorKind::Temporary,
+            "the server has too many connections",
+            "try again later",
+        )),
+        _ => None,
+    }
+}
+
+/// Classifies a failure to connect to `server`: transient ones come back as
+/// [`ErrorKind::Temporary`] (and are retried by the caller).
+pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
+    let endpoint = server.endpoint();
+    let user = server.user();
+    let database = server.database().unwrap_or("");
+    match &e {
+        sqlx::Error::Io(io) => {
+            use std::io::ErrorKind as Io;
+            match io.kind() {
+                Io::ConnectionReset
+                | Io::ConnectionAborted
+                | Io::UnexpectedEof
+                | Io::BrokenPipe => {
+                    Error::temporary(format!("the connection to {endpoint} was reset: {io}"))
+                }
+                Io::ConnectionRefused => {
+                    Error::unavailable(format!("cannot connect to {endpoint}: connection refused"))
+                        .hint("check that the server is running and listening there")
+                }
+                _ => Error::unavailable(format!("cannot connect to {endpoint}: {io}"))
+                    .hint("check the host name and port in database_url"),
+            }
+        }
+        sqlx::Error::Database(db) => {
+            let msg = db.message();
+            let pg = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .map(|e| e.code().to_string());
+            let my = db
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .map(|e| e.number());
+            match (pg.as_deref(), my) {
+                (Some("28P01" | "28000"), _) | (_, Some(1045 | 1044 | 1698)) => Error::permission(format!(
+                    "{endpoint} refused the credentials of {user}: {msg}"
+                ))
+                .hint("check the user and password: the app's are in the app secrets file (written by --self-setup), the administrator's in COMMONDB_ADMIN_URL or admin.toml"),
+                (Some("3D000"), _) | (_, Some(1049)) => Error::config(format!(
+                    "database {database} does not exist on {endpoint}"
+                ))
+                .hint("run --self-setup with the administrator's credentials to create it"),
+                (Some("53300" | "57P03" | "53100" | "53200"), _) | (_, Some(1040 | 1203)) => {
+                    Error::temporary(format!("{endpoint} cannot take the connection now: {msg}"))
+                }
+                _ => Error::from(e),
+            }
+        }
+        sqlx::Error::Tls(t) => {
+            Error::unavailable(format!("the TLS handshake with {endpoint} failed: {t}"))
+                .hint("check sslmode in database_url")
+        }
+        _ => Error::from(e),
+    }
+}

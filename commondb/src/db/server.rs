@@ -1,0 +1,727 @@
+//! Database servers: PostgreSQL and MySQL/MariaDB. Where a database is, how to connect (with
+//! retries for failures that pass), and setup and cleanup with an administrator's rights.
+//!
+//! Setup and cleanup are written once here; what differs between the servers is SQL text in
+//! [`super::dialect`]. Both run under a server-wide lock, so any number of copies started at
+//! once set a database up exactly once.
+//!
+//! How cleanup knows what setup created: setup records it in the `_commondb_setup` table of the
+//! database (`database` created or found, `role:<name>` created or found). Cleanup drops a
+//! database only if it is recorded as created, a role only if recorded as created, and refuses a
+//! database without that table.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::ConnectOptions;
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+
+use super::cleanup::CleanupReport;
+use super::dialect::{self, Dialect, MARKER_TABLE};
+use super::schema::{self, MigrationInfo, SchemaState};
+use super::setup::{RoleReport, SetupReport};
+use super::{Backend, Conn, Location, Migrations, Target, classify};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::secrets::{self, AppSecrets, Credentials};
+
+/// How to reach a database on a server. Its `Debug` and `Display` never show credentials.
+#[derive(Clone)]
+pub(crate) enum ServerOptions {
+    Postgres(PgConnectOptions),
+    MySql(MySqlConnectOptions),
+}
+
+impl ServerOptions {
+    /// Parses a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL.
+    pub(crate) fn parse(url: &str, backend: Backend) -> Result<ServerOptions> {
+        let parsed = match backend {
+            Backend::Postgres => PgConnectOptions::from_str(url).map(ServerOptions::Postgres),
+            _ => {
+                // sqlx knows only mysql://; MariaDB speaks the same protocol.
+                let url = url
+                    .strip_prefix("mariadb:")
+                    .map_or(url.to_string(), |rest| format!("mysql:{rest}"));
+                MySqlConnectOptions::from_str(&url).map(ServerOptions::MySql)
+            }
+        };
+        // sqlx's messages describe the fault without repeating the URL.
+        parsed.map_err(|e| {
+            Error::config(format!(
+                "the {} database URL is not valid: {e}",
+                backend.name()
+            ))
+            .hint("e.g. postgres://127.0.0.1:5432/shop or mysql://127.0.0.1:3306/shop")
+        })
+    }
+
+    /// The backend.
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            ServerOptions::Postgres(_) => Backend::Postgres,
+            ServerOptions::MySql(_) => Backend::MySql,
+        }
+    }
+
+    /// The SQL dialect.
+    pub(crate) fn dialect(&self) -> &'static dyn Dialect {
+        match self {
+            ServerOptions::Postgres(_) => &dialect::Postgres,
+            ServerOptions::MySql(_) => &dialect::MySql,
+        }
+    }
+
+    /// The database name, if the URL gives one.
+    pub(crate) fn database(&self) -> Option<&str> {
+        match self {
+            ServerOptions::Postgres(o) => o.get_database(),
+            ServerOptions::MySql(o) => o.get_database(),
+        }
+    }
+
+    /// The user it connects as.
+    pub(crate) fn user(&self) -> &str {
+        match self {
+            ServerOptions::Postgres(o) => o.get_username(),
+            ServerOptions::MySql(o) => o.get_username(),
+        }
+    }
+
+    /// `host:port`, or the unix socket's path.
+    pub(crate) fn endpoint(&self) -> String {
+        let (socket, host, port) = match self {
+            ServerOptions::Postgres(o) => (o.get_socket(), o.get_host(), o.get_port()),
+            ServerOptions::MySql(o) => (o.get_socket(), o.get_host(), o.get_port()),
+        };
+        match socket {
+            Some(path) => path.display().to_string(),
+            None => format!("{host}:{port}"),
+        }
+    }
+
+    /// The database as a URL without credentials: what setup records the app's credentials for.
+    pub(crate) fn display(&self) -> String {
+        let scheme = match self {
+            ServerOptions::Postgres(_) => "postgres",
+            ServerOptions::MySql(_) => "mysql",
+        };
+        let db = self.database().unwrap_or("");
+        let (socket, host, port) = match self {
+            ServerOptions::Postgres(o) => (o.get_socket(), o.get_host(), o.get_port()),
+            ServerOptions::MySql(o) => (o.get_socket(), o.get_host(), o.get_port()),
+        };
+        // The same spelling sqlx reads: PostgreSQL's socket directory is `host`, MySQL's socket
+        // file `socket`.
+        match (socket, self) {
+            (Some(path), ServerOptions::Postgres(_)) => {
+                format!("{scheme}:///{db}?host={}&port={port}", path.display())
+            }
+            (Some(path), ServerOptions::MySql(_)) => {
+                format!("{scheme}:///{db}?socket={}", path.display())
+            }
+            (None, _) => format!("{scheme}://{host}:{port}/{db}"),
+        }
+    }
+
+    /// The same server and database, as `creds`.
+    pub(crate) fn with_credentials(&self, creds: &Credentials) -> ServerOptions {
+        let (user, password) = (&creds.user, creds.password.expose_secret());
+        match self {
+            ServerOptions::Postgres(o) => {
+                ServerOptions::Postgres(o.clone().username(user).password(password))
+            }
+            ServerOptions::MySql(o) => {
+                ServerOptions::MySql(o.clone().username(user).password(password))
+            }
+        }
+    }
+
+    /// The same server and credentials, another database.
+    pub(crate) fn with_database(&self, db: &str) -> ServerOptions {
+        match self {
+            ServerOptions::Postgres(o) => ServerOptions::Postgres(o.clone().database(db)),
+            ServerOptions::MySql(o) => ServerOptions::MySql(o.clone().database(db)),
+        }
+    }
+
+    async fn connect_once(&self) -> std::result::Result<Conn, sqlx::Error> {
+        Ok(match self {
+            ServerOptions::Postgres(o) => Conn::Postgres(o.connect().await?),
+            ServerOptions::MySql(o) => Conn::MySql(o.connect().await?),
+        })
+    }
+
+    /// Connects, retrying failures that pass (server starting up, too many connections,
+    /// connection reset) with jittered exponential backoff until `connect_retry_ms` is spent.
+    pub(crate) async fn connect(&self, settings: &Settings) -> Result<Conn> {
+        let started = Instant::now();
+        let budget = Duration::from_millis(settings.connect_retry_ms);
+        let attempt_limit = Duration::from_millis(settings.connect_timeout_ms);
+        let mut backoff = Duration::from_millis(10);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let error = match tokio::time::timeout(attempt_limit, self.connect_once()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => classify::connect_error(e, self),
+                Err(_) => Error::unavailable(format!(
+                    "connecting to {} timed out after {} ms",
+                    self.endpoint(),
+                    attempt_limit.as_millis()
+                ))
+                .hint("check the host and port, and that a firewall lets the connection through"),
+            };
+            // Equal jitter: half the backoff, plus a random part of the other half.
+            let wait = backoff / 2 + backoff.mul_f64(jitter() / 2.0);
+            if error.kind() != ErrorKind::Temporary || started.elapsed() + wait > budget {
+                if error.kind() == ErrorKind::Temporary && attempts > 1 {
+                    return Err(Error::temporary(format!(
+                        "{} (gave up after {attempts} attempts in {} ms)",
+                        error.message(),
+                        started.elapsed().as_millis()
+                    ))
+                    .hint("the server is overloaded or restarting; try again, or raise connect_retry_ms"));
+                }
+                return Err(error);
+            }
+            crate::output::detail(format_args!(
+                "attempt {attempts} failed ({}); retrying in {} ms",
+                error.message(),
+                wait.as_millis()
+            ));
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A random number in [0, 1).
+fn jitter() -> f64 {
+    getrandom::u64().map_or(0.5, |n| (n >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerOptions({})", self.display())
+    }
+}
+
+/// Whether a database URL carries a password (`scheme://user:password@…`).
+pub(crate) fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// The validated names setup and cleanup work with.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub database: String,
+    pub app: String,
+    pub backup: String,
+}
+
+impl Names {
+    pub(crate) fn new(server: &ServerOptions, settings: &Settings) -> Result<Names> {
+        let database = server.database().ok_or_else(|| {
+            Error::config("the database URL names no database")
+                .hint("end it with the database's name, e.g. postgres://127.0.0.1:5432/shop")
+        })?;
+        schema::quote_identifier(database)?;
+        let app = settings
+            .app_role
+            .clone()
+            .unwrap_or_else(|| format!("{database}_app"));
+        let backup = settings
+            .backup_role
+            .clone()
+            .unwrap_or_else(|| format!("{database}_backup"));
+        let max = server.dialect().max_role_len();
+        for role in [&app, &backup] {
+            schema::quote_identifier(role)?;
+            if role.len() > max {
+                return Err(Error::config(format!(
+                    "role name {role} is longer than {} allows ({max} characters)",
+                    server.backend().name()
+                ))
+                .hint(
+                    "set app_role and backup_role to shorter names, or use a shorter database name",
+                ));
+            }
+        }
+        if app == backup {
+            return Err(
+                Error::config(format!("app_role and backup_role are both {app}"))
+                    .hint("the backup role must be a different, read-only role"),
+            );
+        }
+        Ok(Names {
+            database: database.to_string(),
+            app,
+            backup,
+        })
+    }
+}
+
+/// The administrator's connection options, from `COMMONDB_ADMIN_URL` or the admin secrets file.
+pub(crate) fn admin_options(settings: &Settings, server: &ServerOptions) -> Result<ServerOptions> {
+    let file = secrets::admin_file(settings);
+    let Some(url) = secrets::admin_url(settings)? else {
+        return Err(Error::config(format!(
+            "setup and cleanup on {} need the administrator's credentials",
+            server.backend().name()
+        ))
+        .hint(format!(
+            "set {} (e.g. {}) or write url = \"…\" to {} (chmod 600)",
+            secrets::ADMIN_URL_VAR,
+            match server.backend() {
+                Backend::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
+                _ => "mysql://root@127.0.0.1:3306/",
+            },
+            file.display()
+        )));
+    };
+    match Location::parse(url.expose_secret())? {
+        // Without a database PostgreSQL would look for one named after the user; the
+        // maintenance database is what an administrator means.
+        Location::Server(admin)
+            if admin.backend() == Backend::Postgres
+                && admin.database().is_none()
+                && server.backend() == Backend::Postgres =>
+        {
+            Ok(admin.with_database("postgres"))
+        }
+        Location::Server(admin) if admin.backend() == server.backend() => Ok(*admin),
+        other => Err(Error::config(format!(
+            "the administrator's URL is for {}, but the database is on {}",
+            other.backend().name(),
+            server.backend().name()
+        ))
+        .hint(format!(
+            "check {} or {}",
+            secrets::ADMIN_URL_VAR,
+            file.display()
+        ))),
+    }
+}
+
+/// The server-wide setup lock, taken by polling so that `lock_timeout_ms` is honoured.
+async fn lock(admin: &mut Conn, dialect: &dyn Dialect, settings: &Settings) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(settings.lock_timeout_ms);
+    loop {
+        if admin.scalar(dialect.try_lock()).await? == 1 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::temporary(format!(
+                "another setup or cleanup kept the server's setup lock for over {} ms",
+                settings.lock_timeout_ms
+            ))
+            .hint("wait for it to finish, or raise lock_timeout_ms"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `work` with an administrator's connection to the server, under the setup lock.
+async fn as_admin<T>(
+    target: &Target,
+    server: &ServerOptions,
+    work: impl AsyncFnOnce(&mut Conn, &ServerOptions) -> Result<T>,
+) -> Result<T> {
+    let settings = &target.settings;
+    let admin_options = admin_options(settings, server)?;
+    let dialect = server.dialect();
+    let mut admin = admin_options.connect(settings).await?;
+    lock(&mut admin, dialect, settings).await?;
+    let result = work(&mut admin, &admin_options).await;
+    // Ending the session releases the lock too; unlocking first is only tidier.
+    let _ = admin.scalar(dialect.unlock()).await;
+    let _ = admin.close().await;
+    result
+}
+
+/// `--self-setup` on a server.
+pub(crate) async fn setup(
+    target: &Target,
+    server: &ServerOptions,
+    migrations: &Migrations,
+) -> Result<SetupReport> {
+    let names = Names::new(server, &target.settings)?;
+    as_admin(target, server, async |admin, admin_options| {
+        setup_locked(target, server, &names, admin, admin_options, migrations).await
+    })
+    .await
+}
+
+async fn setup_locked(
+    target: &Target,
+    server: &ServerOptions,
+    names: &Names,
+    admin: &mut Conn,
+    admin_options: &ServerOptions,
+    migrations: &Migrations,
+) -> Result<SetupReport> {
+    let settings = &target.settings;
+    let d = server.dialect();
+    let db_q = d.quote(&names.database);
+    let created = admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        == 0;
+    if created {
+        admin.exec(d.create_database(&db_q)).await?;
+    }
+    let mut db = admin_options
+        .with_database(&names.database)
+        .connect(settings)
+        .await?;
+    db.exec(d.marker_table().to_string()).await?;
+    db.exec(d.mark("database", created)).await?;
+
+    let secrets_file = secrets::app_file(settings, target.exe);
+    let known = secrets::load::<AppSecrets>(&secrets_file)?.unwrap_or_default();
+    let display = server.display();
+    let app = ensure_role(
+        admin,
+        &mut db,
+        d,
+        &names.app,
+        known.for_role(&display, &names.app, false),
+        &secrets_file,
+    )
+    .await?;
+    let backup = ensure_role(
+        admin,
+        &mut db,
+        d,
+        &names.backup,
+        known.for_role(&display, &names.backup, true),
+        &secrets_file,
+    )
+    .await?;
+
+    let applied: Vec<MigrationInfo> = schema::migrate(&mut db, migrations).await?;
+    let tables: Vec<String> = db
+        .strings(d.tables())
+        .await?
+        .into_iter()
+        .filter(|t| t != MARKER_TABLE && t != "_sqlx_migrations")
+        .map(|t| schema::quote_identifier(&t).map(|_| d.quote(&t)))
+        .collect::<Result<_>>()?;
+    for grant in d.grants(
+        &db_q,
+        &tables,
+        &d.quote(&names.app),
+        &d.quote(&names.backup),
+        created,
+    ) {
+        db.exec(grant).await?;
+    }
+    let SchemaState::Current { version } = schema::check(&mut db, migrations).await? else {
+        return Err(Error::internal(
+            "after applying the migrations the schema still differs from this program's",
+        ));
+    };
+    db.close().await?;
+
+    let secrets_written =
+        app.password_set || backup.password_set || known.database.as_deref() != Some(&display);
+    if secrets_written {
+        secrets::write(
+            &secrets_file,
+            &AppSecrets::to_toml(&display, &app.credentials, &backup.credentials),
+        )?;
+    }
+    Ok(SetupReport {
+        backend: server.backend(),
+        database: display,
+        created,
+        applied,
+        schema_version: version,
+        secrets_dir: settings.secrets_dir.clone(),
+        roles: vec![app.report, backup.report],
+        secrets_file: Some(secrets_file),
+        secrets_written,
+    })
+}
+
+struct RoleOutcome {
+    credentials: Credentials,
+    password_set: bool,
+    report: RoleReport,
+}
+
+/// Makes sure login role `name` exists and that its password is known.
+async fn ensure_role(
+    admin: &mut Conn,
+    db: &mut Conn,
+    d: &dyn Dialect,
+    name: &str,
+    known: Option<&Credentials>,
+    secrets_file: &std::path::Path,
+) -> Result<RoleOutcome> {
+    let quoted = d.quote(name);
+    let exists = admin.count_named(d.role_exists(), name).await? > 0;
+    let item = format!("role:{name}");
+    let outcome = |password: SecretString, set: bool, created: bool| RoleOutcome {
+        credentials: Credentials {
+            user: name.to_string(),
+            password,
+        },
+        password_set: set,
+        report: RoleReport {
+            name: name.to_string(),
+            created,
+        },
+    };
+    if !exists {
+        let password = match known {
+            Some(c) => c.password.clone(),
+            None => dialect::generate_password()?,
+        };
+        admin
+            .exec(d.create_role(&quoted, &d.verifier(&password)?))
+            .await?;
+        db.exec(d.mark(&item, true)).await?;
+        return Ok(outcome(password, known.is_none(), true));
+    }
+    db.exec(d.mark(&item, false)).await?;
+    if let Some(c) = known {
+        return Ok(outcome(c.password.clone(), false, false));
+    }
+    // The role is there but its password is not in the secrets file: if setup made the role,
+    // it may give it a new one; a role someone else made is not ours to change.
+    if db.marker(&item).await? == Some(true) {
+        let password = dialect::generate_password()?;
+        admin
+            .exec(d.set_password(&quoted, &d.verifier(&password)?))
+            .await?;
+        return Ok(outcome(password, true, false));
+    }
+    Err(Error::config(format!(
+        "role {name} already exists, setup did not create it, and its password is not in {}",
+        secrets_file.display()
+    ))
+    .hint("write its user and password to that file ([app] or [backup] table), or set app_role / backup_role to a new name"))
+}
+
+/// `--self-cleanup` on a server: drops what setup recorded as created, and nothing else.
+pub(crate) async fn cleanup(target: &Target, server: &ServerOptions) -> Result<CleanupReport> {
+    let names = Names::new(server, &target.settings)?;
+    let secrets_file = secrets::app_file(&target.settings, target.exe);
+    let display = server.display();
+    let mut report = as_admin(target, server, async |admin, admin_options| {
+        cleanup_locked(target, server, &names, admin, admin_options).await
+    })
+    .await?;
+    // The app's credentials for this database are of no use once its roles are gone.
+    let known = secrets::load::<AppSecrets>(&secrets_file)?.unwrap_or_default();
+    if known.database.as_deref() == Some(&display) && std::fs::remove_file(&secrets_file).is_ok() {
+        report.removed.push(secrets_file);
+    }
+    Ok(report)
+}
+
+async fn cleanup_locked(
+    target: &Target,
+    server: &ServerOptions,
+    names: &Names,
+    admin: &mut Conn,
+    admin_options: &ServerOptions,
+) -> Result<CleanupReport> {
+    let d = server.dialect();
+    let mut report = CleanupReport {
+        backend: server.backend(),
+        database: server.display(),
+        removed: Vec::new(),
+        dropped: Vec::new(),
+        kept: Vec::new(),
+    };
+    if admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        == 0
+    {
+        return Ok(report);
+    }
+    let mut db = admin_options
+        .with_database(&names.database)
+        .connect(&target.settings)
+        .await?;
+    if !schema::table_exists(&mut db, MARKER_TABLE).await? {
+        let _ = db.close().await;
+        return Err(Error::config(format!(
+            "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
+            names.database
+        ))
+        .hint("check database_url; cleanup drops only what --self-setup created"));
+    }
+    let database_created = db.marker("database").await? == Some(true);
+    let mut roles = Vec::new();
+    for role in [&names.app, &names.backup] {
+        if db.marker(&format!("role:{role}")).await? == Some(true) {
+            roles.push(role.clone());
+        } else {
+            report
+                .kept
+                .push(format!("role {role} (setup did not create it)"));
+        }
+    }
+    if !database_created {
+        // The database stays: take back what the roles were granted in it first.
+        for role in &roles {
+            if let Some(revoke) = d.revoke_in_database(&d.quote(role)) {
+                db.exec(revoke).await?;
+            }
+        }
+    }
+    db.close().await?;
+    if database_created {
+        drop_database(admin, d, &names.database).await?;
+        report.dropped.push(format!("database {}", names.database));
+    } else {
+        report.kept.push(format!(
+            "database {} (setup did not create it)",
+            names.database
+        ));
+    }
+    for role in roles {
+        admin.exec(d.drop_role(&d.quote(&role))).await?;
+        report.dropped.push(format!("role {role}"));
+    }
+    Ok(report)
+}
+
+async fn drop_database(admin: &mut Conn, d: &dyn Dialect, name: &str) -> Result<()> {
+    if let Some(sessions) = d.other_sessions() {
+        for id in admin.ids_named(sessions, name).await? {
+            // A session may end by itself meanwhile; that is what we want anyway.
+            let _ = admin.exec(d.kill_session(id)).await;
+        }
+    }
+    admin.exec(d.drop_database(&d.quote(name))).await
+}
+
+/// Drops a scratch database and roles whatever their records say: the self-test made them, with
+/// names no one else uses.
+pub(crate) async fn drop_scratch(target: &Target, server: &ServerOptions) -> Result<()> {
+    let names = Names::new(server, &target.settings)?;
+    as_admin(target, server, async |admin, _| {
+        let d = server.dialect();
+        drop_database(admin, d, &names.database).await?;
+        for role in [&names.app, &names.backup] {
+            admin.exec(d.drop_role(&d.quote(role))).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Whether the database and the roles of `target` exist on the server (self-test checks).
+pub(crate) async fn leftovers(target: &Target, server: &ServerOptions) -> Result<Vec<String>> {
+    let names = Names::new(server, &target.settings)?;
+    let admin_options = admin_options(&target.settings, server)?;
+    let mut admin = admin_options.connect(&target.settings).await?;
+    let d = server.dialect();
+    let mut left = Vec::new();
+    if admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        > 0
+    {
+        left.push(format!("database {}", names.database));
+    }
+    for role in [&names.app, &names.backup] {
+        if admin.count_named(d.role_exists(), role).await? > 0 {
+            left.push(format!("role {role}"));
+        }
+    }
+    admin.close().await?;
+    Ok(left)
+}
+
+/// The options the task connects with: the app role's (or the backup role's), from the app
+/// secrets file as read when the target was resolved, or as it is now if setup has written it
+/// since (the self-test sets up and runs tasks in one process).
+pub(crate) fn app_options(
+    target: &Target,
+    server: &ServerOptions,
+    backup: bool,
+) -> Result<ServerOptions> {
+    if target.secrets.database_url.is_some() {
+        // A whole URL written by hand into the secrets file carries its own credentials.
+        return Ok(server.clone());
+    }
+    let names = Names::new(server, &target.settings)?;
+    let role = if backup { &names.backup } else { &names.app };
+    let display = server.display();
+    if let Some(creds) = target.secrets.for_role(&display, role, backup) {
+        return Ok(server.with_credentials(creds));
+    }
+    let file = secrets::app_file(&target.settings, target.exe);
+    let now = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
+    match now.for_role(&display, role, backup) {
+        Some(creds) => Ok(server.with_credentials(creds)),
+        None => Err(Error::config(format!(
+            "no credentials for role {role} on {display} in {}",
+            file.display()
+        ))
+        .hint("run --self-setup with the administrator's credentials (COMMONDB_ADMIN_URL); it creates the role and writes them")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_spotted() {
+        assert!(url_has_password("postgres://u:pw@h/d"));
+        assert!(url_has_password("mysql://u:p%40w@h:3306/d?x=y"));
+        assert!(!url_has_password("postgres://u@h/d"));
+        assert!(!url_has_password("postgres://h:5432/d"));
+        assert!(!url_has_password("postgres:///d?host=/run/postgresql"));
+    }
+
+    #[test]
+    fn names_default_from_the_database_and_are_validated() {
+        let settings = crate::testing::settings_in(std::path::Path::new("/tmp"));
+        let pg = ServerOptions::parse("postgres://127.0.0.1:5432/shop", Backend::Postgres).unwrap();
+        let n = Names::new(&pg, &settings).unwrap();
+        assert_eq!(
+            (n.database.as_str(), n.app.as_str(), n.backup.as_str()),
+            ("shop", "shop_app", "shop_backup")
+        );
+        let bad = ServerOptions::parse("postgres://127.0.0.1:5432/shop%3Bdrop", Backend::Postgres)
+            .unwrap();
+        assert_eq!(
+            Names::new(&bad, &settings).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+        let mut long = settings.clone();
+        long.app_role = Some("a".repeat(40));
+        let my = ServerOptions::parse("mysql://127.0.0.1:3306/shop", Backend::MySql).unwrap();
+        assert!(Names::new(&my, &long).unwrap_err().message().contains("32"));
+        let none = ServerOptions::parse("mysql://127.0.0.1:3306/", Backend::MySql).unwrap();
+        assert!(Names::new(&none, &settings).is_err());
+    }
+
+    #[test]
+    fn display_and_debug_never_show_credentials() {
+        let o = ServerOptions::parse(
+            "postgres://u:hunter2@127.0.0.1:5432/shop",
+            Backend::Postgres,
+        )
+        .unwrap();
+        assert_eq!(o.display(), "postgres://127.0.0.1:5432/shop");
+        assert!(!format!("{o:?}").contains("hunter2"));
+        let s = ServerOptions::parse("mariadb://root@127.0.0.1:3306/shop", Backend::MySql).unwrap();
+        assert_eq!(s.display(), "mysql://127.0.0.1:3306/shop");
+    }
+}
