@@ -42,18 +42,18 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             let target = Target::resolve(settings, T::NAME)?;
             out.detail(format_args!("database: {}", target.location));
             let task_settings = settings.task_settings::<T::Settings>()?;
-            let output = block_on(perform::<T>(
-                &target,
-                &task_settings,
-                args,
-                Input::Stdin,
-                out,
-            ))?;
+            let output = block_on(
+                Drivers::for_target(&target),
+                perform::<T>(&target, &task_settings, args, Input::Stdin, out),
+            )?;
             out.result(&output);
         }
         Mode::Setup => {
             let target = Target::resolve(settings, T::NAME)?;
-            out.result(&block_on(setup::run(&target, T::MIGRATIONS))?);
+            out.result(&block_on(
+                Drivers::for_target(&target),
+                setup::run(&target, T::MIGRATIONS),
+            )?);
         }
         Mode::Test => {
             let report = selftest::run::<T>(settings, out)?;
@@ -72,11 +72,17 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             if !plan.is_empty() && !yes {
                 confirm_cleanup(&plan)?;
             }
-            out.result(&block_on(cleanup::run(&target))?);
+            out.result(&block_on(
+                Drivers::for_target(&target),
+                cleanup::run(&target),
+            )?);
         }
         Mode::Status => {
             let target = Target::resolve(settings, T::NAME)?;
-            let report = block_on(status::run(&target, T::MIGRATIONS))?;
+            let report = block_on(
+                Drivers::for_target(&target),
+                status::run(&target, T::MIGRATIONS),
+            )?;
             out.result(&report);
             if let Some(kind) = report.failure() {
                 out.note(format_args!("{}: {}", kind, report.advice()));
@@ -150,11 +156,34 @@ fn confirm_cleanup(plan: &[String]) -> Result<()> {
     }
 }
 
+/// What a runtime must drive besides timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drivers {
+    /// Timers only: the embedded database talks to its own worker thread, not to sockets.
+    Timers,
+    /// Sockets and signals too: a database server, or the self-test's Ctrl-C handling.
+    Io,
+}
+
+impl Drivers {
+    /// What talking to `target` needs.
+    pub(crate) fn for_target(target: &Target) -> Drivers {
+        match target.backend() {
+            crate::Backend::Sqlite => Drivers::Timers,
+            _ => Drivers::Io,
+        }
+    }
+}
+
 /// Runs a future on a current-thread runtime: one-shot modes need no more, and it starts in
-/// microseconds.
-pub(crate) fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+/// microseconds (without the I/O driver's epoll, eventfd and signal pipe when `drivers` says so).
+pub(crate) fn block_on<T, F: Future<Output = Result<T>>>(drivers: Drivers, future: F) -> Result<T> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time();
+    if drivers == Drivers::Io {
+        builder.enable_io();
+    }
+    builder
         .build()
         .map_err(|e| {
             Error::temporary(format!("cannot start the async runtime: {e}"))

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::db::{self, Location, Target, cleanup, dialect, schema, server, setup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
-use crate::run::{block_on, perform};
+use crate::run::{Drivers, block_on, perform};
 use crate::secrets::{self, ExposeSecret};
 use crate::task::{Case, Input, Repeat, Task};
 
@@ -81,7 +81,7 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
         report: Report::default(),
         out: *out,
     };
-    let interrupted = block_on(async {
+    let interrupted = block_on(Drivers::Io, async {
         let interrupted = tokio::select! {
             () = lifecycle::<T>(&mut suite, &target, &task_settings) => false,
             () = interruption() => true,

@@ -238,17 +238,26 @@ impl Conn {
         location: &Location,
         migrations: &Migrations,
     ) -> Result<Tx<'_>> {
+        match self {
+            Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
+                sqlx::Connection::begin_with(c, "BEGIN IMMEDIATE").await?,
+            ))),
+            server => server.begin_checked(location, migrations).await,
+        }
+    }
+
+    async fn begin_checked(
+        &mut self,
+        location: &Location,
+        migrations: &Migrations,
+    ) -> Result<Tx<'_>> {
         use sqlx::Row;
         const CHECK: &str =
             "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
         let backend = self.backend();
         let sql = match backend {
-            Backend::Sqlite => {
-                self.exec("BEGIN IMMEDIATE".into()).await?;
-                return Ok(Tx { conn: self });
-            }
-            Backend::Postgres => format!("{CHECK}; BEGIN"),
             Backend::MySql => format!("{}; {CHECK}; START TRANSACTION", dialect::MYSQL_SESSION),
+            _ => format!("{CHECK}; BEGIN"),
         };
         let rows = on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *c).await.map(|rows| {
             rows.first().map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
@@ -260,7 +269,7 @@ impl Conn {
         };
         let migrator = migrations.for_backend(backend);
         if applied == Some(schema::embedded(migrator)) {
-            return Ok(Tx { conn: self });
+            return Ok(Tx(TxInner::Server(self)));
         }
         if applied.is_some() {
             self.exec("ROLLBACK".into()).await?;
@@ -269,10 +278,19 @@ impl Conn {
         Err(schema::refusal(state, migrator, location))
     }
 
-    /// Runs one statement given as text, without parameters (DDL, grants: their identifiers
-    /// are validated and quoted by the caller).
+    /// Runs one statement given as text, without parameters (transaction control, DDL,
+    /// grants: their identifiers are validated and quoted by the caller).
+    ///
+    /// On a server it goes as a simple query (one round trip, nothing to prepare); on SQLite as
+    /// one prepared statement, which is one message to sqlx's worker thread where `raw_sql`
+    /// would exchange several.
     pub(crate) async fn exec(&mut self, sql: String) -> Result<()> {
-        on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await.map(drop))?;
+        let sql = AssertSqlSafe(sql);
+        match self {
+            Conn::Sqlite(c) => sqlx::query(sql).execute(&mut *c).await.map(drop),
+            Conn::Postgres(c) => sqlx::raw_sql(sql).execute(&mut *c).await.map(drop),
+            Conn::MySql(c) => sqlx::raw_sql(sql).execute(&mut *c).await.map(drop),
+        }?;
         Ok(())
     }
 
@@ -327,31 +345,41 @@ impl Conn {
 
 /// The transaction a task's handler runs in; the harness commits it if the handler succeeds and
 /// rolls it back otherwise.
-pub struct Tx<'c> {
-    conn: &'c mut Conn,
+pub struct Tx<'c>(TxInner<'c>);
+
+enum TxInner<'c> {
+    /// SQLite: sqlx's own transaction, whose BEGIN and COMMIT are one message each to sqlx's
+    /// worker thread.
+    Sqlite(sqlx::Transaction<'c, Sqlite>),
+    /// A server: BEGIN went with the schema check; COMMIT and ROLLBACK are simple queries.
+    Server(&'c mut Conn),
 }
 
-/// Runs one sqlx query builder on whichever connection `$tx` is in: `$q` is given the SQL (with
-/// placeholders for the backend) and the bound arguments, `$e` the executor.
+/// The connection a transaction's statements run on.
+enum Executor<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
+    MySql(&'a mut MySqlConnection),
+}
+
+/// Runs one sqlx query builder in transaction `$tx`: `$q` is given the SQL (with placeholders
+/// for the backend) and the bound arguments, `$e` the executor.
 macro_rules! on_tx {
     ($tx:expr, $sql:expr, $params:expr, |$q:ident, $e:ident| $run:expr) => {
-        match &mut *$tx.conn {
-            Conn::Sqlite(c) => {
+        match $tx.executor() {
+            Executor::Sqlite($e) => {
                 let $q = ($sql, $params.sqlite()?);
-                let $e = &mut *c;
                 $run
             }
-            Conn::Postgres(c) => {
+            Executor::Postgres($e) => {
                 let $q = (
                     AssertSqlSafe(dialect::numbered_placeholders($sql).into_owned()),
                     $params.postgres()?,
                 );
-                let $e = &mut *c;
                 $run
             }
-            Conn::MySql(c) => {
+            Executor::MySql($e) => {
                 let $q = ($sql, $params.mysql()?);
-                let $e = &mut *c;
                 $run
             }
         }
@@ -361,7 +389,21 @@ macro_rules! on_tx {
 impl Tx<'_> {
     /// The backend, for the rare query that must be written per backend.
     pub fn backend(&self) -> Backend {
-        self.conn.backend()
+        match &self.0 {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Server(conn) => conn.backend(),
+        }
+    }
+
+    fn executor(&mut self) -> Executor<'_> {
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => Executor::Sqlite(tx),
+            TxInner::Server(conn) => match &mut **conn {
+                Conn::Sqlite(c) => Executor::Sqlite(c),
+                Conn::Postgres(c) => Executor::Postgres(c),
+                Conn::MySql(c) => Executor::MySql(c),
+            },
+        }
     }
 
     /// Runs a statement and returns how many rows it changed.
@@ -381,25 +423,21 @@ impl Tx<'_> {
         key: &'static str,
         params: impl Params<'q>,
     ) -> Result<i64> {
-        match &mut *self.conn {
-            Conn::Sqlite(c) => {
-                let done = sqlx::query_with(sql, params.sqlite()?)
-                    .execute(&mut *c)
-                    .await?;
+        match self.executor() {
+            Executor::Sqlite(c) => {
+                let done = sqlx::query_with(sql, params.sqlite()?).execute(c).await?;
                 Ok(done.last_insert_rowid())
             }
-            Conn::Postgres(c) => {
+            Executor::Postgres(c) => {
                 let sql = format!("{} RETURNING {key}", dialect::numbered_placeholders(sql));
                 Ok(
                     sqlx::query_scalar_with(AssertSqlSafe(sql), params.postgres()?)
-                        .fetch_one(&mut *c)
+                        .fetch_one(c)
                         .await?,
                 )
             }
-            Conn::MySql(c) => {
-                let done = sqlx::query_with(sql, params.mysql()?)
-                    .execute(&mut *c)
-                    .await?;
+            Executor::MySql(c) => {
+                let done = sqlx::query_with(sql, params.mysql()?).execute(c).await?;
                 i64::try_from(done.last_insert_id()).map_err(|_| {
                     Error::internal("the generated key does not fit a signed 64-bit integer")
                 })
@@ -441,11 +479,17 @@ impl Tx<'_> {
     }
 
     pub(crate) async fn commit(self) -> Result<()> {
-        self.conn.exec("COMMIT".into()).await
+        match self.0 {
+            TxInner::Sqlite(tx) => Ok(tx.commit().await?),
+            TxInner::Server(conn) => conn.exec("COMMIT".into()).await,
+        }
     }
 
     pub(crate) async fn rollback(self) -> Result<()> {
-        self.conn.exec("ROLLBACK".into()).await
+        match self.0 {
+            TxInner::Sqlite(tx) => Ok(tx.rollback().await?),
+            TxInner::Server(conn) => conn.exec("ROLLBACK".into()).await,
+        }
     }
 }
 
@@ -645,7 +689,7 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        crate::run::block_on(setup::run(&target, V1))
+                        crate::run::block_on(crate::run::Drivers::Timers, setup::run(&target, V1))
                             .unwrap()
                             .created
                     })
