@@ -164,17 +164,20 @@ pub fn load(sources: &Sources) -> Result<Settings> {
             .map_err(internal)?;
     }
     for (path, required) in &sources.files {
-        if *required && !path.is_file() {
-            return Err(Error::config(format!(
-                "configuration file {} does not exist or is not a file",
-                path.display()
-            ))
-            .hint("check the path given to --config"));
+        // One stat per layer; a missing optional file is no source at all (the config crate
+        // would look for it under two names).
+        if !path.is_file() {
+            if *required {
+                return Err(Error::config(format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                ))
+                .hint("check the path given to --config"));
+            }
+            continue;
         }
-        builder = builder.add_source(
-            ::config::File::new(&path.to_string_lossy(), ::config::FileFormat::Toml)
-                .required(false),
-        );
+        builder = builder
+            .add_source(::config::File::from(path.as_path()).format(::config::FileFormat::Toml));
     }
     builder = builder.add_source(
         ::config::Environment::with_prefix(ENV_PREFIX)
