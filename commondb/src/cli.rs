@@ -24,6 +24,10 @@ pub(crate) enum Mode<A> {
     Cleanup { yes: bool },
     /// `--self-status`.
     Status,
+    /// `--self-backup`.
+    Backup,
+    /// `--self-restore`, of `from` or the newest backup, confirmed with `--yes` or not.
+    Restore { from: Option<PathBuf>, yes: bool },
 }
 
 /// A parsed command line.
@@ -39,6 +43,8 @@ const SETUP: &str = "self-setup";
 const TEST: &str = "self-test";
 const CLEANUP: &str = "self-cleanup";
 const STATUS: &str = "self-status";
+const BACKUP: &str = "self-backup";
+const RESTORE: &str = "self-restore";
 const MODES: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
@@ -83,12 +89,20 @@ pub(crate) fn command<T: Task>() -> Command {
             "Remove the database that setup made (asks first; backups are kept)".into(),
         ))
         .arg(flag(
+            BACKUP,
+            "Write a compressed, checksummed backup of the task's tables".into(),
+        ))
+        .arg(flag(
+            RESTORE,
+            "Replace the data with the newest backup, or --from FILE (asks first; keeps a safety backup)".into(),
+        ))
+        .arg(flag(
             STATUS,
             "Report the database and its schema, read-only (exit 78 if setup is needed)".into(),
         ))
         .group(
             ArgGroup::new(MODES)
-                .args([T::VERB, SETUP, TEST, CLEANUP, STATUS])
+                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS])
                 .required(true)
                 .multiple(false),
         )
@@ -139,8 +153,17 @@ pub(crate) fn command<T: Task>() -> Command {
             Arg::new("yes")
                 .long("yes")
                 .action(ArgAction::SetTrue)
-                .conflicts_with_all([T::VERB, SETUP, TEST, STATUS])
-                .help("Confirm --self-cleanup without asking"),
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS])
+                .help("Confirm --self-cleanup or --self-restore without asking"),
+        )
+        .arg(
+            Arg::new("from")
+                .long("from")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                // Not `requires`: a flag's default value would satisfy it.
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS])
+                .help("The backup --self-restore restores (default: the newest)"),
         );
     let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
     let cmd = T::Args::augment_args(
@@ -165,6 +188,8 @@ pub(crate) fn command<T: Task>() -> Command {
     .mut_arg(TEST, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(CLEANUP, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(STATUS, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(BACKUP, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(RESTORE, |a| a.conflicts_with(TASK_ARGS))
     .override_usage(usage)
 }
 
@@ -188,7 +213,7 @@ fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
         }
     }
     format!(
-        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-cleanup [--yes]"
+        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-backup\n       {name} [OPTIONS] --self-restore [--from <FILE>] [--yes] | --self-cleanup [--yes]"
     )
 }
 
@@ -220,6 +245,13 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         Mode::Test
     } else if m.get_flag(STATUS) {
         Mode::Status
+    } else if m.get_flag(BACKUP) {
+        Mode::Backup
+    } else if m.get_flag(RESTORE) {
+        Mode::Restore {
+            from: m.get_one::<PathBuf>("from").cloned(),
+            yes: m.get_flag("yes"),
+        }
     } else {
         Mode::Cleanup {
             yes: m.get_flag("yes"),
@@ -265,6 +297,8 @@ mod tests {
             "--self-test",
             "--self-cleanup",
             "--self-status",
+            "--self-backup",
+            "--self-restore",
         ] {
             assert!(help.contains(mode), "{mode} missing from:\n{help}");
         }
@@ -326,6 +360,26 @@ mod tests {
     }
 
     #[test]
+    fn restore_takes_from_and_yes_and_from_needs_restore() {
+        let inv = parse(&["--self-restore", "--from", "b.jsonl.zst", "--yes"]).unwrap();
+        assert!(matches!(
+            inv.mode,
+            Mode::Restore { from: Some(ref f), yes: true } if f.as_os_str() == "b.jsonl.zst"
+        ));
+        assert!(matches!(
+            parse(&["--self-restore"]).unwrap().mode,
+            Mode::Restore {
+                from: None,
+                yes: false
+            }
+        ));
+        let e = parse(&["--self-backup", "--from", "x"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+        let e = parse(&["--self-backup", "--yes"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+    }
+
+    #[test]
     fn quiet_and_verbose_exclude_each_other() {
         assert_eq!(parse(&["--self-test", "-q"]).unwrap().verbosity, -1);
         assert_eq!(
@@ -342,7 +396,7 @@ mod tests {
             "{usage}"
         );
         assert!(
-            usage.contains("--self-setup | --self-status | --self-test | --self-cleanup"),
+            usage.contains("--self-setup | --self-status | --self-test | --self-backup"),
             "{usage}"
         );
     }

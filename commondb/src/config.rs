@@ -48,6 +48,11 @@ pub struct Settings {
     pub app_role: Option<String>,
     /// The read-only role for backups on a server; default `<database>_backup`.
     pub backup_role: Option<String>,
+    /// Where `--self-backup` writes and `--self-restore` looks; default `<data_dir>/backups`.
+    pub backup_dir: Option<PathBuf>,
+    /// How many backups retention keeps (the newest; at least 1). Safety backups taken before a
+    /// restore are counted apart, with the same limit.
+    pub backup_keep: u32,
     /// SQLite's `synchronous` setting: `full` makes every commit durable against power loss.
     pub synchronous: Synchronous,
     /// The task's own settings (the `[task]` table), read by the task as its `Settings` type.
@@ -82,6 +87,13 @@ impl Synchronous {
 }
 
 impl Settings {
+    /// The backup directory: `backup_dir`, or `backups` in the data directory.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+
     /// The task's own settings, from the `[task]` table; its defaults where the table is absent.
     pub fn task_settings<S: serde::de::DeserializeOwned + Default>(&self) -> Result<S> {
         if self.task.is_null() {
@@ -152,6 +164,7 @@ pub fn load(sources: &Sources) -> Result<Settings> {
         .and_then(|b| b.set_default("connect_timeout_ms", 5_000))
         .and_then(|b| b.set_default("connect_retry_ms", 10_000))
         .and_then(|b| b.set_default("synchronous", "full"))
+        .and_then(|b| b.set_default("backup_keep", 7))
         .map_err(internal)?;
     if let Some(dir) = &sources.default_data_dir {
         builder = builder

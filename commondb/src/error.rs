@@ -30,8 +30,10 @@ pub enum ErrorKind {
     Failed,
     /// The command line was wrong: exit 2.
     Usage,
-    /// The request's data is invalid: exit 65.
+    /// The request's data is invalid, or a file given is damaged or foreign: exit 65.
     InvalidInput,
+    /// An input file (a backup to restore) does not exist or cannot be read: exit 66.
+    NoInput,
     /// The database cannot be reached: exit 69.
     Unavailable,
     /// A bug, or a database in a state the program cannot handle: exit 70.
@@ -50,10 +52,11 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in exit-code order (for documentation and tests).
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Failed,
         ErrorKind::Usage,
         ErrorKind::InvalidInput,
+        ErrorKind::NoInput,
         ErrorKind::Unavailable,
         ErrorKind::Internal,
         ErrorKind::Conflict,
@@ -69,6 +72,7 @@ impl ErrorKind {
             ErrorKind::Failed => 1,
             ErrorKind::Usage => 2,
             ErrorKind::InvalidInput => 65,
+            ErrorKind::NoInput => 66,
             ErrorKind::Unavailable => 69,
             ErrorKind::Internal => 70,
             ErrorKind::Conflict => 73,
@@ -85,6 +89,7 @@ impl ErrorKind {
             ErrorKind::Failed => "failed",
             ErrorKind::Usage => "usage",
             ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NoInput => "no_input",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::Conflict => "conflict",
@@ -145,6 +150,11 @@ impl Error {
     /// The request's data is invalid (exit 65).
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// An input file does not exist or cannot be read (exit 66).
+    pub fn no_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NoInput, message)
     }
 
     /// The record already exists (exit 73).
@@ -244,7 +254,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_and_follow_sysexits() {
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
-        assert_eq!(codes, [1, 2, 65, 69, 70, 73, 75, 77, 78, 130]);
+        assert_eq!(codes, [1, 2, 65, 66, 69, 70, 73, 75, 77, 78, 130]);
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
     }

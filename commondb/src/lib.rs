@@ -2,13 +2,15 @@
 //!
 //! An executable defines one [`Task`] (its name, verb, arguments, migrations, validation,
 //! handler, sample request and self-test cases) and calls [`main`]. It then has the task mode
-//! (`create-user --create …`), `--self-setup`, `--self-test` and `--self-cleanup`, layered
+//! (`create-user --create …`), `--self-setup`, `--self-test`, `--self-backup`, `--self-restore`
+//! and `--self-cleanup`, layered
 //! configuration, private secrets files, a documented exit-code contract, and the embedded
 //! SQLite database that needs no setup at all.
 //!
 //! `commondb` is not an ORM and not a server framework: a task writes its own SQL, through the
 //! small [`Tx`] API, and runs inside one transaction per request.
 
+pub mod backup;
 mod cli;
 pub mod config;
 mod db;

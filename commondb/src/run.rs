@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
+use crate::backup;
 use crate::cli::{self, Mode};
 use crate::config::{self, Settings, Sources};
 use crate::db::{self, Target, cleanup, setup, status};
@@ -70,11 +71,52 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             let target = Target::resolve(settings, T::NAME)?;
             let plan = cleanup::plan(&target)?;
             if !plan.is_empty() && !yes {
-                confirm_cleanup(&plan)?;
+                let mut text = String::from("This removes (backups are kept):");
+                for item in &plan {
+                    text.push_str(&format!("\n  {item}"));
+                }
+                confirm(
+                    "--self-cleanup removes the database",
+                    &text,
+                    "Remove them?",
+                    "cleanup cancelled: nothing was removed",
+                )?;
             }
             out.result(&block_on(
                 Drivers::for_target(&target),
                 cleanup::run(&target),
+            )?);
+        }
+        Mode::Backup => {
+            let target = Target::resolve(settings, T::NAME)?;
+            out.result(&block_on(
+                Drivers::for_target(&target),
+                backup::backup::<T>(&target, backup::file::Kind::Backup),
+            )?);
+        }
+        Mode::Restore { from, yes } => {
+            let target = Target::resolve(settings, T::NAME)?;
+            let path = backup::choose(&target, T::NAME, from)?;
+            let header = backup::verify::<T>(&path, target.backend())?;
+            if !yes {
+                confirm(
+                    "--self-restore replaces every row of the database",
+                    &format!(
+                        "This replaces every row of {} with the {} row(s) of\n  {} (taken {})\nA safety backup of the current data is taken first.",
+                        target.location,
+                        header.rows(),
+                        path.display(),
+                        header
+                            .created_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    "Restore it?",
+                    "restore cancelled: nothing was changed",
+                )?;
+            }
+            out.result(&block_on(
+                Drivers::for_target(&target),
+                backup::restore::<T>(&target, &path, &header),
             )?);
         }
         Mode::Status => {
@@ -131,28 +173,25 @@ pub(crate) async fn perform<T: Task>(
     Ok(output)
 }
 
-/// Asks on the terminal before cleanup removes anything; without a terminal, `--yes` is needed.
-fn confirm_cleanup(plan: &[String]) -> Result<()> {
+/// Asks on the terminal before a mode destroys data; without a terminal, `--yes` is needed.
+fn confirm(what: &str, text: &str, question: &str, declined: &str) -> Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        return Err(Error::usage(
-            "--self-cleanup removes the database, and there is no terminal to confirm on",
-        )
-        .hint("add --yes to confirm"));
+        return Err(
+            Error::usage(format!("{what}, and there is no terminal to confirm on"))
+                .hint("add --yes to confirm"),
+        );
     }
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "This removes (backups are kept):");
-    for item in plan {
-        let _ = writeln!(stderr, "  {item}");
-    }
-    let _ = write!(stderr, "Remove them? [y/N] ");
+    let _ = writeln!(stderr, "{text}");
+    let _ = write!(stderr, "{question} [y/N] ");
     let _ = stderr.flush();
     let mut answer = String::new();
     let _ = stdin.lock().read_line(&mut answer);
     if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
         Ok(())
     } else {
-        Err(Error::failed("cleanup cancelled: nothing was removed"))
+        Err(Error::failed(declined))
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backup::{self, file};
 use crate::config::Settings;
 use crate::db::{self, Location, Target, cleanup, dialect, schema, server, setup};
 use crate::error::{Error, ErrorKind, Result};
@@ -115,6 +116,7 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
     scratch.app_role = None;
     scratch.backup_role = None;
     scratch.database_url = None;
+    scratch.backup_dir = Some(dir.join("backups"));
     let configured = match &settings.database_url {
         Some(url) => Some(Location::parse(url)?),
         None => None,
@@ -360,6 +362,8 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
             .await;
     }
 
+    backup_cases::<T>(suite, target, task_settings, &run).await;
+
     match &target.location {
         Location::Sqlite(path) => {
             suite
@@ -397,6 +401,130 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
                 .await;
         }
     }
+}
+
+/// Backup and restore: a round trip, a damaged file, retention.
+async fn backup_cases<T: Task>(
+    suite: &mut Suite,
+    target: &Target,
+    task_settings: &T::Settings,
+    run: &str,
+) {
+    let quiet = Output::silent(T::NAME);
+    let attempt = |n| {
+        perform::<T>(
+            target,
+            task_settings,
+            T::sample(n, run),
+            Input::None,
+            &quiet,
+        )
+    };
+    let backend = target.backend();
+    let mut taken = None;
+    suite
+        .case(
+            "a restore puts back every row and column of a backup, and later requests succeed",
+            async {
+                let before = backup::backup::<T>(target, file::Kind::Backup)
+                    .await
+                    .map_err(show)?;
+                expect(before.rows > 0, "the backup holds no rows")?;
+                attempt(2).await.map_err(show)?;
+                let header = backup::verify::<T>(&before.file, backend).map_err(show)?;
+                let restored = backup::restore::<T>(target, &before.file, &header)
+                    .await
+                    .map_err(show)?;
+                expect(
+                    restored.rows == before.rows,
+                    "the restore put back another number of rows",
+                )?;
+                let after = backup::backup::<T>(target, file::Kind::Backup)
+                    .await
+                    .map_err(show)?;
+                let (a, b) = (file::rows(&before.file), file::rows(&after.file));
+                expect(
+                    a.map_err(show)? == b.map_err(show)?,
+                    "the restored rows differ from the backup's",
+                )?;
+                attempt(2).await.map_err(show)?;
+                taken = Some((before.file, header));
+                Ok(())
+            },
+        )
+        .await;
+    suite
+        .case(
+            "a damaged or truncated backup is refused and the data is left as it was",
+            async {
+                let (good, header) = taken.as_ref().ok_or("no backup to damage")?;
+                let counts = counts(target).await?;
+                let bytes = std::fs::read(good).map_err(|e| e.to_string())?;
+                let dir = target.settings.backup_dir();
+                let damaged = dir.join("damaged");
+                let mut flipped = bytes.clone();
+                flipped[bytes.len() / 2] ^= 0x01;
+                for (what, content) in [
+                    ("flipped byte", flipped),
+                    ("truncated", bytes[..bytes.len() / 2].to_vec()),
+                ] {
+                    std::fs::write(&damaged, content).map_err(|e| e.to_string())?;
+                    match backup::verify::<T>(&damaged, backend) {
+                        Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                        Err(e) => {
+                            return Err(format!(
+                                "a {what} was refused for another reason: {}",
+                                e.message()
+                            ));
+                        }
+                        Ok(_) => return Err(format!("a backup with a {what} passed verification")),
+                    }
+                    // Past the verification too, the restore itself refuses and rolls back.
+                    match backup::restore::<T>(target, &damaged, header).await {
+                        Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                        Err(e) => {
+                            return Err(format!(
+                                "restoring a {what} failed for another reason: {}",
+                                e.message()
+                            ));
+                        }
+                        Ok(_) => return Err(format!("a backup with a {what} was restored")),
+                    }
+                    expect(
+                        counts == self::counts(target).await?,
+                        "a refused restore changed the data",
+                    )?;
+                }
+                std::fs::remove_file(&damaged).map_err(|e| e.to_string())
+            },
+        )
+        .await;
+    suite
+        .case(
+            "retention keeps the newest backups and removes the older ones",
+            async {
+                let dir = target.settings.backup_dir();
+                let newest = backup::backup::<T>(target, file::Kind::Backup)
+                    .await
+                    .map_err(show)?;
+                let removed = backup::retention(&dir, T::NAME, file::Kind::Backup, 1);
+                expect(!removed.is_empty(), "retention removed nothing")?;
+                let left = file::list(&dir, T::NAME).map_err(show)?;
+                let regular: Vec<_> = left
+                    .iter()
+                    .filter(|e| e.kind == file::Kind::Backup)
+                    .collect();
+                expect(
+                    regular.len() == 1 && regular[0].path == newest.file,
+                    "retention did not keep exactly the newest backup",
+                )?;
+                expect(
+                    left.iter().any(|e| e.kind == file::Kind::Safety),
+                    "retention of backups removed the safety backups",
+                )
+            },
+        )
+        .await;
 }
 
 /// The quoted name of the first of the task's tables.
@@ -488,7 +616,8 @@ mod tests {
         let report = run::<Notes>(&settings, &Output::silent("notes")).unwrap();
         let failures: Vec<_> = report.cases.iter().filter(|c| !c.passed).collect();
         assert!(failures.is_empty(), "{failures:#?}");
-        assert_eq!(report.passed, 6 + 2);
+        // Six generic checks, three of backup and restore, the task's two cases.
+        assert_eq!(report.passed, 6 + 3 + 2);
     }
 
     #[test]

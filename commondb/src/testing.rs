@@ -88,6 +88,37 @@ impl Task for Notes {
     }
 }
 
+/// `notes` one schema version later (a `tag` column added): the same task otherwise.
+pub(crate) struct NotesV2;
+
+impl Task for NotesV2 {
+    const NAME: &'static str = Notes::NAME;
+    const VERSION: &'static str = "0.0.2";
+    const ABOUT: &'static str = Notes::ABOUT;
+    const VERB: &'static str = Notes::VERB;
+    const MIGRATIONS: &'static Migrations = V2;
+    type Args = NoteArgs;
+    type Request = String;
+    type Output = i64;
+    type Settings = ();
+
+    fn prepare(args: NoteArgs, ctx: &mut Context<'_, ()>) -> Result<String> {
+        Notes::prepare(args, ctx)
+    }
+
+    async fn execute(tx: &mut Tx<'_>, text: String) -> Result<i64> {
+        Notes::execute(tx, text).await
+    }
+
+    fn sample(n: u64, run: &str) -> NoteArgs {
+        Notes::sample(n, run)
+    }
+
+    fn invalid_sample() -> NoteArgs {
+        Notes::invalid_sample()
+    }
+}
+
 /// Settings whose data and secrets directories are inside a fresh temporary directory.
 pub(crate) fn scratch() -> (TempDir, Settings) {
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +137,8 @@ pub(crate) fn settings_in(dir: &Path) -> Settings {
         connect_retry_ms: 5_000,
         app_role: None,
         backup_role: None,
+        backup_dir: None,
+        backup_keep: 7,
         synchronous: Synchronous::Full,
         task: serde_json::Value::Null,
     }

@@ -464,7 +464,8 @@ impl ServerDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    async fn admin_connect(&self, db: Option<&str>) -> Result<AnyConn, String> {
+    /// Connects as the administrator to database `db` (or the admin URL's own).
+    pub async fn admin_connect(&self, db: Option<&str>) -> Result<AnyConn, String> {
         AnyConn::connect(self.backend, &self.admin_url, None, db).await
     }
 
@@ -596,6 +597,17 @@ impl AnyConn {
         r.map_err(|e| e.to_string())
     }
 
+    /// Runs a query returning one text column.
+    pub async fn strings(&mut self, sql: &str) -> Result<Vec<String>, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        let r = match self {
+            AnyConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            AnyConn::Postgres(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            AnyConn::MySql(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+        };
+        r.map_err(|e| e.to_string())
+    }
+
     /// Runs a query returning one `BIGINT`.
     pub async fn count(&mut self, sql: &str) -> Result<i64, String> {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
@@ -684,6 +696,91 @@ impl BackendSandbox {
             })
             .unwrap_or_else(|e| panic!("{sql}: {e}")),
         }
+    }
+
+    /// A connection to the executable's database as the administrator (the file's owner on
+    /// SQLite).
+    pub async fn admin_conn(&self, exe: &str) -> AnyConn {
+        match &self.server {
+            Some(db) => db
+                .admin_connect(Some(&db.name))
+                .await
+                .expect("an admin connection"),
+            None => AnyConn::Sqlite(open_sqlite(&self.sb.database(exe)).await),
+        }
+    }
+
+    /// Runs statements in the executable's database as the administrator.
+    pub fn exec(&self, exe: &str, statements: &[&str]) {
+        block_on(async {
+            let mut conn = self.admin_conn(exe).await;
+            for sql in statements {
+                conn.exec(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        })
+    }
+
+    /// Every row of `create-user`'s table, one string each in id order, in the backend's own
+    /// rendering (to compare states of one database).
+    pub fn user_rows(&self) -> Vec<String> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT id || '|' || username || '|' || email || '|' || COALESCE(password_hash, '-') || '|' || created_at FROM users ORDER BY id"
+            }
+            Backend::Postgres => {
+                "SELECT id || '|' || username || '|' || email || '|' || COALESCE(password_hash, '-') || '|' || created_at::text FROM users ORDER BY id"
+            }
+            Backend::MySql => {
+                "SELECT CONCAT_WS('|', id, username, email, COALESCE(password_hash, '-'), CAST(created_at AS CHAR)) FROM users ORDER BY id"
+            }
+        };
+        block_on(async { self.admin_conn("create-user").await.strings(sql).await })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Adds `n` users named `bulk1` … straight into `create-user`'s table, in one statement.
+    pub fn fill_users(&self, n: u32) {
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) \
+                 INSERT INTO users (username, email, created_at) \
+                 SELECT 'bulk' || i, 'b' || i || '@example.com', '2026-01-01T00:00:00.000001+00:00' FROM s"
+            ),
+            Backend::Postgres => format!(
+                "INSERT INTO users (username, email, created_at) \
+                 SELECT 'bulk' || i, 'b' || i || '@example.com', now() FROM generate_series(1, {n}) i"
+            ),
+            Backend::MySql => {
+                let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+                     UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
+                format!(
+                    "INSERT INTO users (username, email, created_at) \
+                     SELECT CONCAT('bulk', i), CONCAT('b', i, '@example.com'), NOW(6) FROM \
+                     (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d + 1 AS i \
+                      FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f, {digits} g) s WHERE i <= {n}"
+                )
+            }
+        };
+        self.exec("create-user", &[&sql]);
+    }
+
+    /// The backup directory (the default one, in the data directory).
+    pub fn backup_dir(&self) -> PathBuf {
+        self.sb.data_dir().join("backups")
+    }
+
+    /// The file names in the backup directory, sorted.
+    pub fn backup_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.backup_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// The credentials setup wrote for `role` (`app` or `backup`).

@@ -14,6 +14,7 @@
 mod classify;
 pub(crate) mod cleanup;
 pub(crate) mod dialect;
+pub(crate) mod dump;
 pub(crate) mod schema;
 pub(crate) mod server;
 pub(crate) mod setup;
@@ -23,7 +24,7 @@ pub(crate) mod status;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
 use sqlx::postgres::{PgArguments, PgConnection, PgRow, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteRow};
@@ -37,7 +38,7 @@ pub use schema::Migrations;
 pub(crate) use server::ServerOptions;
 
 /// Which kind of database a task runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The embedded default: a file on this machine.

@@ -221,31 +221,33 @@ pub(crate) async fn migrate(
         .collect())
 }
 
-/// The row count of every table the task owns (all but the bookkeeping tables), in name
-/// order. The self-test uses it to prove that a refused request wrote nothing.
-pub(crate) async fn row_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
-    let (list, quote): (&'static str, fn(&str) -> String) = match conn {
-        Conn::Sqlite(_) => (
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-            |t| format!("\"{t}\""),
-        ),
-        Conn::Postgres(_) => (
-            super::dialect::Dialect::tables(&super::dialect::Postgres),
-            |t| format!("\"{t}\""),
-        ),
-        Conn::MySql(_) => (
-            super::dialect::Dialect::tables(&super::dialect::MySql),
-            |t| format!("`{t}`"),
-        ),
+/// The tables the task owns (all but the bookkeeping tables), in name order, each name checked
+/// by [`quote_identifier`]'s pattern.
+pub(crate) async fn task_tables(conn: &mut Conn) -> Result<Vec<String>> {
+    let list: &'static str = match conn {
+        Conn::Sqlite(_) => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        Conn::Postgres(_) => super::dialect::Dialect::tables(&super::dialect::Postgres),
+        Conn::MySql(_) => super::dialect::Dialect::tables(&super::dialect::MySql),
     };
-    let tables = conn.strings(list).await?;
-    let mut counts = Vec::with_capacity(tables.len());
-    for table in tables
+    conn.strings(list)
+        .await?
         .into_iter()
         .filter(|t| !t.starts_with("_sqlx") && !t.starts_with("_commondb"))
-    {
-        quote_identifier(&table)?;
-        let sql = format!("SELECT COUNT(*) FROM {}", quote(&table));
+        .map(|t| quote_identifier(&t).map(|_| t))
+        .collect()
+}
+
+/// The row count of every table the task owns, in name order. The self-test uses it to prove
+/// that a refused request wrote nothing.
+pub(crate) async fn row_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
+    let mut counts = Vec::new();
+    for table in task_tables(conn).await? {
+        let sql = match conn {
+            Conn::MySql(_) => format!("SELECT COUNT(*) FROM `{table}`"),
+            _ => format!("SELECT COUNT(*) FROM \"{table}\""),
+        };
         let n: i64 =
             on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *c).await)?;
         counts.push((table, n));

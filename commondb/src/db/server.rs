@@ -346,6 +346,26 @@ async fn as_admin<T>(
     result
 }
 
+/// Runs `work` with an administrator's connection to the task's own database, under the setup
+/// lock (restore replaces every row and resets sequences, which the app role may not).
+pub(crate) async fn as_admin_on_database<T>(
+    target: &Target,
+    server: &ServerOptions,
+    work: impl AsyncFnOnce(&mut Conn) -> Result<T>,
+) -> Result<T> {
+    let names = Names::new(server, &target.settings)?;
+    as_admin(target, server, async |_, admin_options| {
+        let mut db = admin_options
+            .with_database(&names.database)
+            .connect(&target.settings)
+            .await?;
+        let result = work(&mut db).await;
+        let _ = db.close().await;
+        result
+    })
+    .await
+}
+
 /// `--self-setup` on a server.
 pub(crate) async fn setup(
     target: &Target,

@@ -1,0 +1,449 @@
+//! `--self-backup` and `--self-restore`: one portable file per backup, taken in one consistent
+//! snapshot, checked before use, put back all or nothing.
+//!
+//! A backup reads the task's tables as the backup role (on a server) inside one read
+//! transaction and streams them through [`file::Writer`] into a partial file that is synced and
+//! renamed into place only when complete. Retention then keeps the newest `backup_keep`.
+//!
+//! A restore first reads the whole file ([`verify`]: format, checksum, row counts, executable,
+//! schema version) and checks that its tables and columns fit the schema, then takes a safety
+//! backup of the data it is about to replace, then replaces every task table's rows in one
+//! transaction ([`crate::db::dump::restore`]). Until that transaction commits, the database is
+//! as it was; a kill at any point leaves it so.
+
+pub mod file;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::Backend;
+use crate::db::dump::{self, Restored, Snapshot};
+use crate::db::schema::{self, SchemaState};
+use crate::db::sqlite::{self, DirLock};
+use crate::db::{self, Conn, Location, Migrations, Target, server};
+use crate::error::{Error, Result};
+use crate::task::Task;
+use file::{Header, Kind, Reader, TableInfo, Writer};
+
+/// What a backup wrote, for people and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The backup file.
+    pub file: PathBuf,
+    /// Its size on disk, compressed.
+    pub bytes: u64,
+    /// Why it was taken.
+    pub kind: Kind,
+    /// The database it was taken from (without credentials).
+    pub database: String,
+    /// Its backend.
+    pub backend: Backend,
+    /// Its schema version.
+    pub schema_version: i64,
+    /// When the snapshot was taken.
+    pub created_at: DateTime<Utc>,
+    /// Every table with its row count.
+    pub tables: Vec<TableInfo>,
+    /// All tables' rows.
+    pub rows: u64,
+    /// Older backups that retention removed.
+    pub removed: Vec<PathBuf>,
+}
+
+impl fmt::Display for BackupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "backed up {} row(s) of {} to {} ({})",
+            self.rows,
+            self.database,
+            self.file.display(),
+            size(self.bytes)
+        )?;
+        for t in &self.tables {
+            write!(f, "\n  table {}: {} row(s)", t.name, t.rows)?;
+        }
+        for old in &self.removed {
+            write!(f, "\n  removed old backup {}", old.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// What a restore put back, for people and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The backup restored.
+    pub file: PathBuf,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+    /// The backend it was taken from.
+    pub from_backend: Backend,
+    /// Its schema version (the database keeps its own, which may be newer).
+    pub schema_version: i64,
+    /// The database restored (without credentials).
+    pub database: String,
+    /// Every table with the rows put back.
+    pub tables: Vec<Restored>,
+    /// All tables' rows.
+    pub rows: u64,
+    /// The safety backup of the data that was replaced.
+    pub safety_backup: PathBuf,
+}
+
+impl fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "restored {} row(s) into {} from {} (taken {} on {}, schema version {})",
+            self.rows,
+            self.database,
+            self.file.display(),
+            self.taken_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.from_backend.name(),
+            self.schema_version
+        )?;
+        for t in &self.tables {
+            write!(f, "\n  table {}: {} row(s)", t.table, t.rows)?;
+        }
+        write!(
+            f,
+            "\n  the replaced data is in {} (restore it with --from to undo)",
+            self.safety_backup.display()
+        )
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 10 << 10 => format!("{b} bytes"),
+        b if b < 10 << 20 => format!("{} KiB", b >> 10),
+        b => format!("{} MiB", b >> 20),
+    }
+}
+
+/// Takes a backup of task `T`'s database.
+pub(crate) async fn backup<T: Task>(target: &Target, kind: Kind) -> Result<BackupReport> {
+    let keep = keep(target)?;
+    let mut conn = connect_reader(target, T::MIGRATIONS).await?;
+    let result = write_backup::<T>(target, &mut conn, kind).await;
+    let _ = conn.close().await;
+    let mut report = result?;
+    report.removed = retention(&target.settings.backup_dir(), T::NAME, kind, keep);
+    Ok(report)
+}
+
+fn keep(target: &Target) -> Result<usize> {
+    match target.settings.backup_keep {
+        0 => Err(
+            Error::config("backup_keep is 0, which would delete the only backup")
+                .hint("set backup_keep to 1 or more"),
+        ),
+        n => Ok(n as usize),
+    }
+}
+
+/// Opens the database for reading a backup: as the backup role on a server. A database that
+/// does not exist or was never set up has nothing to back up.
+async fn connect_reader(target: &Target, migrations: &Migrations) -> Result<Conn> {
+    let mut conn = match &target.location {
+        Location::Sqlite(path) => {
+            if !path.exists() {
+                return Err(Error::config(format!(
+                    "database {} does not exist: there is nothing to back up",
+                    path.display()
+                ))
+                .hint("run --self-setup (or the task) first, or check database_url"));
+            }
+            Conn::Sqlite(sqlite::connect(path, &target.settings).await?)
+        }
+        Location::Server(s) => {
+            server::app_options(target, s, true)?
+                .connect(&target.settings)
+                .await?
+        }
+    };
+    if schema::check(&mut conn, migrations).await? == SchemaState::Missing {
+        let _ = conn.close().await;
+        return Err(Error::config(format!(
+            "database {} is not set up: there is nothing to back up",
+            target.location
+        ))
+        .hint("run --self-setup first"));
+    }
+    Ok(conn)
+}
+
+async fn write_backup<T: Task>(
+    target: &Target,
+    conn: &mut Conn,
+    kind: Kind,
+) -> Result<BackupReport> {
+    let backend = conn.backend();
+    let created_at = Utc::now();
+    let snapshot = Snapshot::begin(conn).await?;
+    let header = Header {
+        format: file::FORMAT.to_string(),
+        format_version: file::FORMAT_VERSION,
+        executable: T::NAME.to_string(),
+        executable_version: T::VERSION.to_string(),
+        schema_version: snapshot.schema_version,
+        backend,
+        created_at,
+        kind,
+        tables: snapshot.infos.clone(),
+    };
+    let dir = target.settings.backup_dir();
+    let mut writer = Writer::create(&dir, file::file_name(T::NAME, created_at, kind), &header)?;
+    snapshot.write_rows(&mut writer).await?;
+    let (path, bytes) = writer.finish()?;
+    Ok(BackupReport {
+        file: path,
+        bytes,
+        kind,
+        database: target.location.to_string(),
+        backend,
+        schema_version: header.schema_version,
+        created_at,
+        rows: header.rows(),
+        tables: header.tables,
+        removed: Vec::new(),
+    })
+}
+
+/// Keeps the newest `keep` backups of `kind` whose header reads, and removes the older ones.
+/// The newest good ones are never removed, so the only good backup never is.
+pub(crate) fn retention(dir: &Path, exe: &str, kind: Kind, keep: usize) -> Vec<PathBuf> {
+    let Ok(entries) = file::list(dir, exe) else {
+        return Vec::new();
+    };
+    let mut good = 0;
+    let mut removed = Vec::new();
+    for entry in entries.into_iter().filter(|e| e.kind == kind) {
+        if good < keep {
+            if file::header(&entry.path).is_ok() {
+                good += 1;
+            }
+            continue;
+        }
+        if std::fs::remove_file(&entry.path).is_ok() {
+            removed.push(entry.path);
+        }
+    }
+    removed
+}
+
+/// The backup to restore: `from`, or the newest one (safety backups aside).
+pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = from {
+        return Ok(path);
+    }
+    let dir = target.settings.backup_dir();
+    file::list(&dir, exe)?
+        .into_iter()
+        .find(|e| e.kind == Kind::Backup)
+        .map(|e| e.path)
+        .ok_or_else(|| {
+            Error::no_input(format!("there is no backup of {exe} in {}", dir.display()))
+                .hint("take one with --self-backup, or name one with --from FILE")
+        })
+}
+
+/// Reads the whole backup at `path` and checks that task `T` can restore it: intact, its own,
+/// and of a schema version no newer than the program's.
+pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
+    let header = Reader::open(path)?.verify()?;
+    if header.executable != T::NAME {
+        return Err(Error::invalid_input(format!(
+            "{} is a backup of {}, not of {}; nothing was changed",
+            path.display(),
+            header.executable,
+            T::NAME
+        ))
+        .hint(format!("restore it with {}", header.executable)));
+    }
+    let (_, newest) = schema::embedded(T::MIGRATIONS.for_backend(backend));
+    if header.schema_version > newest {
+        return Err(Error::invalid_input(format!(
+            "{} has schema version {}, newer than this program's ({newest}); nothing was changed",
+            path.display(),
+            header.schema_version
+        ))
+        .hint(format!(
+            "restore it with version {} of {} or newer",
+            header.executable_version,
+            T::NAME
+        )));
+    }
+    Ok(header)
+}
+
+/// Restores the verified backup at `path` into task `T`'s database: a safety backup of the
+/// current data first, then every row replaced in one transaction.
+pub(crate) async fn restore<T: Task>(
+    target: &Target,
+    path: &Path,
+    header: &Header,
+) -> Result<RestoreReport> {
+    let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
+        dump::check_fits(&header.tables, &dump::tables(conn).await?)?;
+        let safety = backup::<T>(target, Kind::Safety).await?;
+        let mut reader = Reader::open(path)?;
+        let restored = dump::restore(conn, &mut reader).await?;
+        Ok((restored, safety.file))
+    };
+    let (tables, safety_backup) = match &target.location {
+        Location::Sqlite(path) => {
+            // First use sets the embedded database up, as the task mode would.
+            let (conn, _) = db::open(target, T::MIGRATIONS).await?;
+            conn.close().await?;
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            let wait = Duration::from_millis(target.settings.lock_timeout_ms);
+            let _lock = DirLock::acquire(dir, wait).await?;
+            let mut conn = db::connect(target).await?;
+            let result = replace(&mut conn).await;
+            let closed = conn.close().await;
+            let result = result?;
+            closed?;
+            result
+        }
+        Location::Server(s) => {
+            server::as_admin_on_database(target, s, async |conn: &mut Conn| {
+                let migrator = T::MIGRATIONS.for_backend(conn.backend());
+                match schema::check(conn, T::MIGRATIONS).await? {
+                    SchemaState::Current { .. } => replace(conn).await,
+                    state => Err(schema::refusal(state, migrator, &target.location)),
+                }
+            })
+            .await?
+        }
+    };
+    Ok(RestoreReport {
+        file: path.to_path_buf(),
+        taken_at: header.created_at,
+        from_backend: header.backend,
+        schema_version: header.schema_version,
+        database: target.location.to_string(),
+        rows: tables.iter().map(|t| t.rows).sum(),
+        tables,
+        safety_backup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::testing::{self, Notes, NotesV2};
+
+    async fn add(target: &Target, migrations: &Migrations, text: &str) {
+        let (mut conn, _) = db::open(target, migrations).await.unwrap();
+        let mut tx = conn.begin_task(&target.location, migrations).await.unwrap();
+        tx.execute("INSERT INTO notes (text) VALUES (?)", (text,))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    async fn count(target: &Target, sql: &'static str) -> i64 {
+        let mut conn = db::connect(target).await.unwrap();
+        let n = conn.count(sql).await.unwrap();
+        conn.close().await.unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_backup_of_an_older_schema_restores_into_the_newer_one() {
+        let (_dir, settings) = testing::scratch();
+        let target = testing::target(&settings);
+        add(&target, Notes::MIGRATIONS, "old").await;
+        let old = backup::<Notes>(&target, Kind::Backup).await.unwrap();
+        assert_eq!(old.schema_version, 1);
+        // The newer program migrates the database on first use; the old rows go back in, and
+        // the column the old schema lacked takes its default.
+        add(&target, NotesV2::MIGRATIONS, "new").await;
+        let header = verify::<NotesV2>(&old.file, Backend::Sqlite).unwrap();
+        let report = restore::<NotesV2>(&target, &old.file, &header)
+            .await
+            .unwrap();
+        assert_eq!(report.rows, 1);
+        assert_eq!(
+            count(
+                &target,
+                "SELECT COUNT(*) FROM notes WHERE text = 'old' AND tag IS NULL"
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&target, "SELECT COUNT(*) FROM notes").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_backup_of_a_newer_schema_is_refused_naming_both_versions() {
+        let (_dir, settings) = testing::scratch();
+        let target = testing::target(&settings);
+        add(&target, NotesV2::MIGRATIONS, "new").await;
+        let newer = backup::<NotesV2>(&target, Kind::Backup).await.unwrap();
+        let e = verify::<Notes>(&newer.file, Backend::Sqlite).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.message()
+                .contains("schema version 2, newer than this program's (1)"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_to_restore_and_nothing_to_back_up_are_clear_errors() {
+        let (_dir, settings) = testing::scratch();
+        let target = testing::target(&settings);
+        let e = choose(&target, Notes::NAME, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoInput);
+        let e = backup::<Notes>(&target, Kind::Backup).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            !target.settings.backup_dir().exists(),
+            "a failed backup made a directory"
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_never_counts_a_damaged_backup_as_a_good_one() {
+        let (_dir, mut settings) = testing::scratch();
+        settings.backup_keep = 1;
+        let target = Target::resolve(&settings, Notes::NAME).unwrap();
+        add(&target, Notes::MIGRATIONS, "a").await;
+        let good = backup::<Notes>(&target, Kind::Backup).await.unwrap();
+        // A newer file that is not a readable backup does not push the good one out.
+        let fake =
+            settings
+                .backup_dir()
+                .join(file::file_name(Notes::NAME, Utc::now(), Kind::Backup));
+        std::fs::write(&fake, b"garbage").unwrap();
+        let removed = retention(&settings.backup_dir(), Notes::NAME, Kind::Backup, 1);
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(good.file.exists());
+        let zero = Target::resolve(
+            &crate::config::Settings {
+                backup_keep: 0,
+                ..settings.clone()
+            },
+            Notes::NAME,
+        )
+        .unwrap();
+        assert_eq!(
+            backup::<Notes>(&zero, Kind::Backup)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Config
+        );
+    }
+}

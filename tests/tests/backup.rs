@@ -1,0 +1,307 @@
+//! `--self-backup` and `--self-restore` on SQLite, PostgreSQL and MariaDB: round trips, moves
+//! between backends, refused files, retention, and `kill -9` in the middle of either.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use e2e::{Backend, BackendSandbox, on_every_backend};
+
+const EXE: &str = "create-user";
+
+on_every_backend!(
+    a_restore_puts_back_exactly_the_backup_and_inserts_go_on,
+    restore_needs_yes_without_a_terminal_and_a_backup_to_restore,
+    damaged_truncated_and_foreign_files_are_refused_and_change_nothing,
+    retention_keeps_the_newest_backups,
+    kill_during_a_backup_leaves_no_file_that_restore_would_pick,
+    kill_during_a_restore_leaves_the_database_as_it_was,
+);
+
+fn backed_up(sb: &BackendSandbox) -> String {
+    let run = sb.run(EXE, &["--self-backup", "--json"]);
+    run.code(0);
+    run.json()["file"].as_str().unwrap().to_string()
+}
+
+fn set_up(backend: Backend) -> Option<BackendSandbox> {
+    let sb = BackendSandbox::new(backend)?;
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    Some(sb)
+}
+
+fn a_restore_puts_back_exactly_the_backup_and_inserts_go_on(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    sb.create_user("alice", "alice@example.com").code(0);
+    sb.run_with_input(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.com",
+            "--password-stdin",
+        ],
+        "correct horse\n",
+    )
+    .code(0);
+    let run = sb.run(EXE, &["--self-backup", "--json"]);
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["rows"], 2, "{run}");
+    assert_eq!(report["tables"][0]["name"], "users");
+    let file = report["file"].as_str().unwrap().to_string();
+    let before = sb.user_rows();
+
+    sb.create_user("carol", "carol@example.com").code(0);
+    let restore = sb.run_admin(EXE, &["--self-restore", "--yes"]);
+    restore
+        .code(0)
+        .stdout_has("restored 2 row(s)")
+        .stdout_has(&file)
+        .stdout_has("pre-restore");
+    assert_eq!(
+        sb.user_rows(),
+        before,
+        "the restore did not put back the backup's rows"
+    );
+
+    // The keys handed out go on past the restored ones: no collision.
+    sb.create_user("dave", "dave@example.com").code(0);
+    sb.create_user("carol", "carol@example.com").code(0);
+    assert_eq!(sb.user_rows().len(), 4);
+
+    // The default is the newest backup taken with --self-backup, never a safety backup.
+    sb.run_admin(EXE, &["--self-restore", "--yes"])
+        .code(0)
+        .stdout_has(&file);
+    assert_eq!(sb.user_rows(), before);
+
+    // The safety backup undoes the restore.
+    let safety = sb
+        .backup_files()
+        .into_iter()
+        .rfind(|f| f.contains("pre-restore"))
+        .unwrap();
+    let safety = sb.backup_dir().join(safety);
+    sb.run_admin(
+        EXE,
+        &[
+            "--self-restore",
+            "--yes",
+            "--from",
+            safety.to_str().unwrap(),
+        ],
+    )
+    .code(0)
+    .stdout_has("restored 4 row(s)");
+}
+
+fn restore_needs_yes_without_a_terminal_and_a_backup_to_restore(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    sb.run_admin(EXE, &["--self-restore", "--yes"])
+        .code(66)
+        .stderr_has("there is no backup of create-user")
+        .stderr_has("--self-backup");
+    sb.run_admin(
+        EXE,
+        &[
+            "--self-restore",
+            "--yes",
+            "--from",
+            "/nonexistent/b.jsonl.zst",
+        ],
+    )
+    .code(66)
+    .stderr_has("does not exist");
+    sb.create_user("alice", "alice@example.com").code(0);
+    backed_up(&sb);
+    sb.create_user("bob", "bob@example.com").code(0);
+    sb.run_admin(EXE, &["--self-restore"])
+        .code(2)
+        .stderr_has("no terminal")
+        .stderr_has("--yes");
+    assert_eq!(
+        sb.user_rows().len(),
+        2,
+        "an unconfirmed restore changed the data"
+    );
+    sb.run(EXE, &["--self-backup", "--from", "x"]).code(2);
+}
+
+fn damaged_truncated_and_foreign_files_are_refused_and_change_nothing(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    for i in 0..20 {
+        sb.create_user(&format!("user{i}"), "u@example.com").code(0);
+    }
+    let good = std::fs::read(backed_up(&sb)).unwrap();
+    sb.create_user("late", "late@example.com").code(0);
+    let before = sb.user_rows();
+    let dir = sb.root().to_path_buf();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x04;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("flipped.jsonl.zst", flipped, "damaged"),
+        (
+            "truncated.jsonl.zst",
+            good[..good.len() - 7].to_vec(),
+            "damaged",
+        ),
+        ("empty.jsonl.zst", Vec::new(), "damaged"),
+        (
+            "foreign.jsonl.zst",
+            b"id,name\n1,alice\n".to_vec(),
+            "not a commondb backup",
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        sb.run_admin(
+            EXE,
+            &["--self-restore", "--yes", "--from", path.to_str().unwrap()],
+        )
+        .code(65)
+        .stderr_has(says)
+        .stderr_has("nothing was changed");
+        assert_eq!(sb.user_rows(), before, "{name} changed the data");
+    }
+    assert!(
+        !sb.backup_files().iter().any(|f| f.contains("pre-restore")),
+        "a refused file got as far as the safety backup"
+    );
+}
+
+fn retention_keeps_the_newest_backups(backend: Backend) {
+    let Some(mut sb) = set_up(backend) else {
+        return;
+    };
+    sb.set_env("COMMONDB_BACKUP_KEEP", "2");
+    sb.create_user("alice", "alice@example.com").code(0);
+    let files: Vec<String> = (0..3).map(|_| backed_up(&sb)).collect();
+    let kept: Vec<String> = sb
+        .backup_files()
+        .iter()
+        .map(|f| sb.backup_dir().join(f).display().to_string())
+        .collect();
+    assert_eq!(kept, files[1..], "retention kept the wrong backups");
+    sb.set_env("COMMONDB_BACKUP_KEEP", "0");
+    sb.run(EXE, &["--self-backup"])
+        .code(78)
+        .stderr_has("backup_keep");
+}
+
+/// Waits until a file whose name satisfies `pred` appears in the backup directory.
+fn wait_for(sb: &BackendSandbox, what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sb.backup_files().iter().any(|f| pred(f)) {
+        assert!(Instant::now() < deadline, "no {what} appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn kill_during_a_backup_leaves_no_file_that_restore_would_pick(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    sb.fill_users(300_000);
+    let mut child = sb
+        .command(EXE, &["--self-backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sb, "partial backup", |f| f.starts_with(".partial-"));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the backup ended before it was killed"
+    );
+    assert!(
+        !sb.backup_files().iter().any(|f| f.ends_with(".jsonl.zst")),
+        "a killed backup left {:?}",
+        sb.backup_files()
+    );
+    sb.run_admin(EXE, &["--self-restore", "--yes"]).code(66);
+    // The next backup clears the dead one's partial file away.
+    backed_up(&sb);
+    assert_eq!(sb.backup_files().len(), 1, "{:?}", sb.backup_files());
+}
+
+fn kill_during_a_restore_leaves_the_database_as_it_was(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    sb.fill_users(300_000);
+    backed_up(&sb);
+    sb.exec(EXE, &["DELETE FROM users"]);
+    sb.create_user("only", "only@example.com").code(0);
+    let before = sb.user_rows();
+    let mut cmd = sb.command(EXE, &["--self-restore", "--yes"]);
+    if let Some(db) = &sb.server {
+        cmd.env("COMMONDB_ADMIN_URL", &db.admin_url);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The safety backup is complete before the replacing transaction begins.
+    wait_for(&sb, "safety backup", |f| {
+        f.ends_with("-pre-restore.jsonl.zst")
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the restore ended before it was killed"
+    );
+    assert_eq!(sb.user_rows(), before, "a killed restore changed the data");
+    sb.create_user("after", "after@example.com").code(0);
+}
+
+#[test]
+fn a_backup_moves_from_sqlite_to_postgres_to_mariadb_and_back() {
+    let Some(lite) = set_up(Backend::Sqlite) else {
+        return;
+    };
+    let Some(pg) = set_up(Backend::Postgres) else {
+        return;
+    };
+    let Some(my) = set_up(Backend::MySql) else {
+        return;
+    };
+    lite.create_user("alice", "alice@example.com").code(0);
+    lite.run_with_input(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.com",
+            "--password-stdin",
+        ],
+        "correct horse\n",
+    )
+    .code(0);
+    lite.exec(EXE, &["INSERT INTO users (username, email, created_at) VALUES ('tab\tand\\\\slash', 'quote''s@example.com', '2026-01-02T03:04:05.000006+00:00')"]);
+    let original = lite.user_rows();
+    let mut file = backed_up(&lite);
+    for next in [&pg, &my, &lite] {
+        next.run_admin(EXE, &["--self-restore", "--yes", "--from", &file])
+            .code(0)
+            .stdout_has("restored 3 row(s)");
+        assert_eq!(next.user_rows().len(), 3);
+        file = backed_up(next);
+    }
+    assert_eq!(
+        lite.user_rows(),
+        original,
+        "the round trip through the servers changed the rows"
+    );
+    for sb in [&lite, &pg, &my] {
+        sb.create_user("carol", "carol@example.com").code(0);
+    }
+}
