@@ -448,6 +448,13 @@ async fn replace(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<Restored>> 
                 .await?;
         }
     }
+    if let Conn::Postgres(c) = conn {
+        let restored = load_pg(c, reader, &targets).await?;
+        for t in &targets {
+            reset_sequences(conn, &t.name).await?;
+        }
+        return Ok(restored);
+    }
     let mut restored = Vec::new();
     let mut loader: Option<Loader> = None;
     loop {
@@ -486,12 +493,87 @@ async fn replace(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<Restored>> 
     if let Some(l) = loader.take() {
         restored.push(l.finish(conn).await?);
     }
-    if backend == Backend::Postgres {
-        for t in &targets {
-            reset_sequences(conn, &t.name).await?;
+    Ok(restored)
+}
+
+/// PostgreSQL: one `COPY … FROM STDIN` per table, fed a MiB at a time without waiting, so that
+/// the server stores one batch while the next is parsed.
+async fn load_pg(
+    c: &mut sqlx::PgConnection,
+    reader: &mut Reader,
+    targets: &[Table],
+) -> Result<Vec<Restored>> {
+    let mut restored = Vec::new();
+    let mut next = match reader.next_item()? {
+        Item::Table(name) => Some(name),
+        Item::End => None,
+        Item::Row(_) => return Err(Error::internal("a row outside a table")),
+    };
+    while let Some(name) = next.take() {
+        let columns = reader
+            .header()
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.columns.clone())
+            .ok_or_else(|| Error::internal("a verified table vanished"))?;
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::internal("a checked table vanished"))?;
+        let mut loader = Loader::new(Backend::Postgres, target, &columns);
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            quote(Backend::Postgres, &name),
+            loader.columns
+        );
+        let mut copy = c.copy_in_raw(&sql).await?;
+        match feed(&mut copy, reader, &mut loader).await {
+            Ok(following) => {
+                copy.finish().await?;
+                next = following;
+            }
+            Err(e) => {
+                let _ = copy.abort("the restore failed").await;
+                return Err(e);
+            }
         }
+        restored.push(Restored {
+            table: loader.table,
+            rows: loader.rows,
+        });
     }
     Ok(restored)
+}
+
+/// Sends one table's rows into `copy`; returns the next table's name, if any.
+async fn feed(
+    copy: &mut sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>,
+    reader: &mut Reader,
+    loader: &mut Loader,
+) -> Result<Option<String>> {
+    let following = loop {
+        match reader.next_item()? {
+            Item::Row(line) => {
+                let values: Vec<Value> = serde_json::from_slice(line).map_err(|e| {
+                    Error::invalid_input(format!(
+                        "a row of table {} does not parse: {e}",
+                        loader.table
+                    ))
+                })?;
+                loader.push(values)?;
+                if loader.copy.len() >= BATCH_BYTES {
+                    copy.send(std::mem::take(&mut loader.copy)).await?;
+                }
+            }
+            Item::Table(name) => break Some(name),
+            Item::End => break None,
+        }
+    };
+    if !loader.copy.is_empty() {
+        copy.send(std::mem::take(&mut loader.copy)).await?;
+    }
+    Ok(following)
 }
 
 /// Rows of one table on their way into the database, in batches.
@@ -570,29 +652,8 @@ impl Loader {
 
     async fn flush(&mut self, conn: &mut Conn) -> Result<()> {
         match conn {
-            Conn::Postgres(c) => {
-                if self.copy.is_empty() {
-                    return Ok(());
-                }
-                // One COPY per batch keeps the connection's state simple; each carries a MiB.
-                let sql = format!(
-                    "COPY {} ({}) FROM STDIN",
-                    quote(self.backend, &self.table),
-                    self.columns
-                );
-                let mut copy = c.copy_in_raw(&sql).await?;
-                let sent = copy.send(std::mem::take(&mut self.copy)).await;
-                match sent {
-                    Ok(_) => {
-                        copy.finish().await?;
-                    }
-                    Err(e) => {
-                        let _ = copy.abort("send failed").await;
-                        return Err(e.into());
-                    }
-                }
-                self.copy = Vec::with_capacity(BATCH_BYTES + 4096);
-            }
+            // PostgreSQL's rows go through `load_pg`'s one COPY per table.
+            Conn::Postgres(_) => {}
             Conn::Sqlite(c) => {
                 if self.pending.is_empty() {
                     return Ok(());
