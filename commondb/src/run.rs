@@ -166,11 +166,7 @@ pub(crate) async fn perform<T: Task>(
         }
     }
     .await;
-    // Closed on failure too, so that the database is always left checkpointed.
-    let closed = conn.close().await;
-    let output = output?;
-    closed?;
-    Ok(output)
+    conn.close_after(output).await
 }
 
 /// Asks on the terminal before a mode destroys data; without a terminal, `--yes` is needed.

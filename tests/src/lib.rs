@@ -139,6 +139,23 @@ impl Sandbox {
         )
     }
 
+    /// Runs `create-user --create --username USERNAME --email EMAIL --password-stdin` with
+    /// `password` and a line ending on its stdin.
+    pub fn create_user_with_password(&self, username: &str, email: &str, password: &str) -> Run {
+        self.run_with_input(
+            "create-user",
+            &[
+                "--create",
+                "--username",
+                username,
+                "--email",
+                email,
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+        )
+    }
+
     /// Starts one `exe` process per argument list, all at once, with `env` added to the
     /// sandbox's environment, and waits for them all.
     pub fn run_concurrently(

@@ -33,19 +33,8 @@ fn set_up(backend: Backend) -> Option<BackendSandbox> {
 fn a_restore_puts_back_exactly_the_backup_and_inserts_go_on(backend: Backend) {
     let Some(sb) = set_up(backend) else { return };
     sb.create_user("alice", "alice@example.com").code(0);
-    sb.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "bob",
-            "--email",
-            "bob@example.com",
-            "--password-stdin",
-        ],
-        "correct horse\n",
-    )
-    .code(0);
+    sb.create_user_with_password("bob", "bob@example.com", "correct horse")
+        .code(0);
     let run = sb.run(EXE, &["--self-backup", "--json"]);
     run.code(0);
     let report = run.json();
@@ -273,19 +262,8 @@ fn a_backup_moves_from_sqlite_to_postgres_to_mariadb_and_back() {
         return;
     };
     lite.create_user("alice", "alice@example.com").code(0);
-    lite.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "bob",
-            "--email",
-            "bob@example.com",
-            "--password-stdin",
-        ],
-        "correct horse\n",
-    )
-    .code(0);
+    lite.create_user_with_password("bob", "bob@example.com", "correct horse")
+        .code(0);
     lite.exec(EXE, &["INSERT INTO users (username, email, created_at) VALUES ('tab\tand\\\\slash', 'quote''s@example.com', '2026-01-02T03:04:05.000006+00:00')"]);
     let original = lite.user_rows();
     let mut file = backed_up(&lite);

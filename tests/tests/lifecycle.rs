@@ -197,20 +197,9 @@ fn a_password_is_read_from_stdin_and_stored_only_as_an_argon2id_hash(backend: Ba
     let hashed = "SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%' \
                   AND password_hash NOT LIKE '%horse%'";
     assert_eq!(sb.count(EXE, hashed), 1);
-    sb.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "bob",
-            "--email",
-            "b@example.com",
-            "--password-stdin",
-        ],
-        "\n",
-    )
-    .code(65)
-    .stderr_has("password read from standard input is empty");
+    sb.create_user_with_password("bob", "b@example.com", "")
+        .code(65)
+        .stderr_has("password read from standard input is empty");
     assert_eq!(users(&sb), 1);
 }
 

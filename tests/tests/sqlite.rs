@@ -95,19 +95,8 @@ fn argon2_costs_come_from_the_task_settings() {
     let mut sb = Sandbox::new();
     sb.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "64");
     sb.set_env("COMMONDB_TASK__ARGON2_ITERATIONS", "1");
-    sb.run_with_input(
-        EXE,
-        &[
-            "--create",
-            "--username",
-            "alice",
-            "--email",
-            "a@example.com",
-            "--password-stdin",
-        ],
-        "pw\n",
-    )
-    .code(0);
+    sb.create_user_with_password("alice", "a@example.com", "pw")
+        .code(0);
     assert_eq!(
         sqlite_count(
             &sb.database(EXE),

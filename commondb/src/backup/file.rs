@@ -340,162 +340,22 @@ pub enum Item<'a> {
     End,
 }
 
-/// Reads a backup line by line, checking its structure and, at the end, its checksum.
-pub struct Reader {
+/// The decompressed lines of a backup file, each hashed as it is accepted.
+struct Lines {
     path: PathBuf,
     lines: BufReader<zstd::Decoder<'static, BufReader<Footed>>>,
     hash: Sha256,
     line: Vec<u8>,
-    rows: u64,
-    header: Header,
-    /// Rows seen per table, and the table being read.
-    counts: Vec<u64>,
-    current: Option<usize>,
-    done: bool,
 }
 
-impl Reader {
-    /// Opens a backup and reads its header. A file that is not a backup, or one of a format
-    /// newer than this program's, is refused.
-    pub fn open(path: &Path) -> Result<Reader> {
-        let mut file = File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                Error::no_input(format!("{} does not exist", path.display()))
-                    .hint("give the path of a backup, or leave --from out to restore the newest")
-            }
-            _ => Error::no_input(format!("cannot read {}: {e}", path.display()))
-                .hint("check the file's permissions"),
-        })?;
-        let mut magic = [0u8; 4];
-        let head = file.read(&mut magic).unwrap_or(0);
-        if head == 4 && magic != ZSTD_MAGIC {
-            return Err(Error::invalid_input(format!(
-                "{} is not a commondb backup (not zstd-compressed); nothing was changed",
-                path.display()
-            ))
-            .hint("give a file that --self-backup wrote"));
-        }
-        io::Seek::rewind(&mut file)
-            .map_err(|e| Error::no_input(format!("cannot read {}: {e}", path.display())))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::no_input(format!("cannot read {}: {e}", path.display())))?
-            .len();
-        let footed = Footed {
-            file,
-            pos: 0,
-            body: len.saturating_sub(FOOTER_LEN as u64),
-            hash: Sha256::new(),
-            footer: Vec::with_capacity(FOOTER_LEN),
-        };
-        let decoder = zstd::Decoder::new(footed).map_err(internal)?;
-        let mut reader = Reader {
-            path: path.to_path_buf(),
-            lines: BufReader::with_capacity(1 << 16, decoder),
-            hash: Sha256::new(),
-            line: Vec::new(),
-            rows: 0,
-            header: placeholder_header(),
-            counts: Vec::new(),
-            current: None,
-            done: false,
-        };
-        if !reader.read_line()? {
-            return Err(reader.damaged("it is empty"));
-        }
-        let header: Header = serde_json::from_slice(&reader.line)
-            .ok()
-            .filter(|h: &Header| h.format == FORMAT)
-            .ok_or_else(|| reader.foreign())?;
-        if header.format_version > FORMAT_VERSION {
-            return Err(Error::invalid_input(format!(
-                "{} is in backup format version {}, newer than this program's ({FORMAT_VERSION})",
-                path.display(),
-                header.format_version
-            ))
-            .hint("restore it with a newer version of this executable"));
-        }
-        reader.hash_line();
-        reader.counts = vec![0; header.tables.len()];
-        reader.header = header;
-        Ok(reader)
-    }
-
-    /// The header.
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// The next item. After [`Item::End`] the whole file has been checked: its structure, row
-    /// counts and checksum.
-    pub fn next_item(&mut self) -> Result<Item<'_>> {
-        if self.done {
-            return Ok(Item::End);
-        }
-        if !self.read_line()? {
-            return Err(self.damaged("it ends before its trailer (truncated?)"));
-        }
-        match self.line.first() {
-            Some(b'[') => {
-                let Some(table) = self.current else {
-                    return Err(self.damaged("a row comes before any table"));
-                };
-                self.counts[table] += 1;
-                self.rows += 1;
-                self.hash_line();
-                Ok(Item::Row(&self.line))
-            }
-            Some(b'{') if self.line.starts_with(b"{\"table\"") => {
-                let start: TableStart = serde_json::from_slice(&self.line)
-                    .map_err(|_| self.damaged("a table line does not parse"))?;
-                let Some(index) = self
-                    .header
-                    .tables
-                    .iter()
-                    .position(|t| t.name == start.table)
-                else {
-                    return Err(self.damaged("it holds a table its header does not list"));
-                };
-                self.current = Some(index);
-                self.hash_line();
-                Ok(Item::Table(start.table))
-            }
-            Some(b'{') => {
-                let trailer: Trailer = serde_json::from_slice(&self.line)
-                    .ok()
-                    .filter(|t: &Trailer| t.end == FORMAT)
-                    .ok_or_else(|| self.damaged("a line is neither a row nor a table"))?;
-                let sha = hex(&self.hash.clone().finalize());
-                if trailer.sha256 != sha {
-                    return Err(self.damaged("its checksum does not match its content"));
-                }
-                let expected: Vec<u64> = self.header.tables.iter().map(|t| t.rows).collect();
-                if trailer.rows != self.rows || expected != self.counts {
-                    return Err(self.damaged("its row counts do not match its header"));
-                }
-                if self.read_line()? {
-                    return Err(self.damaged("it goes on after its trailer"));
-                }
-                self.check_footer()?;
-                self.done = true;
-                Ok(Item::End)
-            }
-            _ => Err(self.damaged("a line is neither a row nor a table")),
-        }
-    }
-
-    /// Reads the whole file, checking it; returns its header.
-    pub fn verify(mut self) -> Result<Header> {
-        while !matches!(self.next_item()?, Item::End) {}
-        Ok(self.header)
-    }
-
-    fn read_line(&mut self) -> Result<bool> {
+impl Lines {
+    /// Reads the next line into `self.line`, without its ending; `false` at the end.
+    fn read(&mut self) -> Result<bool> {
         self.line.clear();
         let n = (&mut self.lines)
             .take(MAX_LINE)
             .read_until(b'\n', &mut self.line)
-            .map_err(|e| self.damaged(&format!("it cannot be decompressed ({e})")))?;
+            .map_err(|e| damaged(&self.path, &format!("it cannot be decompressed ({e})")))?;
         if n == 0 {
             return Ok(false);
         }
@@ -505,14 +365,18 @@ impl Reader {
         Ok(true)
     }
 
+    /// Counts the current line into the content checksum.
+    fn hash(&mut self) {
+        self.hash.update(&self.line);
+        self.hash.update(b"\n");
+    }
+
     /// Compares the file's own SHA-256 with the footer's, once the decoder has read it all.
     fn check_footer(&mut self) -> Result<()> {
         let footed = self.lines.get_mut().get_mut().get_mut();
-        let mut rest = Vec::new();
         footed
-            .read_to_end(&mut rest)
-            .map_err(|e| self.damaged(&format!("it cannot be read ({e})")))?;
-        let footed = self.lines.get_mut().get_mut().get_mut();
+            .read_to_end(&mut Vec::new())
+            .map_err(|e| damaged(&self.path, &format!("it cannot be read ({e})")))?;
         let computed = footed.hash.clone().finalize();
         let footer = &footed.footer;
         let ok = footer.len() == FOOTER_LEN
@@ -527,25 +391,169 @@ impl Reader {
         }
     }
 
-    fn hash_line(&mut self) {
-        self.hash.update(&self.line);
-        self.hash.update(b"\n");
-    }
-
     fn damaged(&self, why: &str) -> Error {
-        Error::invalid_input(format!(
-            "the backup {} is damaged: {why}; nothing was changed",
-            self.path.display()
-        ))
-        .hint("restore another backup with --from FILE (--self-backup lists where they are)")
+        damaged(&self.path, why)
+    }
+}
+
+fn damaged(path: &Path, why: &str) -> Error {
+    Error::invalid_input(format!(
+        "the backup {} is damaged: {why}; nothing was changed",
+        path.display()
+    ))
+    .hint("restore another backup with --from FILE (--self-backup lists where they are)")
+}
+
+/// Reads a backup line by line, checking its structure and, at the end, its checksums.
+pub struct Reader {
+    src: Lines,
+    header: Header,
+    /// Rows seen in all, and per table; the table being read.
+    rows: u64,
+    counts: Vec<u64>,
+    current: Option<usize>,
+    done: bool,
+}
+
+impl Reader {
+    /// Opens a backup and reads its header. A file that is not a backup, or one of a format
+    /// newer than this program's, is refused.
+    pub fn open(path: &Path) -> Result<Reader> {
+        let unreadable = |e: io::Error| {
+            Error::no_input(format!("cannot read {}: {e}", path.display()))
+                .hint("check the file's permissions")
+        };
+        let mut file = File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                Error::no_input(format!("{} does not exist", path.display()))
+                    .hint("give the path of a backup, or leave --from out to restore the newest")
+            }
+            _ => unreadable(e),
+        })?;
+        let mut magic = [0u8; 4];
+        let head = file.read(&mut magic).unwrap_or(0);
+        if head == 4 && magic != ZSTD_MAGIC {
+            return Err(Error::invalid_input(format!(
+                "{} is not a commondb backup (not zstd-compressed); nothing was changed",
+                path.display()
+            ))
+            .hint("give a file that --self-backup wrote"));
+        }
+        io::Seek::rewind(&mut file).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        let footed = Footed {
+            file,
+            pos: 0,
+            body: len.saturating_sub(FOOTER_LEN as u64),
+            hash: Sha256::new(),
+            footer: Vec::with_capacity(FOOTER_LEN),
+        };
+        let decoder = zstd::Decoder::new(footed).map_err(internal)?;
+        let mut src = Lines {
+            path: path.to_path_buf(),
+            lines: BufReader::with_capacity(1 << 16, decoder),
+            hash: Sha256::new(),
+            line: Vec::new(),
+        };
+        if !src.read()? {
+            return Err(src.damaged("it is empty"));
+        }
+        let header: Header = serde_json::from_slice(&src.line)
+            .ok()
+            .filter(|h: &Header| h.format == FORMAT)
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "{} is not a commondb backup; nothing was changed",
+                    path.display()
+                ))
+                .hint("give a file that --self-backup wrote")
+            })?;
+        if header.format_version > FORMAT_VERSION {
+            return Err(Error::invalid_input(format!(
+                "{} is in backup format version {}, newer than this program's ({FORMAT_VERSION})",
+                path.display(),
+                header.format_version
+            ))
+            .hint("restore it with a newer version of this executable"));
+        }
+        src.hash();
+        Ok(Reader {
+            src,
+            counts: vec![0; header.tables.len()],
+            header,
+            rows: 0,
+            current: None,
+            done: false,
+        })
     }
 
-    fn foreign(&self) -> Error {
-        Error::invalid_input(format!(
-            "{} is not a commondb backup; nothing was changed",
-            self.path.display()
-        ))
-        .hint("give a file that --self-backup wrote")
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next item. After [`Item::End`] the whole file has been checked: its structure, row
+    /// counts and checksums.
+    pub fn next_item(&mut self) -> Result<Item<'_>> {
+        if self.done {
+            return Ok(Item::End);
+        }
+        let src = &mut self.src;
+        if !src.read()? {
+            return Err(src.damaged("it ends before its trailer (truncated?)"));
+        }
+        match src.line.first() {
+            Some(b'[') => {
+                let Some(table) = self.current else {
+                    return Err(src.damaged("a row comes before any table"));
+                };
+                self.counts[table] += 1;
+                self.rows += 1;
+                src.hash();
+                Ok(Item::Row(&src.line))
+            }
+            Some(b'{') if src.line.starts_with(b"{\"table\"") => {
+                let start: TableStart = serde_json::from_slice(&src.line)
+                    .map_err(|_| src.damaged("a table line does not parse"))?;
+                let Some(index) = self
+                    .header
+                    .tables
+                    .iter()
+                    .position(|t| t.name == start.table)
+                else {
+                    return Err(src.damaged("it holds a table its header does not list"));
+                };
+                self.current = Some(index);
+                src.hash();
+                Ok(Item::Table(start.table))
+            }
+            Some(b'{') => {
+                let trailer: Trailer = serde_json::from_slice(&src.line)
+                    .ok()
+                    .filter(|t: &Trailer| t.end == FORMAT)
+                    .ok_or_else(|| src.damaged("a line is neither a row nor a table"))?;
+                if trailer.sha256 != hex(&src.hash.clone().finalize()) {
+                    return Err(src.damaged("its checksum does not match its content"));
+                }
+                let expected: Vec<u64> = self.header.tables.iter().map(|t| t.rows).collect();
+                if trailer.rows != self.rows || expected != self.counts {
+                    return Err(src.damaged("its row counts do not match its header"));
+                }
+                if src.read()? {
+                    return Err(src.damaged("it goes on after its trailer"));
+                }
+                src.check_footer()?;
+                self.done = true;
+                Ok(Item::End)
+            }
+            _ => Err(src.damaged("a line is neither a row nor a table")),
+        }
+    }
+
+    /// Reads the whole file, checking it; returns its header.
+    pub fn verify(mut self) -> Result<Header> {
+        while !matches!(self.next_item()?, Item::End) {}
+        Ok(self.header)
     }
 }
 
@@ -577,22 +585,14 @@ pub fn header(path: &Path) -> Result<Header> {
     Reader::open(path).map(|r| r.header)
 }
 
-fn placeholder_header() -> Header {
-    Header {
-        format: String::new(),
-        format_version: 0,
-        executable: String::new(),
-        executable_version: String::new(),
-        schema_version: 0,
-        backend: Backend::Sqlite,
-        created_at: DateTime::<Utc>::MIN_UTC,
-        kind: Kind::Backup,
-        tables: Vec::new(),
+/// Lower-case hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(text, "{b:02x}");
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    text
 }
 
 fn write_error(dir: &Path, e: &io::Error) -> Error {

@@ -15,7 +15,6 @@ pub mod file;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,7 +22,7 @@ use serde::Serialize;
 use crate::Backend;
 use crate::db::dump::{self, Restored, Snapshot};
 use crate::db::schema::{self, SchemaState};
-use crate::db::sqlite::{self, DirLock};
+use crate::db::sqlite::DirLock;
 use crate::db::{self, Conn, Location, Migrations, Target, server};
 use crate::error::{Error, Result};
 use crate::task::Task;
@@ -152,16 +151,14 @@ fn keep(target: &Target) -> Result<usize> {
 /// does not exist or was never set up has nothing to back up.
 async fn connect_reader(target: &Target, migrations: &Migrations) -> Result<Conn> {
     let mut conn = match &target.location {
-        Location::Sqlite(path) => {
-            if !path.exists() {
-                return Err(Error::config(format!(
-                    "database {} does not exist: there is nothing to back up",
-                    path.display()
-                ))
-                .hint("run --self-setup (or the task) first, or check database_url"));
-            }
-            Conn::Sqlite(sqlite::connect(path, &target.settings).await?)
+        Location::Sqlite(path) if !path.exists() => {
+            return Err(Error::config(format!(
+                "database {} does not exist: there is nothing to back up",
+                path.display()
+            ))
+            .hint("run --self-setup (or the task) first, or check database_url"));
         }
+        Location::Sqlite(_) => db::connect(target).await?,
         Location::Server(s) => {
             server::app_options(target, s, true)?
                 .connect(&target.settings)
@@ -196,7 +193,7 @@ async fn write_backup<T: Task>(
         backend,
         created_at,
         kind,
-        tables: snapshot.infos.clone(),
+        tables: snapshot.infos(),
     };
     let dir = target.settings.backup_dir();
     let mut writer = Writer::create(&dir, file::file_name(T::NAME, created_at, kind), &header)?;
@@ -291,26 +288,21 @@ pub(crate) async fn restore<T: Task>(
     header: &Header,
 ) -> Result<RestoreReport> {
     let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
-        dump::check_fits(&header.tables, &dump::tables(conn).await?)?;
+        let targets = dump::tables(conn).await?;
+        dump::check_fits(&header.tables, &targets)?;
         let safety = backup::<T>(target, Kind::Safety).await?;
         let mut reader = Reader::open(path)?;
-        let restored = dump::restore(conn, &mut reader).await?;
+        let restored = dump::restore(conn, &mut reader, &targets).await?;
         Ok((restored, safety.file))
     };
     let (tables, safety_backup) = match &target.location {
         Location::Sqlite(path) => {
-            // First use sets the embedded database up, as the task mode would.
-            let (conn, _) = db::open(target, T::MIGRATIONS).await?;
-            conn.close().await?;
-            let dir = path.parent().unwrap_or(Path::new("/"));
-            let wait = Duration::from_millis(target.settings.lock_timeout_ms);
-            let _lock = DirLock::acquire(dir, wait).await?;
-            let mut conn = db::connect(target).await?;
+            // First use sets the embedded database up, as the task mode would (under the
+            // directory lock, so it is taken only after).
+            let (mut conn, _) = db::open(target, T::MIGRATIONS).await?;
+            let _lock = DirLock::of_database(path, &target.settings).await?;
             let result = replace(&mut conn).await;
-            let closed = conn.close().await;
-            let result = result?;
-            closed?;
-            result
+            conn.close_after(result).await?
         }
         Location::Server(s) => {
             server::as_admin_on_database(target, s, async |conn: &mut Conn| {

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -93,12 +92,10 @@ pub(crate) async fn run(target: &Target) -> Result<CleanupReport> {
 }
 
 async fn cleanup_sqlite(target: &Target, path: &Path) -> Result<CleanupReport> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
     let mut removed = Vec::new();
-    if dir.is_dir() {
+    if sqlite::dir_of(path).is_dir() {
         // Under the setup lock, so that a concurrent setup never sees half a database.
-        let timeout = Duration::from_millis(target.settings.lock_timeout_ms);
-        let _lock = DirLock::acquire(dir, timeout).await?;
+        let _lock = DirLock::of_database(path, &target.settings).await?;
         plan(target)?;
         for file in sqlite::existing_files(path) {
             match std::fs::remove_file(&file) {

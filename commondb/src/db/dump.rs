@@ -12,14 +12,14 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
 use serde_json::Value;
 use sqlx::mysql::{MySqlArguments, MySqlRow};
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgConnection, PgCopyIn, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{
     Arguments, AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
 };
 
 use super::{Backend, Conn, on_conn, schema};
-use crate::backup::file::{Item, Reader, TableInfo, Writer};
+use crate::backup::file::{Item, Reader, TableInfo, Writer, hex};
 use crate::error::{Error, Result};
 
 /// How a column's values are read and written.
@@ -109,22 +109,13 @@ pub(crate) struct Table {
 
 impl Table {
     fn column_list(&self, backend: Backend) -> String {
-        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
-        quoted_list(backend, &names)
+        quoted_list(backend, self.columns.iter().map(|c| c.name.as_str()))
     }
 }
 
-fn quote(backend: Backend, name: &str) -> String {
-    match backend {
-        Backend::MySql => format!("`{name}`"),
-        _ => format!("\"{name}\""),
-    }
-}
-
-fn quoted_list(backend: Backend, names: &[&str]) -> String {
+fn quoted_list<'a>(backend: Backend, names: impl Iterator<Item = &'a str>) -> String {
     names
-        .iter()
-        .map(|n| quote(backend, n))
+        .map(|n| backend.quote(n))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -152,7 +143,7 @@ pub(crate) async fn tables(conn: &mut Conn) -> Result<Vec<Table>> {
                     .collect()
             }
             _ => {
-                let sql = format!("SELECT * FROM {}", quote(backend, &name));
+                let sql = format!("SELECT * FROM {}", backend.quote(&name));
                 on_conn!(conn, c => {
                     let stmt = c.prepare(AssertSqlSafe(sql).into_sql_str()).await?;
                     stmt.columns().iter().map(|col| {
@@ -184,8 +175,8 @@ pub(crate) async fn tables(conn: &mut Conn) -> Result<Vec<Table>> {
 /// A consistent read of the task's tables: one read-only transaction, begun by [`Snapshot::begin`].
 pub(crate) struct Snapshot<'c> {
     conn: &'c mut Conn,
-    pub tables: Vec<Table>,
-    pub infos: Vec<TableInfo>,
+    tables: Vec<Table>,
+    rows: Vec<u64>,
     pub schema_version: i64,
 }
 
@@ -209,10 +200,10 @@ impl<'c> Snapshot<'c> {
             }
         }
         match Self::read_catalog(conn).await {
-            Ok((tables, infos, schema_version)) => Ok(Snapshot {
+            Ok((tables, rows, schema_version)) => Ok(Snapshot {
                 conn,
                 tables,
-                infos,
+                rows,
                 schema_version,
             }),
             Err(e) => {
@@ -222,22 +213,28 @@ impl<'c> Snapshot<'c> {
         }
     }
 
-    async fn read_catalog(conn: &mut Conn) -> Result<(Vec<Table>, Vec<TableInfo>, i64)> {
-        let schema_version = conn
-            .scalar("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
-            .await?;
+    async fn read_catalog(conn: &mut Conn) -> Result<(Vec<Table>, Vec<u64>, i64)> {
+        let (_, schema_version) = schema::applied_summary(conn).await?;
         let tables = tables(conn).await?;
-        let mut infos = Vec::with_capacity(tables.len());
-        for t in &tables {
-            let sql = format!("SELECT COUNT(*) FROM {}", quote(conn.backend(), &t.name));
-            let rows: i64 = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *c).await)?;
-            infos.push(TableInfo {
+        let counts = schema::count_rows(conn, tables.iter().map(|t| t.name.clone())).await?;
+        let rows = counts
+            .into_iter()
+            .map(|(_, n)| u64::try_from(n).unwrap_or(0))
+            .collect();
+        Ok((tables, rows, schema_version))
+    }
+
+    /// The tables as a backup's header lists them: names, columns, row counts.
+    pub(crate) fn infos(&self) -> Vec<TableInfo> {
+        self.tables
+            .iter()
+            .zip(&self.rows)
+            .map(|(t, rows)| TableInfo {
                 name: t.name.clone(),
                 columns: t.columns.iter().map(|c| c.name.clone()).collect(),
-                rows: u64::try_from(rows).unwrap_or(0),
-            });
-        }
-        Ok((tables, infos, schema_version))
+                rows: *rows,
+            })
+            .collect()
     }
 
     /// Streams every row into `out`, table by table, then ends the transaction.
@@ -257,7 +254,7 @@ async fn stream_tables(conn: &mut Conn, tables: &[Table], out: &mut Writer) -> R
         let sql = format!(
             "SELECT {} FROM {}",
             table.column_list(backend),
-            quote(backend, &table.name)
+            backend.quote(&table.name)
         );
         let kinds: Vec<Kind> = table.columns.iter().map(|c| c.kind).collect();
         macro_rules! stream {
@@ -407,11 +404,15 @@ pub(crate) fn check_fits(infos: &[TableInfo], targets: &[Table]) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the rows of every task table with the backup's, in one transaction: all or
-/// nothing. The caller has verified the file and checked that it fits ([`check_fits`]).
-pub(crate) async fn restore(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<Restored>> {
-    let backend = conn.backend();
-    match backend {
+/// Replaces the rows of every task table (`targets`, as [`tables`] described them) with the
+/// backup's, in one transaction: all or nothing. The caller has verified the file and checked
+/// that it fits ([`check_fits`]).
+pub(crate) async fn restore(
+    conn: &mut Conn,
+    reader: &mut Reader,
+    targets: &[Table],
+) -> Result<Vec<Restored>> {
+    match conn.backend() {
         Backend::Sqlite => conn.exec("BEGIN IMMEDIATE".into()).await?,
         Backend::Postgres => conn.exec("SET TIME ZONE 'UTC'; BEGIN".into()).await?,
         Backend::MySql => {
@@ -419,8 +420,7 @@ pub(crate) async fn restore(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<
             conn.exec("START TRANSACTION".into()).await?;
         }
     }
-    let result = replace(conn, reader).await;
-    match result {
+    match replace(conn, reader, targets).await {
         Ok(restored) => {
             conn.exec("COMMIT".into()).await?;
             Ok(restored)
@@ -432,77 +432,20 @@ pub(crate) async fn restore(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<
     }
 }
 
-async fn replace(conn: &mut Conn, reader: &mut Reader) -> Result<Vec<Restored>> {
+async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Result<Vec<Restored>> {
     let backend = conn.backend();
-    let targets = tables(conn).await?;
-    check_fits(&reader.header().tables, &targets)?;
+    let names = targets.iter().map(|t| t.name.as_str());
     if backend == Backend::Postgres {
-        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-        if !names.is_empty() {
-            conn.exec(format!("TRUNCATE {}", quoted_list(backend, &names)))
+        if !targets.is_empty() {
+            conn.exec(format!("TRUNCATE {}", quoted_list(backend, names)))
                 .await?;
         }
     } else {
-        for t in &targets {
-            conn.exec(format!("DELETE FROM {}", quote(backend, &t.name)))
+        for name in names {
+            conn.exec(format!("DELETE FROM {}", backend.quote(name)))
                 .await?;
         }
     }
-    if let Conn::Postgres(c) = conn {
-        let restored = load_pg(c, reader, &targets).await?;
-        for t in &targets {
-            reset_sequences(conn, &t.name).await?;
-        }
-        return Ok(restored);
-    }
-    let mut restored = Vec::new();
-    let mut loader: Option<Loader> = None;
-    loop {
-        match reader.next_item()? {
-            Item::Table(name) => {
-                if let Some(l) = loader.take() {
-                    restored.push(l.finish(conn).await?);
-                }
-                let info = reader
-                    .header()
-                    .tables
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::internal("a verified table vanished"))?;
-                let target = targets
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::internal("a checked table vanished"))?;
-                loader = Some(Loader::new(backend, target, &info.columns));
-            }
-            Item::Row(line) => {
-                let l = loader
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("a row outside a table"))?;
-                let values: Vec<Value> = serde_json::from_slice(line).map_err(|e| {
-                    Error::invalid_input(format!("a row of table {} does not parse: {e}", l.table))
-                })?;
-                l.push(values)?;
-                if l.full() {
-                    l.flush(conn).await?;
-                }
-            }
-            Item::End => break,
-        }
-    }
-    if let Some(l) = loader.take() {
-        restored.push(l.finish(conn).await?);
-    }
-    Ok(restored)
-}
-
-/// PostgreSQL: one `COPY … FROM STDIN` per table, fed a MiB at a time without waiting, so that
-/// the server stores one batch while the next is parsed.
-async fn load_pg(
-    c: &mut sqlx::PgConnection,
-    reader: &mut Reader,
-    targets: &[Table],
-) -> Result<Vec<Restored>> {
     let mut restored = Vec::new();
     let mut next = match reader.next_item()? {
         Item::Table(name) => Some(name),
@@ -510,115 +453,86 @@ async fn load_pg(
         Item::Row(_) => return Err(Error::internal("a row outside a table")),
     };
     while let Some(name) = next.take() {
-        let columns = reader
-            .header()
-            .tables
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.columns.clone())
-            .ok_or_else(|| Error::internal("a verified table vanished"))?;
-        let target = targets
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| Error::internal("a checked table vanished"))?;
-        let mut loader = Loader::new(Backend::Postgres, target, &columns);
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN",
-            quote(Backend::Postgres, &name),
-            loader.columns
-        );
-        let mut copy = c.copy_in_raw(&sql).await?;
-        match feed(&mut copy, reader, &mut loader).await {
-            Ok(following) => {
-                copy.finish().await?;
-                next = following;
-            }
-            Err(e) => {
-                let _ = copy.abort("the restore failed").await;
-                return Err(e);
-            }
-        }
+        let mut load = Load::new(backend, reader, targets, &name)?;
+        next = match conn {
+            Conn::Postgres(c) => load.copy(c, reader).await?,
+            _ => load.insert(conn, reader).await?,
+        };
         restored.push(Restored {
-            table: loader.table,
-            rows: loader.rows,
+            table: load.table,
+            rows: load.rows,
         });
+    }
+    if let Conn::Postgres(c) = conn {
+        for t in targets {
+            reset_sequences(c, &t.name).await?;
+        }
     }
     Ok(restored)
 }
 
-/// Sends one table's rows into `copy`; returns the next table's name, if any.
-async fn feed(
-    copy: &mut sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>,
-    reader: &mut Reader,
-    loader: &mut Loader,
-) -> Result<Option<String>> {
-    let following = loop {
-        match reader.next_item()? {
-            Item::Row(line) => {
-                let values: Vec<Value> = serde_json::from_slice(line).map_err(|e| {
-                    Error::invalid_input(format!(
-                        "a row of table {} does not parse: {e}",
-                        loader.table
-                    ))
-                })?;
-                loader.push(values)?;
-                if loader.copy.len() >= BATCH_BYTES {
-                    copy.send(std::mem::take(&mut loader.copy)).await?;
-                }
-            }
-            Item::Table(name) => break Some(name),
-            Item::End => break None,
-        }
-    };
-    if !loader.copy.is_empty() {
-        copy.send(std::mem::take(&mut loader.copy)).await?;
-    }
-    Ok(following)
-}
-
-/// Rows of one table on their way into the database, in batches.
-struct Loader {
+/// One table of a backup on its way into the database.
+struct Load {
     backend: Backend,
     table: String,
+    /// The backup's columns, quoted, in its rows' order.
     columns: String,
+    /// The target column's kind for each of the backup's columns.
     kinds: Vec<Kind>,
     rows: u64,
-    /// Rows waiting: COPY text on PostgreSQL, JSON values elsewhere.
-    copy: Vec<u8>,
-    pending: Vec<Vec<Value>>,
-    pending_bytes: usize,
 }
 
+/// Where a table's rows end: at the next table (its name), or at the end of the backup.
+type Next = Option<String>;
+
+/// Batches: a MiB of `COPY` text, or an `INSERT` of at most so many rows, values and bytes.
 const BATCH_ROWS: usize = 1000;
 const BATCH_PARAMS: usize = 30_000;
 const BATCH_BYTES: usize = 1 << 20;
 
-impl Loader {
-    fn new(backend: Backend, target: &Table, columns: &[String]) -> Loader {
+impl Load {
+    fn new(backend: Backend, reader: &Reader, targets: &[Table], name: &str) -> Result<Load> {
+        let columns = &reader
+            .header()
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::internal("a verified table vanished"))?
+            .columns;
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::internal("a checked table vanished"))?;
         let kinds = columns
             .iter()
-            .map(|name| {
+            .map(|column| {
                 target
                     .columns
                     .iter()
-                    .find(|c| &c.name == name)
-                    .map_or(Kind::Dynamic, |c| c.kind)
+                    .find(|c| &c.name == column)
+                    .map(|c| c.kind)
+                    .ok_or_else(|| Error::internal("a checked column vanished"))
             })
-            .collect();
-        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-        Loader {
+            .collect::<Result<_>>()?;
+        Ok(Load {
             backend,
-            table: target.name.clone(),
-            columns: quoted_list(backend, &names),
+            table: name.to_string(),
+            columns: quoted_list(backend, columns.iter().map(String::as_str)),
             kinds,
             rows: 0,
-            copy: Vec::with_capacity(BATCH_BYTES + 4096),
-            pending: Vec::new(),
-            pending_bytes: 0,
-        }
+        })
     }
 
-    fn push(&mut self, values: Vec<Value>) -> Result<()> {
+    /// The table's next row, parsed and counted, or where the table ends.
+    fn next_row(&mut self, reader: &mut Reader) -> Result<std::result::Result<Vec<Value>, Next>> {
+        let line = match reader.next_item()? {
+            Item::Row(line) => line,
+            Item::Table(name) => return Ok(Err(Some(name))),
+            Item::End => return Ok(Err(None)),
+        };
+        let values: Vec<Value> = serde_json::from_slice(line).map_err(|e| {
+            Error::invalid_input(format!("a row of table {} does not parse: {e}", self.table))
+        })?;
         if values.len() != self.kinds.len() {
             return Err(Error::invalid_input(format!(
                 "a row of table {} has {} values for {} columns",
@@ -628,83 +542,109 @@ impl Loader {
             )));
         }
         self.rows += 1;
-        if self.backend == Backend::Postgres {
+        Ok(Ok(values))
+    }
+
+    /// PostgreSQL: one `COPY … FROM STDIN`, fed a MiB at a time without waiting, so that the
+    /// server stores one batch while the next is parsed.
+    async fn copy(&mut self, c: &mut PgConnection, reader: &mut Reader) -> Result<Next> {
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            self.backend.quote(&self.table),
+            self.columns
+        );
+        let mut copy = c.copy_in_raw(&sql).await?;
+        match self.feed(&mut copy, reader).await {
+            Ok(next) => {
+                copy.finish().await?;
+                Ok(next)
+            }
+            Err(e) => {
+                let _ = copy.abort("the restore failed").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn feed(
+        &mut self,
+        copy: &mut PgCopyIn<&mut PgConnection>,
+        reader: &mut Reader,
+    ) -> Result<Next> {
+        let mut text = Vec::with_capacity(BATCH_BYTES + 4096);
+        let next = loop {
+            let values = match self.next_row(reader)? {
+                Ok(values) => values,
+                Err(next) => break next,
+            };
             for (i, (v, kind)) in values.iter().zip(&self.kinds).enumerate() {
                 if i > 0 {
-                    self.copy.push(b'\t');
+                    text.push(b'\t');
                 }
-                copy_field(&mut self.copy, v, *kind, &self.table)?;
+                copy_field(&mut text, v, *kind, &self.table)?;
             }
-            self.copy.push(b'\n');
-        } else {
-            self.pending_bytes += values.iter().map(approx_size).sum::<usize>();
-            self.pending.push(values);
+            text.push(b'\n');
+            if text.len() >= BATCH_BYTES {
+                copy.send(std::mem::take(&mut text)).await?;
+            }
+        };
+        if !text.is_empty() {
+            copy.send(text).await?;
         }
-        Ok(())
+        Ok(next)
     }
 
-    fn full(&self) -> bool {
-        self.copy.len() >= BATCH_BYTES
-            || self.pending_bytes >= BATCH_BYTES
-            || self.pending.len() >= BATCH_ROWS
-            || self.pending.len() * self.kinds.len() >= BATCH_PARAMS
-    }
-
-    async fn flush(&mut self, conn: &mut Conn) -> Result<()> {
-        match conn {
-            // PostgreSQL's rows go through `load_pg`'s one COPY per table.
-            Conn::Postgres(_) => {}
-            Conn::Sqlite(c) => {
-                if self.pending.is_empty() {
-                    return Ok(());
-                }
-                let sql = self.insert_sql();
-                let mut args = SqliteArguments::default();
-                for row in self.pending.drain(..) {
-                    for (v, kind) in row.into_iter().zip(&self.kinds) {
-                        bind_sqlite(&mut args, bound(v, *kind, &self.table)?)?;
-                    }
-                }
-                sqlx::query_with(AssertSqlSafe(sql), args)
-                    .execute(&mut *c)
-                    .await?;
+    /// SQLite and MySQL/MariaDB: multi-row `INSERT`s.
+    async fn insert(&mut self, conn: &mut Conn, reader: &mut Reader) -> Result<Next> {
+        let mut batch: Vec<Vec<Value>> = Vec::new();
+        let mut bytes = 0;
+        let next = loop {
+            let values = match self.next_row(reader)? {
+                Ok(values) => values,
+                Err(next) => break next,
+            };
+            bytes += values.iter().map(approx_size).sum::<usize>();
+            batch.push(values);
+            if batch.len() >= BATCH_ROWS
+                || batch.len() * self.kinds.len() >= BATCH_PARAMS
+                || bytes >= BATCH_BYTES
+            {
+                self.insert_batch(conn, std::mem::take(&mut batch)).await?;
+                bytes = 0;
             }
-            Conn::MySql(c) => {
-                if self.pending.is_empty() {
-                    return Ok(());
-                }
-                let sql = self.insert_sql();
-                let mut args = MySqlArguments::default();
-                for row in self.pending.drain(..) {
-                    for (v, kind) in row.into_iter().zip(&self.kinds) {
-                        bind_mysql(&mut args, bound(v, *kind, &self.table)?)?;
-                    }
-                }
-                sqlx::query_with(AssertSqlSafe(sql), args)
-                    .execute(&mut *c)
-                    .await?;
-            }
+        };
+        if !batch.is_empty() {
+            self.insert_batch(conn, batch).await?;
         }
-        self.pending_bytes = 0;
-        Ok(())
+        Ok(next)
     }
 
-    fn insert_sql(&self) -> String {
+    async fn insert_batch(&self, conn: &mut Conn, batch: Vec<Vec<Value>>) -> Result<()> {
         let one = format!("({})", vec!["?"; self.kinds.len()].join(", "));
-        let values = vec![one.as_str(); self.pending.len().max(1)].join(", ");
-        format!(
-            "INSERT INTO {} ({}) VALUES {values}",
-            quote(self.backend, &self.table),
-            self.columns
-        )
-    }
-
-    async fn finish(mut self, conn: &mut Conn) -> Result<Restored> {
-        self.flush(conn).await?;
-        Ok(Restored {
-            table: self.table,
-            rows: self.rows,
-        })
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            self.backend.quote(&self.table),
+            self.columns,
+            vec![one.as_str(); batch.len()].join(", ")
+        );
+        let values = batch.into_iter().flatten().zip(self.kinds.iter().cycle());
+        macro_rules! run {
+            ($c:expr, $args:ty) => {{
+                let mut args = <$args>::default();
+                for (v, kind) in values {
+                    bind(&mut args, bound(v, *kind, &self.table)?)?;
+                }
+                sqlx::query_with(AssertSqlSafe(sql), args)
+                    .execute(&mut *$c)
+                    .await?;
+            }};
+        }
+        match conn {
+            Conn::Sqlite(c) => run!(c, SqliteArguments),
+            Conn::MySql(c) => run!(c, MySqlArguments),
+            Conn::Postgres(_) => return Err(Error::internal("PostgreSQL loads through COPY")),
+        }
+        Ok(())
     }
 }
 
@@ -742,16 +682,20 @@ fn bound(v: Value, kind: Kind, table: &str) -> Result<Bound> {
             parse_time(&s).ok_or_else(|| bad_value(table, "a timestamp that does not parse"))?,
         ),
         Value::String(s) => Bound::Text(s),
-        Value::Object(o) => match o.get("$b64").and_then(Value::as_str) {
-            Some(b64) => Bound::Bytes(
-                BASE64
-                    .decode(b64)
-                    .map_err(|_| bad_value(table, "bytes that are not base64"))?,
-            ),
-            None => return Err(bad_value(table, "an object that is not bytes")),
-        },
+        Value::Object(_) => Bound::Bytes(bytes_of(&v, table)?),
         Value::Array(_) => return Err(bad_value(table, "a nested array")),
     })
+}
+
+/// The bytes of a `{"$b64": "…"}` value.
+fn bytes_of(v: &Value, table: &str) -> Result<Vec<u8>> {
+    let b64 = v
+        .get("$b64")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_value(table, "an object that is not bytes"))?;
+    BASE64
+        .decode(b64)
+        .map_err(|_| bad_value(table, "bytes that are not base64"))
 }
 
 fn bad_value(table: &str, what: &str) -> Error {
@@ -771,36 +715,41 @@ fn parse_time(s: &str) -> Option<NaiveDateTime> {
         .ok()
 }
 
-fn bind_sqlite(args: &mut SqliteArguments, b: Bound) -> Result<()> {
-    match b {
-        Bound::Null => args.add(None::<String>),
-        Bound::I64(v) => args.add(v),
-        Bound::U64(v) => args.add(v as f64),
-        Bound::F64(v) => args.add(v),
-        Bound::Bool(v) => args.add(v),
-        Bound::Text(v) => args.add(v),
-        Bound::Bytes(v) => args.add(v),
-        Bound::Time(v) => args.add(v.and_utc()),
-    }
-    .map_err(|e| Error::internal(format!("a value could not be bound: {e}")))
+/// SQLite's and MySQL's arguments, which encode every [`Bound`] alike but one: SQLite has no
+/// unsigned 64-bit integer, so a value past `i64::MAX` goes there as a float.
+trait Bind {
+    fn bind(&mut self, b: Bound) -> std::result::Result<(), sqlx::error::BoxDynError>;
 }
 
-fn bind_mysql(args: &mut MySqlArguments, b: Bound) -> Result<()> {
-    match b {
-        Bound::Null => args.add(None::<String>),
-        Bound::I64(v) => args.add(v),
-        Bound::U64(v) => args.add(v),
-        Bound::F64(v) => args.add(v),
-        Bound::Bool(v) => args.add(v),
-        Bound::Text(v) => args.add(v),
-        Bound::Bytes(v) => args.add(v),
-        Bound::Time(v) => args.add(v),
-    }
-    .map_err(|e| Error::internal(format!("a value could not be bound: {e}")))
+macro_rules! impl_bind {
+    ($args:ty, $u64:expr) => {
+        impl Bind for $args {
+            fn bind(&mut self, b: Bound) -> std::result::Result<(), sqlx::error::BoxDynError> {
+                match b {
+                    Bound::Null => self.add(None::<String>),
+                    Bound::I64(v) => self.add(v),
+                    Bound::U64(v) => self.add($u64(v)),
+                    Bound::F64(v) => self.add(v),
+                    Bound::Bool(v) => self.add(v),
+                    Bound::Text(v) => self.add(v),
+                    Bound::Bytes(v) => self.add(v),
+                    Bound::Time(v) => self.add(v),
+                }
+            }
+        }
+    };
+}
+impl_bind!(SqliteArguments, |v: u64| v as f64);
+impl_bind!(MySqlArguments, |v: u64| v);
+
+fn bind(args: &mut impl Bind, b: Bound) -> Result<()> {
+    args.bind(b)
+        .map_err(|e| Error::internal(format!("a value could not be bound: {e}")))
 }
 
 /// Appends one value in `COPY`'s text format.
 fn copy_field(out: &mut Vec<u8>, v: &Value, kind: Kind, table: &str) -> Result<()> {
+    use std::io::Write;
     match v {
         Value::Null => out.extend_from_slice(b"\\N"),
         Value::Bool(b) => out.extend_from_slice(match (b, kind) {
@@ -809,7 +758,8 @@ fn copy_field(out: &mut Vec<u8>, v: &Value, kind: Kind, table: &str) -> Result<(
             (true, _) => b"t",
             (false, _) => b"f",
         }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        // Written in place: a number per row would otherwise be a String per row.
+        Value::Number(n) => write!(out, "{n}").map_err(|e| Error::internal(e.to_string()))?,
         Value::String(s) => {
             for &byte in s.as_bytes() {
                 match byte {
@@ -822,13 +772,8 @@ fn copy_field(out: &mut Vec<u8>, v: &Value, kind: Kind, table: &str) -> Result<(
             }
         }
         Value::Object(_) => {
-            let Bound::Bytes(bytes) = bound(v.clone(), kind, table)? else {
-                return Err(bad_value(table, "an object that is not bytes"));
-            };
             out.extend_from_slice(b"\\\\x");
-            for b in bytes {
-                out.extend_from_slice(format!("{b:02x}").as_bytes());
-            }
+            out.extend_from_slice(hex(&bytes_of(v, table)?).as_bytes());
         }
         Value::Array(_) => return Err(bad_value(table, "a nested array")),
     }
@@ -838,10 +783,7 @@ fn copy_field(out: &mut Vec<u8>, v: &Value, kind: Kind, table: &str) -> Result<(
 /// Moves PostgreSQL's sequences past the restored keys, so that later inserts do not collide
 /// (never backwards: a key handed out before stays handed out). SQLite and MySQL/MariaDB move
 /// their counters past explicitly inserted keys by themselves.
-async fn reset_sequences(conn: &mut Conn, table: &str) -> Result<()> {
-    let Conn::Postgres(c) = conn else {
-        return Ok(());
-    };
+async fn reset_sequences(c: &mut PgConnection, table: &str) -> Result<()> {
     let columns: Vec<String> = sqlx::query_scalar(
         "SELECT column_name::text FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1 \
@@ -850,16 +792,18 @@ async fn reset_sequences(conn: &mut Conn, table: &str) -> Result<()> {
     .bind(table)
     .fetch_all(&mut *c)
     .await?;
+    let quoted_table = Backend::Postgres.quote(table);
     for column in columns {
         schema::quote_identifier(&column)?;
         let sql = format!(
             "SELECT setval(s.seq, GREATEST(m.top, COALESCE(pg_sequence_last_value(s.seq), 0))) \
              FROM (SELECT pg_get_serial_sequence($1, $2)::regclass AS seq) s, \
-                  (SELECT MAX(\"{column}\") AS top FROM \"{table}\") m \
-             WHERE m.top IS NOT NULL AND s.seq IS NOT NULL"
+                  (SELECT MAX({}) AS top FROM {quoted_table}) m \
+             WHERE m.top IS NOT NULL AND s.seq IS NOT NULL",
+            Backend::Postgres.quote(&column)
         );
         sqlx::query(AssertSqlSafe(sql))
-            .bind(format!("\"{table}\""))
+            .bind(&quoted_table)
             .bind(&column)
             .execute(&mut *c)
             .await?;

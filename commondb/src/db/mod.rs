@@ -51,6 +51,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Quotes an identifier that passed [`schema::quote_identifier`]'s check, for this backend.
+    pub(crate) fn quote(self, name: &str) -> String {
+        match self {
+            Backend::MySql => format!("`{name}`"),
+            _ => format!("\"{name}\""),
+        }
+    }
+
     /// The backend's name for people.
     pub fn name(self) -> &'static str {
         match self {
@@ -253,8 +261,7 @@ impl Conn {
         migrations: &Migrations,
     ) -> Result<Tx<'_>> {
         use sqlx::Row;
-        const CHECK: &str =
-            "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
+        const CHECK: &str = schema::APPLIED_SUMMARY;
         let backend = self.backend();
         let sql = match backend {
             Backend::MySql => format!("{}; {CHECK}; START TRANSACTION", dialect::MYSQL_SESSION),
@@ -335,6 +342,15 @@ impl Conn {
             Conn::Postgres(_) => dialect::numbered_placeholders(sql).into_owned(),
             _ => sql.to_string(),
         }
+    }
+
+    /// Closes the connection, also after a failure, so that the database is always left
+    /// checkpointed; returns `result`, whose error comes before the close's.
+    pub(crate) async fn close_after<T>(self, result: Result<T>) -> Result<T> {
+        let closed = self.close().await;
+        let value = result?;
+        closed?;
+        Ok(value)
     }
 
     /// Closes the connection cleanly (on SQLite this checkpoints the write-ahead log).

@@ -98,13 +98,17 @@ pub(crate) fn refusal(state: SchemaState, migrator: &Migrator, location: &Locati
     .hint_if_none("run --self-setup with the administrator's credentials (COMMONDB_ADMIN_URL); the app role may not change the schema")
 }
 
-/// How many migrations were applied successfully, and the newest version.
+/// How many migrations were applied successfully, and the newest version: one row, two `BIGINT`s.
+pub(crate) const APPLIED_SUMMARY: &str =
+    "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
+
+/// Runs [`APPLIED_SUMMARY`].
 ///
 /// On a server this is sent as a simple (unprepared) query: one round trip instead of two, on
 /// the path of every task.
-async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
+pub(crate) async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
     use sqlx::Row;
-    let sql = "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
+    let sql = APPLIED_SUMMARY;
     Ok(match conn {
         Conn::Sqlite(c) => sqlx::query_as(sql).fetch_one(&mut *c).await?,
         Conn::Postgres(c) => {
@@ -120,31 +124,16 @@ async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
 
 /// Whether the current database (schema, on PostgreSQL) has table `name`.
 pub(crate) async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
-    let n: i64 = match conn {
-        Conn::Sqlite(c) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?")
-                .bind(name)
-                .fetch_one(&mut *c)
-                .await?
+    let sql = match conn {
+        Conn::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+        Conn::Postgres(_) => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
         }
-        Conn::Postgres(c) => {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1",
-            )
-            .bind(name)
-            .fetch_one(&mut *c)
-            .await?
-        }
-        Conn::MySql(c) => {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
-            )
-            .bind(name)
-            .fetch_one(&mut *c)
-            .await?
+        Conn::MySql(_) => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
         }
     };
-    Ok(n > 0)
+    Ok(conn.count_named(sql, name).await? > 0)
 }
 
 /// A migration as reported to the user.
@@ -242,12 +231,18 @@ pub(crate) async fn task_tables(conn: &mut Conn) -> Result<Vec<String>> {
 /// The row count of every table the task owns, in name order. The self-test uses it to prove
 /// that a refused request wrote nothing.
 pub(crate) async fn row_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
+    let tables = task_tables(conn).await?;
+    count_rows(conn, tables).await
+}
+
+/// The row count of each of `tables` (names checked by [`quote_identifier`]).
+pub(crate) async fn count_rows(
+    conn: &mut Conn,
+    tables: impl IntoIterator<Item = String>,
+) -> Result<Vec<(String, i64)>> {
     let mut counts = Vec::new();
-    for table in task_tables(conn).await? {
-        let sql = match conn {
-            Conn::MySql(_) => format!("SELECT COUNT(*) FROM `{table}`"),
-            _ => format!("SELECT COUNT(*) FROM \"{table}\""),
-        };
+    for table in tables {
+        let sql = format!("SELECT COUNT(*) FROM {}", conn.backend().quote(&table));
         let n: i64 =
             on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *c).await)?;
         counts.push((table, n));

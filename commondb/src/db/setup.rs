@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -132,9 +131,8 @@ async fn setup_sqlite(
     migrations: &Migrations,
 ) -> Result<SetupReport> {
     let settings = &target.settings;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    secrets::create_private_dir(dir)?;
-    let _lock = DirLock::acquire(dir, Duration::from_millis(settings.lock_timeout_ms)).await?;
+    secrets::create_private_dir(sqlite::dir_of(path))?;
+    let _lock = DirLock::of_database(path, settings).await?;
     let created = sqlite::create_file(path)?;
     let mut sqlite = sqlite::connect(path, settings).await?;
     // WAL lets readers run beside the one writer; the mode is stored in the file, so it is set

@@ -109,6 +109,11 @@ pub(crate) fn existing_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The directory that holds database `path`.
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
 /// An exclusive lock on the database's directory, held while setup or cleanup runs so that
 /// many copies started at once (say 200 by the runner) set the database up exactly once.
 ///
@@ -119,6 +124,13 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
+    /// Takes the lock of the directory that holds database `path`, waiting up to the
+    /// `lock_timeout_ms` setting.
+    pub(crate) async fn of_database(path: &Path, settings: &Settings) -> Result<DirLock> {
+        let wait = Duration::from_millis(settings.lock_timeout_ms);
+        DirLock::acquire(dir_of(path), wait).await
+    }
+
     pub(crate) async fn acquire(dir: &Path, timeout: Duration) -> Result<DirLock> {
         use rustix::fs::{FlockOperation, flock};
         let file = fs::File::open(dir).map_err(|e| {
