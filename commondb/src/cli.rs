@@ -28,6 +28,8 @@ pub(crate) enum Mode<A> {
     Backup,
     /// `--self-restore`, of `from` or the newest backup, confirmed with `--yes` or not.
     Restore { from: Option<PathBuf>, yes: bool },
+    /// `--serve`, on the `--listen` addresses given (none: the configured or default ones).
+    Serve { listen: Vec<String> },
 }
 
 /// A parsed command line.
@@ -45,6 +47,7 @@ const CLEANUP: &str = "self-cleanup";
 const STATUS: &str = "self-status";
 const BACKUP: &str = "self-backup";
 const RESTORE: &str = "self-restore";
+const SERVE: &str = "serve";
 const MODES: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
@@ -100,9 +103,13 @@ pub(crate) fn command<T: Task>() -> Command {
             STATUS,
             "Report the database and its schema, read-only (exit 78 if setup is needed)".into(),
         ))
+        .arg(flag(
+            SERVE,
+            format!("Serve --{} requests on sockets until SIGTERM (line protocol and HTTP)", T::VERB),
+        ))
         .group(
             ArgGroup::new(MODES)
-                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS])
+                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE])
                 .required(true)
                 .multiple(false),
         )
@@ -153,7 +160,7 @@ pub(crate) fn command<T: Task>() -> Command {
             Arg::new("yes")
                 .long("yes")
                 .action(ArgAction::SetTrue)
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS])
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS, SERVE])
                 .help("Confirm --self-cleanup or --self-restore without asking"),
         )
         .arg(
@@ -162,8 +169,19 @@ pub(crate) fn command<T: Task>() -> Command {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 // Not `requires`: a flag's default value would satisfy it.
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS])
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS, SERVE])
                 .help("The backup --self-restore restores (default: the newest)"),
+        )
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .action(ArgAction::Append)
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS])
+                .help(format!(
+                    "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
+                    T::PORT
+                )),
         );
     let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
     let cmd = T::Args::augment_args(
@@ -190,6 +208,7 @@ pub(crate) fn command<T: Task>() -> Command {
     .mut_arg(STATUS, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(BACKUP, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(RESTORE, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(SERVE, |a| a.conflicts_with(TASK_ARGS))
     .override_usage(usage)
 }
 
@@ -213,7 +232,7 @@ fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
         }
     }
     format!(
-        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-backup\n       {name} [OPTIONS] --self-restore [--from <FILE>] [--yes] | --self-cleanup [--yes]"
+        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-backup\n       {name} [OPTIONS] --self-restore [--from <FILE>] [--yes] | --self-cleanup [--yes]\n       {name} [OPTIONS] --serve [--listen <ADDR>]..."
     )
 }
 
@@ -247,6 +266,13 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         Mode::Status
     } else if m.get_flag(BACKUP) {
         Mode::Backup
+    } else if m.get_flag(SERVE) {
+        Mode::Serve {
+            listen: m
+                .get_many::<String>("listen")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+        }
     } else if m.get_flag(RESTORE) {
         Mode::Restore {
             from: m.get_one::<PathBuf>("from").cloned(),
@@ -299,6 +325,7 @@ mod tests {
             "--self-status",
             "--self-backup",
             "--self-restore",
+            "--serve",
         ] {
             assert!(help.contains(mode), "{mode} missing from:\n{help}");
         }
@@ -376,6 +403,28 @@ mod tests {
         let e = parse(&["--self-backup", "--from", "x"]).unwrap_err();
         assert_eq!(e.kind(), K::ArgumentConflict);
         let e = parse(&["--self-backup", "--yes"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+    }
+
+    #[test]
+    fn serve_takes_listen_addresses_and_only_serve_does() {
+        let inv = parse(&[
+            "--serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            "stdio",
+        ])
+        .unwrap();
+        assert!(
+            matches!(inv.mode, Mode::Serve { ref listen } if listen == &["tcp://127.0.0.1:0", "stdio"])
+        );
+        assert!(
+            matches!(parse(&["--serve"]).unwrap().mode, Mode::Serve { ref listen } if listen.is_empty())
+        );
+        let e = parse(&["--self-setup", "--listen", "stdio"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+        let e = parse(&["--serve", "--text", "x"]).unwrap_err();
         assert_eq!(e.kind(), K::ArgumentConflict);
     }
 

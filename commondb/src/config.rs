@@ -58,6 +58,51 @@ pub struct Settings {
     /// The task's own settings (the `[task]` table), read by the task as its `Settings` type.
     #[serde(default)]
     pub task: serde_json::Value,
+    /// How `--serve` listens and what it allows (the `[serve]` table).
+    #[serde(default)]
+    pub serve: ServeSettings,
+}
+
+/// The `[serve]` table: `--serve`'s listeners, pool and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Where to listen when `--listen` is not given; empty means `tcp://127.0.0.1:<the task's
+    /// port>` (or the sockets systemd passed).
+    pub listen: Vec<String>,
+    /// Database connections shared by all clients; default 16 on a server, 1 on SQLite (one
+    /// writer at a time is all SQLite allows, and a queue in the pool is fairer than the busy
+    /// handler's sleeps).
+    pub pool_size: Option<u32>,
+    /// Client connections open at once; more are answered with an error and closed.
+    pub max_connections: u32,
+    /// The longest request line or HTTP body, in bytes; a longer one is answered with an error
+    /// and its connection closed.
+    pub max_request_bytes: usize,
+    /// How long one request may take, waiting for a database connection included.
+    pub request_timeout_ms: u64,
+    /// How long a client connection may sit without sending a request before it is closed.
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM or SIGINT, how long requests in flight get to finish.
+    pub grace_ms: u64,
+    /// The group that may use the unix sockets (mode 0660 instead of 0600): a name from
+    /// /etc/group or a number.
+    pub socket_group: Option<String>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            listen: Vec::new(),
+            pool_size: None,
+            max_connections: 1024,
+            max_request_bytes: 64 * 1024,
+            request_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            grace_ms: 10_000,
+            socket_group: None,
+        }
+    }
 }
 
 /// SQLite's `PRAGMA synchronous` values.
@@ -198,6 +243,8 @@ pub fn load(sources: &Sources) -> Result<Settings> {
             .separator("__")
             .ignore_empty(true)
             .try_parsing(true)
+            .list_separator(" ")
+            .with_list_parse_key("serve.listen")
             .source(Some(sources.env.clone())),
     );
     let config = builder.build().map_err(config_error)?;

@@ -2,8 +2,8 @@
 //!
 //! An executable defines one [`Task`] (its name, verb, arguments, migrations, validation,
 //! handler, sample request and self-test cases) and calls [`main`]. It then has the task mode
-//! (`create-user --create …`), `--self-setup`, `--self-test`, `--self-backup`, `--self-restore`
-//! and `--self-cleanup`, layered
+//! (`create-user --create …`), `--self-setup`, `--self-test`, `--self-backup`, `--self-restore`,
+//! `--self-cleanup` and `--serve` (the same task as a socket service), layered
 //! configuration, private secrets files, a documented exit-code contract, and the embedded
 //! SQLite database that needs no setup at all.
 //!
@@ -19,6 +19,7 @@ mod output;
 mod run;
 pub mod secrets;
 mod selftest;
+mod serve;
 mod task;
 #[cfg(test)]
 mod testing;
@@ -26,7 +27,7 @@ mod testing;
 pub use db::{Backend, Migrations, Param, Params, Record, Tx};
 pub use error::{Error, ErrorKind, Result};
 pub use run::main;
-pub use task::{Case, Context, Repeat, Task};
+pub use task::{Case, Context, Repeat, Task, default_port};
 
 /// The `sqlx` this crate is built on, for `sqlx::migrate!` and `#[derive(sqlx::FromRow)]`.
 pub use sqlx;

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use crate::backup;
 use crate::cli::{self, Mode};
 use crate::config::{self, Settings, Sources};
-use crate::db::{self, Target, cleanup, setup, status};
+use crate::db::{self, Target, Tx, cleanup, setup, status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::selftest;
+use crate::serve;
 use crate::task::{Context, Input, Task};
 
 /// Runs executable `T` on the process's command line and returns its exit code.
@@ -119,6 +120,22 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
                 backup::restore::<T>(&target, &path, &header),
             )?);
         }
+        Mode::Serve { listen } => {
+            let target = Target::resolve(settings, T::NAME)?;
+            let task_settings = settings.task_settings::<T::Settings>()?;
+            // Every core serves sockets; requests wait on the database, not on each other.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    Error::temporary(format!("cannot start the async runtime: {e}"))
+                        .hint("the system is out of threads, file descriptors or memory")
+                })?;
+            let served = runtime.block_on(serve::main::<T>(target, task_settings, &listen, out));
+            // Not waiting for a read of stdin that will never return (`--listen stdio`).
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            served?;
+        }
         Mode::Status => {
             let target = Target::resolve(settings, T::NAME)?;
             let report = block_on(
@@ -151,22 +168,28 @@ pub(crate) async fn perform<T: Task>(
         out.note(report.summary());
     }
     let output = async {
-        let mut tx = conn.begin_task(&target.location, T::MIGRATIONS).await?;
-        match T::execute(&mut tx, request).await {
-            Ok(output) => {
-                tx.commit().await?;
-                Ok::<_, Error>(output)
-            }
-            Err(e) => {
-                // Rolled back explicitly, so that a server never holds the failed transaction
-                // until the connection closes.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let tx = conn.begin_task(&target.location, T::MIGRATIONS).await?;
+        execute_in::<T>(tx, request).await
     }
     .await;
     conn.close_after(output).await
+}
+
+/// Executes a prepared request in `tx` and commits, or rolls back if the task failed: the one
+/// place a task's handler runs, in process mode, in the self-test and in `--serve`.
+pub(crate) async fn execute_in<T: Task>(mut tx: Tx<'_>, request: T::Request) -> Result<T::Output> {
+    match T::execute(&mut tx, request).await {
+        Ok(output) => {
+            tx.commit().await?;
+            Ok(output)
+        }
+        Err(e) => {
+            // Rolled back explicitly, so that a server never holds the failed transaction
+            // until the connection closes.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Asks on the terminal before a mode destroys data; without a terminal, `--yes` is needed.

@@ -40,6 +40,9 @@ pub struct AppSecrets {
     pub app: Option<Credentials>,
     /// The backup role's credentials.
     pub backup: Option<Credentials>,
+    /// The access token `--serve` requires from clients (and needs before it binds anything but
+    /// loopback): `AUTH <token>` on the line protocol, `Authorization: Bearer` over HTTP.
+    pub serve_token: Option<SecretString>,
 }
 
 /// A role's name and password.
@@ -61,12 +64,20 @@ impl AppSecrets {
             .filter(|c| c.user == role && self.database.as_deref() == Some(database))
     }
 
-    /// The file's text, as setup writes it.
-    pub fn to_toml(database: &str, app: &Credentials, backup: &Credentials) -> String {
+    /// The file's text, as setup writes it; a `serve_token` the user put there is kept.
+    pub fn to_toml(
+        database: &str,
+        app: &Credentials,
+        backup: &Credentials,
+        serve_token: Option<&SecretString>,
+    ) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let token = serve_token.map_or(String::new(), |t| {
+            format!("serve_token = {}\n", q(t.expose_secret()))
+        });
         format!(
             "# Written by --self-setup: the credentials of the roles it created. Keep private.\n\
-             database = {}\n\n[app]\nuser = {}\npassword = {}\n\n[backup]\nuser = {}\npassword = {}\n",
+             database = {}\n{token}\n[app]\nuser = {}\npassword = {}\n\n[backup]\nuser = {}\npassword = {}\n",
             q(database),
             q(&app.user),
             q(app.password.expose_secret()),
@@ -307,6 +318,7 @@ mod tests {
             "postgres://h:5432/shop",
             &creds("shop_app", "p\"w'1"),
             &creds("shop_backup", "pw2"),
+            Some(&SecretString::from("t0ken-t0ken-t0ken".to_string())),
         );
         let p = dir.path().join("app.toml");
         write(&p, &text).unwrap();
@@ -315,6 +327,12 @@ mod tests {
             .for_role("postgres://h:5432/shop", "shop_app", false)
             .unwrap();
         assert_eq!(app.password.expose_secret(), "p\"w'1");
+        assert_eq!(
+            s.serve_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string()),
+            Some("t0ken-t0ken-t0ken".to_string())
+        );
         assert!(
             s.for_role("postgres://h:5432/shop", "shop_backup", true)
                 .is_some()

@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::run::{Drivers, block_on, perform};
 use crate::secrets::{self, ExposeSecret};
+use crate::serve;
 use crate::task::{Case, Input, Repeat, Task};
 
 /// The outcome of one case.
@@ -363,6 +364,7 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
     }
 
     backup_cases::<T>(suite, target, task_settings, &run).await;
+    serve_case::<T>(suite, target, &run).await;
 
     match &target.location {
         Location::Sqlite(path) => {
@@ -401,6 +403,79 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
                 .await;
         }
     }
+}
+
+/// `--serve` on ephemeral loopback ports: a sample request over the line protocol (as JSON,
+/// the form every task's arguments serialize to) and one over HTTP, then a graceful stop.
+async fn serve_case<T: Task>(suite: &mut Suite, target: &Target, run: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    suite
+        .case(
+            "--serve answers sample requests over the line protocol and HTTP, then stops",
+            async {
+                let fresh = Target::resolve(&target.settings, T::NAME).map_err(show)?;
+                let task_settings = target.settings.task_settings::<T::Settings>().map_err(show)?;
+                let specs = ["tcp://127.0.0.1:0".to_string(), "http://127.0.0.1:0".into()];
+                let quiet = Output::silent(T::NAME);
+                let server = serve::Server::<T>::start(fresh, task_settings, &specs, &quiet)
+                    .await
+                    .map_err(show)?;
+                let [line_addr, http_addr] = &server.addresses()[..] else {
+                    return Err("the server did not bind two listeners".into());
+                };
+                let line_addr = line_addr.trim_start_matches("tcp://").to_string();
+                let http_addr = http_addr.trim_start_matches("http://").to_string();
+                let body = |n| {
+                    serde_json::to_string(&T::sample(n, run)).map_err(|e| e.to_string())
+                };
+                let (line_request, http_request) = (body(9001)?, body(9002)?);
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let client = async move {
+                    let io = |e: std::io::Error| e.to_string();
+                    let stream = tokio::net::TcpStream::connect(&line_addr).await.map_err(io)?;
+                    let (reader, mut writer) = stream.into_split();
+                    writer
+                        .write_all(format!("{line_request}\n").as_bytes())
+                        .await
+                        .map_err(io)?;
+                    let mut answer = String::new();
+                    tokio::io::BufReader::new(reader)
+                        .read_line(&mut answer)
+                        .await
+                        .map_err(io)?;
+                    expect(
+                        answer.starts_with("{\"ok\":true"),
+                        &format!("the line protocol answered {answer:?}"),
+                    )?;
+                    let mut stream = tokio::net::TcpStream::connect(&http_addr).await.map_err(io)?;
+                    let request = format!(
+                        "POST /{} HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{http_request}",
+                        T::VERB,
+                        http_request.len()
+                    );
+                    stream.write_all(request.as_bytes()).await.map_err(io)?;
+                    let mut response = String::new();
+                    stream.read_to_string(&mut response).await.map_err(io)?;
+                    let status = response.split(' ').nth(1).unwrap_or("");
+                    expect(
+                        status == "200" || status == "201",
+                        &format!("HTTP answered {:?}", response.lines().next()),
+                    )
+                };
+                let (checked, ()) = tokio::join!(
+                    async {
+                        let checked = client.await;
+                        let _ = stop.send(());
+                        checked
+                    },
+                    server.run(async {
+                        let _ = stopped.await;
+                    })
+                );
+                checked
+            },
+        )
+        .await;
 }
 
 /// Backup and restore: a round trip, a damaged file, retention.
@@ -597,8 +672,8 @@ mod tests {
         let report = run::<Notes>(&settings, &Output::silent("notes")).unwrap();
         let failures: Vec<_> = report.cases.iter().filter(|c| !c.passed).collect();
         assert!(failures.is_empty(), "{failures:#?}");
-        // Six generic checks, three of backup and restore, the task's two cases.
-        assert_eq!(report.passed, 6 + 3 + 2);
+        // Six generic checks, three of backup and restore, one of serve, the task's two cases.
+        assert_eq!(report.passed, 6 + 3 + 1 + 2);
     }
 
     #[test]

@@ -29,10 +29,19 @@ pub trait Task: Sized + 'static {
     const VERB: &'static str;
     /// The task's migrations, one set per backend.
     const MIGRATIONS: &'static Migrations;
+    /// The loopback port `--serve` listens on when nothing else is configured. The default is
+    /// derived from [`Task::NAME`] (in 20000–29999), so that two executables differ; a task that
+    /// users will type the port of sets its own.
+    const PORT: u16 = default_port(Self::NAME);
+    /// Whether a successful request creates something: `--serve` answers it with HTTP 201
+    /// Created instead of 200 OK.
+    const CREATES: bool = false;
 
-    /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`
-    /// and the mode flags are the harness's.
-    type Args: clap::FromArgMatches + clap::Args + Send + 'static;
+    /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`,
+    /// `from`, `listen` and the mode flags are the harness's. They are also the body of a
+    /// request to `--serve` (a JSON object of the same names), and serialize to it: the
+    /// self-test and the runner send a task's sample requests that way.
+    type Args: clap::FromArgMatches + clap::Args + Serialize + Send + 'static;
     /// A validated request, ready to execute.
     type Request: Send + 'static;
     /// What a successful run returns: printed with `Display`, or as JSON with `--json`.
@@ -68,6 +77,19 @@ pub trait Task: Sized + 'static {
     fn cases() -> Vec<Case<Self::Args>> {
         Vec::new()
     }
+}
+
+/// A port in 20000–29999 derived from `name` (FNV-1a), the default of [`Task::PORT`].
+pub const fn default_port(name: &str) -> u16 {
+    let bytes = name.as_bytes();
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    20_000 + (hash % 10_000) as u16
 }
 
 /// What happens when the same sample request runs twice.

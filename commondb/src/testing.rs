@@ -27,7 +27,7 @@ pub(crate) const DRIFTED: &Migrations = &Migrations {
 
 pub(crate) struct Notes;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, serde::Serialize)]
 pub(crate) struct NoteArgs {
     /// The note.
     #[arg(long)]
@@ -141,6 +141,7 @@ pub(crate) fn settings_in(dir: &Path) -> Settings {
         backup_keep: 7,
         synchronous: Synchronous::Full,
         task: serde_json::Value::Null,
+        serve: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use commondb::{Case, Error, ErrorKind, Result, Tx};
 use serde::{Deserialize, Serialize};
 
 /// What `create-user --create` takes.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Serialize)]
 pub struct CreateArgs {
     /// Login name: 3 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter
     #[arg(long, value_name = "NAME")]

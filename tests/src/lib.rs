@@ -831,3 +831,220 @@ pub fn concurrent_creates(sb: &Sandbox, n: usize) -> Vec<Run> {
         .collect();
     sb.run_concurrently("create-user", runs, &[])
 }
+
+/// A `--serve` process, stopped (SIGKILL) when dropped unless [`Served::terminate`] stopped it.
+pub struct Served {
+    child: std::process::Child,
+    /// The addresses its ready line named, e.g. `tcp://127.0.0.1:40123`.
+    pub addresses: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Sandbox {
+    /// Starts `exe --serve ARGS…` and waits (up to 30 s) for its ready line.
+    pub fn serve(&self, exe: &str, args: &[&str]) -> Served {
+        self.serve_command(self.command(exe, &[&["--serve"], args].concat()))
+    }
+
+    /// Starts a prepared `--serve` command and waits for its ready line.
+    pub fn serve_command(&self, mut cmd: Command) -> Served {
+        use std::io::BufRead;
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd.spawn().expect("the server starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some((_, addrs)) = line.split_once(": ready: ") {
+                    let _ = ready_tx.send(addrs.split(' ').map(String::from).collect::<Vec<_>>());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match ready_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(addresses) => Served {
+                child,
+                addresses,
+                stderr,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                panic!(
+                    "the server did not say it was ready ({status:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+}
+
+impl Served {
+    /// The first address with scheme `prefix` (`tcp://`, `http://`, `unix:`), without it.
+    pub fn address(&self, prefix: &str) -> String {
+        self.addresses
+            .iter()
+            .find_map(|a| a.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} address in {:?}", self.addresses))
+            .to_string()
+    }
+
+    /// A line-protocol client on the first `tcp://` address.
+    pub fn client(&self) -> LineClient {
+        LineClient::tcp(&self.address("tcp://"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits (up to 60 s) for the process to exit; returns its exit code and stderr.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                return (status.code(), self.stderr());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then [`Served::wait`].
+    pub fn terminate(self) -> (Option<i32>, String) {
+        self.signal_term();
+        self.wait()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A line-protocol client: one request per line, one JSON answer per line.
+pub struct LineClient {
+    reader: std::io::BufReader<Box<dyn std::io::Read + Send>>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl LineClient {
+    /// Connects to `host:port`.
+    pub fn tcp(addr: &str) -> LineClient {
+        let stream = std::net::TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let reader = stream.try_clone().unwrap();
+        LineClient {
+            reader: std::io::BufReader::new(Box::new(reader)),
+            writer: Box::new(stream),
+        }
+    }
+
+    /// Connects to the unix socket at `path`.
+    pub fn unix(path: &str) -> LineClient {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("connecting to {path}: {e}"));
+        let reader = stream.try_clone().unwrap();
+        LineClient {
+            reader: std::io::BufReader::new(Box::new(reader)),
+            writer: Box::new(stream),
+        }
+    }
+
+    /// Sends raw bytes (several lines, or a broken one).
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.writer.flush()
+    }
+
+    /// Reads one answer; `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("the answer {line:?} is not JSON: {e}")),
+            ),
+        }
+    }
+
+    /// Sends one request line and reads its answer.
+    pub fn call(&mut self, line: &str) -> serde_json::Value {
+        self.send(format!("{line}\n").as_bytes())
+            .expect("the request is sent");
+        self.recv()
+            .unwrap_or_else(|| panic!("no answer to {line:?}"))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::Read;
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // A server may answer (413) before reading the whole body, and close.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}

@@ -22,6 +22,7 @@ pub(crate) mod sqlite;
 pub(crate) mod status;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -251,15 +252,38 @@ impl Conn {
             Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
                 sqlx::Connection::begin_with(c, "BEGIN IMMEDIATE").await?,
             ))),
-            server => server.begin_checked(location, migrations).await,
+            server => {
+                server.begin_checked(location, migrations).await?;
+                Ok(Tx(TxInner::Server(server)))
+            }
         }
     }
 
-    async fn begin_checked(
+    /// Like [`Conn::begin_task`], for a connection that sat in a pool: if a server connection
+    /// fails before the transaction began (the server restarted while it was idle), it is
+    /// replaced by `reconnect` and the transaction begun on the new one. Nothing was sent that
+    /// could have written, so trying again is safe.
+    pub(crate) async fn begin_task_or_reconnect(
         &mut self,
         location: &Location,
         migrations: &Migrations,
+        reconnect: impl Future<Output = Result<Conn>>,
     ) -> Result<Tx<'_>> {
+        if let Conn::Sqlite(_) = self {
+            return self.begin_task(location, migrations).await;
+        }
+        match self.begin_checked(location, migrations).await {
+            Err(e) if e.kind() == crate::ErrorKind::Unavailable => {
+                *self = reconnect.await?;
+                self.begin_checked(location, migrations).await?;
+            }
+            other => other?,
+        }
+        Ok(Tx(TxInner::Server(self)))
+    }
+
+    /// Begins a transaction on a server in the round trip that checks the schema.
+    async fn begin_checked(&mut self, location: &Location, migrations: &Migrations) -> Result<()> {
         use sqlx::Row;
         const CHECK: &str = schema::APPLIED_SUMMARY;
         let backend = self.backend();
@@ -277,7 +301,7 @@ impl Conn {
         };
         let migrator = migrations.for_backend(backend);
         if applied == Some(schema::embedded(migrator)) {
-            return Ok(Tx(TxInner::Server(self)));
+            return Ok(());
         }
         if applied.is_some() {
             self.exec("ROLLBACK".into()).await?;

@@ -455,7 +455,12 @@ async fn setup_locked(
     if secrets_written {
         secrets::write(
             &secrets_file,
-            &AppSecrets::to_toml(&display, &app.credentials, &backup.credentials),
+            &AppSecrets::to_toml(
+                &display,
+                &app.credentials,
+                &backup.credentials,
+                known.serve_token.as_ref(),
+            ),
         )?;
     }
     Ok(SetupReport {

@@ -17,6 +17,8 @@ impl Task for CreateUser {
         postgres: sqlx::migrate!("migrations/users/postgres"),
         mysql: sqlx::migrate!("migrations/users/mysql"),
     };
+    const PORT: u16 = 7401;
+    const CREATES: bool = true;
     type Args = CreateArgs;
     type Request = NewUser;
     type Output = User;

@@ -1,0 +1,184 @@
+//! HTTP/1.1 on hyper: `POST /<verb>` with a JSON body of the arguments, `GET /healthz`,
+//! `GET /metrics`. The body of every answer is the line protocol's answer; the status says the
+//! outcome (201 or 200, 400, 401, 409, 413, 422, 503, …).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Stage;
+use super::service::{Service, encode};
+use crate::error::{Error, ErrorKind};
+use crate::task::Task;
+
+/// Serves one HTTP connection (keep-alive) until it closes or the service drains; a drain
+/// lets the request in progress finish, then closes.
+pub(crate) async fn serve<T: Task>(
+    service: Arc<Service<T>>,
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    needs_token: bool,
+) {
+    let mut phase = service.phase.clone();
+    let handler = {
+        let service = Arc::clone(&service);
+        hyper::service::service_fn(move |req| {
+            let service = Arc::clone(&service);
+            async move { Ok::<_, Infallible>(route(&service, req, needs_token).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(service.limits.idle_timeout_ms))
+        .serve_connection(TokioIo::new(io), handler);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = phase.reached(Stage::Draining) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// Answers every request on a connection over the limit with 503, and closes it.
+pub(crate) async fn refuse(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, error: Error) {
+    let body = encode(Err(error));
+    let handler = hyper::service::service_fn(move |_req| {
+        let mut response = answer(StatusCode::SERVICE_UNAVAILABLE, body.clone());
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), handler)
+        .await;
+}
+
+async fn route<T: Task>(
+    service: &Arc<Service<T>>,
+    req: Request<Incoming>,
+    needs_token: bool,
+) -> Response<Full<Bytes>> {
+    if needs_token && !authorized(service, &req) {
+        let mut response = error(
+            Error::permission("this service needs an access token")
+                .hint("send `Authorization: Bearer <token>`"),
+        );
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let path = req.uri().path();
+    let verb_path = path.strip_prefix('/') == Some(T::VERB);
+    match (req.method(), path) {
+        (&Method::POST, _) if verb_path => {
+            let max = service.limits.max_request_bytes;
+            let body = match Limited::new(req.into_body(), max).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    let mut response = error(
+                        Error::usage(format!("the request body is longer than {max} bytes"))
+                            .hint("send a shorter body, or raise serve.max_request_bytes"),
+                    );
+                    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
+                }
+            };
+            let (body, outcome) = service.answer_json(&body).await;
+            let status = match outcome {
+                None if T::CREATES => StatusCode::CREATED,
+                None => StatusCode::OK,
+                Some(kind) => status_of(kind),
+            };
+            answer(status, body)
+        }
+        (&Method::GET, "/healthz") => match service.health().await {
+            Ok(value) => answer(StatusCode::OK, encode(Ok(value))),
+            Err(e) => error(e),
+        },
+        (&Method::GET, "/metrics") => {
+            let (in_use, idle) = service.pool.usage();
+            let text = service
+                .metrics
+                .render(T::NAME, (in_use, idle, service.pool.size()));
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        _ if verb_path || path == "/healthz" || path == "/metrics" => {
+            let allow = if verb_path { "POST" } else { "GET" };
+            let mut response = error(Error::usage(format!(
+                "{} is not allowed on {path}; use {allow}",
+                req.method()
+            )));
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            response
+        }
+        _ => {
+            let mut response = error(Error::usage(format!("there is nothing at {path}")).hint(
+                format!(
+                    "POST /{} with a JSON body of the arguments; GET /healthz; GET /metrics",
+                    T::VERB
+                ),
+            ));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        }
+    }
+}
+
+fn authorized<T: Task>(service: &Service<T>, req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| service.token_matches(token.trim()))
+}
+
+/// The status of an answer that failed with `kind`.
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Usage | ErrorKind::NoInput => StatusCode::BAD_REQUEST,
+        ErrorKind::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Permission => StatusCode::FORBIDDEN,
+        ErrorKind::Unavailable
+        | ErrorKind::Temporary
+        | ErrorKind::Config
+        | ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(e: Error) -> Response<Full<Bytes>> {
+    let status = status_of(e.kind());
+    answer(status, encode(Err(e)))
+}
+
+fn answer(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,359 @@
+//! What `--listen` names, and binding it.
+//!
+//! | spec              | what                                                          |
+//! |-------------------|---------------------------------------------------------------|
+//! | `tcp://HOST:PORT` | the line protocol over TCP (port 0: any free port)            |
+//! | `http://HOST:PORT`| HTTP/1.1 over TCP                                             |
+//! | `unix:PATH`       | the line protocol on a unix socket (mode 0600, or 0660 with `socket_group`) |
+//! | `http+unix:PATH`  | HTTP on a unix socket                                         |
+//! | `stdio`           | one line-protocol connection on stdin/stdout (inetd, systemd `Accept=yes`) |
+//! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
+//!
+//! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
+//! secrets file.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::ServeSettings;
+use crate::error::{Error, Result};
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Line,
+    Http,
+}
+
+/// A parsed `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Spec {
+    Tcp(Protocol, String, u16),
+    Unix(Protocol, PathBuf),
+    Stdio,
+    Systemd(Protocol),
+}
+
+const FORMS: &str = "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd";
+
+impl Spec {
+    pub(crate) fn parse(spec: &str) -> Result<Spec> {
+        let bad = |why: &str| Error::usage(format!("--listen {spec:?}: {why}")).hint(FORMS);
+        let (protocol, rest) = match spec.strip_prefix("http+") {
+            Some(rest) => (Protocol::Http, rest),
+            None => (Protocol::Line, spec),
+        };
+        if rest == "systemd" {
+            return Ok(Spec::Systemd(protocol));
+        }
+        if protocol == Protocol::Line && rest == "stdio" {
+            return Ok(Spec::Stdio);
+        }
+        if let Some(path) = rest.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("the socket path is empty"));
+            }
+            return Ok(Spec::Unix(protocol, PathBuf::from(path)));
+        }
+        let (protocol, address) = match (protocol, spec.split_once("://")) {
+            (Protocol::Line, Some(("tcp", address))) => (Protocol::Line, address),
+            (Protocol::Line, Some(("http", address))) => (Protocol::Http, address),
+            _ => return Err(bad("unknown kind of address")),
+        };
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| bad("the port is missing"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+        if host.is_empty() {
+            return Err(bad("the host is missing (127.0.0.1 is loopback)"));
+        }
+        Ok(Spec::Tcp(protocol, host.to_string(), port))
+    }
+}
+
+/// A bound listener.
+pub(crate) enum Listener {
+    Tcp(TcpListener, Protocol),
+    /// With the path to remove on shutdown (not for a socket systemd made).
+    Unix(UnixListener, Protocol, Option<PathBuf>),
+    Stdio,
+}
+
+impl Listener {
+    /// The address as `--listen` would name it, with the real port.
+    pub(crate) fn address(&self) -> String {
+        match self {
+            Listener::Tcp(l, protocol) => {
+                let scheme = if *protocol == Protocol::Http {
+                    "http"
+                } else {
+                    "tcp"
+                };
+                match l.local_addr() {
+                    Ok(SocketAddr::V6(a)) => format!("{scheme}://[{}]:{}", a.ip(), a.port()),
+                    Ok(a) => format!("{scheme}://{a}"),
+                    Err(_) => format!("{scheme}://?"),
+                }
+            }
+            Listener::Unix(l, protocol, _) => {
+                let prefix = if *protocol == Protocol::Http {
+                    "http+unix:"
+                } else {
+                    "unix:"
+                };
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".into());
+                format!("{prefix}{path}")
+            }
+            Listener::Stdio => "stdio".into(),
+        }
+    }
+}
+
+/// Binds every spec. TCP on anything but loopback needs `has_token`.
+pub(crate) async fn bind(
+    specs: &[Spec],
+    settings: &ServeSettings,
+    has_token: bool,
+) -> Result<Vec<Listener>> {
+    let mut bound = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match spec {
+            Spec::Tcp(protocol, host, port) => {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| {
+                        Error::config(format!("cannot resolve {host}: {e}"))
+                            .hint("use an IP address, e.g. 127.0.0.1")
+                    })?
+                    .collect();
+                let Some(addr) = addrs.first().copied() else {
+                    return Err(Error::config(format!("{host} resolves to no address")));
+                };
+                if !addrs.iter().all(|a| a.ip().is_loopback()) && !has_token {
+                    return Err(Error::config(format!(
+                        "{host} is not a loopback address, and no access token is configured"
+                    ))
+                    .hint("put `serve_token = \"<a long random string>\"` in the executable's secrets file (chmod 600), or listen on 127.0.0.1"));
+                }
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error(&format!("{addr}"), e))?;
+                bound.push(Listener::Tcp(listener, *protocol));
+            }
+            Spec::Unix(protocol, path) => {
+                let listener = bind_unix(path, settings)?;
+                bound.push(Listener::Unix(listener, *protocol, Some(path.clone())));
+            }
+            Spec::Stdio => bound.push(Listener::Stdio),
+            Spec::Systemd(protocol) => bound.extend(systemd(*protocol)?),
+        }
+    }
+    Ok(bound)
+}
+
+fn bind_error(what: &str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            Error::config(format!("{what} is in use by another program"))
+                .hint("stop it, or listen on another port (port 0 takes any free one)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Error::permission(format!("not allowed to listen on {what}: {e}"))
+                .hint("ports below 1024 need privileges; use a higher port")
+        }
+        _ => Error::config(format!("cannot listen on {what}: {e}")),
+    }
+}
+
+/// Binds a unix socket readable and writable by its owner only (and `socket_group`); a stale
+/// socket file that nobody listens on is replaced, a live one or any other file is refused.
+fn bind_unix(path: &Path, settings: &ServeSettings) -> Result<UnixListener> {
+    let shown = path.display();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::config(format!("{shown} exists and is not a socket"))
+                .hint("choose another path for the socket"));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(
+                Error::config(format!("{shown} is in use by another service"))
+                    .hint("stop it, or choose another path"),
+            );
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            Error::permission(format!("cannot replace the stale socket {shown}: {e}"))
+        })?;
+    }
+    let gid = settings.socket_group.as_deref().map(group_id).transpose()?;
+    // Created with no access for others from the start: no window in which it is open.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let listener = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = listener.map_err(|e| bind_error(&shown.to_string(), e))?;
+    if let Some(gid) = gid {
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .and_then(|()| rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o660)))
+            .map_err(|e| {
+                Error::permission(format!("cannot give {shown} to group {gid}: {e}"))
+                    .hint("the user must be a member of socket_group")
+            })?;
+    }
+    Ok(listener)
+}
+
+/// A group's id from its number or its name in /etc/group.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                (fields.next() == Some(group))
+                    .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+                    .flatten()
+            })
+        })
+        .ok_or_else(|| {
+            Error::config(format!(
+                "socket_group {group:?} is not a group of this system"
+            ))
+            .hint("give a group name from /etc/group, or a number")
+        })
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_PID`).
+fn systemd(protocol: Protocol) -> Result<Vec<Listener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Err(
+            Error::config("--listen systemd, but systemd passed no sockets")
+                .hint("start it from a .socket unit, or listen on an address"),
+        );
+    }
+    let mut bound = Vec::with_capacity(fds.len());
+    for i in 0..fds.len() {
+        let invalid = |e: std::io::Error| Error::config(format!("socket {i} from systemd: {e}"));
+        if let Ok(Some(l)) = fds.take_tcp_listener(i) {
+            l.set_nonblocking(true).map_err(invalid)?;
+            bound.push(Listener::Tcp(
+                TcpListener::from_std(l).map_err(invalid)?,
+                protocol,
+            ));
+        } else if let Some(l) = fds.take_unix_listener(i).map_err(invalid)? {
+            l.set_nonblocking(true).map_err(invalid)?;
+            bound.push(Listener::Unix(
+                UnixListener::from_std(l).map_err(invalid)?,
+                protocol,
+                None,
+            ));
+        }
+    }
+    Ok(bound)
+}
+
+/// The mode bits of a socket file, for tests.
+#[cfg(test)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(
+            Spec::parse("tcp://127.0.0.1:7401").unwrap(),
+            Spec::Tcp(Protocol::Line, "127.0.0.1".into(), 7401)
+        );
+        assert_eq!(
+            Spec::parse("http://[::1]:0").unwrap(),
+            Spec::Tcp(Protocol::Http, "::1".into(), 0)
+        );
+        assert_eq!(
+            Spec::parse("http+unix:/run/x.sock").unwrap(),
+            Spec::Unix(Protocol::Http, "/run/x.sock".into())
+        );
+        assert_eq!(Spec::parse("stdio").unwrap(), Spec::Stdio);
+        assert_eq!(
+            Spec::parse("systemd").unwrap(),
+            Spec::Systemd(Protocol::Line)
+        );
+        for bad in [
+            "udp://h:1",
+            "tcp://h",
+            "tcp://h:70000",
+            "tcp://:1",
+            "unix:",
+            "http+stdio",
+            "x",
+        ] {
+            let e = Spec::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Usage, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn non_loopback_needs_a_token_and_sockets_are_private() {
+        let settings = ServeSettings::default();
+        let e = bind(
+            &[Spec::Tcp(Protocol::Line, "0.0.0.0".into(), 0)],
+            &settings,
+            false,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = bind(
+            &[Spec::Unix(Protocol::Line, path.clone())],
+            &settings,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // A live socket is refused; once its listener is gone the stale file is replaced.
+        let e = bind(
+            &[Spec::Unix(Protocol::Line, path.clone())],
+            &settings,
+            false,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(e.message().contains("in use"), "{}", e.message());
+        drop(bound);
+        bind(
+            &[Spec::Unix(Protocol::Line, path.clone())],
+            &settings,
+            false,
+        )
+        .await
+        .unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        let e = bind(&[Spec::Unix(Protocol::Line, file)], &settings, false)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("not a socket"), "{}", e.message());
+    }
+}

@@ -1,0 +1,353 @@
+//! `--serve`: the same task as a long-running socket service.
+//!
+//! [`Server::start`] checks the database, builds one [`service::Service`] (a pool of warm
+//! connections, the limits, the metrics) and binds every listener ([`listen`]); [`Server::run`]
+//! accepts connections until it is told to stop, and hands each to its protocol: [`line`] or
+//! [`http`]. Both parse a request into the task's own arguments and run it through the same
+//! `prepare` and [`crate::run::execute_in`] as process mode.
+//!
+//! Shutdown has two stages: *draining* (stop accepting and reading; requests in flight go on)
+//! and, after `grace_ms`, the *cut* (requests that have not reached their commit stop and are
+//! answered with an error). Then unix socket files are removed and `run` returns.
+
+mod http;
+mod line;
+mod listen;
+mod metrics;
+mod pool;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::config::Settings;
+use crate::db::{self, Backend, Target};
+use crate::error::{Error, ErrorKind, Result};
+use crate::output::Output;
+use crate::task::Task;
+pub(crate) use listen::Spec;
+use listen::{Listener, Protocol};
+use pool::Pool;
+use service::{Service, encode};
+
+/// Where a shutdown has got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    Running,
+    Draining,
+    Cut,
+}
+
+/// A view of the shutdown's stage that connections and requests wait on.
+#[derive(Clone)]
+pub(crate) struct Phase(watch::Receiver<Stage>);
+
+impl Phase {
+    /// Returns once the shutdown reached `stage` (never, if the server is dropped first).
+    pub(crate) async fn reached(&mut self, stage: Stage) {
+        if self.0.wait_for(|s| *s >= stage).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A bound server, ready to run.
+pub(crate) struct Server<T: Task> {
+    service: Arc<Service<T>>,
+    listeners: Vec<Listener>,
+    stage: watch::Sender<Stage>,
+}
+
+impl<T: Task> Server<T> {
+    /// Checks the database (setting up the embedded one on first use, as process mode does),
+    /// then binds `specs` (the configured listeners, or the task's default port).
+    pub(crate) async fn start(
+        target: Target,
+        task_settings: T::Settings,
+        specs: &[String],
+        out: &Output,
+    ) -> Result<Server<T>> {
+        let limits = target.settings.serve.clone();
+        let specs = listen_specs::<T>(specs, &target.settings)?;
+        if limits.max_request_bytes == 0 || limits.max_connections == 0 {
+            return Err(Error::config(
+                "serve.max_request_bytes and serve.max_connections must be at least 1",
+            ));
+        }
+        let pool_size = match (limits.pool_size, target.backend()) {
+            (Some(0), _) => {
+                return Err(Error::config("serve.pool_size must be at least 1"));
+            }
+            (Some(n), _) => n as usize,
+            (None, Backend::Sqlite) => 1,
+            (None, _) => 16,
+        };
+        match db::open(&target, T::MIGRATIONS).await {
+            Ok((conn, setup)) => {
+                if let Some(report) = setup {
+                    out.note(report.summary());
+                }
+                // On a server, the schema is checked with each transaction; check it now too, so
+                // that a database that needs setup is refused at start, not per request.
+                let mut conn = conn;
+                let checked = match conn.begin_task(&target.location, T::MIGRATIONS).await {
+                    Ok(tx) => tx.rollback().await,
+                    Err(e) => Err(e),
+                };
+                conn.close_after(checked).await?;
+            }
+            Err(e) if e.kind() == ErrorKind::Unavailable => out.note(format_args!(
+                "{}; serving anyway: requests are answered \"unavailable\" until it is back",
+                e.message()
+            )),
+            Err(e) => return Err(e),
+        }
+        let token = target.secrets.serve_token.clone();
+        if let Some(token) = &token {
+            use crate::secrets::ExposeSecret;
+            if token.expose_secret().len() < 16 {
+                return Err(Error::config("serve_token is shorter than 16 characters")
+                    .hint("use a long random string, e.g. from `openssl rand -hex 32`"));
+            }
+        }
+        let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
+        let (stage, phase) = watch::channel(Stage::Running);
+        let pool = Pool::new(target, T::MIGRATIONS, pool_size);
+        let service = Arc::new(Service::new(
+            pool,
+            limits,
+            Phase(phase),
+            token,
+            task_settings,
+        ));
+        Ok(Server {
+            service,
+            listeners,
+            stage,
+        })
+    }
+
+    /// The bound addresses, as `--listen` would name them.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        self.listeners.iter().map(Listener::address).collect()
+    }
+
+    /// Serves until `stop` resolves (or, with only `stdio`, until its one connection ends),
+    /// then shuts down gracefully.
+    pub(crate) async fn run(self, stop: impl Future<Output = ()>) {
+        let Server {
+            service,
+            listeners,
+            stage,
+        } = self;
+        let (done, mut all_done) = mpsc::channel::<()>(1);
+        let slots = Arc::new(Semaphore::new(service.limits.max_connections as usize));
+        let mut paths = Vec::new();
+        let mut accepting = tokio::task::JoinSet::new();
+        for listener in listeners {
+            if let Listener::Unix(_, _, Some(path)) = &listener {
+                paths.push(path.clone());
+            }
+            accepting.spawn(accept(
+                Arc::clone(&service),
+                listener,
+                Arc::clone(&slots),
+                done.clone(),
+            ));
+        }
+        drop(done);
+        let mut stop = std::pin::pin!(stop);
+        tokio::select! {
+            () = &mut stop => {}
+            // Only listeners that end by themselves (stdio) finish before a stop.
+            () = async { while accepting.join_next().await.is_some() {} } => {}
+        }
+        let _ = stage.send(Stage::Draining);
+        while accepting.join_next().await.is_some() {}
+        let grace = Duration::from_millis(service.limits.grace_ms);
+        if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+            let _ = stage.send(Stage::Cut);
+            // Requests that were cut answer at once; one that is committing gets a moment more.
+            let _ = tokio::time::timeout(Duration::from_secs(5), all_done.recv()).await;
+        }
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The listeners: `--listen`, else `serve.listen`, else systemd's sockets if it passed some,
+/// else the task's default port on loopback.
+fn listen_specs<T: Task>(given: &[String], settings: &Settings) -> Result<Vec<Spec>> {
+    let specs: Vec<String> = if !given.is_empty() {
+        given.to_vec()
+    } else if !settings.serve.listen.is_empty() {
+        settings.serve.listen.clone()
+    } else if std::env::var_os("LISTEN_FDS").is_some() {
+        vec!["systemd".into()]
+    } else {
+        vec![format!("tcp://127.0.0.1:{}", T::PORT)]
+    };
+    specs.iter().map(|s| Spec::parse(s)).collect()
+}
+
+/// Accepts connections on one listener until the drain.
+async fn accept<T: Task>(
+    service: Arc<Service<T>>,
+    listener: Listener,
+    slots: Arc<Semaphore>,
+    done: mpsc::Sender<()>,
+) {
+    let mut phase = service.phase.clone();
+    let needs_token = service.needs_token();
+    match listener {
+        Listener::Stdio => {
+            let _slot = slots.try_acquire_owned();
+            serve_line(
+                service,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                false,
+                done,
+            )
+            .await;
+        }
+        Listener::Tcp(listener, protocol) => loop {
+            let accepted = tokio::select! {
+                biased;
+                () = phase.reached(Stage::Draining) => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(&service, stream, protocol, needs_token, &slots, &done);
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        },
+        Listener::Unix(listener, protocol, _) => loop {
+            let accepted = tokio::select! {
+                biased;
+                () = phase.reached(Stage::Draining) => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                // The socket file's mode decides who may connect: no token.
+                Ok((stream, _)) => {
+                    spawn_connection(&service, stream, protocol, false, &slots, &done);
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        },
+    }
+}
+
+/// After a failed accept (out of file descriptors, say), waits a little instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    crate::output::detail(format_args!("accepting a connection failed: {e}"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+fn spawn_connection<T: Task, S>(
+    service: &Arc<Service<T>>,
+    stream: S,
+    protocol: Protocol,
+    needs_token: bool,
+    slots: &Arc<Semaphore>,
+    done: &mpsc::Sender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = Arc::clone(service);
+    let done = done.clone();
+    let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+        let error = Error::temporary(format!(
+            "the service has {} connections open, its limit; this one is closed",
+            service.limits.max_connections
+        ))
+        .hint("try again later, or raise serve.max_connections");
+        tokio::spawn(async move {
+            match protocol {
+                Protocol::Line => {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = stream.write_all(&encode(Err(error))).await;
+                    let _ = stream.shutdown().await;
+                }
+                Protocol::Http => http::refuse(stream, error).await,
+            }
+            drop(done);
+        });
+        return;
+    };
+    tokio::spawn(async move {
+        match protocol {
+            Protocol::Line => {
+                let (reader, writer) = tokio::io::split(stream);
+                serve_line(service, reader, writer, needs_token, done).await;
+            }
+            Protocol::Http => {
+                service
+                    .metrics
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                http::serve(Arc::clone(&service), stream, needs_token).await;
+                service
+                    .metrics
+                    .connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                drop(done);
+            }
+        }
+        drop(slot);
+    });
+}
+
+async fn serve_line<T: Task>(
+    service: Arc<Service<T>>,
+    reader: impl tokio::io::AsyncRead + Unpin,
+    writer: impl tokio::io::AsyncWrite + Unpin,
+    needs_token: bool,
+    done: mpsc::Sender<()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    service.metrics.connections.fetch_add(1, Relaxed);
+    line::serve(Arc::clone(&service), reader, writer, needs_token).await;
+    service.metrics.connections.fetch_sub(1, Relaxed);
+    drop(done);
+}
+
+/// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`
+/// to systemd), serves until SIGTERM or SIGINT, and shuts down gracefully.
+pub(crate) async fn main<T: Task>(
+    target: Target,
+    task_settings: T::Settings,
+    specs: &[String],
+    out: &Output,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signal_error = |e: std::io::Error| Error::internal(format!("cannot handle signals: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let server = Server::<T>::start(target, task_settings, specs, out).await?;
+    let addresses = server.addresses().join(" ");
+    // Always printed (also with -q): scripts and the runner wait for it, and read the ports.
+    eprintln!("{}: ready: {addresses}", T::NAME);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    server
+        .run(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            out.note("stopping: finishing the requests in flight");
+        })
+        .await;
+    out.note("stopped");
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! One request, whatever the protocol: parsed into the task's own `Args` by the same clap
+//! definition as the command line, prepared by [`Task::prepare`], executed by
+//! [`crate::run::execute_in`] on a pooled connection, answered with the JSON document
+//! `--json` prints, wrapped with its outcome.
+//!
+//! A request runs in a task of its own, so that a client that goes away, or a protocol that
+//! stops waiting, never cancels a commit half-way: an answer `ok` means committed. Before the
+//! commit, the request is bounded by `request_timeout_ms` and by the shutdown's cut.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args as _, Command, FromArgMatches};
+use serde_json::Value;
+
+use super::metrics::Metrics;
+use super::pool::Pool;
+use super::{Phase, Stage};
+use crate::config::ServeSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::secrets::{ExposeSecret, SecretString};
+use crate::task::{Context, Input, Task};
+
+/// What every connection shares.
+pub(crate) struct Service<T: Task> {
+    pub(crate) pool: Pool,
+    pub(crate) limits: ServeSettings,
+    pub(crate) metrics: Metrics,
+    pub(crate) phase: Phase,
+    token: Option<SecretString>,
+    task_settings: T::Settings,
+    /// The task's arguments, as `clap` parses them from a request (no binary name, no modes).
+    command: Command,
+}
+
+impl<T: Task> Service<T> {
+    pub(crate) fn new(
+        pool: Pool,
+        limits: ServeSettings,
+        phase: Phase,
+        token: Option<SecretString>,
+        task_settings: T::Settings,
+    ) -> Self {
+        let command = T::Args::augment_args(
+            Command::new(T::NAME)
+                .no_binary_name(true)
+                .disable_help_flag(true)
+                .disable_version_flag(true),
+        );
+        Service {
+            pool,
+            limits,
+            metrics: Metrics::default(),
+            phase,
+            token,
+            task_settings,
+            command,
+        }
+    }
+
+    /// Whether clients must present a token.
+    pub(crate) fn needs_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Checks a token a client presented, in constant time.
+    pub(crate) fn token_matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.token
+            .as_ref()
+            .is_some_and(|t| bool::from(t.expose_secret().as_bytes().ct_eq(given.as_bytes())))
+    }
+
+    /// Answers one request line: shell-quoted arguments, or a JSON object of them.
+    pub(crate) async fn answer_line(self: &Arc<Self>, line: &[u8]) -> Vec<u8> {
+        let started = Instant::now();
+        let parsed = parse_line(line).and_then(|(words, input)| self.args(words, input));
+        self.answer(parsed, started).await.0
+    }
+
+    /// Answers a JSON body (HTTP), with the outcome for the status code.
+    pub(crate) async fn answer_json(self: &Arc<Self>, body: &[u8]) -> (Vec<u8>, Option<ErrorKind>) {
+        let started = Instant::now();
+        let parsed = serde_json::from_slice::<Value>(if body.is_empty() { b"{}" } else { body })
+            .map_err(|e| {
+                Error::usage(format!("the request body is not valid JSON: {e}"))
+                    .hint("send a JSON object of the task's arguments")
+            })
+            .and_then(words_from_json)
+            .and_then(|(words, input)| self.args(words, input));
+        self.answer(parsed, started).await
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        parsed: Result<(T::Args, Input)>,
+        started: Instant,
+    ) -> (Vec<u8>, Option<ErrorKind>) {
+        let result = match parsed {
+            Ok((args, input)) => {
+                let service = Arc::clone(self);
+                tokio::spawn(async move { service.execute(args, input).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::internal(format!(
+                            "the request's handler failed: {e}"
+                        )))
+                    })
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = result.as_ref().err().map(Error::kind);
+        self.metrics.observe(outcome, started.elapsed());
+        (encode(result), outcome)
+    }
+
+    /// Prepares and executes one request on a pooled connection.
+    async fn execute(self: Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+        self.metrics
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = self.execute_counted(args, input).await;
+        self.metrics
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut phase = self.phase.clone();
+        // Preparing may be CPU work (a password hash): off the threads that serve sockets.
+        let service = Arc::clone(self);
+        let request = tokio::task::spawn_blocking(move || {
+            T::prepare(args, &mut Context::new(&service.task_settings, input))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("preparing the request failed: {e}")))??;
+        let cut = || {
+            Error::new(
+                ErrorKind::Interrupted,
+                "the service stopped before the request was done; nothing was written",
+            )
+            .hint("send it again to another instance, or after the restart")
+        };
+        let timed_out = || {
+            Error::temporary(format!(
+                "the request did not finish within {} ms; nothing was written",
+                timeout.as_millis()
+            ))
+            .hint(
+                "the database is slow or overloaded; try again, or raise serve.request_timeout_ms",
+            )
+        };
+        let mut lease = tokio::select! {
+            biased;
+            () = phase.reached(Stage::Cut) => return Err(cut()),
+            lease = tokio::time::timeout_at(deadline, self.pool.acquire()) => lease.map_err(|_| timed_out())??,
+        };
+        let output = {
+            let mut tx = tokio::select! {
+                biased;
+                () = phase.reached(Stage::Cut) => return Err(cut()),
+                tx = tokio::time::timeout_at(deadline, lease.begin()) => tx.map_err(|_| timed_out())??,
+            };
+            let executed = tokio::select! {
+                biased;
+                () = phase.reached(Stage::Cut) => return Err(cut()),
+                output = tokio::time::timeout_at(deadline, T::execute(&mut tx, request)) => output.map_err(|_| timed_out())?,
+            };
+            // From here on nothing cancels: the answer says what the database did.
+            match executed {
+                Ok(output) => {
+                    tx.commit().await?;
+                    output
+                }
+                Err(e) => {
+                    let rolled_back = tx.rollback().await;
+                    if rolled_back.is_ok() && reusable(e.kind()) {
+                        lease.keep();
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        lease.keep();
+        serde_json::to_value(&output)
+            .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))
+    }
+
+    /// The task's arguments from request words, as the command line would parse them.
+    fn args(&self, mut words: Vec<String>, input: Input) -> Result<(T::Args, Input)> {
+        let verb = format!("--{}", T::VERB);
+        if words.first() == Some(&verb) {
+            words.remove(0);
+        }
+        if let Some(mode) = words
+            .iter()
+            .find(|w| w.starts_with("--self-") || w.starts_with("--serve") || **w == verb)
+        {
+            let mode = mode.split('=').next().unwrap_or(mode);
+            return Err(Error::usage(format!(
+                "{mode} is not served: a request holds {verb}'s arguments only"
+            ))
+            .hint(format!("run `{} {mode}` on the command line", T::NAME)));
+        }
+        let matches = self
+            .command
+            .clone()
+            .try_get_matches_from(words)
+            .map_err(|e| self.usage_error(&e))?;
+        let args = T::Args::from_arg_matches(&matches).map_err(|e| self.usage_error(&e))?;
+        Ok((args, input))
+    }
+
+    fn usage_error(&self, e: &clap::Error) -> Error {
+        // clap's first paragraph says what is wrong (a list of missing arguments may follow
+        // on its own lines); its usage and tips are for a command line, not for a socket.
+        let text = e.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        let usage = self.command.clone().render_usage().to_string();
+        let usage = usage.trim().strip_prefix("Usage: ").unwrap_or(usage.trim());
+        Error::usage(message).hint(format!(
+            "a request holds --{}'s arguments: {usage}",
+            T::VERB
+        ))
+    }
+
+    /// Checks that the database answers (`GET /healthz`).
+    pub(crate) async fn health(&self) -> Result<Value> {
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        let check = async {
+            let mut lease = self.pool.acquire().await?;
+            lease.conn().exec("SELECT 1".into()).await?;
+            lease.keep();
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(timeout, check).await.map_err(|_| {
+            Error::unavailable(format!(
+                "the database did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        })??;
+        Ok(serde_json::json!({ "database": "up" }))
+    }
+}
+
+/// Whether a connection is still good after a request failed with `kind`: the task refused it
+/// (invalid, duplicate) rather than the connection failing.
+fn reusable(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Permission | ErrorKind::Failed
+    )
+}
+
+/// One answer: `{"ok":true,"result":…}` or `{"ok":false,"error":{…}}`, and a newline.
+pub(crate) fn encode(result: Result<Value>) -> Vec<u8> {
+    let doc = match result {
+        Ok(result) => serde_json::json!({ "ok": true, "result": result }),
+        Err(e) => {
+            let mut doc = e.to_json();
+            doc["ok"] = Value::Bool(false);
+            doc
+        }
+    };
+    let mut bytes = serde_json::to_vec(&doc).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Splits a request line into words: a JSON object, or arguments quoted as a POSIX shell would.
+pub(crate) fn parse_line(line: &[u8]) -> Result<(Vec<String>, Input)> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        Error::usage(format!(
+            "the request is not UTF-8 text (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+        .hint("send the arguments as UTF-8 text, one request per line")
+    })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::usage("the request line is empty")
+            .hint("send the task's arguments, e.g. --name value, one request per line"));
+    }
+    if text.starts_with('{') {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Error::usage(format!("the request is not valid JSON: {e}"))
+                .hint("send one JSON object per line, or the arguments as on the command line")
+        })?;
+        return words_from_json(value);
+    }
+    let words = shlex::split(text).ok_or_else(|| {
+        Error::usage("the request's quoting is unbalanced")
+            .hint("quote arguments as a POSIX shell would: 'single' or \"double\" quotes, closed")
+    })?;
+    Ok((words, Input::None))
+}
+
+/// The command-line words of a JSON request: `{"username": "alice", "flag": true}` is
+/// `--username=alice --flag`; `"stdin"` is what process mode would read on standard input (a
+/// password, say), so that a secret never has to be spelled as an argument.
+pub(crate) fn words_from_json(value: Value) -> Result<(Vec<String>, Input)> {
+    let Value::Object(map) = value else {
+        return Err(
+            Error::usage("a JSON request must be an object of arguments")
+                .hint("e.g. {\"username\": \"alice\", \"email\": \"alice@example.com\"}"),
+        );
+    };
+    let mut words = Vec::with_capacity(map.len());
+    let mut input = Input::None;
+    for (key, value) in map {
+        if key == "stdin" {
+            let Value::String(text) = value else {
+                return Err(Error::usage("\"stdin\" must be a string"));
+            };
+            input = Input::Text(text);
+            continue;
+        }
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::usage(format!("{key:?} is not an argument name"))
+                .hint("names are the task's long options without dashes, e.g. \"username\""));
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |value: Value| match value {
+            Value::String(s) => Ok(s),
+            Value::Number(n) => Ok(n.to_string()),
+            other => Err(Error::usage(format!(
+                "the value of \"{key}\" must be a string, a number or a boolean, not {other}"
+            ))),
+        };
+        match value {
+            Value::Bool(true) => words.push(flag),
+            Value::Bool(false) | Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    words.push(format!("{flag}={}", scalar(item)?));
+                }
+            }
+            other => words.push(format!("{flag}={}", scalar(other)?)),
+        }
+    }
+    Ok((words, input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        parse_line(line.as_bytes()).unwrap().0
+    }
+
+    #[test]
+    fn a_line_splits_like_a_shell_and_json_maps_to_the_same_words() {
+        assert_eq!(
+            words("--username alice --email 'a b@example.com'\r\n"),
+            ["--username", "alice", "--email", "a b@example.com"]
+        );
+        assert_eq!(
+            words(r#"{"username": "-alice", "password_stdin": true, "quiet": false, "n": 3}"#),
+            ["--n=3", "--password-stdin", "--username=-alice"]
+        );
+        let (_, input) = parse_line(br#"{"stdin": "s3cret"}"#).unwrap();
+        assert!(matches!(input, Input::Text(t) if t == "s3cret"));
+    }
+
+    #[test]
+    fn unparsable_lines_are_usage_errors() {
+        for line in [
+            &b"\xff\xfe"[..],
+            b"   \n",
+            b"--a 'open",
+            b"{not json",
+            b"{\"a\": {\"b\": 1}}",
+            b"{\"a b\": 1}",
+            b"{\"stdin\": 1}",
+        ] {
+            let e = parse_line(line).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Usage, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_one_json_line_with_the_outcome() {
+        let ok = encode(Ok(serde_json::json!({"id": 1})));
+        assert_eq!(ok, b"{\"ok\":true,\"result\":{\"id\":1}}\n");
+        let err: Value = serde_json::from_slice(&encode(Err(Error::conflict("taken")))).unwrap();
+        assert_eq!(err["ok"], false);
+        assert_eq!(err["error"]["kind"], "conflict");
+        assert_eq!(err["error"]["exit_code"], 73);
+    }
+}

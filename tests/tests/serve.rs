@@ -1,0 +1,567 @@
+//! `--serve` with real clients over real sockets, on SQLite, PostgreSQL and MariaDB: the line
+//! protocol (pipelined, concurrent, malformed), HTTP, the token rule, unix sockets and stdio,
+//! SIGTERM under load, and a database that stops and comes back under a running service.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{Backend, BackendSandbox, LineClient, Sandbox, http, on_every_backend};
+use serde_json::Value;
+
+const EXE: &str = "create-user";
+const ANY_PORTS: [&str; 4] = [
+    "--listen",
+    "tcp://127.0.0.1:0",
+    "--listen",
+    "http://127.0.0.1:0",
+];
+
+on_every_backend!(
+    a_thousand_pipelined_requests_are_answered_in_order,
+    two_hundred_concurrent_connections_are_all_served,
+    http_answers_with_fitting_status_codes,
+    sigterm_under_load_loses_nothing_and_answers_every_request_read,
+);
+
+fn set_up(backend: Backend) -> Option<BackendSandbox> {
+    let sb = BackendSandbox::new(backend)?;
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    Some(sb)
+}
+
+fn users(sb: &BackendSandbox) -> i64 {
+    sb.count(EXE, "SELECT COUNT(*) FROM users")
+}
+
+fn is_ok(answer: &Value) -> bool {
+    answer["ok"] == Value::Bool(true)
+}
+
+fn a_thousand_pipelined_requests_are_answered_in_order(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    let served = sb.serve(EXE, &ANY_PORTS);
+    let mut client = served.client();
+    let mut batch = String::new();
+    for i in 0..1000 {
+        batch.push_str(&format!(
+            "--create --username pp{i} --email pp{i}@example.com\n"
+        ));
+    }
+    client.send(batch.as_bytes()).unwrap();
+    for i in 0..1000 {
+        let answer = client.recv().expect("an answer per request");
+        assert!(is_ok(&answer), "request {i}: {answer}");
+        assert_eq!(
+            answer["result"]["username"],
+            format!("pp{i}"),
+            "out of order"
+        );
+    }
+    assert_eq!(users(&sb), 1000);
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn two_hundred_concurrent_connections_are_all_served(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    let served = sb.serve(EXE, &ANY_PORTS);
+    let addr = served.address("tcp://");
+    // All 200 connect first, then all send: 200 connections open at once.
+    let barrier = Arc::new(std::sync::Barrier::new(200));
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let (addr, barrier) = (&addr, Arc::clone(&barrier));
+                s.spawn(move || {
+                    let mut client = LineClient::tcp(addr);
+                    barrier.wait();
+                    client.call(&format!(
+                        r#"{{"username": "cc{i}", "email": "cc{i}@example.com"}}"#
+                    ))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<_> = answers.iter().filter(|a| !is_ok(a)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    assert_eq!(users(&sb), 200);
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn http_answers_with_fitting_status_codes(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    let served = sb.serve(EXE, &ANY_PORTS);
+    let addr = served.address("http://");
+    let post = |body: &str| http(&addr, "POST", "/create", &[], body.as_bytes());
+
+    let (status, body) = post(r#"{"username": "alice", "email": "alice@example.com"}"#);
+    assert_eq!(status, 201, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"]["username"], "alice");
+    let (status, body) = post(r#"{"username": "alice", "email": "other@example.com"}"#);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"exit_code\":73"), "{body}");
+    let (status, body) = post(r#"{"username": "bob", "email": "not-an-address"}"#);
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = post("{not json");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(r#"{"username": "bob"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--email"), "{body}");
+    // A password travels in the body's "stdin", never as an argument.
+    let (status, body) = post(
+        r#"{"username": "carol", "email": "carol@example.com", "password_stdin": true, "stdin": "correct horse"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("\"has_password\":true"), "{body}");
+    assert!(!served.stderr().contains("correct horse"));
+
+    let (status, body) = http(&addr, "POST", "/create", &[], &vec![b' '; 70_000]);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(http(&addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(&addr, "GET", "/nothing", &[], b"").0, 404);
+    assert_eq!(http(&addr, "GET", "/create", &[], b"").0, 405);
+    let (status, metrics) = http(&addr, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for line in [
+        "commondb_requests_total{executable=\"create-user\",outcome=\"ok\"} 2",
+        "commondb_requests_total{executable=\"create-user\",outcome=\"conflict\"} 1",
+        "commondb_requests_total{executable=\"create-user\",outcome=\"invalid_input\"} 1",
+        "commondb_request_duration_seconds_count{executable=\"create-user\"} 6",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("commondb_pool_connections{executable=\"create-user\",state=\"idle\"}")
+    );
+    assert_eq!(users(&sb), 2);
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// Clients send requests one after another, each on its own connection, until the server
+/// closes them; SIGTERM arrives in the middle. Every request the server read is answered, and
+/// the rows in the database are exactly the `ok` answers.
+fn sigterm_under_load_loses_nothing_and_answers_every_request_read(backend: Backend) {
+    let Some(sb) = set_up(backend) else { return };
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let addr = served.address("tcp://");
+    let oks = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (addr, oks, errors, started) = (
+                addr.clone(),
+                Arc::clone(&oks),
+                Arc::clone(&errors),
+                Arc::clone(&started),
+            );
+            std::thread::spawn(move || {
+                let mut client = LineClient::tcp(&addr);
+                for i in 0.. {
+                    let line = format!("--username t{c}x{i} --email t{c}x{i}@example.com\n");
+                    if client.send(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    match client.recv() {
+                        Some(answer) if is_ok(&answer) => oks.fetch_add(1, Ordering::SeqCst),
+                        Some(answer) => {
+                            assert_eq!(answer["error"]["kind"], "interrupted", "{answer}");
+                            errors.fetch_add(1, Ordering::SeqCst)
+                        }
+                        None => return,
+                    };
+                    started.store(true, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr) = served.terminate();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    let oks = oks.load(Ordering::SeqCst);
+    assert!(oks > 0, "no request was served before the SIGTERM");
+    assert_eq!(
+        users(&sb),
+        i64::try_from(oks).unwrap(),
+        "rows differ from the ok answers"
+    );
+}
+
+#[test]
+fn malformed_requests_are_answered_and_the_connection_stays_usable() {
+    let sb = Sandbox::new();
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let mut client = served.client();
+    let cases: [(&[u8], &str, &str); 9] = [
+        (b"\xff\xfe --username x\n", "usage", "not UTF-8"),
+        (b"--username 'open --email a@b.c\n", "usage", "quoting"),
+        (b"{\"username\": \n", "usage", "not valid JSON"),
+        (
+            b"{\"username\": [\"x\", {}]}\n",
+            "usage",
+            "must be a string",
+        ),
+        (b"--self-setup\n", "usage", "--self-setup is not served"),
+        (b"--serve\n", "usage", "--serve is not served"),
+        (b"--username x --email a@b.c --bogus\n", "usage", "--bogus"),
+        (b"\n", "usage", "empty"),
+        (
+            b"--username 9bad --email a@b.c\n",
+            "invalid_input",
+            "not valid",
+        ),
+    ];
+    for (line, kind, says) in cases {
+        client.send(line).unwrap();
+        let answer = client.recv().expect("an answer");
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["error"]["kind"], kind, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message:?} should say {says:?}");
+    }
+    let answer = client.call("--create --username alice --email alice@example.com");
+    assert!(is_ok(&answer), "{answer}");
+
+    // An oversized line is answered, then the connection is closed.
+    let mut long = vec![b'x'; 65 * 1024];
+    long.push(b'\n');
+    let _ = client.send(&long);
+    let answer = client.recv().expect("an answer to the long line");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 65536"),
+        "{answer}"
+    );
+    assert!(client.recv().is_none(), "the connection stays open");
+    // The service goes on for others.
+    let answer = served
+        .client()
+        .call("--username bob --email bob@example.com");
+    assert!(is_ok(&answer), "{answer}");
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn limits_on_connections_and_idle_time_are_kept() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_SERVE__MAX_CONNECTIONS", "2");
+    sb.set_env("COMMONDB_SERVE__IDLE_TIMEOUT_MS", "500");
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let mut first = served.client();
+    let mut second = served.client();
+    assert!(is_ok(&first.call("--username aa1 --email aa1@example.com")));
+    assert!(is_ok(
+        &second.call("--username aa2 --email aa2@example.com")
+    ));
+    let mut third = served.client();
+    let refused = third.recv().expect("an answer before the close");
+    assert_eq!(refused["error"]["kind"], "temporary", "{refused}");
+    assert!(third.recv().is_none());
+    // Idle connections are closed after the idle timeout, which frees their slots.
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(first.recv().is_none(), "an idle connection stayed open");
+    assert!(is_ok(
+        &served
+            .client()
+            .call("--username aa3 --email aa3@example.com")
+    ));
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_and_clients_must_present_it() {
+    let sb = Sandbox::new();
+    let run = sb.run(EXE, &["--serve", "--listen", "tcp://0.0.0.0:0"]);
+    run.code(78).stderr_has("no access token");
+
+    let token = "s3cret-token-0123456789";
+    write_private(
+        &sb.secrets_dir().join(format!("{EXE}.toml")),
+        &format!("serve_token = \"{token}\"\n"),
+    );
+    let served = sb.serve(
+        EXE,
+        &[
+            "--listen",
+            "tcp://0.0.0.0:0",
+            "--listen",
+            "http://0.0.0.0:0",
+        ],
+    );
+    let port = |prefix: &str| {
+        let addr = served.address(prefix);
+        format!("127.0.0.1:{}", addr.rsplit_once(':').unwrap().1)
+    };
+    let mut anonymous = LineClient::tcp(&port("tcp://"));
+    let answer = anonymous.call("--username anon --email anon@example.com");
+    assert_eq!(answer["error"]["kind"], "permission", "{answer}");
+    assert!(anonymous.recv().is_none(), "kept a client without a token");
+    let mut wrong = LineClient::tcp(&port("tcp://"));
+    assert_eq!(
+        wrong.call("AUTH not-the-token")["error"]["kind"],
+        "permission"
+    );
+    let mut client = LineClient::tcp(&port("tcp://"));
+    assert!(is_ok(&client.call(&format!("AUTH {token}"))));
+    assert!(is_ok(
+        &client.call("--username alice --email alice@example.com")
+    ));
+
+    let body = br#"{"username": "bob", "email": "bob@example.com"}"#;
+    let (status, _) = http(&port("http://"), "POST", "/create", &[], body);
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {token}");
+    let (status, text) = http(
+        &port("http://"),
+        "POST",
+        "/create",
+        &[("Authorization", &bearer)],
+        body,
+    );
+    assert_eq!(status, 201, "{text}");
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains(token), "the token was logged: {stderr}");
+}
+
+fn write_private(file: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = file.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(file, text).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_unix_socket_is_private_and_removed_at_exit() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let path = sb.root().join("create-user.sock");
+    let spec = format!("unix:{}", path.display());
+    let served = sb.serve(EXE, &["--listen", &spec]);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut client = LineClient::unix(path.to_str().unwrap());
+    assert!(is_ok(
+        &client.call("--username alice --email alice@example.com")
+    ));
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn stdio_serves_one_connection_and_exits() {
+    let sb = Sandbox::new();
+    let mut child = sb
+        .command(EXE, &["--serve", "--listen", "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"--username alice --email alice@example.com\n{\"username\": \"alice\", \"email\": \"b@example.com\"}\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let answers: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(is_ok(&answers[0]));
+    assert_eq!(answers[1]["error"]["kind"], "conflict");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("ready: stdio"),
+        "{output:?}"
+    );
+}
+
+/// A private PostgreSQL (never the shared one) is stopped and started again under a running
+/// service: requests fail fast with "unavailable" while it is down, and succeed again once it
+/// is back, without restarting the service.
+#[test]
+fn a_database_that_stops_and_comes_back_is_used_again() {
+    if Backend::Postgres.admin_url().is_none() {
+        return; // no PostgreSQL here at all (already reported)
+    }
+    let pg = PrivatePostgres::start();
+    let mut sb = Sandbox::new();
+    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("postgres://127.0.0.1:{}/served", pg.port),
+    );
+    sb.set_env("COMMONDB_CONNECT_TIMEOUT_MS", "2000");
+    let mut setup = sb.command(EXE, &["--self-setup"]);
+    setup.env("COMMONDB_ADMIN_URL", &admin);
+    e2e::Run::of(setup, None).code(0);
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let mut client = served.client();
+    assert!(is_ok(
+        &client.call("--username before --email before@example.com")
+    ));
+
+    pg.stop();
+    let asked = Instant::now();
+    let answer = client.call("--username during --email during@example.com");
+    assert_eq!(answer["error"]["kind"], "unavailable", "{answer}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "a request took {:?} to fail while the database was down",
+        asked.elapsed()
+    );
+
+    pg.start_again();
+    let answer = client.call("--username after --email after@example.com");
+    assert!(is_ok(&answer), "not recovered: {answer}");
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A PostgreSQL of the test's own, from `scripts/dev-servers`, on a free port.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-servers")
+    }
+
+    fn run(&self, what: &str) {
+        let status = std::process::Command::new(Self::script())
+            .args([what, self.dir.path().to_str().unwrap()])
+            .env("PG_PORT", self.port.to_string())
+            .status()
+            .expect("scripts/dev-servers runs");
+        assert!(status.success(), "scripts/dev-servers {what} failed");
+    }
+
+    fn start() -> PrivatePostgres {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePostgres {
+            dir: tempfile::Builder::new().prefix("pg-").tempdir().unwrap(),
+            port,
+        };
+        pg.run("start-postgres");
+        pg
+    }
+
+    fn stop(&self) {
+        self.run("stop-postgres");
+    }
+
+    fn start_again(&self) {
+        self.run("start-postgres");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// systemd's socket activation (`LISTEN_FDS`), through `systemd-socket-activate`, and the
+/// readiness message on `NOTIFY_SOCKET`.
+#[test]
+fn systemd_sockets_are_served_and_readiness_is_notified() {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+        return;
+    };
+    let sb = Sandbox::new();
+    let notify_path = sb.root().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(tool);
+    // The tool passes on only the variables named with -E.
+    cmd.args(["-l", &format!("127.0.0.1:{port}")])
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
+        .arg(e2e::bin(EXE))
+        .arg("--serve")
+        .env_clear()
+        .envs(sb.env())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .current_dir(sb.root())
+        .stdin(Stdio::null());
+    // The tool starts the program on the first connection, which then waits in the backlog.
+    let first = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        LineClient::tcp(&format!("127.0.0.1:{port}")).call("--username first --email f@example.com")
+    });
+    let served = sb.serve_command(cmd);
+    assert_eq!(served.addresses, [format!("tcp://127.0.0.1:{port}")]);
+    assert!(is_ok(&first.join().unwrap()));
+    let mut message = [0u8; 256];
+    let n = notify
+        .recv(&mut message)
+        .expect("a message on NOTIFY_SOCKET");
+    assert!(
+        String::from_utf8_lossy(&message[..n]).contains("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&message[..n])
+    );
+    let mut client = LineClient::tcp(&format!("127.0.0.1:{port}"));
+    assert!(is_ok(
+        &client.call("--username alice --email alice@example.com")
+    ));
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(tool))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
