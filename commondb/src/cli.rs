@@ -30,6 +30,8 @@ pub(crate) enum Mode<A> {
     Restore { from: Option<PathBuf>, yes: bool },
     /// `--serve`, on the `--listen` addresses given (none: the configured or default ones).
     Serve { listen: Vec<String> },
+    /// `--self-samples N`: the task's first `count` sample requests of run `run`.
+    Samples { count: u64, run: Option<String> },
 }
 
 /// A parsed command line.
@@ -48,6 +50,7 @@ const STATUS: &str = "self-status";
 const BACKUP: &str = "self-backup";
 const RESTORE: &str = "self-restore";
 const SERVE: &str = "serve";
+const SAMPLES: &str = "self-samples";
 const MODES: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
@@ -107,9 +110,17 @@ pub(crate) fn command<T: Task>() -> Command {
             SERVE,
             format!("Serve --{} requests on sockets until SIGTERM (line protocol and HTTP)", T::VERB),
         ))
+        .arg(
+            Arg::new(SAMPLES)
+                .long(SAMPLES)
+                .value_name("N")
+                .value_parser(clap::value_parser!(u64))
+                .help_heading("Modes (exactly one)")
+                .help("Print the task's first N sample requests, one JSON line each (for runmany)"),
+        )
         .group(
             ArgGroup::new(MODES)
-                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE])
+                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE, SAMPLES])
                 .required(true)
                 .multiple(false),
         )
@@ -160,7 +171,7 @@ pub(crate) fn command<T: Task>() -> Command {
             Arg::new("yes")
                 .long("yes")
                 .action(ArgAction::SetTrue)
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS, SERVE])
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS, SERVE, SAMPLES])
                 .help("Confirm --self-cleanup or --self-restore without asking"),
         )
         .arg(
@@ -169,7 +180,7 @@ pub(crate) fn command<T: Task>() -> Command {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 // Not `requires`: a flag's default value would satisfy it.
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS, SERVE])
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS, SERVE, SAMPLES])
                 .help("The backup --self-restore restores (default: the newest)"),
         )
         .arg(
@@ -177,11 +188,18 @@ pub(crate) fn command<T: Task>() -> Command {
                 .long("listen")
                 .value_name("ADDR")
                 .action(ArgAction::Append)
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS])
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SAMPLES])
                 .help(format!(
                     "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
                     T::PORT
                 )),
+        )
+        .arg(
+            Arg::new("run")
+                .long("run")
+                .value_name("ID")
+                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE])
+                .help("The run id --self-samples makes its samples unique to (default: a new one)"),
         );
     let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
     let cmd = T::Args::augment_args(
@@ -209,6 +227,7 @@ pub(crate) fn command<T: Task>() -> Command {
     .mut_arg(BACKUP, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(RESTORE, |a| a.conflicts_with(TASK_ARGS))
     .mut_arg(SERVE, |a| a.conflicts_with(TASK_ARGS))
+    .mut_arg(SAMPLES, |a| a.conflicts_with(TASK_ARGS))
     .override_usage(usage)
 }
 
@@ -266,6 +285,11 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         Mode::Status
     } else if m.get_flag(BACKUP) {
         Mode::Backup
+    } else if let Some(count) = m.get_one::<u64>(SAMPLES) {
+        Mode::Samples {
+            count: *count,
+            run: m.get_one::<String>("run").cloned(),
+        }
     } else if m.get_flag(SERVE) {
         Mode::Serve {
             listen: m
@@ -426,6 +450,18 @@ mod tests {
         assert_eq!(e.kind(), K::ArgumentConflict);
         let e = parse(&["--serve", "--text", "x"]).unwrap_err();
         assert_eq!(e.kind(), K::ArgumentConflict);
+    }
+
+    #[test]
+    fn samples_take_a_count_and_a_run_id() {
+        let inv = parse(&["--self-samples", "3", "--run", "r1"]).unwrap();
+        assert!(
+            matches!(inv.mode, Mode::Samples { count: 3, run: Some(ref r) } if r == "r1")
+        );
+        let e = parse(&["--self-setup", "--run", "r1"]).unwrap_err();
+        assert_eq!(e.kind(), K::ArgumentConflict);
+        let e = parse(&["--self-samples", "x"]).unwrap_err();
+        assert_eq!(e.kind(), K::ValueValidation);
     }
 
     #[test]

@@ -136,6 +136,17 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             runtime.shutdown_timeout(std::time::Duration::from_millis(100));
             served?;
         }
+        Mode::Samples { count, run } => {
+            let run = run.unwrap_or_else(selftest::run_id);
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            for n in 0..count {
+                let line = serve::sample_line::<T>(n, &run)?;
+                if writeln!(stdout, "{line}").is_err() {
+                    break; // a closed pipe (| head) ends the list
+                }
+            }
+            let _ = stdout.flush();
+        }
         Mode::Status => {
             let target = Target::resolve(settings, T::NAME)?;
             let report = block_on(

@@ -196,8 +196,8 @@ impl Suite {
     }
 }
 
-/// A run id unique to this self-test, for the sample requests.
-fn run_id() -> String {
+/// A run id unique to this process, for sample requests.
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -321,6 +321,18 @@ async fn serve_line<T: Task>(
     drop(done);
 }
 
+/// Sample request `n` of run `run` as one JSON line for the runner: `{"n", "argv", "request"}`,
+/// the command-line words (with the verb) for process mode and the JSON object for a service.
+pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
+    let request = serde_json::to_value(T::sample(n, run))
+        .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))?;
+    let (words, _) = service::words_from_json(request.clone())?;
+    let argv: Vec<String> = std::iter::once(format!("--{}", T::VERB))
+        .chain(words)
+        .collect();
+    Ok(serde_json::json!({ "n": n, "argv": argv, "request": request }).to_string())
+}
+
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`
 /// to systemd), serves until SIGTERM or SIGINT, and shuts down gracefully.
 pub(crate) async fn main<T: Task>(
