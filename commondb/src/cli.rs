@@ -41,6 +41,8 @@ pub(crate) struct Invocation<A> {
     pub json: bool,
     pub verbosity: i8,
     pub config: Option<PathBuf>,
+    /// `--performance-report[=PATH]`: `Some(None)` for stderr.
+    pub performance_report: Option<Option<PathBuf>>,
 }
 
 const SETUP: &str = "self-setup";
@@ -166,6 +168,15 @@ pub(crate) fn command<T: Task>() -> Command {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("Read this configuration file after the system and user ones"),
+        )
+        .arg(
+            Arg::new("performance-report")
+                .long("performance-report")
+                .value_name("PATH")
+                .num_args(0..=1)
+                .require_equals(true)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Append one JSON line with the time spent in each phase to PATH (default: stderr)"),
         )
         .arg(
             Arg::new("yes")
@@ -317,6 +328,9 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         json: m.get_flag("json"),
         verbosity,
         config: m.get_one::<PathBuf>("config").cloned(),
+        performance_report: m
+            .contains_id("performance-report")
+            .then(|| m.get_one::<PathBuf>("performance-report").cloned()),
     })
 }
 
@@ -455,9 +469,7 @@ mod tests {
     #[test]
     fn samples_take_a_count_and_a_run_id() {
         let inv = parse(&["--self-samples", "3", "--run", "r1"]).unwrap();
-        assert!(
-            matches!(inv.mode, Mode::Samples { count: 3, run: Some(ref r) } if r == "r1")
-        );
+        assert!(matches!(inv.mode, Mode::Samples { count: 3, run: Some(ref r) } if r == "r1"));
         let e = parse(&["--self-setup", "--run", "r1"]).unwrap_err();
         assert_eq!(e.kind(), K::ArgumentConflict);
         let e = parse(&["--self-samples", "x"]).unwrap_err();

@@ -192,12 +192,20 @@ impl Sources {
 
 /// The environment variables that are settings: those prefixed `COMMONDB_`, except
 /// [`crate::secrets::ADMIN_URL_VAR`], which is the environment form of a secrets file and is read
-/// only by setup and cleanup.
+/// only by setup and cleanup, and the performance report's two variables.
 fn settings_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> HashMap<String, String> {
     vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k.starts_with("COMMONDB_") && k != crate::secrets::ADMIN_URL_VAR)
+        .filter(|(k, _)| {
+            k.starts_with("COMMONDB_")
+                && ![
+                    crate::secrets::ADMIN_URL_VAR,
+                    crate::perf::REPORT_VAR,
+                    crate::perf::SPAWNED_VAR,
+                ]
+                .contains(&k.as_str())
+        })
         .collect()
 }
 

@@ -16,6 +16,7 @@ pub mod config;
 mod db;
 pub mod error;
 mod output;
+mod perf;
 mod run;
 pub mod secrets;
 mod selftest;

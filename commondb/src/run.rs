@@ -11,6 +11,7 @@ use crate::config::{self, Settings, Sources};
 use crate::db::{self, Target, Tx, cleanup, setup, status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
+use crate::perf;
 use crate::selftest;
 use crate::serve;
 use crate::task::{Context, Input, Task};
@@ -23,15 +24,23 @@ use crate::task::{Context, Input, Task};
 /// }
 /// ```
 pub fn main<T: Task>() -> ExitCode {
+    let main_at = std::time::Instant::now();
     let inv = cli::parse::<T>();
+    perf::start(main_at, inv.performance_report);
     let out = Output::new(T::NAME, inv.json, inv.verbosity);
     out.install();
     let sources = Sources::standard(T::NAME, inv.config.as_deref());
-    let outcome =
-        config::load(&sources).and_then(|settings| dispatch::<T>(inv.mode, &settings, &out));
+    let outcome = config::load(&sources).and_then(|settings| {
+        perf::mark("config");
+        dispatch::<T>(inv.mode, &settings, &out)
+    });
     match outcome {
-        Ok(code) => code,
+        Ok(code) => {
+            perf::finish(T::NAME, "ok");
+            code
+        }
         Err(e) => {
+            perf::finish(T::NAME, e.kind().as_str());
             out.error(&e);
             ExitCode::from(e.exit_code())
         }
@@ -174,13 +183,16 @@ pub(crate) async fn perform<T: Task>(
     out: &Output,
 ) -> Result<T::Output> {
     let request = T::prepare(args, &mut Context::new(task_settings, input))?;
+    perf::mark("prepare");
     let (mut conn, setup) = db::open(target, T::MIGRATIONS).await?;
+    perf::mark("connect");
     if let Some(report) = setup {
         out.note(report.summary());
     }
     let output = async {
         let tx = conn.begin_task(&target.location, T::MIGRATIONS).await?;
-        execute_in::<T>(tx, request).await
+        perf::mark("begin");
+        execute_in::<T>(tx, request, std::future::pending()).await
     }
     .await;
     conn.close_after(output).await
@@ -188,10 +200,26 @@ pub(crate) async fn perform<T: Task>(
 
 /// Executes a prepared request in `tx` and commits, or rolls back if the task failed: the one
 /// place a task's handler runs, in process mode, in the self-test and in `--serve`.
-pub(crate) async fn execute_in<T: Task>(mut tx: Tx<'_>, request: T::Request) -> Result<T::Output> {
-    match T::execute(&mut tx, request).await {
+///
+/// `stop` may end the task before its commit (a service's request timeout or shutdown): its
+/// error is returned and `tx` dropped unfinished, so the caller must discard the connection
+/// (the server rolls back). Once the commit is sent nothing stops it: an `Ok` always means
+/// committed, and an error before the commit always means nothing was written.
+pub(crate) async fn execute_in<T: Task>(
+    mut tx: Tx<'_>,
+    request: T::Request,
+    stop: impl Future<Output = Error>,
+) -> Result<T::Output> {
+    let executed = tokio::select! {
+        biased;
+        e = stop => return Err(e),
+        executed = T::execute(&mut tx, request) => executed,
+    };
+    perf::mark("task");
+    match executed {
         Ok(output) => {
             tx.commit().await?;
+            perf::mark("commit");
             Ok(output)
         }
         Err(e) => {

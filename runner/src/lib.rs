@@ -1,5 +1,617 @@
-//! The `runner` crate will hold `runmany`, which launches many instances of an executable in
-//! parallel, measures them and compares process mode with serve mode.
+//! `runmany`: launches many instances of an executable in parallel, measures them, and answers
+//! "process or service?".
 //!
-//! It is a skeleton until its issue lands: there is no binary yet, so nothing here can be
-//! mistaken for a working runner.
+//! ```text
+//! runmany -n 200 create-user                       # 200 processes, each its own sample request
+//! runmany -n 200 -j 0 /bin/true                    # all at once; any program runs as given
+//! runmany -n 50 create-user --create --username 'u{run}x{i}' --email 'u{run}x{i}@example.com'
+//! runmany -n 5000 -j 16 --serve tcp://127.0.0.1:7401 create-user
+//! runmany -n 1000 --compare create-user            # processes, then a service it starts itself
+//! ```
+//!
+//! [`processes`] runs instances (`wait4` for each child's peak RSS and CPU, a pidfd watchdog for
+//! `--timeout`), [`service`] sends requests to a `--serve` instance, [`fleet`] samples the
+//! fleet's memory, [`phases`] reads the executables' performance reports, and [`report`]
+//! turns records into the summary that is printed and exported.
+
+pub mod fleet;
+pub mod phases;
+pub mod processes;
+pub mod report;
+pub mod service;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+
+use report::{Record, Summary};
+use service::{Endpoint, Request};
+
+/// Processes at once unless `-j` says otherwise: on this project's 2-core machines 16 at once
+/// finished 200 `create-user` runs as fast as 200 at once, with shorter tails (README).
+pub const DEFAULT_JOBS: u64 = 16;
+
+/// How often the fleet's memory is sampled.
+const FLEET_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runmany",
+    version,
+    about = "Launch many instances of an executable in parallel, measure them, and compare process mode with a service",
+    after_help = "EXECUTABLE is a path, or a name found next to runmany, then on PATH. Without TASK ARGS, an executable made with commondb performs its own sample request number i (each valid and unique to this run); any other program runs with exactly the arguments given. In TASK ARGS, {i} is the instance's index and {run} an id unique to this invocation.\n\nExit status: 0 if every instance succeeded, 1 if any failed, 2 for a usage error, 69 if the service cannot be reached.",
+    override_usage = "runmany [OPTIONS] -n <N> <EXECUTABLE> [TASK ARGS]..."
+)]
+struct Cli {
+    /// How many instances (or requests) to count
+    #[arg(short = 'n', long = "count", value_name = "N")]
+    count: u64,
+    /// How many at once: processes, or connections with --serve; 0 = all at once
+    #[arg(short = 'j', long = "jobs", value_name = "J", default_value_t = DEFAULT_JOBS)]
+    jobs: u64,
+    /// Kill an instance (or give up on a request) after this many seconds; it counts as failed
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Uncounted runs first (warm caches, first-use setup)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    warmup: u64,
+    /// Write every instance's record and the summary to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH or http://HOST:PORT
+    #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
+    serve: Option<String>,
+    /// Run the workload as processes, then against a service runmany starts (and stops), side by side
+    #[arg(long)]
+    compare: bool,
+    /// Ask commondb executables where their time goes (--performance-report), and print the median per phase
+    #[arg(long)]
+    phases: bool,
+    /// Print only the report (no notes, no progress bar)
+    #[arg(short, long)]
+    quiet: bool,
+    /// The program to run
+    #[arg(value_name = "EXECUTABLE")]
+    exe: String,
+    /// Its arguments, with {i} and {run} replaced per instance
+    #[arg(
+        value_name = "TASK ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
+/// A failure of runmany itself (not of an instance), with its exit code.
+struct Fatal(u8, String);
+
+/// `runmany`'s entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(Fatal(code, message)) => {
+            eprintln!("runmany: error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Fatal {
+    Fatal(2, message.into())
+}
+
+/// What each instance does.
+enum Requests {
+    /// A commondb executable's own samples (`--self-samples`).
+    Samples(Vec<Sample>),
+    /// The task arguments given, with `{i}` and `{run}`.
+    Template(Vec<String>),
+    /// A program that is not a commondb executable, given no arguments.
+    Plain,
+}
+
+#[derive(Clone)]
+struct Sample {
+    argv: Vec<String>,
+    request: Value,
+}
+
+impl Requests {
+    /// The arguments of instance `i`.
+    fn argv(&self, i: u64, run: &str) -> Vec<String> {
+        match self {
+            Requests::Samples(s) => s[i as usize].argv.clone(),
+            Requests::Template(args) => args.iter().map(|a| fill(a, i, run)).collect(),
+            Requests::Plain => Vec::new(),
+        }
+    }
+
+    /// Request `i` for a service.
+    fn request(&self, i: u64, run: &str) -> Request {
+        match self {
+            Requests::Samples(s) => {
+                let json = s[i as usize].request.to_string();
+                Request {
+                    line: json.clone(),
+                    json: Some(json),
+                }
+            }
+            Requests::Template(args) => {
+                let words: Vec<String> = args.iter().map(|a| fill(a, i, run)).collect();
+                Request {
+                    line: shlex::try_join(words.iter().map(String::as_str))
+                        .unwrap_or_else(|_| words.join(" ")),
+                    json: None,
+                }
+            }
+            Requests::Plain => Request {
+                line: String::new(),
+                json: None,
+            },
+        }
+    }
+
+    /// The task's verb, from the samples (`--create` → `create`).
+    fn verb(&self) -> Option<String> {
+        match self {
+            Requests::Samples(s) => s
+                .first()?
+                .argv
+                .first()?
+                .strip_prefix("--")
+                .map(String::from),
+            _ => None,
+        }
+    }
+}
+
+/// Replaces `{i}` and `{run}` in `arg`.
+fn fill(arg: &str, i: u64, run: &str) -> String {
+    arg.replace("{i}", &i.to_string()).replace("{run}", run)
+}
+
+fn run(cli: &Cli) -> Result<bool, Fatal> {
+    if cli.count == 0 {
+        return Err(usage("-n must be at least 1"));
+    }
+    let timeout = match cli.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            return Err(usage("--timeout must be a positive number of seconds"));
+        }
+        t => t.map(Duration::from_secs_f64),
+    };
+    let exe = resolve(&cli.exe)?;
+    let run_id = run_id();
+    let total = cli.warmup + cli.count;
+    let requests = if cli.args.is_empty() {
+        match samples(&exe, total, &run_id) {
+            Some(s) => Requests::Samples(s),
+            None if cli.serve.is_some() || cli.compare => {
+                return Err(usage(format!(
+                    "{} gives no sample requests (it is not a commondb executable): give its task arguments",
+                    exe.display()
+                )));
+            }
+            None => Requests::Plain,
+        }
+    } else {
+        Requests::Template(cli.args.clone())
+    };
+    let note = |m: String| {
+        if !cli.quiet {
+            eprintln!("runmany: {m}");
+        }
+    };
+    let name = exe
+        .file_name()
+        .map_or_else(|| cli.exe.clone(), |n| n.to_string_lossy().into_owned());
+    let mut outcome = Outcome::default();
+    if let Some(addr) = &cli.serve {
+        let endpoint = Endpoint::parse(addr).map_err(usage)?;
+        let server_pid = endpoint.port().and_then(listener_pid);
+        let summary = serve_run(
+            cli, &requests, &run_id, &endpoint, timeout, server_pid, &note,
+        )?;
+        outcome.add("serve", summary);
+    } else {
+        let summary = process_run(cli, &exe, &name, &requests, &run_id, timeout, &note)?;
+        outcome.add("processes", summary);
+        if cli.compare {
+            let summary = compare_serve(cli, &exe, &requests, timeout, &note)?;
+            outcome.add("serve", summary);
+        }
+    }
+    outcome.print(cli.compare);
+    if let Some(path) = &cli.json {
+        outcome.export(path)?;
+    }
+    Ok(outcome.all_ok())
+}
+
+#[derive(Default)]
+struct Outcome {
+    runs: Vec<(&'static str, Summary, Vec<Record>)>,
+}
+
+impl Outcome {
+    fn add(&mut self, mode: &'static str, (summary, records): (Summary, Vec<Record>)) {
+        self.runs.push((mode, summary, records));
+    }
+
+    fn all_ok(&self) -> bool {
+        self.runs.iter().all(|(_, s, _)| s.all_ok())
+    }
+
+    fn print(&self, side_by_side: bool) {
+        for (_, summary, _) in &self.runs {
+            print!("{summary}");
+        }
+        if side_by_side && let [(_, p, _), (_, s, _)] = &self.runs[..] {
+            print!("{}", comparison(p, s));
+        }
+    }
+
+    fn export(&self, path: &Path) -> Result<(), Fatal> {
+        let mut doc = serde_json::Map::new();
+        for (mode, summary, records) in &self.runs {
+            doc.insert(
+                (*mode).into(),
+                serde_json::json!({ "summary": summary, "records": records }),
+            );
+        }
+        let text = serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default();
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Fatal(73, format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// The two runs side by side.
+fn comparison(p: &Summary, s: &Summary) -> String {
+    let lat = |x: &Summary, f: fn(&report::Stats) -> f64| {
+        x.latency_ms
+            .as_ref()
+            .map_or("-".into(), |l| format!("{:.2}", f(l)))
+    };
+    let mem = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let rows = [
+        (
+            "succeeded",
+            p.succeeded.to_string(),
+            s.succeeded.to_string(),
+        ),
+        ("failed", p.failed.to_string(), s.failed.to_string()),
+        (
+            "wall ms",
+            format!("{:.0}", p.wall_ms),
+            format!("{:.0}", s.wall_ms),
+        ),
+        (
+            "throughput/s",
+            format!("{:.1}", p.throughput_per_s),
+            format!("{:.1}", s.throughput_per_s),
+        ),
+        ("latency p50 ms", lat(p, |l| l.p50), lat(s, |l| l.p50)),
+        ("latency p90 ms", lat(p, |l| l.p90), lat(s, |l| l.p90)),
+        ("latency p99 ms", lat(p, |l| l.p99), lat(s, |l| l.p99)),
+        ("latency max ms", lat(p, |l| l.max), lat(s, |l| l.max)),
+        (
+            "memory",
+            format!("{} (fleet PSS peak)", mem(p.fleet_pss_peak_kib)),
+            format!(
+                "{} (service RSS after)",
+                mem(s.server_rss_kib.map(|(_, a)| a))
+            ),
+        ),
+    ];
+    let mut out = format!("\n{:<16}{:>28}  {:>28}\n", "", "processes", "service");
+    for (name, a, b) in rows {
+        out.push_str(&format!("{name:<16}{a:>28}  {b:>28}\n"));
+    }
+    if s.throughput_per_s > 0.0 && p.throughput_per_s > 0.0 {
+        out.push_str(&format!(
+            "the service did {:.1}× the throughput of processes\n",
+            s.throughput_per_s / p.throughput_per_s
+        ));
+    }
+    out
+}
+
+fn progress_bar(cli: &Cli, total: u64, what: &str) -> indicatif::ProgressBar {
+    if cli.quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn process_run(
+    cli: &Cli,
+    exe: &Path,
+    name: &str,
+    requests: &Requests,
+    run_id: &str,
+    timeout: Option<Duration>,
+    note: &dyn Fn(String),
+) -> Result<(Summary, Vec<Record>), Fatal> {
+    let perf_dir = if cli.phases {
+        let dir = std::env::temp_dir().join(format!("runmany-{run_id}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Fatal(73, format!("cannot create {}: {e}", dir.display())))?;
+        Some(dir)
+    } else {
+        None
+    };
+    let argv = |i: u64| requests.argv(i, run_id);
+    let mut plan = processes::Plan {
+        exe,
+        argv: &argv,
+        count: cli.warmup,
+        first: 0,
+        jobs: cli.jobs,
+        timeout,
+        perf_dir: None,
+        env: &[],
+    };
+    if cli.warmup > 0 {
+        note(format!("warming up: {} uncounted run(s)", cli.warmup));
+        processes::run(&plan, None, &|| {});
+    }
+    plan.count = cli.count;
+    plan.first = cli.warmup;
+    plan.perf_dir = perf_dir.as_deref();
+    let bar = progress_bar(cli, cli.count, "processes");
+    let (fleet, sampler) = fleet::Fleet::start(FLEET_INTERVAL);
+    let started = Instant::now();
+    let records = processes::run(&plan, Some(&fleet), &|| bar.inc(1));
+    let wall = started.elapsed();
+    let (peak, samples) = fleet.finish(sampler);
+    bar.finish_and_clear();
+    if let Some(dir) = perf_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let jobs = if cli.jobs == 0 {
+        cli.count
+    } else {
+        cli.jobs.min(cli.count)
+    };
+    let mut summary = Summary::new("processes", name.to_string(), jobs, &records, wall);
+    summary.fleet_pss_peak_kib = peak;
+    summary.fleet_samples = samples;
+    Ok((summary, records))
+}
+
+fn serve_run(
+    cli: &Cli,
+    requests: &Requests,
+    run_id: &str,
+    endpoint: &Endpoint,
+    timeout: Option<Duration>,
+    server_pid: Option<u32>,
+    note: &dyn Fn(String),
+) -> Result<(Summary, Vec<Record>), Fatal> {
+    let shared: Arc<Requests> = Arc::new(match requests {
+        Requests::Samples(s) => Requests::Samples(s.clone()),
+        Requests::Template(t) => Requests::Template(t.clone()),
+        Requests::Plain => Requests::Plain,
+    });
+    let run = run_id.to_string();
+    let make = Arc::clone(&shared);
+    let connections = if cli.jobs == 0 { cli.count } else { cli.jobs };
+    let mut load = service::Load {
+        endpoint: endpoint.clone(),
+        verb: shared.verb(),
+        request: Arc::new(move |i| make.request(i, &run)),
+        count: cli.warmup,
+        first: 0,
+        connections,
+        timeout,
+    };
+    let unreachable = |e: String| Fatal(69, e);
+    if cli.warmup > 0 {
+        note(format!("warming up: {} uncounted request(s)", cli.warmup));
+        service::run(&load, Arc::new(|| {})).map_err(unreachable)?;
+    }
+    load.count = cli.count;
+    load.first = cli.warmup;
+    let before = server_pid.and_then(fleet::rss_kib);
+    let bar = progress_bar(cli, cli.count, "requests");
+    let tick = bar.clone();
+    let started = Instant::now();
+    let records = service::run(&load, Arc::new(move || tick.inc(1))).map_err(unreachable)?;
+    let wall = started.elapsed();
+    bar.finish_and_clear();
+    let after = server_pid.and_then(fleet::rss_kib);
+    let target = match endpoint {
+        Endpoint::Tcp(a) => format!("tcp://{a}"),
+        Endpoint::Http(a) => format!("http://{a}"),
+        Endpoint::Unix(p) => format!("unix:{}", p.display()),
+    };
+    let mut summary = Summary::new("serve", target, connections.min(cli.count), &records, wall);
+    summary.server_rss_kib = before.zip(after);
+    Ok((summary, records))
+}
+
+/// Starts `exe --serve` on an ephemeral loopback port, runs the same workload against it with
+/// fresh sample requests, and stops it with SIGTERM.
+fn compare_serve(
+    cli: &Cli,
+    exe: &Path,
+    requests: &Requests,
+    timeout: Option<Duration>,
+    note: &dyn Fn(String),
+) -> Result<(Summary, Vec<Record>), Fatal> {
+    use std::io::BufRead;
+    let run_id = run_id();
+    let requests = match requests {
+        Requests::Samples(_) => Requests::Samples(
+            samples(exe, cli.warmup + cli.count, &run_id)
+                .ok_or_else(|| usage("the executable stopped giving sample requests"))?,
+        ),
+        Requests::Template(t) => Requests::Template(t.clone()),
+        Requests::Plain => Requests::Plain,
+    };
+    let mut child = Command::new(exe)
+        .args(["--serve", "--listen", "tcp://127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Fatal(69, format!("cannot start {} --serve: {e}", exe.display())))?;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut address = None;
+    let mut said = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some((_, addrs)) = line.split_once(": ready: ") {
+            address = addrs.split(' ').next().map(String::from);
+            break;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    // Keep draining its stderr so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let Some(address) = address else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Fatal(
+            69,
+            format!("{} --serve did not start:\n{said}", exe.display()),
+        ));
+    };
+    note(format!("started {} --serve on {address}", exe.display()));
+    let endpoint = Endpoint::parse(&address).map_err(usage)?;
+    let result = serve_run(
+        cli,
+        &requests,
+        &run_id,
+        &endpoint,
+        timeout,
+        Some(child.id()),
+        note,
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    result
+}
+
+/// The executable: a path as given, else a name next to runmany's own binary, else on PATH.
+fn resolve(exe: &str) -> Result<PathBuf, Fatal> {
+    let found = if exe.contains('/') {
+        Some(PathBuf::from(exe)).filter(|p| p.is_file())
+    } else {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|me| me.parent().map(|d| d.join(exe)))
+            .filter(|p| p.is_file());
+        beside.or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join(exe))
+                    .find(|p| p.is_file())
+            })
+        })
+    };
+    found.ok_or_else(|| {
+        usage(format!(
+            "{exe} was not found (as a path, next to runmany, or on PATH)"
+        ))
+    })
+}
+
+/// The executable's first `n` sample requests of run `run`, if it is a commondb executable.
+fn samples(exe: &Path, n: u64, run: &str) -> Option<Vec<Sample>> {
+    let out = Command::new(exe)
+        .args(["--self-samples", &n.to_string(), "--run", run])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let samples: Option<Vec<Sample>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let doc: Value = serde_json::from_str(l).ok()?;
+            let argv = doc["argv"]
+                .as_array()?
+                .iter()
+                .map(|a| a.as_str().map(String::from))
+                .collect::<Option<Vec<String>>>()?;
+            Some(Sample {
+                argv,
+                request: doc["request"].clone(),
+            })
+        })
+        .collect();
+    samples.filter(|s| s.len() as u64 == n)
+}
+
+/// A short id unique to this invocation (sample usernames must stay short).
+fn run_id() -> String {
+    let n = getrandom::u64().unwrap_or_else(|_| processes::unix_nanos() as u64);
+    format!("{:08x}", n as u32)
+}
+
+/// The process listening on TCP `port` on this machine, if it can be found in `/proc`.
+fn listener_pid(port: u16) -> Option<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let local_port = f.get(1)?.rsplit_once(':')?.1;
+                // State 0A is LISTEN.
+                (u16::from_str_radix(local_port, 16).ok()? == port && f.get(3)? == &"0A")
+                    .then(|| f.get(9).map(|s| s.to_string()))
+                    .flatten()
+            })
+        })?;
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .filter_map(Result::ok)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+            .then_some(pid)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_per_instance() {
+        assert_eq!(fill("u{run}x{i}@{i}", 7, "ab"), "uabx7@7");
+        let t = Requests::Template(vec!["--name".into(), "it's {i}".into()]);
+        assert_eq!(t.argv(3, "r"), ["--name", "it's 3"]);
+        assert_eq!(t.request(3, "r").line, r#"--name "it's 3""#);
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["runmany", "-n", "5", "x", "--create", "-j", "3"]).unwrap();
+        assert_eq!(cli.args, ["--create", "-j", "3"]);
+        assert_eq!(cli.jobs, DEFAULT_JOBS);
+    }
+}

@@ -26,7 +26,15 @@ pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "--bins", "-p", "executables"]);
+        build.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "executables",
+            "-p",
+            "runner",
+        ]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }

@@ -13,8 +13,25 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The phases of a request, as `--performance-report` names them in process mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step {
+    /// Validating (and hashing) the arguments.
+    Prepare,
+    /// Waiting for a pooled database connection.
+    Acquire,
+    /// The schema check and `BEGIN`.
+    Begin,
+    /// The task and its commit.
+    Execute,
+}
+
+const PHASES: [&str; 4] = ["prepare", "acquire", "begin", "execute"];
+
 #[derive(Default)]
 pub(crate) struct Metrics {
+    phase_micros: [AtomicU64; PHASES.len()],
+    phase_count: [AtomicU64; PHASES.len()],
     /// `ok` first, then one per [`ErrorKind::ALL`].
     outcomes: [AtomicU64; 1 + ErrorKind::ALL.len()],
     buckets: [AtomicU64; BUCKETS.len()],
@@ -25,6 +42,14 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// Records the time one request spent in `phase`.
+    pub(crate) fn phase(&self, step: Step, took: Duration) {
+        let i = step as usize;
+        self.phase_micros[i]
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.phase_count[i].fetch_add(1, Relaxed);
+    }
+
     /// Records one answered request.
     pub(crate) fn observe(&self, outcome: Option<ErrorKind>, took: Duration) {
         let slot = outcome.map_or(0, |kind| {
@@ -75,6 +100,19 @@ impl Metrics {
              commondb_request_duration_seconds_count{{executable=\"{name}\"}} {count}",
             self.sum_micros.load(Relaxed) as f64 / 1e6
         );
+        let _ = writeln!(
+            out,
+            "# HELP commondb_request_phase_seconds Time requests spent in each phase.\n# TYPE commondb_request_phase_seconds summary"
+        );
+        for (i, phase) in PHASES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "commondb_request_phase_seconds_sum{{executable=\"{name}\",phase=\"{phase}\"}} {}\n\
+                 commondb_request_phase_seconds_count{{executable=\"{name}\",phase=\"{phase}\"}} {}",
+                self.phase_micros[i].load(Relaxed) as f64 / 1e6,
+                self.phase_count[i].load(Relaxed),
+            );
+        }
         let (in_use, idle, size) = pool;
         let _ = writeln!(
             out,

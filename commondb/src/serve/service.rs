@@ -1,11 +1,12 @@
 //! One request, whatever the protocol: parsed into the task's own `Args` by the same clap
 //! definition as the command line, prepared by [`Task::prepare`], executed by
-//! [`crate::run::execute_in`] on a pooled connection, answered with the JSON document
-//! `--json` prints, wrapped with its outcome.
+//! [`crate::run::execute_in`] (as in process mode) on a pooled connection, answered with the
+//! JSON document `--json` prints, wrapped with its outcome.
 //!
 //! A request runs in a task of its own, so that a client that goes away, or a protocol that
 //! stops waiting, never cancels a commit half-way: an answer `ok` means committed. Before the
-//! commit, the request is bounded by `request_timeout_ms` and by the shutdown's cut.
+//! commit, the request is bounded by `request_timeout_ms` and by the shutdown's cut; the time of
+//! each phase (prepare, acquire, begin, execute) goes to the metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Args as _, Command, FromArgMatches};
 use serde_json::Value;
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Step};
 use super::pool::Pool;
 use super::{Phase, Stage};
 use crate::config::ServeSettings;
@@ -127,6 +128,7 @@ impl<T: Task> Service<T> {
     }
 
     async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+        let started = Instant::now();
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut phase = self.phase.clone();
@@ -153,38 +155,38 @@ impl<T: Task> Service<T> {
                 "the database is slow or overloaded; try again, or raise serve.request_timeout_ms",
             )
         };
+        let prepared = Instant::now();
+        self.metrics.phase(Step::Prepare, started.elapsed());
         let mut lease = tokio::select! {
             biased;
             () = phase.reached(Stage::Cut) => return Err(cut()),
             lease = tokio::time::timeout_at(deadline, self.pool.acquire()) => lease.map_err(|_| timed_out())??,
         };
-        let output = {
-            let mut tx = tokio::select! {
-                biased;
-                () = phase.reached(Stage::Cut) => return Err(cut()),
-                tx = tokio::time::timeout_at(deadline, lease.begin()) => tx.map_err(|_| timed_out())??,
-            };
-            let executed = tokio::select! {
-                biased;
-                () = phase.reached(Stage::Cut) => return Err(cut()),
-                output = tokio::time::timeout_at(deadline, T::execute(&mut tx, request)) => output.map_err(|_| timed_out())?,
-            };
-            // From here on nothing cancels: the answer says what the database did.
-            match executed {
-                Ok(output) => {
-                    tx.commit().await?;
-                    output
-                }
-                Err(e) => {
-                    let rolled_back = tx.rollback().await;
-                    if rolled_back.is_ok() && reusable(e.kind()) {
-                        lease.keep();
-                    }
-                    return Err(e);
-                }
+        let acquired = Instant::now();
+        self.metrics.phase(Step::Acquire, acquired - prepared);
+        let tx = tokio::select! {
+            biased;
+            () = phase.reached(Stage::Cut) => return Err(cut()),
+            tx = tokio::time::timeout_at(deadline, lease.begin()) => tx.map_err(|_| timed_out())??,
+        };
+        let begun = Instant::now();
+        self.metrics.phase(Step::Begin, begun - acquired);
+        // The request timeout and the shutdown's cut stop the task before its commit, never
+        // during it (`execute_in`).
+        let stop = async {
+            tokio::select! {
+                () = phase.reached(Stage::Cut) => cut(),
+                () = tokio::time::sleep_until(deadline) => timed_out(),
             }
         };
-        lease.keep();
+        let result = crate::run::execute_in::<T>(tx, request, stop).await;
+        self.metrics.phase(Step::Execute, begun.elapsed());
+        match &result {
+            Ok(_) => lease.keep(),
+            Err(e) if reusable(e.kind()) => lease.keep(),
+            Err(_) => {}
+        }
+        let output = result?;
         serde_json::to_value(&output)
             .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))
     }

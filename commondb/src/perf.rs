@@ -1,0 +1,120 @@
+//! `--performance-report[=PATH]`: where one run's time goes, as one JSON line.
+//!
+//! ```text
+//! {"executable":"create-user","outcome":"ok","phases_us":{"start":612,"config":95,"prepare":4,
+//!  "connect":310,"begin":120,"task":90,"commit":1400},"total_us":2031,"since_spawn_us":2650}
+//! ```
+//!
+//! `start` is from the spawn to `main` (known when the launcher sets `COMMONDB_SPAWNED_AT_NS`,
+//! as `runmany` does), then each phase runs from the end of the one before. The line is appended
+//! to PATH (`-` or no value: stderr); `COMMONDB_PERFORMANCE_REPORT=PATH` turns it on from the
+//! environment. When it is off, a mark costs one atomic load.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// The environment variable that turns the report on.
+pub const REPORT_VAR: &str = "COMMONDB_PERFORMANCE_REPORT";
+/// When the launcher spawned this process, in nanoseconds since the Unix epoch.
+pub const SPAWNED_VAR: &str = "COMMONDB_SPAWNED_AT_NS";
+
+static ON: AtomicBool = AtomicBool::new(false);
+static REPORT: Mutex<Option<Report>> = Mutex::new(None);
+
+struct Report {
+    to: Option<PathBuf>,
+    main_at: Instant,
+    last: Instant,
+    phases: Vec<(&'static str, u64)>,
+}
+
+/// Turns the report on if `flag` (the option's value: `Some(None)` for stderr) or the
+/// environment asks for it. `main_at` is when `main` began.
+pub(crate) fn start(main_at: Instant, flag: Option<Option<PathBuf>>) {
+    let to = match flag {
+        Some(path) => path,
+        None => match std::env::var_os(REPORT_VAR) {
+            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            _ => return,
+        },
+    };
+    let to = to.filter(|p| p.as_os_str() != "-");
+    let mut phases = Vec::with_capacity(8);
+    if let Some(spawned) = spawned_at() {
+        let at_main = unix_nanos().saturating_sub(main_at.elapsed().as_nanos());
+        phases.push(("start", micros(at_main.saturating_sub(spawned))));
+    }
+    *lock() = Some(Report {
+        to,
+        main_at,
+        last: main_at,
+        phases,
+    });
+    ON.store(true, Ordering::Release);
+}
+
+/// Ends phase `name` now.
+pub(crate) fn mark(name: &'static str) {
+    if !ON.load(Ordering::Acquire) {
+        return;
+    }
+    if let Some(r) = lock().as_mut() {
+        let now = Instant::now();
+        r.phases
+            .push((name, micros(now.duration_since(r.last).as_nanos())));
+        r.last = now;
+    }
+}
+
+/// Writes the report line, if the report is on; `outcome` is `ok` or the error's kind.
+pub(crate) fn finish(exe: &str, outcome: &str) {
+    if !ON.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let Some(r) = lock().take() else { return };
+    let phases: serde_json::Map<String, serde_json::Value> = r
+        .phases
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).into()))
+        .collect();
+    let mut doc = serde_json::json!({
+        "executable": exe,
+        "outcome": outcome,
+        "phases_us": phases,
+        "total_us": micros(r.main_at.elapsed().as_nanos()),
+    });
+    if let Some(spawned) = spawned_at() {
+        doc["since_spawn_us"] = micros(unix_nanos().saturating_sub(spawned)).into();
+    }
+    let line = format!("{doc}\n");
+    // A report that cannot be written must not change the run's outcome.
+    let _ = match &r.to {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes())),
+        None => std::io::stderr().write_all(line.as_bytes()),
+    };
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Report>> {
+    REPORT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawned_at() -> Option<u128> {
+    std::env::var(SPAWNED_VAR).ok()?.parse().ok()
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn micros(nanos: u128) -> u64 {
+    u64::try_from(nanos / 1000).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,5 @@
+//! `runmany`: see the `runner` crate.
+
+fn main() -> std::process::ExitCode {
+    runner::main()
+}

@@ -1,0 +1,306 @@
+//! Serve mode: the same requests sent to a running `--serve` instance over `connections`
+//! persistent client connections, each with one request outstanding at a time (a closed loop,
+//! as pgbench's clients are), over the line protocol (TCP or a unix socket) or HTTP/1.1.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::report::Record;
+
+/// Where the service is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The line protocol over TCP, `host:port`.
+    Tcp(String),
+    /// The line protocol on a unix socket.
+    Unix(PathBuf),
+    /// HTTP/1.1, `host:port`.
+    Http(String),
+}
+
+impl Endpoint {
+    /// Parses `tcp://HOST:PORT`, `unix:PATH` or `http://HOST:PORT`.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if let Some(a) = s.strip_prefix("tcp://") {
+            Ok(Endpoint::Tcp(a.to_string()))
+        } else if let Some(a) = s.strip_prefix("http://") {
+            Ok(Endpoint::Http(a.trim_end_matches('/').to_string()))
+        } else if let Some(p) = s.strip_prefix("unix:") {
+            Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else {
+            Err(format!(
+                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH or http://HOST:PORT (as the service's ready line names them)"
+            ))
+        }
+    }
+
+    /// The TCP port, if any.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Endpoint::Tcp(a) | Endpoint::Http(a) => a.rsplit_once(':')?.1.parse().ok(),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+/// One request in both of its forms.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A line of the line protocol (no newline).
+    pub line: String,
+    /// An HTTP body, when the request has a JSON form.
+    pub json: Option<String>,
+}
+
+/// What to send.
+#[derive(Clone)]
+pub struct Load {
+    /// Where the service is.
+    pub endpoint: Endpoint,
+    /// `POST /<verb>` over HTTP.
+    pub verb: Option<String>,
+    /// Request `i`.
+    pub request: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+    /// How many requests.
+    pub count: u64,
+    /// The index of the first.
+    pub first: u64,
+    /// Client connections, each with one request outstanding.
+    pub connections: u64,
+    /// Per request.
+    pub timeout: Option<Duration>,
+}
+
+/// Sends the requests; returns their records in index order, or why the service could not be
+/// used at all.
+pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Record>, String> {
+    if matches!(load.endpoint, Endpoint::Http(_)) && load.verb.is_none() {
+        return Err("over HTTP the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut records = runtime.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..load.connections.max(1).min(load.count.max(1)) {
+            clients.push(Client::connect(&load.endpoint, load.verb.as_deref()).await?);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut client in clients {
+            let (next, load, progress) = (Arc::clone(&next), load.clone(), Arc::clone(&progress));
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= load.count {
+                        break;
+                    }
+                    let i = load.first + k;
+                    let request = (load.request)(i);
+                    mine.push(client.call(i, &request, &load).await);
+                    progress();
+                }
+                mine
+            });
+        }
+        let mut all = Vec::with_capacity(load.count as usize);
+        while let Some(mine) = tasks.join_next().await {
+            all.extend(mine.map_err(|e| format!("a client failed: {e}"))?);
+        }
+        Ok::<_, String>(all)
+    })?;
+    records.sort_by_key(|r| r.i);
+    Ok(records)
+}
+
+enum Client {
+    Line {
+        reader: BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+        writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        endpoint: Endpoint,
+    },
+    Http {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        authority: String,
+        path: String,
+    },
+}
+
+impl Client {
+    async fn connect(endpoint: &Endpoint, verb: Option<&str>) -> Result<Client, String> {
+        let refused =
+            |e: std::io::Error| format!("cannot connect to the service at {endpoint:?}: {e}");
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(refused)?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                Ok(Client::Line {
+                    reader: BufReader::new(Box::new(r)),
+                    writer: Box::new(w),
+                    endpoint: endpoint.clone(),
+                })
+            }
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(refused)?;
+                let (r, w) = stream.into_split();
+                Ok(Client::Line {
+                    reader: BufReader::new(Box::new(r)),
+                    writer: Box::new(w),
+                    endpoint: endpoint.clone(),
+                })
+            }
+            Endpoint::Http(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(refused)?;
+                let _ = stream.set_nodelay(true);
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+                tokio::spawn(conn);
+                Ok(Client::Http {
+                    sender,
+                    authority: addr.clone(),
+                    path: format!("/{}", verb.unwrap_or("")),
+                })
+            }
+        }
+    }
+
+    async fn call(&mut self, i: u64, request: &Request, load: &Load) -> Record {
+        let started = Instant::now();
+        let exchange = self.exchange(request);
+        let answer = match load.timeout {
+            Some(t) => tokio::time::timeout(t, exchange).await.ok(),
+            None => Some(exchange.await),
+        };
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut record = Record {
+            i,
+            ok: false,
+            code: None,
+            timed_out: answer.is_none(),
+            latency_us,
+            max_rss_kib: None,
+            user_us: None,
+            system_us: None,
+            error: String::new(),
+            phases: BTreeMap::new(),
+        };
+        match answer {
+            None => {
+                record.error = "no answer within the --timeout".into();
+                // The connection holds a late answer: start afresh.
+                if let Ok(fresh) = Client::connect(&self.endpoint(), load.verb.as_deref()).await {
+                    *self = fresh;
+                }
+            }
+            Some(Err(e)) => record.error = e,
+            Some(Ok(doc)) => {
+                record.ok = doc["ok"] == serde_json::Value::Bool(true);
+                if !record.ok {
+                    record.code = doc["error"]["exit_code"]
+                        .as_i64()
+                        .and_then(|c| i32::try_from(c).ok());
+                    record.error = doc["error"]["message"]
+                        .as_str()
+                        .unwrap_or("an answer without ok")
+                        .to_string();
+                }
+            }
+        }
+        record
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Client::Line { endpoint, .. } => endpoint.clone(),
+            Client::Http { authority, .. } => Endpoint::Http(authority.clone()),
+        }
+    }
+
+    async fn exchange(&mut self, request: &Request) -> Result<serde_json::Value, String> {
+        let text = match self {
+            Client::Line { reader, writer, .. } => {
+                let mut line = Vec::with_capacity(request.line.len() + 1);
+                line.extend_from_slice(request.line.as_bytes());
+                line.push(b'\n');
+                writer
+                    .write_all(&line)
+                    .await
+                    .map_err(|e| format!("sending failed: {e}"))?;
+                let mut answer = String::new();
+                let n = reader
+                    .read_line(&mut answer)
+                    .await
+                    .map_err(|e| format!("reading the answer failed: {e}"))?;
+                if n == 0 {
+                    return Err("the service closed the connection".into());
+                }
+                answer
+            }
+            Client::Http {
+                sender,
+                authority,
+                path,
+            } => {
+                let body = request.json.clone().unwrap_or_default();
+                let req = hyper::Request::post(path.as_str())
+                    .header(hyper::header::HOST, authority.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                let response = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| format!("the HTTP request failed: {e}"))?;
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the HTTP answer failed: {e}"))?
+                    .to_bytes();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| format!("the answer is not JSON ({e}): {text:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:7401").unwrap(),
+            Endpoint::Tcp("127.0.0.1:7401".into())
+        );
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:80/").unwrap(),
+            Endpoint::Http("127.0.0.1:80".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:/run/x.sock").unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert!(Endpoint::parse("127.0.0.1:1").is_err());
+        assert_eq!(Endpoint::parse("tcp://h:7401").unwrap().port(), Some(7401));
+    }
+}
