@@ -190,7 +190,13 @@ pub(crate) async fn perform<T: Task>(
         out.note(report.summary());
     }
     let output = async {
-        let tx = conn.begin_task(&target.location, T::MIGRATIONS).await?;
+        let begin = db::Begin {
+            check: true,
+            single: T::SINGLE_STATEMENT,
+        };
+        let tx = conn
+            .begin_with(&target.location, T::MIGRATIONS, begin)
+            .await?;
         perf::mark("begin");
         execute_in::<T>(tx, request, std::future::pending()).await
     }
@@ -203,17 +209,26 @@ pub(crate) async fn perform<T: Task>(
 ///
 /// `stop` may end the task before its commit (a service's request timeout or shutdown): its
 /// error is returned and `tx` dropped unfinished, so the caller must discard the connection
-/// (the server rolls back). Once the commit is sent nothing stops it: an `Ok` always means
-/// committed, and an error before the commit always means nothing was written.
+/// (the server rolls back). Once the commit is sent nothing stops it, and a single-statement
+/// task's statement is its commit: an `Ok` always means committed, and an error from `stop`
+/// always means nothing was written.
 pub(crate) async fn execute_in<T: Task>(
     mut tx: Tx<'_>,
     request: T::Request,
     stop: impl Future<Output = Error>,
 ) -> Result<T::Output> {
-    let executed = tokio::select! {
-        biased;
-        e = stop => return Err(e),
-        executed = T::execute(&mut tx, request) => executed,
+    let sent = tx.single_sent();
+    let executed = {
+        let mut stop = std::pin::pin!(stop);
+        let mut execute = std::pin::pin!(T::execute(&mut tx, request));
+        tokio::select! {
+            biased;
+            e = &mut stop => match sent {
+                Some(sent) if sent.load(std::sync::atomic::Ordering::Acquire) => execute.await,
+                _ => return Err(e),
+            },
+            executed = &mut execute => executed,
+        }
     };
     perf::mark("task");
     match executed {

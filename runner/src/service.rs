@@ -84,7 +84,14 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
     if matches!(load.endpoint, Endpoint::Http(_)) && load.verb.is_none() {
         return Err("over HTTP the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
     }
+    // No more threads than connections: one connection is served by one thread, with no
+    // wake-ups across threads between a request and its answer.
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = usize::try_from(load.connections.max(1))
+        .unwrap_or(cores)
+        .min(cores);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;

@@ -565,3 +565,95 @@ fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+/// SIGTERM while requests wait behind a lock: after the grace period, a request that had not
+/// sent its statement is answered `interrupted`; one whose statement was running is waited for
+/// and answered with what the database said. Nothing is written, and the service exits 0.
+#[test]
+fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_SERVE__GRACE_MS", "300");
+    sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "1500");
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "20000");
+    sb.run(EXE, &["--self-setup"]).code(0);
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let db = sb.database(EXE);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Another writer holds the database's write lock.
+    let mut holder = runtime.block_on(e2e::open_sqlite(&db));
+    runtime
+        .block_on(sqlx::query("BEGIN IMMEDIATE").execute(&mut holder))
+        .unwrap();
+    // The first waits in its statement (the pool's one SQLite connection), the second for the
+    // connection.
+    let mut running = served.client();
+    running
+        .send(b"--username stuck --email stuck@example.com\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut waiting = served.client();
+    waiting
+        .send(b"--username queued --email queued@example.com\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    served.signal_term();
+    let answer = waiting.recv().expect("an answer to the waiting request");
+    assert_eq!(answer["error"]["kind"], "interrupted", "{answer}");
+    assert_eq!(answer["error"]["exit_code"], 130);
+    let answer = running.recv().expect("an answer to the running request");
+    assert_eq!(answer["error"]["kind"], "temporary", "{answer}");
+    let (code, stderr) = served.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    runtime
+        .block_on(sqlx::query("ROLLBACK").execute(&mut holder))
+        .unwrap();
+    drop(holder);
+    assert_eq!(e2e::sqlite_count(&db, "SELECT COUNT(*) FROM users"), 0);
+}
+
+/// A request that takes longer than `request_timeout_ms` is answered `temporary` and writes
+/// nothing; the connection and the service go on. (The statement, once sent, is bounded by the
+/// database: here SQLite's busy timeout.)
+#[test]
+fn a_request_past_its_timeout_is_answered_and_writes_nothing() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "300");
+    sb.set_env("COMMONDB_SERVE__POOL_SIZE", "2");
+    sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "1000");
+    sb.run(EXE, &["--self-setup"]).code(0);
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let db = sb.database(EXE);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut holder = runtime.block_on(e2e::open_sqlite(&db));
+    runtime
+        .block_on(sqlx::query("BEGIN IMMEDIATE").execute(&mut holder))
+        .unwrap();
+    let mut client = served.client();
+    let started = Instant::now();
+    let answer = client.call("--username slow --email slow@example.com");
+    assert_eq!(answer["error"]["kind"], "temporary", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    runtime
+        .block_on(sqlx::query("ROLLBACK").execute(&mut holder))
+        .unwrap();
+    drop(holder);
+    assert!(is_ok(
+        &client.call("--username fast --email fast@example.com")
+    ));
+    assert_eq!(
+        e2e::sqlite_count(&sb.database(EXE), "SELECT COUNT(*) FROM users"),
+        1
+    );
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -24,6 +24,8 @@ pub(crate) mod status;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
@@ -248,49 +250,107 @@ impl Conn {
         location: &Location,
         migrations: &Migrations,
     ) -> Result<Tx<'_>> {
+        self.begin_with(location, migrations, Begin::CHECKED).await
+    }
+
+    /// Begins a task's transaction as `begin` says: with or without the schema check, and for
+    /// a single-statement task without `BEGIN` at all (its statement commits by itself).
+    pub(crate) async fn begin_with(
+        &mut self,
+        location: &Location,
+        migrations: &Migrations,
+        begin: Begin,
+    ) -> Result<Tx<'_>> {
         match self {
+            Conn::Sqlite(_) if begin.single => Ok(Tx(TxInner::Single(self, Arc::default()))),
             Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
                 sqlx::Connection::begin_with(c, "BEGIN IMMEDIATE").await?,
             ))),
             server => {
-                server.begin_checked(location, migrations).await?;
-                Ok(Tx(TxInner::Server(server)))
+                server.start(location, migrations, begin).await?;
+                Ok(server.wrap(begin))
             }
         }
     }
 
-    /// Like [`Conn::begin_task`], for a connection that sat in a pool: if a server connection
+    /// Like [`Conn::begin_with`], for a connection that sat in a pool: if a server connection
     /// fails before the transaction began (the server restarted while it was idle), it is
-    /// replaced by `reconnect` and the transaction begun on the new one. Nothing was sent that
-    /// could have written, so trying again is safe.
+    /// replaced by `reconnect` and the transaction begun on the new one, checked: nothing was
+    /// sent that could have written, so trying again is safe.
     pub(crate) async fn begin_task_or_reconnect(
         &mut self,
         location: &Location,
         migrations: &Migrations,
+        begin: Begin,
         reconnect: impl Future<Output = Result<Conn>>,
     ) -> Result<Tx<'_>> {
         if let Conn::Sqlite(_) = self {
-            return self.begin_task(location, migrations).await;
+            return self.begin_with(location, migrations, begin).await;
         }
-        match self.begin_checked(location, migrations).await {
+        match self.start(location, migrations, begin).await {
             Err(e) if e.kind() == crate::ErrorKind::Unavailable => {
                 *self = reconnect.await?;
-                self.begin_checked(location, migrations).await?;
+                let checked = Begin {
+                    check: true,
+                    ..begin
+                };
+                self.start(location, migrations, checked).await?;
             }
             other => other?,
         }
-        Ok(Tx(TxInner::Server(self)))
+        Ok(self.wrap(begin))
     }
 
-    /// Begins a transaction on a server in the round trip that checks the schema.
-    async fn begin_checked(&mut self, location: &Location, migrations: &Migrations) -> Result<()> {
+    /// What a server sends before the task's first statement: the check and `BEGIN` in one
+    /// round trip, `BEGIN` alone, the check alone (single statement), or nothing.
+    async fn start(
+        &mut self,
+        location: &Location,
+        migrations: &Migrations,
+        begin: Begin,
+    ) -> Result<()> {
+        match (begin.check, begin.single) {
+            (true, single) => self.begin_checked(location, migrations, !single).await,
+            (false, false) => {
+                let sql = match self.backend() {
+                    Backend::MySql => "START TRANSACTION",
+                    _ => "BEGIN",
+                };
+                self.exec(sql.into()).await
+            }
+            (false, true) => Ok(()),
+        }
+    }
+
+    fn wrap(&mut self, begin: Begin) -> Tx<'_> {
+        if begin.single {
+            Tx(TxInner::Single(self, Arc::default()))
+        } else {
+            Tx(TxInner::Server(self))
+        }
+    }
+
+    /// Checks the schema on a server (setting the session on MySQL), and begins a transaction
+    /// in the same round trip if `begin_tx`.
+    async fn begin_checked(
+        &mut self,
+        location: &Location,
+        migrations: &Migrations,
+        begin_tx: bool,
+    ) -> Result<()> {
         use sqlx::Row;
         const CHECK: &str = schema::APPLIED_SUMMARY;
         let backend = self.backend();
-        let sql = match backend {
-            Backend::MySql => format!("{}; {CHECK}; START TRANSACTION", dialect::MYSQL_SESSION),
-            _ => format!("{CHECK}; BEGIN"),
+        let mut sql = match backend {
+            Backend::MySql => format!("{}; {CHECK}", dialect::MYSQL_SESSION),
+            _ => CHECK.to_string(),
         };
+        if begin_tx {
+            sql.push_str(match backend {
+                Backend::MySql => "; START TRANSACTION",
+                _ => "; BEGIN",
+            });
+        }
         let rows = on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *c).await.map(|rows| {
             rows.first().map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
         }));
@@ -303,7 +363,7 @@ impl Conn {
         if applied == Some(schema::embedded(migrator)) {
             return Ok(());
         }
-        if applied.is_some() {
+        if applied.is_some() && begin_tx {
             self.exec("ROLLBACK".into()).await?;
         }
         let state = schema::check(self, migrations).await?;
@@ -384,6 +444,24 @@ impl Conn {
     }
 }
 
+/// How a task's transaction begins.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Begin {
+    /// Check the schema (on a server, in the round trip that begins).
+    pub check: bool,
+    /// The task runs exactly one statement ([`crate::Task::SINGLE_STATEMENT`]): no `BEGIN` and
+    /// no `COMMIT`, the statement commits by itself, and a second one is refused.
+    pub single: bool,
+}
+
+impl Begin {
+    /// A checked, explicit transaction.
+    pub(crate) const CHECKED: Begin = Begin {
+        check: true,
+        single: false,
+    };
+}
+
 /// The transaction a task's handler runs in; the harness commits it if the handler succeeds and
 /// rolls it back otherwise.
 pub struct Tx<'c>(TxInner<'c>);
@@ -394,6 +472,8 @@ enum TxInner<'c> {
     Sqlite(sqlx::Transaction<'c, Sqlite>),
     /// A server: BEGIN went with the schema check; COMMIT and ROLLBACK are simple queries.
     Server(&'c mut Conn),
+    /// A single-statement task's one statement, which commits by itself; whether it was sent.
+    Single(&'c mut Conn, Arc<AtomicBool>),
 }
 
 /// The connection a transaction's statements run on.
@@ -407,7 +487,7 @@ enum Executor<'a> {
 /// for the backend) and the bound arguments, `$e` the executor.
 macro_rules! on_tx {
     ($tx:expr, $sql:expr, $params:expr, |$q:ident, $e:ident| $run:expr) => {
-        match $tx.executor() {
+        match $tx.executor()? {
             Executor::Sqlite($e) => {
                 let $q = ($sql, $params.sqlite()?);
                 $run
@@ -432,19 +512,38 @@ impl Tx<'_> {
     pub fn backend(&self) -> Backend {
         match &self.0 {
             TxInner::Sqlite(_) => Backend::Sqlite,
-            TxInner::Server(conn) => conn.backend(),
+            TxInner::Server(conn) | TxInner::Single(conn, _) => conn.backend(),
         }
     }
 
-    fn executor(&mut self) -> Executor<'_> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Executor::Sqlite(tx),
-            TxInner::Server(conn) => match &mut **conn {
-                Conn::Sqlite(c) => Executor::Sqlite(c),
-                Conn::Postgres(c) => Executor::Postgres(c),
-                Conn::MySql(c) => Executor::MySql(c),
-            },
+    /// For a single-statement task, whether its statement was sent (then it may commit by
+    /// itself at any moment, and must be waited for rather than cancelled).
+    pub(crate) fn single_sent(&self) -> Option<Arc<AtomicBool>> {
+        match &self.0 {
+            TxInner::Single(_, sent) => Some(Arc::clone(sent)),
+            _ => None,
         }
+    }
+
+    fn executor(&mut self) -> Result<Executor<'_>> {
+        let conn = match &mut self.0 {
+            TxInner::Sqlite(tx) => return Ok(Executor::Sqlite(tx)),
+            TxInner::Server(conn) => conn,
+            TxInner::Single(conn, sent) => {
+                if sent.swap(true, Ordering::AcqRel) {
+                    return Err(Error::internal(
+                        "the task ran a second statement, but it declares SINGLE_STATEMENT",
+                    )
+                    .hint("set SINGLE_STATEMENT to false in the task: its statements need a transaction"));
+                }
+                conn
+            }
+        };
+        Ok(match &mut **conn {
+            Conn::Sqlite(c) => Executor::Sqlite(c),
+            Conn::Postgres(c) => Executor::Postgres(c),
+            Conn::MySql(c) => Executor::MySql(c),
+        })
     }
 
     /// Runs a statement and returns how many rows it changed.
@@ -464,7 +563,7 @@ impl Tx<'_> {
         key: &'static str,
         params: impl Params<'q>,
     ) -> Result<i64> {
-        match self.executor() {
+        match self.executor()? {
             Executor::Sqlite(c) => {
                 let done = sqlx::query_with(sql, params.sqlite()?).execute(c).await?;
                 Ok(done.last_insert_rowid())
@@ -523,6 +622,7 @@ impl Tx<'_> {
         match self.0 {
             TxInner::Sqlite(tx) => Ok(tx.commit().await?),
             TxInner::Server(conn) => conn.exec("COMMIT".into()).await,
+            TxInner::Single(..) => Ok(()),
         }
     }
 
@@ -530,6 +630,8 @@ impl Tx<'_> {
         match self.0 {
             TxInner::Sqlite(tx) => Ok(tx.rollback().await?),
             TxInner::Server(conn) => conn.exec("ROLLBACK".into()).await,
+            // The one statement failed, so it wrote nothing; there is nothing to undo.
+            TxInner::Single(..) => Ok(()),
         }
     }
 }
@@ -703,6 +805,29 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Conflict);
         tx.rollback().await.unwrap();
         assert_eq!(conn.count("SELECT COUNT(*) FROM notes").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_single_statement_commits_by_itself_and_a_second_is_refused() {
+        let (_dir, settings) = testing::scratch();
+        let target = testing::target(&settings);
+        let (mut conn, _) = open(&target, V1).await.unwrap();
+        let single = Begin {
+            check: true,
+            single: true,
+        };
+        let mut tx = conn.begin_with(&target.location, V1, single).await.unwrap();
+        tx.execute("INSERT INTO notes (text) VALUES (?)", ("a",))
+            .await
+            .unwrap();
+        let e = tx
+            .execute("INSERT INTO notes (text) VALUES (?)", ("b",))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.message().contains("SINGLE_STATEMENT"), "{}", e.message());
+        tx.rollback().await.unwrap();
+        assert_eq!(conn.count("SELECT COUNT(*) FROM notes").await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -10,17 +10,24 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::db::{self, Conn, Migrations, Target, Tx};
+use crate::db::{self, Backend, Conn, Migrations, Target, Tx};
 use crate::error::{Error, Result};
+
+/// How long a pooled server connection goes without re-checking the schema: the service checks
+/// it at start and on every new connection, and then at most this often, so that a schema
+/// migrated under a running service is noticed within a second, at the cost of one query a
+/// second per connection instead of one per request.
+const RECHECK: Duration = Duration::from_secs(1);
 
 pub(crate) struct Pool {
     target: Target,
     migrations: &'static Migrations,
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections, with when their schema was last checked.
+    idle: Mutex<Vec<(Conn, Option<Instant>)>>,
     permits: Semaphore,
     size: usize,
     open: AtomicUsize,
@@ -61,13 +68,14 @@ impl Pool {
             .await
             .map_err(|_| Error::unavailable("the service is shutting down"))?;
         let idle = self.lock().pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => self.connect().await?,
+        let (conn, checked) = match idle {
+            Some(idle) => idle,
+            None => (self.connect().await?, None),
         };
         Ok(Lease {
             pool: self,
             conn: Some(conn),
+            checked,
             keep: false,
             _permit: permit,
         })
@@ -84,18 +92,35 @@ impl Pool {
                 ))
                 .hint("check that the database is running and reachable")
             })??;
+        // A statement that is sent is never cancelled by the service (a single statement is its
+        // own commit), so the server bounds it: past the request timeout it fails, having
+        // written nothing.
+        let mut conn = conn;
+        let timeout_ms = self.target.settings.serve.request_timeout_ms;
+        match conn.backend() {
+            Backend::Postgres => {
+                conn.exec(format!("SET statement_timeout = {timeout_ms}"))
+                    .await?
+            }
+            Backend::MySql => {
+                let secs = timeout_ms.div_ceil(1000).max(1);
+                conn.exec(format!("SET SESSION innodb_lock_wait_timeout = {secs}"))
+                    .await?;
+            }
+            Backend::Sqlite => {}
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
     /// Drops the idle connections: after one of them turned out stale, the others (opened
     /// before the same restart) are too.
-    fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         let stale = std::mem::take(&mut *self.lock());
         self.open.fetch_sub(stale.len(), Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Option<Instant>)>> {
         // A panic while holding the lock cannot leave the vector half-changed.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -105,21 +130,32 @@ impl Pool {
 pub(crate) struct Lease<'p> {
     pool: &'p Pool,
     conn: Option<Conn>,
+    checked: Option<Instant>,
     keep: bool,
     _permit: SemaphorePermit<'p>,
 }
 
 impl Lease<'_> {
-    /// Begins the task's transaction, replacing a connection that went stale while idle.
-    pub(crate) async fn begin(&mut self) -> Result<Tx<'_>> {
+    /// Begins the task's transaction (`single`: [`crate::Task::SINGLE_STATEMENT`]), checking
+    /// the schema if it was not checked within [`RECHECK`], and replacing a connection that went
+    /// stale while idle.
+    pub(crate) async fn begin(&mut self, single: bool) -> Result<Tx<'_>> {
         let pool = self.pool;
+        let now = Instant::now();
+        let check = self
+            .checked
+            .is_none_or(|at| now.duration_since(at) >= RECHECK);
+        if check {
+            self.checked = Some(now);
+        }
         let conn = self.conn.as_mut().expect("a lease holds its connection");
         let reconnect = async {
             pool.forget_idle();
             pool.open.fetch_sub(1, Ordering::Relaxed);
             pool.connect().await
         };
-        conn.begin_task_or_reconnect(&pool.target.location, pool.migrations, reconnect)
+        let begin = crate::db::Begin { check, single };
+        conn.begin_task_or_reconnect(&pool.target.location, pool.migrations, begin, reconnect)
             .await
     }
 
@@ -138,7 +174,7 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.keep {
-                self.pool.lock().push(conn);
+                self.pool.lock().push((conn, self.checked));
             } else {
                 self.pool.open.fetch_sub(1, Ordering::Relaxed);
             }

@@ -3,8 +3,9 @@
 //! [`crate::run::execute_in`] (as in process mode) on a pooled connection, answered with the
 //! JSON document `--json` prints, wrapped with its outcome.
 //!
-//! A request runs in a task of its own, so that a client that goes away, or a protocol that
-//! stops waiting, never cancels a commit half-way: an answer `ok` means committed. Before the
+//! An HTTP request runs in a task of its own, so that a client that goes away (hyper then drops
+//! the request's future) never cancels a commit half-way; a line connection waits for each
+//! answer anyway. An answer `ok` means committed. Before the
 //! commit, the request is bounded by `request_timeout_ms` and by the shutdown's cut; the time of
 //! each phase (prepare, acquire, begin, execute) goes to the metrics.
 
@@ -42,12 +43,14 @@ impl<T: Task> Service<T> {
         token: Option<SecretString>,
         task_settings: T::Settings,
     ) -> Self {
-        let command = T::Args::augment_args(
+        let mut command = T::Args::augment_args(
             Command::new(T::NAME)
                 .no_binary_name(true)
                 .disable_help_flag(true)
                 .disable_version_flag(true),
         );
+        // Built once: each request parses with a clone, which then skips clap's build step.
+        command.build();
         Service {
             pool,
             limits,
@@ -76,7 +79,7 @@ impl<T: Task> Service<T> {
     pub(crate) async fn answer_line(self: &Arc<Self>, line: &[u8]) -> Vec<u8> {
         let started = Instant::now();
         let parsed = parse_line(line).and_then(|(words, input)| self.args(words, input));
-        self.answer(parsed, started).await.0
+        self.answer(parsed, started, false).await.0
     }
 
     /// Answers a JSON body (HTTP), with the outcome for the status code.
@@ -89,16 +92,20 @@ impl<T: Task> Service<T> {
             })
             .and_then(words_from_json)
             .and_then(|(words, input)| self.args(words, input));
-        self.answer(parsed, started).await
+        self.answer(parsed, started, true).await
     }
 
     async fn answer(
         self: &Arc<Self>,
         parsed: Result<(T::Args, Input)>,
         started: Instant,
+        detached: bool,
     ) -> (Vec<u8>, Option<ErrorKind>) {
         let result = match parsed {
-            Ok((args, input)) => {
+            // hyper drops a request's future when its client goes away: the request then runs
+            // in a task of its own, so that nothing cancels it half-way. A line connection
+            // always waits for its answer, and saves the hop to another task.
+            Ok((args, input)) if detached => {
                 let service = Arc::clone(self);
                 tokio::spawn(async move { service.execute(args, input).await })
                     .await
@@ -108,6 +115,7 @@ impl<T: Task> Service<T> {
                         )))
                     })
             }
+            Ok((args, input)) => Arc::clone(self).execute(args, input).await,
             Err(e) => Err(e),
         };
         let outcome = result.as_ref().err().map(Error::kind);
@@ -132,13 +140,18 @@ impl<T: Task> Service<T> {
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut phase = self.phase.clone();
-        // Preparing may be CPU work (a password hash): off the threads that serve sockets.
-        let service = Arc::clone(self);
-        let request = tokio::task::spawn_blocking(move || {
-            T::prepare(args, &mut Context::new(&service.task_settings, input))
-        })
-        .await
-        .map_err(|e| Error::internal(format!("preparing the request failed: {e}")))??;
+        // A request with a secret (a password to hash) is prepared on the blocking pool, off the
+        // threads that serve sockets; validation alone is cheaper than the hop there.
+        let request = if matches!(input, Input::Text(_)) {
+            let service = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                T::prepare(args, &mut Context::new(&service.task_settings, input))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("preparing the request failed: {e}")))??
+        } else {
+            T::prepare(args, &mut Context::new(&self.task_settings, input))?
+        };
         let cut = || {
             Error::new(
                 ErrorKind::Interrupted,
@@ -167,7 +180,7 @@ impl<T: Task> Service<T> {
         let tx = tokio::select! {
             biased;
             () = phase.reached(Stage::Cut) => return Err(cut()),
-            tx = tokio::time::timeout_at(deadline, lease.begin()) => tx.map_err(|_| timed_out())??,
+            tx = tokio::time::timeout_at(deadline, lease.begin(T::SINGLE_STATEMENT)) => tx.map_err(|_| timed_out())??,
         };
         let begun = Instant::now();
         self.metrics.phase(Step::Begin, begun - acquired);
@@ -184,6 +197,8 @@ impl<T: Task> Service<T> {
         match &result {
             Ok(_) => lease.keep(),
             Err(e) if reusable(e.kind()) => lease.keep(),
+            // The database went away: the idle connections are as stale as this one.
+            Err(e) if e.kind() == ErrorKind::Unavailable => self.pool.forget_idle(),
             Err(_) => {}
         }
         let output = result?;

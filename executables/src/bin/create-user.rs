@@ -19,6 +19,7 @@ impl Task for CreateUser {
     };
     const PORT: u16 = 7401;
     const CREATES: bool = true;
+    const SINGLE_STATEMENT: bool = true;
     type Args = CreateArgs;
     type Request = NewUser;
     type Output = User;
