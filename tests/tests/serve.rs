@@ -657,3 +657,54 @@ fn a_request_past_its_timeout_is_answered_and_writes_nothing() {
     let (code, stderr) = served.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// SQLite's group commit: concurrent requests share transactions, yet a duplicate fails alone
+/// and the rows are exactly the `ok` answers.
+#[test]
+fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
+    let sb = Sandbox::new();
+    sb.run(EXE, &["--self-setup"]).code(0);
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let addr = served.address("tcp://");
+    let barrier = Arc::new(std::sync::Barrier::new(60));
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|i| {
+                let (addr, barrier) = (&addr, Arc::clone(&barrier));
+                s.spawn(move || {
+                    let mut client = LineClient::tcp(addr);
+                    barrier.wait();
+                    // Every third asks for the same username.
+                    let name = if i % 3 == 0 {
+                        "dupe".to_string()
+                    } else {
+                        format!("gc{i}")
+                    };
+                    (0..5)
+                        .map(|k| {
+                            client.call(&format!("--username {name}{k} --email {name}@example.com"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let oks = answers.iter().filter(|a| is_ok(a)).count();
+    let conflicts = answers
+        .iter()
+        .filter(|a| a["error"]["kind"] == "conflict")
+        .count();
+    assert_eq!(oks + conflicts, 300, "other failures: {answers:?}");
+    // 40 distinct names × 5, and the 20 clients sharing "dupe" write each of dupe0..dupe4 once.
+    assert_eq!(oks, 40 * 5 + 5);
+    assert_eq!(
+        e2e::sqlite_count(&sb.database(EXE), "SELECT COUNT(*) FROM users"),
+        i64::try_from(oks).unwrap()
+    );
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

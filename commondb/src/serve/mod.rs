@@ -10,6 +10,7 @@
 //! and, after `grace_ms`, the *cut* (requests that have not reached their commit stop and are
 //! answered with an error). Then unix socket files are removed and `run` returns.
 
+mod batch;
 mod http;
 mod line;
 mod listen;
@@ -46,6 +47,11 @@ pub(crate) enum Stage {
 pub(crate) struct Phase(watch::Receiver<Stage>);
 
 impl Phase {
+    /// Whether the shutdown has reached `stage`.
+    pub(crate) fn is(&self, stage: Stage) -> bool {
+        *self.0.borrow() >= stage
+    }
+
     /// Returns once the shutdown reached `stage` (never, if the server is dropped first).
     pub(crate) async fn reached(&mut self, stage: Stage) {
         if self.0.wait_for(|s| *s >= stage).await.is_err() {
@@ -115,7 +121,8 @@ impl<T: Task> Server<T> {
         }
         let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
         let (stage, phase) = watch::channel(Stage::Running);
-        let pool = Pool::new(target, T::MIGRATIONS, pool_size);
+        let group_commit = target.backend() == Backend::Sqlite && T::SINGLE_STATEMENT;
+        let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
         let service = Arc::new(Service::new(
             pool,
             limits,
@@ -123,6 +130,12 @@ impl<T: Task> Server<T> {
             token,
             task_settings,
         ));
+        if group_commit {
+            let _ = service.batch.set(batch::Batch::start(
+                Arc::clone(&service.pool),
+                service.phase.clone(),
+            ));
+        }
         Ok(Server {
             service,
             listeners,

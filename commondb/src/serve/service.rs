@@ -25,7 +25,9 @@ use crate::task::{Context, Input, Task};
 
 /// What every connection shares.
 pub(crate) struct Service<T: Task> {
-    pub(crate) pool: Pool,
+    pub(crate) pool: Arc<Pool>,
+    /// SQLite's group commit, for a single-statement task.
+    pub(crate) batch: std::sync::OnceLock<super::batch::Batch<T>>,
     pub(crate) limits: ServeSettings,
     pub(crate) metrics: Metrics,
     pub(crate) phase: Phase,
@@ -37,7 +39,7 @@ pub(crate) struct Service<T: Task> {
 
 impl<T: Task> Service<T> {
     pub(crate) fn new(
-        pool: Pool,
+        pool: Arc<Pool>,
         limits: ServeSettings,
         phase: Phase,
         token: Option<SecretString>,
@@ -53,6 +55,7 @@ impl<T: Task> Service<T> {
         command.build();
         Service {
             pool,
+            batch: std::sync::OnceLock::new(),
             limits,
             metrics: Metrics::default(),
             phase,
@@ -152,24 +155,16 @@ impl<T: Task> Service<T> {
         } else {
             T::prepare(args, &mut Context::new(&self.task_settings, input))?
         };
-        let cut = || {
-            Error::new(
-                ErrorKind::Interrupted,
-                "the service stopped before the request was done; nothing was written",
-            )
-            .hint("send it again to another instance, or after the restart")
-        };
-        let timed_out = || {
-            Error::temporary(format!(
-                "the request did not finish within {} ms; nothing was written",
-                timeout.as_millis()
-            ))
-            .hint(
-                "the database is slow or overloaded; try again, or raise serve.request_timeout_ms",
-            )
-        };
+        let cut = cut_error;
+        let timed_out = || timeout_error(timeout);
         let prepared = Instant::now();
         self.metrics.phase(Step::Prepare, started.elapsed());
+        if let Some(batch) = self.batch.get() {
+            let output = batch.submit(request, deadline).await;
+            self.metrics.phase(Step::Execute, prepared.elapsed());
+            return serde_json::to_value(&output?)
+                .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")));
+        }
         let mut lease = tokio::select! {
             biased;
             () = phase.reached(Stage::Cut) => return Err(cut()),
@@ -269,9 +264,27 @@ impl<T: Task> Service<T> {
     }
 }
 
+/// The answer to a request the shutdown's cut stopped before it wrote anything.
+pub(crate) fn cut_error() -> Error {
+    Error::new(
+        ErrorKind::Interrupted,
+        "the service stopped before the request was done; nothing was written",
+    )
+    .hint("send it again to another instance, or after the restart")
+}
+
+/// The answer to a request that ran out of time before it wrote anything.
+pub(crate) fn timeout_error(timeout: Duration) -> Error {
+    Error::temporary(format!(
+        "the request did not finish within {} ms; nothing was written",
+        timeout.as_millis()
+    ))
+    .hint("the database is slow or overloaded; try again, or raise serve.request_timeout_ms")
+}
+
 /// Whether a connection is still good after a request failed with `kind`: the task refused it
 /// (invalid, duplicate) rather than the connection failing.
-fn reusable(kind: ErrorKind) -> bool {
+pub(crate) fn reusable(kind: ErrorKind) -> bool {
     matches!(
         kind,
         ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Permission | ErrorKind::Failed
