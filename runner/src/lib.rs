@@ -32,9 +32,11 @@ use serde_json::Value;
 use report::{Record, Summary};
 use service::{Endpoint, Request};
 
-/// Processes at once unless `-j` says otherwise: on this project's 2-core machines 16 at once
-/// finished 200 `create-user` runs as fast as 200 at once, with shorter tails (README).
-pub const DEFAULT_JOBS: u64 = 16;
+/// Processes at once unless `-j` says otherwise. Measured on this project's 2-core machines
+/// (`scripts/bench-runmany`, 200 `create-user` runs): 8 at once was the fastest or within 5% of
+/// it on SQLite and PostgreSQL, while 200 at once took 2.5× (SQLite) and 1.15× (PostgreSQL) as
+/// long with tails ten times longer (README).
+pub const DEFAULT_JOBS: u64 = 8;
 
 /// How often the fleet's memory is sampled.
 const FLEET_INTERVAL: Duration = Duration::from_millis(20);
