@@ -58,6 +58,8 @@ fn a_restore_puts_back_exactly_the_backup_and_inserts_go_on(backend: Backend) {
 
     // The keys handed out go on past the restored ones: no collision.
     sb.create_user("dave", "dave@example.com").code(0);
+    // The keys and constraints are back too (PostgreSQL's restore rebuilds them after the load).
+    sb.create_user("alice", "again@example.com").code(73);
     sb.create_user("carol", "carol@example.com").code(0);
     assert_eq!(sb.user_rows().len(), 4);
 

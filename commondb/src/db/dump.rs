@@ -446,6 +446,13 @@ async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Res
                 .await?;
         }
     }
+    // Indexes are built once, after the rows are in, as pg_restore does: maintaining them row by
+    // row is most of a large COPY's time. Dropping them is DDL inside this transaction, so a
+    // failed or killed restore leaves them as they were.
+    let rebuild = match conn {
+        Conn::Postgres(c) => detach_indexes(c, targets).await?,
+        _ => Vec::new(),
+    };
     let mut restored = Vec::new();
     let mut next = match reader.next_item()? {
         Item::Table(name) => Some(name),
@@ -464,11 +471,58 @@ async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Res
         });
     }
     if let Conn::Postgres(c) = conn {
+        for sql in rebuild {
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+        }
         for t in targets {
             reset_sequences(c, &t.name).await?;
         }
     }
     Ok(restored)
+}
+
+/// Drops the primary-key and unique constraints and the other indexes of `targets` that can be
+/// rebuilt afterwards (a table that a foreign key references keeps its own), and returns the
+/// statements that re-create them, as the database itself spells them.
+async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<String>> {
+    let mut drop = Vec::new();
+    let mut rebuild = Vec::new();
+    for t in targets {
+        let table = Backend::Postgres.quote(&t.name);
+        let referenced: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = to_regclass($1))",
+        )
+        .bind(&table)
+        .fetch_one(&mut *c)
+        .await?;
+        if referenced {
+            continue;
+        }
+        let constraints: Vec<(String, String)> = sqlx::query_as(
+            "SELECT quote_ident(conname::text), pg_get_constraintdef(oid) FROM pg_constraint              WHERE conrelid = to_regclass($1) AND contype IN ('p', 'u') ORDER BY contype, conname",
+        )
+        .bind(&table)
+        .fetch_all(&mut *c)
+        .await?;
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i              WHERE i.indrelid = to_regclass($1)              AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)              ORDER BY 1",
+        )
+        .bind(&table)
+        .fetch_all(&mut *c)
+        .await?;
+        for (name, definition) in constraints {
+            drop.push(format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
+            rebuild.push(format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"));
+        }
+        for (name, definition) in indexes {
+            drop.push(format!("DROP INDEX {name}"));
+            rebuild.push(definition);
+        }
+    }
+    for sql in drop {
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+    }
+    Ok(rebuild)
 }
 
 /// One table of a backup on its way into the database.
