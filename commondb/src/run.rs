@@ -107,7 +107,15 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
         Mode::Restore { from, yes } => {
             let target = Target::resolve(settings, T::NAME)?;
             let path = backup::choose(&target, T::NAME, from)?;
-            let header = backup::verify::<T>(&path, target.backend())?;
+            // Asking first, the file is verified whole before the question; with --yes, the
+            // rest of it is verified while the safety backup is taken.
+            let (header, checked) = if yes {
+                let header = backup::inspect::<T>(&path, target.backend())?;
+                (header, backup::Checked::Header)
+            } else {
+                let header = backup::verify::<T>(&path, target.backend())?;
+                (header, backup::Checked::Whole)
+            };
             if !yes {
                 confirm(
                     "--self-restore replaces every row of the database",
@@ -126,7 +134,7 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             }
             out.result(&block_on(
                 Drivers::for_target(&target),
-                backup::restore::<T>(&target, &path, &header),
+                backup::restore::<T>(&target, &path, &header, checked),
             )?);
         }
         Mode::Serve { listen } => {

@@ -126,15 +126,20 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Takes a backup of task `T`'s database.
+/// Takes a backup of task `T`'s database, then applies retention.
 pub(crate) async fn backup<T: Task>(target: &Target, kind: Kind) -> Result<BackupReport> {
     let keep = keep(target)?;
+    let mut report = backup_unpruned::<T>(target, kind).await?;
+    report.removed = retention(&target.settings.backup_dir(), T::NAME, kind, keep);
+    Ok(report)
+}
+
+/// Takes a backup without applying retention (yet).
+async fn backup_unpruned<T: Task>(target: &Target, kind: Kind) -> Result<BackupReport> {
     let mut conn = connect_reader(target, T::MIGRATIONS).await?;
     let result = write_backup::<T>(target, &mut conn, kind).await;
     let _ = conn.close().await;
-    let mut report = result?;
-    report.removed = retention(&target.settings.backup_dir(), T::NAME, kind, keep);
-    Ok(report)
+    result
 }
 
 fn keep(target: &Target) -> Result<usize> {
@@ -255,6 +260,18 @@ pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Resul
 /// and of a schema version no newer than the program's.
 pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
     let header = Reader::open(path)?.verify()?;
+    may_restore::<T>(path, header, backend)
+}
+
+/// Reads only the header of the backup at `path` and checks that this program may restore it
+/// here (its executable, its schema version); [`restore`] then verifies the rest of the file
+/// while it takes the safety backup.
+pub(crate) fn inspect<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
+    let header = file::header(path)?;
+    may_restore::<T>(path, header, backend)
+}
+
+fn may_restore<T: Task>(path: &Path, header: Header, backend: Backend) -> Result<Header> {
     if header.executable != T::NAME {
         return Err(Error::invalid_input(format!(
             "{} is a backup of {}, not of {}; nothing was changed",
@@ -280,17 +297,57 @@ pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
     Ok(header)
 }
 
-/// Restores the verified backup at `path` into task `T`'s database: a safety backup of the
-/// current data first, then every row replaced in one transaction.
+/// Whether [`restore`] is given a file that was verified whole, or only [`inspect`]ed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// [`verify`] read the whole file.
+    Whole,
+    /// [`inspect`] read its header: the restore verifies the rest while it takes the safety
+    /// backup (on two cores, the two take the time of one), and changes nothing, prunes no
+    /// older safety backup and keeps no new one, if the file turns out damaged.
+    Header,
+}
+
+/// Restores the backup at `path` into task `T`'s database: a safety backup of the current
+/// data first, then every row replaced in one transaction.
 pub(crate) async fn restore<T: Task>(
     target: &Target,
     path: &Path,
     header: &Header,
+    checked: Checked,
 ) -> Result<RestoreReport> {
     let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
         let targets = dump::tables(conn).await?;
         dump::check_fits(&header.tables, &targets)?;
-        let safety = backup::<T>(target, Kind::Safety).await?;
+        let safety = match checked {
+            Checked::Whole => backup::<T>(target, Kind::Safety).await?,
+            Checked::Header => {
+                let file = path.to_path_buf();
+                let whole = tokio::task::spawn_blocking(move || Reader::open(&file)?.verify());
+                let safety = backup_unpruned::<T>(target, Kind::Safety).await;
+                let verified = whole
+                    .await
+                    .map_err(|e| Error::internal(format!("verifying the backup stopped: {e}")))?;
+                match (verified, safety) {
+                    (Ok(_), safety) => {
+                        let mut safety = safety?;
+                        safety.removed = retention(
+                            &target.settings.backup_dir(),
+                            T::NAME,
+                            Kind::Safety,
+                            keep(target)?,
+                        );
+                        safety
+                    }
+                    (Err(e), safety) => {
+                        if let Ok(unneeded) = safety {
+                            let _ = std::fs::remove_file(&unneeded.file);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let mut reader = Reader::open(path)?;
         let restored = dump::restore(conn, &mut reader, &targets).await?;
         Ok((restored, safety.file))
@@ -361,7 +418,7 @@ mod tests {
         // the column the old schema lacked takes its default.
         add(&target, NotesV2::MIGRATIONS, "new").await;
         let header = verify::<NotesV2>(&old.file, Backend::Sqlite).unwrap();
-        let report = restore::<NotesV2>(&target, &old.file, &header)
+        let report = restore::<NotesV2>(&target, &old.file, &header, Checked::Whole)
             .await
             .unwrap();
         assert_eq!(report.rows, 1);

@@ -512,7 +512,9 @@ async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<S
         .await?;
         for (name, definition) in constraints {
             drop.push(format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
-            rebuild.push(format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"));
+            rebuild.push(format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
+            ));
         }
         for (name, definition) in indexes {
             drop.push(format!("DROP INDEX {name}"));
