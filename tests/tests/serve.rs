@@ -578,15 +578,8 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     sb.run(EXE, &["--self-setup"]).code(0);
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
     let db = sb.database(EXE);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     // Another writer holds the database's write lock.
-    let mut holder = runtime.block_on(e2e::open_sqlite(&db));
-    runtime
-        .block_on(sqlx::query("BEGIN IMMEDIATE").execute(&mut holder))
-        .unwrap();
+    let lock = WriteLock::hold(&db);
     // The first waits in its statement (the pool's one SQLite connection), the second for the
     // connection.
     let mut running = served.client();
@@ -607,11 +600,34 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     assert_eq!(answer["error"]["kind"], "temporary", "{answer}");
     let (code, stderr) = served.wait();
     assert_eq!(code, Some(0), "{stderr}");
-    runtime
-        .block_on(sqlx::query("ROLLBACK").execute(&mut holder))
-        .unwrap();
-    drop(holder);
+    lock.release();
     assert_eq!(e2e::sqlite_count(&db, "SELECT COUNT(*) FROM users"), 0);
+}
+
+/// A SQLite write lock held by another connection (`BEGIN IMMEDIATE`) until released.
+struct WriteLock {
+    runtime: tokio::runtime::Runtime,
+    conn: sqlx::SqliteConnection,
+}
+
+impl WriteLock {
+    fn hold(db: &std::path::Path) -> WriteLock {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut conn = runtime.block_on(e2e::open_sqlite(db));
+        runtime
+            .block_on(sqlx::query("BEGIN IMMEDIATE").execute(&mut conn))
+            .unwrap();
+        WriteLock { runtime, conn }
+    }
+
+    fn release(mut self) {
+        self.runtime
+            .block_on(sqlx::query("ROLLBACK").execute(&mut self.conn))
+            .unwrap();
+    }
 }
 
 /// A request that takes longer than `request_timeout_ms` is answered `temporary` and writes
@@ -625,15 +641,7 @@ fn a_request_past_its_timeout_is_answered_and_writes_nothing() {
     sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "1000");
     sb.run(EXE, &["--self-setup"]).code(0);
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
-    let db = sb.database(EXE);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut holder = runtime.block_on(e2e::open_sqlite(&db));
-    runtime
-        .block_on(sqlx::query("BEGIN IMMEDIATE").execute(&mut holder))
-        .unwrap();
+    let lock = WriteLock::hold(&sb.database(EXE));
     let mut client = served.client();
     let started = Instant::now();
     let answer = client.call("--username slow --email slow@example.com");
@@ -643,10 +651,7 @@ fn a_request_past_its_timeout_is_answered_and_writes_nothing() {
         "{:?}",
         started.elapsed()
     );
-    runtime
-        .block_on(sqlx::query("ROLLBACK").execute(&mut holder))
-        .unwrap();
-    drop(holder);
+    lock.release();
     assert!(is_ok(
         &client.call("--username fast --email fast@example.com")
     ));

@@ -228,34 +228,41 @@ async fn accept<T: Task>(
             )
             .await;
         }
-        Listener::Tcp(listener, protocol) => loop {
-            let accepted = tokio::select! {
-                biased;
-                () = phase.reached(Stage::Draining) => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    spawn_connection(&service, stream, protocol, needs_token, &slots, &done);
-                }
-                Err(e) => accept_failed(e).await,
-            }
-        },
-        Listener::Unix(listener, protocol, _) => loop {
-            let accepted = tokio::select! {
-                biased;
-                () = phase.reached(Stage::Draining) => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                // The socket file's mode decides who may connect: no token.
-                Ok((stream, _)) => {
-                    spawn_connection(&service, stream, protocol, false, &slots, &done);
-                }
-                Err(e) => accept_failed(e).await,
-            }
-        },
+        Listener::Tcp(listener, protocol) => {
+            let accept = || listener.accept();
+            accept_until_drained(&mut phase, accept, |(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(&service, stream, protocol, needs_token, &slots, &done);
+            })
+            .await;
+        }
+        // The socket file's mode decides who may connect: no token.
+        Listener::Unix(listener, protocol, _) => {
+            let accept = || listener.accept();
+            accept_until_drained(&mut phase, accept, |(stream, _)| {
+                spawn_connection(&service, stream, protocol, false, &slots, &done);
+            })
+            .await;
+        }
+    }
+}
+
+/// Hands each accepted connection to `serve` until the drain begins.
+async fn accept_until_drained<C, F: Future<Output = std::io::Result<C>>>(
+    phase: &mut Phase,
+    mut accept: impl FnMut() -> F,
+    mut serve: impl FnMut(C),
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = phase.reached(Stage::Draining) => return,
+            accepted = accept() => accepted,
+        };
+        match accepted {
+            Ok(connection) => serve(connection),
+            Err(e) => accept_failed(e).await,
+        }
     }
 }
 
