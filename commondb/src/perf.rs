@@ -56,6 +56,12 @@ pub(crate) fn start(main_at: Instant, flag: Option<Option<PathBuf>>) {
     ON.store(true, Ordering::Release);
 }
 
+/// Turns the report off: `--serve` reports its phases per request in its metrics instead (a
+/// process-wide list would grow with every request).
+pub(crate) fn disable() {
+    ON.store(false, Ordering::Release);
+}
+
 /// Ends phase `name` now.
 pub(crate) fn mark(name: &'static str) {
     if !ON.load(Ordering::Acquire) {

@@ -138,6 +138,7 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             )?);
         }
         Mode::Serve { listen } => {
+            perf::disable();
             let target = Target::resolve(settings, T::NAME)?;
             let task_settings = settings.task_settings::<T::Settings>()?;
             // Every core serves sockets; requests wait on the database, not on each other.
@@ -247,9 +248,17 @@ pub(crate) async fn execute_in<T: Task>(
         }
         Err(e) => {
             // Rolled back explicitly, so that a server never holds the failed transaction
-            // until the connection closes.
-            let _ = tx.rollback().await;
-            Err(e)
+            // until the connection closes. If that fails, the connection is in no known state:
+            // the error says so, and its kind keeps a pool from taking the connection back.
+            match tx.rollback().await {
+                Ok(()) => Err(e),
+                Err(failed) => Err(Error::unavailable(format!(
+                    "{} (and rolling back failed: {})",
+                    e.message(),
+                    failed.message()
+                ))
+                .hint("nothing was written; try again")),
+            }
         }
     }
 }

@@ -77,6 +77,9 @@ pub fn run(plan: &Plan<'_>, fleet: Option<&Fleet>, progress: &(dyn Fn() + Sync))
 
 fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Fleet>) -> Record {
     let mut cmd = Command::new(plan.exe);
+    // A group of its own, so that a timeout kills what the instance started too (a child that
+    // holds its stderr open would otherwise keep the run waiting).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args((plan.argv)(i))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -112,7 +115,7 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
         fleet.add(pid);
     }
     let guard = match (watchdog, plan.timeout) {
-        (Some(w), Some(t)) => pidfd(pid).map(|fd| w.watch(fd, started + t)),
+        (Some(w), Some(t)) => pidfd(pid).map(|fd| w.watch(fd, pid, started + t)),
         _ => None,
     };
     let mut stderr = Vec::new();
@@ -123,15 +126,18 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
         // Drain the rest, so that a chatty child never blocks on a full pipe.
         let _ = std::io::copy(&mut pipe, &mut std::io::sink());
     }
+    // Unwatched before the reap, so that the watchdog never signals a pid that was reaped (and
+    // could be reused). Its stderr ended: the instance is exiting, or closed it and runs on
+    // unwatched.
+    let killed = match (watchdog, guard) {
+        (Some(w), Some(id)) => w.unwatch(id),
+        _ => false,
+    };
     let reaped = child.wait4();
     let latency = started.elapsed();
     if let Some(fleet) = fleet {
         fleet.remove(pid);
     }
-    let timed_out = match (watchdog, guard) {
-        (Some(w), Some(id)) => w.unwatch(id),
-        _ => false,
-    };
     let (code, usage) = match reaped {
         Ok(r) => (exit_code(r.status), Some(r.rusage)),
         Err(e) => {
@@ -139,6 +145,9 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
             (None, None)
         }
     };
+    // Timed out only if the kill is what ended it: one that exited just before its deadline
+    // (a zombie can still be signalled) keeps its own status.
+    let timed_out = killed && code == Some(128 + 9);
     let ok = code == Some(0) && !timed_out;
     let mut phases = BTreeMap::new();
     if let Some(file) = &perf_file {
@@ -195,8 +204,8 @@ struct Watchdog {
 #[derive(Default)]
 struct WatchState {
     next_id: u64,
-    /// id → (deadline, pidfd, killed)
-    watched: BTreeMap<u64, (Instant, OwnedFd, bool)>,
+    /// id → (deadline, pidfd and pid, killed)
+    watched: BTreeMap<u64, (Instant, (OwnedFd, u32), bool)>,
     stop: bool,
 }
 
@@ -212,11 +221,11 @@ impl Watchdog {
         w
     }
 
-    fn watch(&self, fd: OwnedFd, deadline: Instant) -> u64 {
+    fn watch(&self, fd: OwnedFd, pid: u32, deadline: Instant) -> u64 {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = s.next_id;
-        s.watched.insert(id, (deadline, fd, false));
+        s.watched.insert(id, (deadline, (fd, pid), false));
         self.wake.notify_one();
         id
     }
@@ -238,9 +247,20 @@ impl Watchdog {
                 return;
             }
             let now = Instant::now();
-            for (deadline, fd, killed) in s.watched.values_mut() {
+            for (deadline, (fd, pid), killed) in s.watched.values_mut() {
                 if !*killed && *deadline <= now {
                     let _ = rustix::process::pidfd_send_signal(&*fd, rustix::process::Signal::KILL);
+                    // Its group too. An instance is unwatched before it is reaped, so its pid,
+                    // which is the group's id, cannot have been reused.
+                    if let Some(group) = i32::try_from(*pid)
+                        .ok()
+                        .and_then(rustix::process::Pid::from_raw)
+                    {
+                        let _ = rustix::process::kill_process_group(
+                            group,
+                            rustix::process::Signal::KILL,
+                        );
+                    }
                     *killed = true;
                 }
             }

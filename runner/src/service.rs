@@ -102,7 +102,8 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
             clients.push(Client::connect(&load.endpoint, load.verb.as_deref()).await?);
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for mut client in clients {
+        for client in clients {
+            let mut client = Some(client);
             let (next, load, progress) = (Arc::clone(&next), load.clone(), Arc::clone(&progress));
             tasks.spawn(async move {
                 let mut mine = Vec::new();
@@ -113,7 +114,7 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
                     }
                     let i = load.first + k;
                     let request = (load.request)(i);
-                    mine.push(client.call(i, &request, &load).await);
+                    mine.push(call(&mut client, i, &request, &load).await);
                     progress();
                 }
                 mine
@@ -129,11 +130,71 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
     Ok(records)
 }
 
+/// Sends request `i` on `client`, connecting first if it has none. After a timeout or a failed
+/// exchange the connection is dropped (it may still owe a late answer, which must never be read
+/// as the next request's), and the next request connects afresh.
+async fn call(client: &mut Option<Client>, i: u64, request: &Request, load: &Load) -> Record {
+    let started = Instant::now();
+    let mut record = Record {
+        i,
+        ok: false,
+        code: None,
+        timed_out: false,
+        latency_us: 0,
+        max_rss_kib: None,
+        user_us: None,
+        system_us: None,
+        error: String::new(),
+        phases: BTreeMap::new(),
+    };
+    if client.is_none() {
+        match Client::connect(&load.endpoint, load.verb.as_deref()).await {
+            Ok(fresh) => *client = Some(fresh),
+            Err(e) => {
+                record.error = e;
+                return record;
+            }
+        }
+    }
+    let Some(connected) = client.as_mut() else {
+        return record;
+    };
+    let exchange = connected.exchange(request);
+    let answer = match load.timeout {
+        Some(t) => tokio::time::timeout(t, exchange).await.ok(),
+        None => Some(exchange.await),
+    };
+    record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match answer {
+        None => {
+            record.timed_out = true;
+            record.error = "no answer within the --timeout".into();
+            *client = None;
+        }
+        Some(Err(e)) => {
+            record.error = e;
+            *client = None;
+        }
+        Some(Ok(doc)) => {
+            record.ok = doc["ok"] == serde_json::Value::Bool(true);
+            if !record.ok {
+                record.code = doc["error"]["exit_code"]
+                    .as_i64()
+                    .and_then(|c| i32::try_from(c).ok());
+                record.error = doc["error"]["message"]
+                    .as_str()
+                    .unwrap_or("an answer without ok")
+                    .to_string();
+            }
+        }
+    }
+    record
+}
+
 enum Client {
     Line {
         reader: BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
         writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-        endpoint: Endpoint,
     },
     Http {
         sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -156,7 +217,6 @@ impl Client {
                 Ok(Client::Line {
                     reader: BufReader::new(Box::new(r)),
                     writer: Box::new(w),
-                    endpoint: endpoint.clone(),
                 })
             }
             Endpoint::Unix(path) => {
@@ -167,7 +227,6 @@ impl Client {
                 Ok(Client::Line {
                     reader: BufReader::new(Box::new(r)),
                     writer: Box::new(w),
-                    endpoint: endpoint.clone(),
                 })
             }
             Endpoint::Http(addr) => {
@@ -186,58 +245,6 @@ impl Client {
                     path: format!("/{}", verb.unwrap_or("")),
                 })
             }
-        }
-    }
-
-    async fn call(&mut self, i: u64, request: &Request, load: &Load) -> Record {
-        let started = Instant::now();
-        let exchange = self.exchange(request);
-        let answer = match load.timeout {
-            Some(t) => tokio::time::timeout(t, exchange).await.ok(),
-            None => Some(exchange.await),
-        };
-        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut record = Record {
-            i,
-            ok: false,
-            code: None,
-            timed_out: answer.is_none(),
-            latency_us,
-            max_rss_kib: None,
-            user_us: None,
-            system_us: None,
-            error: String::new(),
-            phases: BTreeMap::new(),
-        };
-        match answer {
-            None => {
-                record.error = "no answer within the --timeout".into();
-                // The connection holds a late answer: start afresh.
-                if let Ok(fresh) = Client::connect(&self.endpoint(), load.verb.as_deref()).await {
-                    *self = fresh;
-                }
-            }
-            Some(Err(e)) => record.error = e,
-            Some(Ok(doc)) => {
-                record.ok = doc["ok"] == serde_json::Value::Bool(true);
-                if !record.ok {
-                    record.code = doc["error"]["exit_code"]
-                        .as_i64()
-                        .and_then(|c| i32::try_from(c).ok());
-                    record.error = doc["error"]["message"]
-                        .as_str()
-                        .unwrap_or("an answer without ok")
-                        .to_string();
-                }
-            }
-        }
-        record
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        match self {
-            Client::Line { endpoint, .. } => endpoint.clone(),
-            Client::Http { authority, .. } => Endpoint::Http(authority.clone()),
         }
     }
 

@@ -285,3 +285,30 @@ fn a_backup_moves_from_sqlite_to_postgres_to_mariadb_and_back() {
         sb.create_user("carol", "carol@example.com").code(0);
     }
 }
+
+/// Undoing a restore with its own safety backup works even when retention keeps one: the file
+/// being restored is opened before the new safety backup prunes anything.
+#[test]
+fn a_restore_from_the_only_safety_backup_survives_retention() {
+    let Some(mut sb) = set_up(Backend::Sqlite) else {
+        return;
+    };
+    sb.set_env("COMMONDB_BACKUP_KEEP", "1");
+    sb.create_user("alice", "alice@example.com").code(0);
+    let first = backed_up(&sb);
+    sb.create_user("bob", "bob@example.com").code(0);
+    let with_bob = sb.user_rows();
+    let restore = sb.run_admin(
+        EXE,
+        &["--self-restore", "--yes", "--json", "--from", &first],
+    );
+    restore.code(0);
+    let safety = restore.json()["safety_backup"]
+        .as_str()
+        .expect("the report names the safety backup")
+        .to_string();
+    // Restoring the safety backup takes a new one, which may prune the old: not before use.
+    sb.run_admin(EXE, &["--self-restore", "--yes", "--from", &safety])
+        .code(0);
+    assert_eq!(sb.user_rows(), with_bob, "the undo did not bring bob back");
+}

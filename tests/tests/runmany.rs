@@ -174,6 +174,23 @@ fn timeouts_kill_and_count_as_failures_and_any_program_runs() {
     run.code(1)
         .stdout_has("failed 3 (3 timed out)")
         .stdout_has("137 × 3");
+    // What an instance started is killed with it: a child holding stderr does not hold the run.
+    let started = std::time::Instant::now();
+    runmany(
+        &sb,
+        &[
+            "-n",
+            "2",
+            "--timeout",
+            "0.3",
+            "/bin/sh",
+            "-c",
+            "sleep 30; true",
+        ],
+    )
+    .code(1)
+    .stdout_has("137 × 2 (2 timed out)");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let run = runmany(&sb, &["-n", "50", "-j", "0", "/bin/true"]);
     run.code(0).stdout_has("50 × true (processes, 50 at once)");
     let run = runmany(&sb, &["-n", "4", "/bin/false"]);

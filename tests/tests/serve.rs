@@ -713,3 +713,37 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
     let (code, stderr) = served.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A socket systemd bound on a non-loopback address needs the token as much as one we bind.
+#[test]
+fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+        return;
+    };
+    let sb = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(tool);
+    cmd.args(["-l", &format!("0.0.0.0:{port}")])
+        .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
+        .arg(e2e::bin(EXE))
+        .arg("--serve")
+        .env_clear()
+        .envs(sb.env())
+        .current_dir(sb.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The tool starts the program on the first connection.
+    std::thread::sleep(Duration::from_millis(300));
+    let _first = std::net::TcpStream::connect(("127.0.0.1", port));
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("no access token"), "{stderr}");
+}

@@ -303,8 +303,9 @@ pub(crate) enum Checked {
     /// [`verify`] read the whole file.
     Whole,
     /// [`inspect`] read its header: the restore verifies the rest while it takes the safety
-    /// backup (on two cores, the two take the time of one), and changes nothing, prunes no
-    /// older safety backup and keeps no new one, if the file turns out damaged.
+    /// backup (on two cores, the two take the time of one), and changes nothing and keeps no
+    /// new safety backup if the file turns out damaged. (Older safety backups are pruned only
+    /// after a restore committed, in either case.)
     Header,
 }
 
@@ -319,37 +320,29 @@ pub(crate) async fn restore<T: Task>(
     let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
         let targets = dump::tables(conn).await?;
         dump::check_fits(&header.tables, &targets)?;
-        let safety = match checked {
-            Checked::Whole => backup::<T>(target, Kind::Safety).await?,
-            Checked::Header => {
-                let file = path.to_path_buf();
-                let whole = tokio::task::spawn_blocking(move || Reader::open(&file)?.verify());
-                let safety = backup_unpruned::<T>(target, Kind::Safety).await;
-                let verified = whole
-                    .await
-                    .map_err(|e| Error::internal(format!("verifying the backup stopped: {e}")))?;
-                match (verified, safety) {
-                    (Ok(_), safety) => {
-                        let mut safety = safety?;
-                        safety.removed = retention(
-                            &target.settings.backup_dir(),
-                            T::NAME,
-                            Kind::Safety,
-                            keep(target)?,
-                        );
-                        safety
+        // Opened before any retention runs: an open file survives its own removal.
+        let mut reader = Reader::open(path)?;
+        let safety = async || -> Result<BackupReport> {
+            if checked == Checked::Whole {
+                return backup_unpruned::<T>(target, Kind::Safety).await;
+            }
+            let file = path.to_path_buf();
+            let whole = tokio::task::spawn_blocking(move || Reader::open(&file)?.verify());
+            let safety = backup_unpruned::<T>(target, Kind::Safety).await;
+            let verified = whole
+                .await
+                .map_err(|e| Error::internal(format!("verifying the backup stopped: {e}")))?;
+            match (verified, safety) {
+                (Ok(_), safety) => safety,
+                (Err(e), safety) => {
+                    if let Ok(unneeded) = safety {
+                        let _ = std::fs::remove_file(&unneeded.file);
                     }
-                    (Err(e), safety) => {
-                        if let Ok(unneeded) = safety {
-                            let _ = std::fs::remove_file(&unneeded.file);
-                        }
-                        return Err(e);
-                    }
+                    Err(e)
                 }
             }
         };
-        let mut reader = Reader::open(path)?;
-        let restored = dump::restore(conn, &mut reader, &targets).await?;
+        let (restored, safety) = dump::restore(conn, &mut reader, &targets, safety).await?;
         Ok((restored, safety.file))
     };
     let (tables, safety_backup) = match &target.location {
@@ -372,6 +365,13 @@ pub(crate) async fn restore<T: Task>(
             .await?
         }
     };
+    // Only now, with the restore committed, may older safety backups go.
+    retention(
+        &target.settings.backup_dir(),
+        T::NAME,
+        Kind::Safety,
+        keep(target)?,
+    );
     Ok(RestoreReport {
         file: path.to_path_buf(),
         taken_at: header.created_at,

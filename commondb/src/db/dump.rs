@@ -407,23 +407,54 @@ pub(crate) fn check_fits(infos: &[TableInfo], targets: &[Table]) -> Result<()> {
 /// Replaces the rows of every task table (`targets`, as [`tables`] described them) with the
 /// backup's, in one transaction: all or nothing. The caller has verified the file and checked
 /// that it fits ([`check_fits`]).
-pub(crate) async fn restore(
+///
+/// The transaction first locks the task tables against writers (readers go on), then runs
+/// `before` (the safety backup, on a connection of its own), so that what `before` reads is
+/// exactly what the restore replaces: nothing can be committed in between.
+pub(crate) async fn restore<S>(
     conn: &mut Conn,
     reader: &mut Reader,
     targets: &[Table],
-) -> Result<Vec<Restored>> {
-    match conn.backend() {
+    before: impl AsyncFnOnce() -> Result<S>,
+) -> Result<(Vec<Restored>, S)> {
+    let backend = conn.backend();
+    let names = || targets.iter().map(|t| t.name.as_str());
+    match backend {
+        // The write lock, at once; readers of the WAL go on.
         Backend::Sqlite => conn.exec("BEGIN IMMEDIATE".into()).await?,
-        Backend::Postgres => conn.exec("SET TIME ZONE 'UTC'; BEGIN".into()).await?,
+        Backend::Postgres => {
+            let mut sql = "SET TIME ZONE 'UTC'; BEGIN".to_string();
+            if !targets.is_empty() {
+                sql.push_str(&format!(
+                    "; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                    quoted_list(backend, names())
+                ));
+            }
+            conn.exec(sql).await?;
+        }
         Backend::MySql => {
             conn.exec(super::dialect::MYSQL_SESSION.into()).await?;
             conn.exec("START TRANSACTION".into()).await?;
+            // Shared next-key locks on every row and gap: writers wait, snapshot readers don't.
+            for name in names() {
+                conn.exec(format!(
+                    "SELECT COUNT(*) FROM {} LOCK IN SHARE MODE",
+                    backend.quote(name)
+                ))
+                .await?;
+            }
         }
     }
-    match replace(conn, reader, targets).await {
-        Ok(restored) => {
+    let replaced = async {
+        let taken = before().await?;
+        let restored = replace(conn, reader, targets).await?;
+        Ok::<_, Error>((restored, taken))
+    }
+    .await;
+    match replaced {
+        Ok(done) => {
             conn.exec("COMMIT".into()).await?;
-            Ok(restored)
+            Ok(done)
         }
         Err(e) => {
             let _ = conn.exec("ROLLBACK".into()).await;

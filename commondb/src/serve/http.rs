@@ -57,6 +57,8 @@ pub(crate) async fn refuse(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'sta
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
         .serve_connection(TokioIo::new(io), handler)
         .await;
 }
@@ -82,9 +84,24 @@ async fn route<T: Task>(
     match (req.method(), path) {
         (&Method::POST, _) if verb_path => {
             let max = service.limits.max_request_bytes;
-            let body = match Limited::new(req.into_body(), max).collect().await {
-                Ok(body) => body.to_bytes(),
+            let wait = Duration::from_millis(service.limits.request_timeout_ms);
+            let read = tokio::time::timeout(wait, Limited::new(req.into_body(), max).collect());
+            let body = match read.await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(e)) if !e.is::<http_body_util::LengthLimitError>() => {
+                    return error(Error::usage(format!(
+                        "reading the request body failed: {e}"
+                    )));
+                }
                 Err(_) => {
+                    let mut response = error(Error::usage(format!(
+                        "the request body did not arrive within {} ms",
+                        wait.as_millis()
+                    )));
+                    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                    return response;
+                }
+                Ok(Err(_)) => {
                     let mut response = error(
                         Error::usage(format!("the request body is longer than {max} bytes"))
                             .hint("send a shorter body, or raise serve.max_request_bytes"),

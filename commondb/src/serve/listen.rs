@@ -119,13 +119,33 @@ impl Listener {
     }
 }
 
-/// Binds every spec. TCP on anything but loopback needs `has_token`.
+/// Binds every spec. TCP on anything but loopback needs `has_token`. If one fails, the unix
+/// sockets already bound are removed again.
 pub(crate) async fn bind(
     specs: &[Spec],
     settings: &ServeSettings,
     has_token: bool,
 ) -> Result<Vec<Listener>> {
     let mut bound = Vec::with_capacity(specs.len());
+    match bind_all(specs, settings, has_token, &mut bound).await {
+        Ok(()) => Ok(bound),
+        Err(e) => {
+            for listener in &bound {
+                if let Listener::Unix(_, _, Some(path)) = listener {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn bind_all(
+    specs: &[Spec],
+    settings: &ServeSettings,
+    has_token: bool,
+    bound: &mut Vec<Listener>,
+) -> Result<()> {
     for spec in specs {
         match spec {
             Spec::Tcp(protocol, host, port) => {
@@ -140,10 +160,7 @@ pub(crate) async fn bind(
                     return Err(Error::config(format!("{host} resolves to no address")));
                 };
                 if !addrs.iter().all(|a| a.ip().is_loopback()) && !has_token {
-                    return Err(Error::config(format!(
-                        "{host} is not a loopback address, and no access token is configured"
-                    ))
-                    .hint("put `serve_token = \"<a long random string>\"` in the executable's secrets file (chmod 600), or listen on 127.0.0.1"));
+                    return Err(no_token(host));
                 }
                 let listener = TcpListener::bind(addr)
                     .await
@@ -155,10 +172,29 @@ pub(crate) async fn bind(
                 bound.push(Listener::Unix(listener, *protocol, Some(path.clone())));
             }
             Spec::Stdio => bound.push(Listener::Stdio),
-            Spec::Systemd(protocol) => bound.extend(systemd(*protocol)?),
+            Spec::Systemd(protocol) => {
+                for listener in systemd(*protocol)? {
+                    // The same rule for a socket systemd bound as for one we bind.
+                    if let Listener::Tcp(l, _) = &listener
+                        && let Ok(addr) = l.local_addr()
+                        && !addr.ip().is_loopback()
+                        && !has_token
+                    {
+                        return Err(no_token(&addr.ip().to_string()));
+                    }
+                    bound.push(listener);
+                }
+            }
         }
     }
-    Ok(bound)
+    Ok(())
+}
+
+fn no_token(host: &str) -> Error {
+    Error::config(format!(
+        "{host} is not a loopback address, and no access token is configured"
+    ))
+    .hint("put `serve_token = \"<a long random string>\"` in the executable's secrets file (chmod 600), or listen on 127.0.0.1")
 }
 
 fn bind_error(what: &str, e: std::io::Error) -> Error {
@@ -184,11 +220,21 @@ fn bind_unix(path: &Path, settings: &ServeSettings) -> Result<UnixListener> {
             return Err(Error::config(format!("{shown} exists and is not a socket"))
                 .hint("choose another path for the socket"));
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(
-                Error::config(format!("{shown} is in use by another service"))
-                    .hint("stop it, or choose another path"),
-            );
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(
+                    Error::config(format!("{shown} is in use by another service"))
+                        .hint("stop it, or choose another path"),
+                );
+            }
+            // Only a socket nobody listens on is stale; one we may not even try is not ours.
+            Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => {
+                return Err(Error::permission(format!(
+                    "cannot tell whether {shown} is in use: {e}"
+                ))
+                .hint("choose another path for the socket"));
+            }
+            Err(_) => {}
         }
         std::fs::remove_file(path).map_err(|e| {
             Error::permission(format!("cannot replace the stale socket {shown}: {e}"))
@@ -204,6 +250,7 @@ fn bind_unix(path: &Path, settings: &ServeSettings) -> Result<UnixListener> {
         rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
             .and_then(|()| rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o660)))
             .map_err(|e| {
+                let _ = std::fs::remove_file(path);
                 Error::permission(format!("cannot give {shown} to group {gid}: {e}"))
                     .hint("the user must be a member of socket_group")
             })?;

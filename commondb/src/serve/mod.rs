@@ -179,12 +179,20 @@ impl<T: Task> Server<T> {
             () = async { while accepting.join_next().await.is_some() {} } => {}
         }
         let _ = stage.send(Stage::Draining);
-        while accepting.join_next().await.is_some() {}
+        // The stdio connection runs inside its accept task: the grace period covers it too.
         let grace = Duration::from_millis(service.limits.grace_ms);
-        if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+        let drained = async {
+            while accepting.join_next().await.is_some() {}
+            let _ = all_done.recv().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             let _ = stage.send(Stage::Cut);
             // Requests that were cut answer at once; one that is committing gets a moment more.
-            let _ = tokio::time::timeout(Duration::from_secs(5), all_done.recv()).await;
+            let rest = async {
+                while accepting.join_next().await.is_some() {}
+                let _ = all_done.recv().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
         }
         for path in paths {
             let _ = std::fs::remove_file(path);

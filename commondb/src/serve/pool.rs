@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 /// How long a pooled server connection goes without re-checking the schema: the service checks
 /// it at start and on every new connection, and then at most this often, so that a schema
 /// migrated under a running service is noticed within a second, at the cost of one query a
-/// second per connection instead of one per request.
+/// second per connection instead of one per request. (On SQLite the schema is checked when the
+/// service starts; a file migrated under a running service is not noticed.)
 const RECHECK: Duration = Duration::from_secs(1);
 
 pub(crate) struct Pool {
@@ -104,8 +105,10 @@ impl Pool {
             }
             Backend::MySql => {
                 let secs = timeout_ms.div_ceil(1000).max(1);
-                conn.exec(format!("SET SESSION innodb_lock_wait_timeout = {secs}"))
-                    .await?;
+                conn.exec(format!(
+                    "SET SESSION innodb_lock_wait_timeout = {secs}, lock_wait_timeout = {secs}"
+                ))
+                .await?;
             }
             Backend::Sqlite => {}
         }
@@ -151,8 +154,10 @@ impl Lease<'_> {
         let conn = self.conn.as_mut().expect("a lease holds its connection");
         let reconnect = async {
             pool.forget_idle();
+            let fresh = pool.connect().await?;
+            // The stale connection it replaces is dropped.
             pool.open.fetch_sub(1, Ordering::Relaxed);
-            pool.connect().await
+            Ok(fresh)
         };
         let begin = crate::db::Begin { check, single };
         conn.begin_task_or_reconnect(&pool.target.location, pool.migrations, begin, reconnect)

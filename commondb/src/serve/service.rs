@@ -3,9 +3,8 @@
 //! [`crate::run::execute_in`] (as in process mode) on a pooled connection, answered with the
 //! JSON document `--json` prints, wrapped with its outcome.
 //!
-//! An HTTP request runs in a task of its own, so that a client that goes away (hyper then drops
-//! the request's future) never cancels a commit half-way; a line connection waits for each
-//! answer anyway. An answer `ok` means committed. Before the
+//! A request runs on its connection's task, so that the connection's slot, the drain and the
+//! cut all cover it. An answer `ok` means committed. Before the
 //! commit, the request is bounded by `request_timeout_ms` and by the shutdown's cut; the time of
 //! each phase (prepare, acquire, begin, execute) goes to the metrics.
 
@@ -82,7 +81,7 @@ impl<T: Task> Service<T> {
     pub(crate) async fn answer_line(self: &Arc<Self>, line: &[u8]) -> Vec<u8> {
         let started = Instant::now();
         let parsed = parse_line(line).and_then(|(words, input)| self.args(words, input));
-        self.answer(parsed, started, false).await.0
+        self.answer(parsed, started).await.0
     }
 
     /// Answers a JSON body (HTTP), with the outcome for the status code.
@@ -95,30 +94,19 @@ impl<T: Task> Service<T> {
             })
             .and_then(words_from_json)
             .and_then(|(words, input)| self.args(words, input));
-        self.answer(parsed, started, true).await
+        self.answer(parsed, started).await
     }
 
     async fn answer(
         self: &Arc<Self>,
         parsed: Result<(T::Args, Input)>,
         started: Instant,
-        detached: bool,
     ) -> (Vec<u8>, Option<ErrorKind>) {
+        // The request runs on the connection's own task, so that its slot, the drain and the
+        // cut all cover it. If hyper drops it (the client went away), its connection is dropped
+        // unreturned and the database rolls back whatever was not committed; no answer is owed.
         let result = match parsed {
-            // hyper drops a request's future when its client goes away: the request then runs
-            // in a task of its own, so that nothing cancels it half-way. A line connection
-            // always waits for its answer, and saves the hop to another task.
-            Ok((args, input)) if detached => {
-                let service = Arc::clone(self);
-                tokio::spawn(async move { service.execute(args, input).await })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Error::internal(format!(
-                            "the request's handler failed: {e}"
-                        )))
-                    })
-            }
-            Ok((args, input)) => Arc::clone(self).execute(args, input).await,
+            Ok((args, input)) => self.execute(args, input).await,
             Err(e) => Err(e),
         };
         let outcome = result.as_ref().err().map(Error::kind);
@@ -127,15 +115,19 @@ impl<T: Task> Service<T> {
     }
 
     /// Prepares and executes one request on a pooled connection.
-    async fn execute(self: Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+        /// Counts a request in flight until it ends, also when it is dropped.
+        struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         self.metrics
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let result = self.execute_counted(args, input).await;
-        self.metrics
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        result
+        let _counted = InFlight(&self.metrics.in_flight);
+        self.execute_counted(args, input).await
     }
 
     async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
