@@ -30,7 +30,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use report::{Record, Summary};
-use service::{Endpoint, Request};
+use service::Endpoint;
 
 /// Processes at once unless `-j` says otherwise. Measured on this project's 2-core machines
 /// (`scripts/bench-runmany`, 200 `create-user` runs): 8 at once was the fastest or within 5% of
@@ -89,6 +89,16 @@ struct Cli {
     args: Vec<String>,
 }
 
+impl Cli {
+    /// How many run at once: `-j`, all for `-j 0`, never more than there are.
+    fn at_once(&self) -> u64 {
+        match self.jobs {
+            0 => self.count,
+            j => j.min(self.count),
+        }
+    }
+}
+
 /// A failure of runmany itself (not of an instance), with its exit code.
 struct Fatal(u8, String);
 
@@ -110,6 +120,7 @@ fn usage(message: impl Into<String>) -> Fatal {
 }
 
 /// What each instance does.
+#[derive(Clone)]
 enum Requests {
     /// A commondb executable's own samples (`--self-samples`).
     Samples(Vec<Sample>),
@@ -122,7 +133,8 @@ enum Requests {
 #[derive(Clone)]
 struct Sample {
     argv: Vec<String>,
-    request: Value,
+    /// The request's JSON text, for a service.
+    request: String,
 }
 
 impl Requests {
@@ -135,28 +147,17 @@ impl Requests {
         }
     }
 
-    /// Request `i` for a service.
-    fn request(&self, i: u64, run: &str) -> Request {
+    /// Request `i` for a service, as a line of the line protocol (a sample's is its JSON
+    /// object, which is also an HTTP body).
+    fn request(&self, i: u64, run: &str) -> String {
         match self {
-            Requests::Samples(s) => {
-                let json = s[i as usize].request.to_string();
-                Request {
-                    line: json.clone(),
-                    json: Some(json),
-                }
-            }
+            Requests::Samples(s) => s[i as usize].request.clone(),
             Requests::Template(args) => {
                 let words: Vec<String> = args.iter().map(|a| fill(a, i, run)).collect();
-                Request {
-                    line: shlex::try_join(words.iter().map(String::as_str))
-                        .unwrap_or_else(|_| words.join(" ")),
-                    json: None,
-                }
+                shlex::try_join(words.iter().map(String::as_str))
+                    .unwrap_or_else(|_| words.join(" "))
             }
-            Requests::Plain => Request {
-                line: String::new(),
-                json: None,
-            },
+            Requests::Plain => String::new(),
         }
     }
 
@@ -362,7 +363,7 @@ fn process_run(
         argv: &argv,
         count: cli.warmup,
         first: 0,
-        jobs: cli.jobs,
+        jobs: cli.at_once(),
         timeout,
         perf_dir: None,
         env: &[],
@@ -384,12 +385,7 @@ fn process_run(
     if let Some(dir) = perf_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
-    let jobs = if cli.jobs == 0 {
-        cli.count
-    } else {
-        cli.jobs.min(cli.count)
-    };
-    let mut summary = Summary::new("processes", name.to_string(), jobs, &records, wall);
+    let mut summary = Summary::new("processes", name.to_string(), cli.at_once(), &records, wall);
     summary.fleet_pss_peak_kib = peak;
     summary.fleet_samples = samples;
     Ok((summary, records))
@@ -404,21 +400,14 @@ fn serve_run(
     server_pid: Option<u32>,
     note: &dyn Fn(String),
 ) -> Result<(Summary, Vec<Record>), Fatal> {
-    let shared: Arc<Requests> = Arc::new(match requests {
-        Requests::Samples(s) => Requests::Samples(s.clone()),
-        Requests::Template(t) => Requests::Template(t.clone()),
-        Requests::Plain => Requests::Plain,
-    });
-    let run = run_id.to_string();
-    let make = Arc::clone(&shared);
-    let connections = if cli.jobs == 0 { cli.count } else { cli.jobs };
+    let (make, run) = (requests.clone(), run_id.to_string());
     let mut load = service::Load {
         endpoint: endpoint.clone(),
-        verb: shared.verb(),
+        verb: requests.verb(),
         request: Arc::new(move |i| make.request(i, &run)),
         count: cli.warmup,
         first: 0,
-        connections,
+        connections: cli.at_once(),
         timeout,
     };
     let unreachable = |e: String| Fatal(69, e);
@@ -436,12 +425,7 @@ fn serve_run(
     let wall = started.elapsed();
     bar.finish_and_clear();
     let after = server_pid.and_then(fleet::rss_kib);
-    let target = match endpoint {
-        Endpoint::Tcp(a) => format!("tcp://{a}"),
-        Endpoint::Http(a) => format!("http://{a}"),
-        Endpoint::Unix(p) => format!("unix:{}", p.display()),
-    };
-    let mut summary = Summary::new("serve", target, connections.min(cli.count), &records, wall);
+    let mut summary = Summary::new("serve", endpoint.to_string(), cli.at_once(), &records, wall);
     summary.server_rss_kib = before.zip(after);
     Ok((summary, records))
 }
@@ -462,8 +446,7 @@ fn compare_serve(
             samples(exe, cli.warmup + cli.count, &run_id)
                 .ok_or_else(|| usage("the executable stopped giving sample requests"))?,
         ),
-        Requests::Template(t) => Requests::Template(t.clone()),
-        Requests::Plain => Requests::Plain,
+        other => other.clone(),
     };
     let mut child = Command::new(exe)
         .args(["--serve", "--listen", "tcp://127.0.0.1:0"])
@@ -557,7 +540,7 @@ fn samples(exe: &Path, n: u64, run: &str) -> Option<Vec<Sample>> {
                 .collect::<Option<Vec<String>>>()?;
             Some(Sample {
                 argv,
-                request: doc["request"].clone(),
+                request: doc["request"].to_string(),
             })
         })
         .collect();
@@ -605,7 +588,7 @@ mod tests {
         assert_eq!(fill("u{run}x{i}@{i}", 7, "ab"), "uabx7@7");
         let t = Requests::Template(vec!["--name".into(), "it's {i}".into()]);
         assert_eq!(t.argv(3, "r"), ["--name", "it's 3"]);
-        assert_eq!(t.request(3, "r").line, r#"--name "it's 3""#);
+        assert_eq!(t.request(3, "r"), r#"--name "it's 3""#);
     }
 
     #[test]

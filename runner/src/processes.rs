@@ -32,7 +32,7 @@ pub struct Plan<'a> {
     pub count: u64,
     /// The first `{i}`.
     pub first: u64,
-    /// At once; 0 = all.
+    /// At once.
     pub jobs: u64,
     /// Per instance.
     pub timeout: Option<Duration>,
@@ -47,11 +47,7 @@ pub fn run(plan: &Plan<'_>, fleet: Option<&Fleet>, progress: &(dyn Fn() + Sync))
     let next = AtomicU64::new(0);
     let records = Mutex::new(Vec::with_capacity(plan.count as usize));
     let watchdog = plan.timeout.map(|_| Watchdog::start());
-    let workers = if plan.jobs == 0 {
-        plan.count
-    } else {
-        plan.jobs.min(plan.count)
-    };
+    let workers = plan.jobs.clamp(1, plan.count.max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -96,17 +92,10 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
+            let error = format!("cannot start {}: {e}", plan.exe.display());
             return Record {
-                i,
-                ok: false,
                 code: Some(127),
-                timed_out: false,
-                latency_us: 0,
-                max_rss_kib: None,
-                user_us: None,
-                system_us: None,
-                error: format!("cannot start {}: {e}", plan.exe.display()),
-                phases: BTreeMap::new(),
+                ..Record::failed(i, error)
             };
         }
     };

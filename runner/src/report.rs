@@ -42,6 +42,24 @@ const PHASE_ORDER: [&str; 8] = [
     "start", "config", "prepare", "connect", "begin", "task", "commit", "exit",
 ];
 
+impl Record {
+    /// Instance `i`, failed with `error` and nothing measured yet.
+    pub fn failed(i: u64, error: String) -> Record {
+        Record {
+            i,
+            ok: false,
+            code: None,
+            timed_out: false,
+            latency_us: 0,
+            max_rss_kib: None,
+            user_us: None,
+            system_us: None,
+            error,
+            phases: BTreeMap::new(),
+        }
+    }
+}
+
 /// Order statistics of a sample, in the sample's unit.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Stats {

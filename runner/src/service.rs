@@ -2,7 +2,6 @@
 //! persistent client connections, each with one request outstanding at a time (a closed loop,
 //! as pgbench's clients are), over the line protocol (TCP or a unix socket) or HTTP/1.1.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,13 +49,15 @@ impl Endpoint {
     }
 }
 
-/// One request in both of its forms.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// A line of the line protocol (no newline).
-    pub line: String,
-    /// An HTTP body, when the request has a JSON form.
-    pub json: Option<String>,
+impl std::fmt::Display for Endpoint {
+    /// As [`Endpoint::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Http(a) => write!(f, "http://{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// What to send.
@@ -66,8 +67,9 @@ pub struct Load {
     pub endpoint: Endpoint,
     /// `POST /<verb>` over HTTP.
     pub verb: Option<String>,
-    /// Request `i`.
-    pub request: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+    /// Request `i`: a line of the line protocol (no newline), which for a sample is its JSON
+    /// object, also the HTTP body.
+    pub request: Arc<dyn Fn(u64) -> String + Send + Sync>,
     /// How many requests.
     pub count: u64,
     /// The index of the first.
@@ -133,20 +135,9 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
 /// Sends request `i` on `client`, connecting first if it has none. After a timeout or a failed
 /// exchange the connection is dropped (it may still owe a late answer, which must never be read
 /// as the next request's), and the next request connects afresh.
-async fn call(client: &mut Option<Client>, i: u64, request: &Request, load: &Load) -> Record {
+async fn call(client: &mut Option<Client>, i: u64, request: &str, load: &Load) -> Record {
     let started = Instant::now();
-    let mut record = Record {
-        i,
-        ok: false,
-        code: None,
-        timed_out: false,
-        latency_us: 0,
-        max_rss_kib: None,
-        user_us: None,
-        system_us: None,
-        error: String::new(),
-        phases: BTreeMap::new(),
-    };
+    let mut record = Record::failed(i, String::new());
     if client.is_none() {
         match Client::connect(&load.endpoint, load.verb.as_deref()).await {
             Ok(fresh) => *client = Some(fresh),
@@ -204,9 +195,21 @@ enum Client {
 }
 
 impl Client {
+    /// A line-protocol client on the two halves of a connection.
+    fn line(
+        reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        writer: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+    ) -> Client {
+        Client::Line {
+            reader: BufReader::new(Box::new(reader)),
+            writer: Box::new(writer),
+        }
+    }
+
     async fn connect(endpoint: &Endpoint, verb: Option<&str>) -> Result<Client, String> {
         let refused =
-            |e: std::io::Error| format!("cannot connect to the service at {endpoint:?}: {e}");
+            |e: std::io::Error| format!("cannot connect to the service at {endpoint}: {e}");
+
         match endpoint {
             Endpoint::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
@@ -214,20 +217,14 @@ impl Client {
                     .map_err(refused)?;
                 let _ = stream.set_nodelay(true);
                 let (r, w) = stream.into_split();
-                Ok(Client::Line {
-                    reader: BufReader::new(Box::new(r)),
-                    writer: Box::new(w),
-                })
+                Ok(Client::line(r, w))
             }
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(refused)?;
                 let (r, w) = stream.into_split();
-                Ok(Client::Line {
-                    reader: BufReader::new(Box::new(r)),
-                    writer: Box::new(w),
-                })
+                Ok(Client::line(r, w))
             }
             Endpoint::Http(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
@@ -248,11 +245,11 @@ impl Client {
         }
     }
 
-    async fn exchange(&mut self, request: &Request) -> Result<serde_json::Value, String> {
+    async fn exchange(&mut self, request: &str) -> Result<serde_json::Value, String> {
         let text = match self {
             Client::Line { reader, writer, .. } => {
-                let mut line = Vec::with_capacity(request.line.len() + 1);
-                line.extend_from_slice(request.line.as_bytes());
+                let mut line = Vec::with_capacity(request.len() + 1);
+                line.extend_from_slice(request.as_bytes());
                 line.push(b'\n');
                 writer
                     .write_all(&line)
@@ -273,7 +270,7 @@ impl Client {
                 authority,
                 path,
             } => {
-                let body = request.json.clone().unwrap_or_default();
+                let body = request.to_string();
                 let req = hyper::Request::post(path.as_str())
                     .header(hyper::header::HOST, authority.as_str())
                     .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -32,6 +32,29 @@ fn set_up(backend: Backend) -> Option<BackendSandbox> {
     Some(sb)
 }
 
+/// Connects `n` clients to `addr`, then, once all are connected, runs `work` on each in a thread
+/// of its own; returns what each returned, in client order.
+fn connected_at_once<R: Send>(
+    addr: &str,
+    n: usize,
+    work: impl Fn(usize, &mut LineClient) -> R + Sync,
+) -> Vec<R> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, work) = (&barrier, &work);
+                s.spawn(move || {
+                    let mut client = LineClient::tcp(addr);
+                    barrier.wait();
+                    work(i, &mut client)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn users(sb: &BackendSandbox) -> i64 {
     sb.count(EXE, "SELECT COUNT(*) FROM users")
 }
@@ -70,21 +93,10 @@ fn two_hundred_concurrent_connections_are_all_served(backend: Backend) {
     let served = sb.serve(EXE, &ANY_PORTS);
     let addr = served.address("tcp://");
     // All 200 connect first, then all send: 200 connections open at once.
-    let barrier = Arc::new(std::sync::Barrier::new(200));
-    let answers: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..200)
-            .map(|i| {
-                let (addr, barrier) = (&addr, Arc::clone(&barrier));
-                s.spawn(move || {
-                    let mut client = LineClient::tcp(addr);
-                    barrier.wait();
-                    client.call(&format!(
-                        r#"{{"username": "cc{i}", "email": "cc{i}@example.com"}}"#
-                    ))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let answers: Vec<Value> = connected_at_once(&addr, 200, |i, client| {
+        client.call(&format!(
+            r#"{{"username": "cc{i}", "email": "cc{i}@example.com"}}"#
+        ))
     });
     let failed: Vec<_> = answers.iter().filter(|a| !is_ok(a)).collect();
     assert!(
@@ -472,11 +484,7 @@ impl PrivatePostgres {
     }
 
     fn start() -> PrivatePostgres {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pg = PrivatePostgres {
             dir: tempfile::Builder::new().prefix("pg-").tempdir().unwrap(),
             port,
@@ -504,33 +512,17 @@ impl Drop for PrivatePostgres {
 /// readiness message on `NOTIFY_SOCKET`.
 #[test]
 fn systemd_sockets_are_served_and_readiness_is_notified() {
-    let Ok(tool) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
-        return;
-    };
     let sb = Sandbox::new();
     let notify_path = sb.root().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = std::process::Command::new(tool);
-    // The tool passes on only the variables named with -E.
-    cmd.args(["-l", &format!("127.0.0.1:{port}")])
-        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
-        .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
-        .arg(e2e::bin(EXE))
-        .arg("--serve")
-        .env_clear()
-        .envs(sb.env())
-        .env("NOTIFY_SOCKET", &notify_path)
-        .current_dir(sb.root())
-        .stdin(Stdio::null());
+    let port = free_port();
+    let notify_env = format!("NOTIFY_SOCKET={}", notify_path.display());
+    let Some(cmd) = socket_activated(&sb, &format!("127.0.0.1:{port}"), &[&notify_env]) else {
+        return;
+    };
     // The tool starts the program on the first connection, which then waits in the backlog.
     let first = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -554,6 +546,36 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
     ));
     let (code, stderr) = served.terminate();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `create-user --serve` under `systemd-socket-activate -l ADDRESS`, which binds the socket and
+/// starts the program on the first connection; `None` (after a loud line) without the tool.
+/// The tool passes on only the variables named with `--setenv`: the sandbox's and `extra`.
+fn socket_activated(sb: &Sandbox, address: &str, extra: &[&str]) -> Option<std::process::Command> {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+        return None;
+    };
+    let mut cmd = std::process::Command::new(tool);
+    cmd.args(["-l", address])
+        .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
+        .args(extra.iter().map(|kv| format!("--setenv={kv}")))
+        .arg(e2e::bin(EXE))
+        .arg("--serve")
+        .env_clear()
+        .envs(sb.env())
+        .current_dir(sb.root())
+        .stdin(Stdio::null());
+    Some(cmd)
+}
+
+/// A TCP port nothing listens on (at the moment of asking).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
@@ -671,33 +693,20 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
     sb.run(EXE, &["--self-setup"]).code(0);
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
     let addr = served.address("tcp://");
-    let barrier = Arc::new(std::sync::Barrier::new(60));
-    let answers: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..60)
-            .map(|i| {
-                let (addr, barrier) = (&addr, Arc::clone(&barrier));
-                s.spawn(move || {
-                    let mut client = LineClient::tcp(addr);
-                    barrier.wait();
-                    // Every third asks for the same username.
-                    let name = if i % 3 == 0 {
-                        "dupe".to_string()
-                    } else {
-                        format!("gc{i}")
-                    };
-                    (0..5)
-                        .map(|k| {
-                            client.call(&format!("--username {name}{k} --email {name}@example.com"))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let answers: Vec<Value> = connected_at_once(&addr, 60, |i, client| {
+        // Every third asks for the same username.
+        let name = if i % 3 == 0 {
+            "dupe".to_string()
+        } else {
+            format!("gc{i}")
+        };
+        (0..5)
+            .map(|k| client.call(&format!("--username {name}{k} --email {name}@example.com")))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let oks = answers.iter().filter(|a| is_ok(a)).count();
     let conflicts = answers
         .iter()
@@ -717,28 +726,16 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
 /// A socket systemd bound on a non-loopback address needs the token as much as one we bind.
 #[test]
 fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
-    let Ok(tool) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+    let sb = Sandbox::new();
+    let port = free_port();
+    let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &[]) else {
         return;
     };
-    let sb = Sandbox::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = std::process::Command::new(tool);
-    cmd.args(["-l", &format!("0.0.0.0:{port}")])
-        .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
-        .arg(e2e::bin(EXE))
-        .arg("--serve")
-        .env_clear()
-        .envs(sb.env())
-        .current_dir(sb.root())
-        .stdin(Stdio::null())
+    let child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // The tool starts the program on the first connection.
     std::thread::sleep(Duration::from_millis(300));
     let _first = std::net::TcpStream::connect(("127.0.0.1", port));

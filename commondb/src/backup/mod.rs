@@ -356,11 +356,8 @@ pub(crate) async fn restore<T: Task>(
         }
         Location::Server(s) => {
             server::as_admin_on_database(target, s, async |conn: &mut Conn| {
-                let migrator = T::MIGRATIONS.for_backend(conn.backend());
-                match schema::check(conn, T::MIGRATIONS).await? {
-                    SchemaState::Current { .. } => replace(conn).await,
-                    state => Err(schema::refusal(state, migrator, &target.location)),
-                }
+                schema::require_current(conn, T::MIGRATIONS, &target.location).await?;
+                replace(conn).await
             })
             .await?
         }

@@ -244,7 +244,8 @@ impl Conn {
     /// concurrent writers queue on the busy timeout instead of failing when a read would have to
     /// be upgraded to a write. On a server the session settings, the schema check and `BEGIN`
     /// go in one simple-query round trip; if the schema differs the transaction is rolled back
-    /// and the database refused.
+    /// and the database refused. (The harness says how with [`Conn::begin_with`]; tests use this.)
+    #[cfg(test)]
     pub(crate) async fn begin_task(
         &mut self,
         location: &Location,
@@ -262,7 +263,8 @@ impl Conn {
         begin: Begin,
     ) -> Result<Tx<'_>> {
         match self {
-            Conn::Sqlite(_) if begin.single => Ok(Tx(TxInner::Single(self, Arc::default()))),
+            // SQLite's schema was checked by `open`, and a single statement needs no BEGIN.
+            Conn::Sqlite(_) if begin.single => Ok(self.wrap(begin)),
             Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
                 sqlx::Connection::begin_with(c, "BEGIN IMMEDIATE").await?,
             ))),
@@ -454,6 +456,7 @@ pub(crate) struct Begin {
     pub single: bool,
 }
 
+#[cfg(test)]
 impl Begin {
     /// A checked, explicit transaction.
     pub(crate) const CHECKED: Begin = Begin {

@@ -81,6 +81,22 @@ pub(crate) async fn check(conn: &mut Conn, migrations: &Migrations) -> Result<Sc
     })
 }
 
+/// Checks that the schema is the binary's, refusing it as [`refusal`] says otherwise.
+pub(crate) async fn require_current(
+    conn: &mut Conn,
+    migrations: &Migrations,
+    location: &Location,
+) -> Result<()> {
+    match check(conn, migrations).await? {
+        SchemaState::Current { .. } => Ok(()),
+        state => Err(refusal(
+            state,
+            migrations.for_backend(conn.backend()),
+            location,
+        )),
+    }
+}
+
 /// The error a task mode on a server gives for a schema it may not use.
 pub(crate) fn refusal(state: SchemaState, migrator: &Migrator, location: &Location) -> Error {
     let (_, newest) = embedded(migrator);

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Stage;
-use super::service::{Service, encode};
+use super::service::{Service, encode, encode_error};
 use crate::error::{Error, ErrorKind};
 use crate::task::Task;
 
@@ -47,12 +47,10 @@ pub(crate) async fn serve<T: Task>(
 
 /// Answers every request on a connection over the limit with 503, and closes it.
 pub(crate) async fn refuse(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, error: Error) {
-    let body = encode(Err(error));
+    let body = encode_error(error);
     let handler = hyper::service::service_fn(move |_req| {
-        let mut response = answer(StatusCode::SERVICE_UNAVAILABLE, body.clone());
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let response = answer(StatusCode::SERVICE_UNAVAILABLE, body.clone());
+        let response = with(response, header::CONNECTION, "close");
         async move { Ok::<_, Infallible>(response) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -69,15 +67,13 @@ async fn route<T: Task>(
     needs_token: bool,
 ) -> Response<Full<Bytes>> {
     if needs_token && !authorized(service, &req) {
-        let mut response = error(
-            Error::permission("this service needs an access token")
-                .hint("send `Authorization: Bearer <token>`"),
+        let e = Error::permission("this service needs an access token")
+            .hint("send `Authorization: Bearer <token>`");
+        return with(
+            error_as(StatusCode::UNAUTHORIZED, e),
+            header::WWW_AUTHENTICATE,
+            "Bearer",
         );
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
     }
     let path = req.uri().path();
     let verb_path = path.strip_prefix('/') == Some(T::VERB);
@@ -94,23 +90,17 @@ async fn route<T: Task>(
                     )));
                 }
                 Err(_) => {
-                    let mut response = error(Error::usage(format!(
+                    let e = Error::usage(format!(
                         "the request body did not arrive within {} ms",
                         wait.as_millis()
-                    )));
-                    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                    return response;
+                    ));
+                    return error_as(StatusCode::REQUEST_TIMEOUT, e);
                 }
                 Ok(Err(_)) => {
-                    let mut response = error(
-                        Error::usage(format!("the request body is longer than {max} bytes"))
-                            .hint("send a shorter body, or raise serve.max_request_bytes"),
-                    );
-                    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return response;
+                    let e = Error::usage(format!("the request body is longer than {max} bytes"))
+                        .hint("send a shorter body, or raise serve.max_request_bytes");
+                    let response = error_as(StatusCode::PAYLOAD_TOO_LARGE, e);
+                    return with(response, header::CONNECTION, "close");
                 }
             };
             let (body, outcome) = service.answer_json(&body).await;
@@ -126,10 +116,7 @@ async fn route<T: Task>(
             Err(e) => error(e),
         },
         (&Method::GET, "/metrics") => {
-            let (in_use, idle) = service.pool.usage();
-            let text = service
-                .metrics
-                .render(T::NAME, (in_use, idle, service.pool.size()));
+            let text = service.metrics.render(T::NAME, service.pool.usage());
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -139,25 +126,22 @@ async fn route<T: Task>(
         }
         _ if verb_path || path == "/healthz" || path == "/metrics" => {
             let allow = if verb_path { "POST" } else { "GET" };
-            let mut response = error(Error::usage(format!(
+            let e = Error::usage(format!(
                 "{} is not allowed on {path}; use {allow}",
                 req.method()
-            )));
-            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
-            response
+            ));
+            with(
+                error_as(StatusCode::METHOD_NOT_ALLOWED, e),
+                header::ALLOW,
+                allow,
+            )
         }
         _ => {
-            let mut response = error(Error::usage(format!("there is nothing at {path}")).hint(
-                format!(
-                    "POST /{} with a JSON body of the arguments; GET /healthz; GET /metrics",
-                    T::VERB
-                ),
+            let e = Error::usage(format!("there is nothing at {path}")).hint(format!(
+                "POST /{} with a JSON body of the arguments; GET /healthz; GET /metrics",
+                T::VERB
             ));
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
+            error_as(StatusCode::NOT_FOUND, e)
         }
     }
 }
@@ -185,9 +169,26 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// An error answer, with the status its kind calls for.
 fn error(e: Error) -> Response<Full<Bytes>> {
-    let status = status_of(e.kind());
-    answer(status, encode(Err(e)))
+    error_as(status_of(e.kind()), e)
+}
+
+/// An error answer with a status of the protocol's own (401, 404, 405, 408, 413).
+fn error_as(status: StatusCode, e: Error) -> Response<Full<Bytes>> {
+    answer(status, encode_error(e))
+}
+
+/// `response` with one more header.
+fn with(
+    mut response: Response<Full<Bytes>>,
+    name: header::HeaderName,
+    value: &'static str,
+) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    response
 }
 
 fn answer(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::Stage;
-use super::service::{Service, encode};
+use super::service::{Service, encode, encode_error};
 use crate::error::{Error, Result};
 use crate::task::Task;
 
@@ -51,7 +51,7 @@ pub(crate) async fn serve<T: Task>(
                     "the request is longer than {max} bytes; the connection is closed"
                 ))
                 .hint("send shorter requests, or raise serve.max_request_bytes");
-                let _ = writer.write_all(&encode(Err(e))).await;
+                let _ = writer.write_all(&encode_error(e)).await;
                 break;
             }
             Ok(Ok(Read::Line)) if !authenticated => match authenticate(&service, &line) {
@@ -60,7 +60,7 @@ pub(crate) async fn serve<T: Task>(
                     encode(Ok(serde_json::json!({ "authenticated": true })))
                 }
                 Err(e) => {
-                    let _ = writer.write_all(&encode(Err(e))).await;
+                    let _ = writer.write_all(&encode_error(e)).await;
                     break;
                 }
             },

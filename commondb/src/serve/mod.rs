@@ -25,14 +25,14 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Settings;
-use crate::db::{self, Backend, Target};
+use crate::db::{self, Backend, Location, Target, schema};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::task::Task;
 pub(crate) use listen::Spec;
 use listen::{Listener, Protocol};
 use pool::Pool;
-use service::{Service, encode};
+use service::{Service, encode_error};
 
 /// Where a shutdown has got to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,16 +92,17 @@ impl<T: Task> Server<T> {
             (None, _) => 16,
         };
         match db::open(&target, T::MIGRATIONS).await {
-            Ok((conn, setup)) => {
+            Ok((mut conn, setup)) => {
                 if let Some(report) = setup {
                     out.note(report.summary());
                 }
-                // On a server, the schema is checked with each transaction; check it now too, so
-                // that a database that needs setup is refused at start, not per request.
-                let mut conn = conn;
-                let checked = match conn.begin_task(&target.location, T::MIGRATIONS).await {
-                    Ok(tx) => tx.rollback().await,
-                    Err(e) => Err(e),
+                // `open` checked SQLite's schema; a server's is checked now too, so that a
+                // database that needs setup is refused at start, not per request.
+                let checked = match &target.location {
+                    Location::Server(_) => {
+                        schema::require_current(&mut conn, T::MIGRATIONS, &target.location).await
+                    }
+                    Location::Sqlite(_) => Ok(()),
                 };
                 conn.close_after(checked).await?;
             }
@@ -121,21 +122,18 @@ impl<T: Task> Server<T> {
         }
         let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
         let (stage, phase) = watch::channel(Stage::Running);
+        let phase = Phase(phase);
         let group_commit = target.backend() == Backend::Sqlite && T::SINGLE_STATEMENT;
         let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
+        let batch = group_commit.then(|| batch::Batch::start(Arc::clone(&pool), phase.clone()));
         let service = Arc::new(Service::new(
             pool,
+            batch,
             limits,
-            Phase(phase),
+            phase,
             token,
             task_settings,
         ));
-        if group_commit {
-            let _ = service.batch.set(batch::Batch::start(
-                Arc::clone(&service.pool),
-                service.phase.clone(),
-            ));
-        }
         Ok(Server {
             service,
             listeners,
@@ -181,18 +179,14 @@ impl<T: Task> Server<T> {
         let _ = stage.send(Stage::Draining);
         // The stdio connection runs inside its accept task: the grace period covers it too.
         let grace = Duration::from_millis(service.limits.grace_ms);
-        let drained = async {
+        let mut finished = async || {
             while accepting.join_next().await.is_some() {}
             let _ = all_done.recv().await;
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        if tokio::time::timeout(grace, finished()).await.is_err() {
             let _ = stage.send(Stage::Cut);
             // Requests that were cut answer at once; one that is committing gets a moment more.
-            let rest = async {
-                while accepting.join_next().await.is_some() {}
-                let _ = all_done.recv().await;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), finished()).await;
         }
         for path in paths {
             let _ = std::fs::remove_file(path);
@@ -227,14 +221,14 @@ async fn accept<T: Task>(
     match listener {
         Listener::Stdio => {
             let _slot = slots.try_acquire_owned();
-            serve_line(
-                service,
+            let stdio = line::serve(
+                Arc::clone(&service),
                 tokio::io::stdin(),
                 tokio::io::stdout(),
                 false,
-                done,
-            )
-            .await;
+            );
+            counted(&service, stdio).await;
+            drop(done);
         }
         Listener::Tcp(listener, protocol) => {
             let accept = || listener.accept();
@@ -303,7 +297,7 @@ fn spawn_connection<T: Task, S>(
                 Protocol::Line => {
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
-                    let _ = stream.write_all(&encode(Err(error))).await;
+                    let _ = stream.write_all(&encode_error(error)).await;
                     let _ = stream.shutdown().await;
                 }
                 Protocol::Http => http::refuse(stream, error).await,
@@ -313,40 +307,28 @@ fn spawn_connection<T: Task, S>(
         return;
     };
     tokio::spawn(async move {
+        let connection = Arc::clone(&service);
         match protocol {
             Protocol::Line => {
                 let (reader, writer) = tokio::io::split(stream);
-                serve_line(service, reader, writer, needs_token, done).await;
+                counted(
+                    &service,
+                    line::serve(connection, reader, writer, needs_token),
+                )
+                .await;
             }
-            Protocol::Http => {
-                service
-                    .metrics
-                    .connections
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                http::serve(Arc::clone(&service), stream, needs_token).await;
-                service
-                    .metrics
-                    .connections
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                drop(done);
-            }
+            Protocol::Http => counted(&service, http::serve(connection, stream, needs_token)).await,
         }
-        drop(slot);
+        drop((slot, done));
     });
 }
 
-async fn serve_line<T: Task>(
-    service: Arc<Service<T>>,
-    reader: impl tokio::io::AsyncRead + Unpin,
-    writer: impl tokio::io::AsyncWrite + Unpin,
-    needs_token: bool,
-    done: mpsc::Sender<()>,
-) {
+/// Runs one client connection, counted in the metrics while it is open.
+async fn counted<T: Task>(service: &Service<T>, connection: impl Future<Output = ()>) {
     use std::sync::atomic::Ordering::Relaxed;
     service.metrics.connections.fetch_add(1, Relaxed);
-    line::serve(Arc::clone(&service), reader, writer, needs_token).await;
+    connection.await;
     service.metrics.connections.fetch_sub(1, Relaxed);
-    drop(done);
 }
 
 /// Sample request `n` of run `run` as one JSON line for the runner: `{"n", "argv", "request"}`,

@@ -50,15 +50,11 @@ impl Pool {
         }
     }
 
-    /// Connections in use and idle, for the metrics.
-    pub(crate) fn usage(&self) -> (usize, usize) {
+    /// Connections in use and idle, and the most the pool opens, for the metrics.
+    pub(crate) fn usage(&self) -> (usize, usize, usize) {
         let idle = self.lock().len();
-        (self.open.load(Ordering::Relaxed).saturating_sub(idle), idle)
-    }
-
-    /// The most connections the pool opens.
-    pub(crate) fn size(&self) -> usize {
-        self.size
+        let open = self.open.load(Ordering::Relaxed);
+        (open.saturating_sub(idle), idle, self.size)
     }
 
     /// Waits for a free connection (callers bound the wait with the request's deadline).
@@ -82,21 +78,13 @@ impl Pool {
         })
     }
 
+    /// One attempt, bounded by `connect_timeout_ms` (the server connection's own limit; the
+    /// pool's target allows no retries).
     async fn connect(&self) -> Result<Conn> {
-        let limit = Duration::from_millis(self.target.settings.connect_timeout_ms);
-        let conn = tokio::time::timeout(limit, db::connect(&self.target))
-            .await
-            .map_err(|_| {
-                Error::unavailable(format!(
-                    "connecting to the database timed out after {} ms",
-                    limit.as_millis()
-                ))
-                .hint("check that the database is running and reachable")
-            })??;
+        let mut conn = db::connect(&self.target).await?;
         // A statement that is sent is never cancelled by the service (a single statement is its
         // own commit), so the server bounds it: past the request timeout it fails, having
         // written nothing.
-        let mut conn = conn;
         let timeout_ms = self.target.settings.serve.request_timeout_ms;
         match conn.backend() {
             Backend::Postgres => {

@@ -26,7 +26,7 @@ use crate::task::{Context, Input, Task};
 pub(crate) struct Service<T: Task> {
     pub(crate) pool: Arc<Pool>,
     /// SQLite's group commit, for a single-statement task.
-    pub(crate) batch: std::sync::OnceLock<super::batch::Batch<T>>,
+    batch: Option<super::batch::Batch<T>>,
     pub(crate) limits: ServeSettings,
     pub(crate) metrics: Metrics,
     pub(crate) phase: Phase,
@@ -39,6 +39,7 @@ pub(crate) struct Service<T: Task> {
 impl<T: Task> Service<T> {
     pub(crate) fn new(
         pool: Arc<Pool>,
+        batch: Option<super::batch::Batch<T>>,
         limits: ServeSettings,
         phase: Phase,
         token: Option<SecretString>,
@@ -54,7 +55,7 @@ impl<T: Task> Service<T> {
         command.build();
         Service {
             pool,
-            batch: std::sync::OnceLock::new(),
+            batch,
             limits,
             metrics: Metrics::default(),
             phase,
@@ -115,7 +116,7 @@ impl<T: Task> Service<T> {
     }
 
     /// Prepares and executes one request on a pooled connection.
-    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<T::Output> {
         /// Counts a request in flight until it ends, also when it is dropped.
         struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
         impl Drop for InFlight<'_> {
@@ -130,11 +131,11 @@ impl<T: Task> Service<T> {
         self.execute_counted(args, input).await
     }
 
-    async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Value> {
+    async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<T::Output> {
         let started = Instant::now();
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut phase = self.phase.clone();
+        let phase = &self.phase;
         // A request with a secret (a password to hash) is prepared on the blocking pool, off the
         // threads that serve sockets; validation alone is cheaper than the hop there.
         let request = if matches!(input, Input::Text(_)) {
@@ -147,39 +148,30 @@ impl<T: Task> Service<T> {
         } else {
             T::prepare(args, &mut Context::new(&self.task_settings, input))?
         };
-        let cut = cut_error;
-        let timed_out = || timeout_error(timeout);
         let prepared = Instant::now();
         self.metrics.phase(Step::Prepare, started.elapsed());
-        if let Some(batch) = self.batch.get() {
+        if let Some(batch) = &self.batch {
             let output = batch.submit(request, deadline).await;
             self.metrics.phase(Step::Execute, prepared.elapsed());
-            return serde_json::to_value(&output?)
-                .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")));
+            return output;
         }
-        let mut lease = tokio::select! {
-            biased;
-            () = phase.reached(Stage::Cut) => return Err(cut()),
-            lease = tokio::time::timeout_at(deadline, self.pool.acquire()) => lease.map_err(|_| timed_out())??,
-        };
-        let acquired = Instant::now();
-        self.metrics.phase(Step::Acquire, acquired - prepared);
-        let tx = tokio::select! {
-            biased;
-            () = phase.reached(Stage::Cut) => return Err(cut()),
-            tx = tokio::time::timeout_at(deadline, lease.begin(T::SINGLE_STATEMENT)) => tx.map_err(|_| timed_out())??,
-        };
-        let begun = Instant::now();
-        self.metrics.phase(Step::Begin, begun - acquired);
-        // The request timeout and the shutdown's cut stop the task before its commit, never
+        // The request timeout and the shutdown's cut stop the request before its commit, never
         // during it (`execute_in`).
-        let stop = async {
+        let stop = async || {
+            let mut phase = phase.clone();
             tokio::select! {
-                () = phase.reached(Stage::Cut) => cut(),
-                () = tokio::time::sleep_until(deadline) => timed_out(),
+                biased;
+                () = phase.reached(Stage::Cut) => cut_error(),
+                () = tokio::time::sleep_until(deadline) => timeout_error(timeout),
             }
         };
-        let result = crate::run::execute_in::<T>(tx, request, stop).await;
+        let mut lease = bounded(stop(), self.pool.acquire()).await?;
+        let acquired = Instant::now();
+        self.metrics.phase(Step::Acquire, acquired - prepared);
+        let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT)).await?;
+        let begun = Instant::now();
+        self.metrics.phase(Step::Begin, begun - acquired);
+        let result = crate::run::execute_in::<T>(tx, request, stop()).await;
         self.metrics.phase(Step::Execute, begun.elapsed());
         match &result {
             Ok(_) => lease.keep(),
@@ -188,9 +180,7 @@ impl<T: Task> Service<T> {
             Err(e) if e.kind() == ErrorKind::Unavailable => self.pool.forget_idle(),
             Err(_) => {}
         }
-        let output = result?;
-        serde_json::to_value(&output)
-            .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))
+        result
     }
 
     /// The task's arguments from request words, as the command line would parse them.
@@ -256,6 +246,18 @@ impl<T: Task> Service<T> {
     }
 }
 
+/// Runs `step` unless `stop` (the request's deadline, the shutdown's cut) comes first.
+async fn bounded<O>(
+    stop: impl std::future::Future<Output = Error>,
+    step: impl std::future::Future<Output = Result<O>>,
+) -> Result<O> {
+    tokio::select! {
+        biased;
+        e = stop => Err(e),
+        done = step => done,
+    }
+}
+
 /// The answer to a request the shutdown's cut stopped before it wrote anything.
 pub(crate) fn cut_error() -> Error {
     Error::new(
@@ -283,19 +285,33 @@ pub(crate) fn reusable(kind: ErrorKind) -> bool {
     )
 }
 
-/// One answer: `{"ok":true,"result":…}` or `{"ok":false,"error":{…}}`, and a newline.
-pub(crate) fn encode(result: Result<Value>) -> Vec<u8> {
-    let doc = match result {
-        Ok(result) => serde_json::json!({ "ok": true, "result": result }),
+/// One answer: `{"ok":true,"result":…}` or `{"ok":false,"error":{…}}`, and a newline. A result
+/// is written straight from the task's output, with no JSON tree in between.
+pub(crate) fn encode<O: serde::Serialize>(result: Result<O>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    let written = match result {
+        Ok(result) => {
+            bytes.extend_from_slice(b"{\"ok\":true,\"result\":");
+            serde_json::to_writer(&mut bytes, &result).map(|()| bytes.push(b'}'))
+        }
         Err(e) => {
             let mut doc = e.to_json();
             doc["ok"] = Value::Bool(false);
-            doc
+            serde_json::to_writer(&mut bytes, &doc)
         }
     };
-    let mut bytes = serde_json::to_vec(&doc).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    if let Err(e) = written {
+        return encode_error(Error::internal(format!(
+            "the task's output cannot be encoded: {e}"
+        )));
+    }
     bytes.push(b'\n');
     bytes
+}
+
+/// An error answer.
+pub(crate) fn encode_error(e: Error) -> Vec<u8> {
+    encode::<()>(Err(e))
 }
 
 /// Splits a request line into words: a JSON object, or arguments quoted as a POSIX shell would.
@@ -418,7 +434,7 @@ mod tests {
     fn answers_are_one_json_line_with_the_outcome() {
         let ok = encode(Ok(serde_json::json!({"id": 1})));
         assert_eq!(ok, b"{\"ok\":true,\"result\":{\"id\":1}}\n");
-        let err: Value = serde_json::from_slice(&encode(Err(Error::conflict("taken")))).unwrap();
+        let err: Value = serde_json::from_slice(&encode_error(Error::conflict("taken"))).unwrap();
         assert_eq!(err["ok"], false);
         assert_eq!(err["error"]["kind"], "conflict");
         assert_eq!(err["error"]["exit_code"], 73);
