@@ -107,15 +107,8 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
         Mode::Restore { from, yes } => {
             let target = Target::resolve(settings, T::NAME)?;
             let path = backup::choose(&target, T::NAME, from)?;
-            // Asking first, the file is verified whole before the question; with --yes, the
-            // rest of it is verified while the safety backup is taken.
-            let (header, checked) = if yes {
-                let header = backup::inspect::<T>(&path, target.backend())?;
-                (header, backup::Checked::Header)
-            } else {
-                let header = backup::verify::<T>(&path, target.backend())?;
-                (header, backup::Checked::Whole)
-            };
+            // A damaged or foreign file is refused before the question and before anything.
+            let header = backup::verify::<T>(&path, target.backend())?;
             if !yes {
                 confirm(
                     "--self-restore replaces every row of the database",
@@ -134,7 +127,7 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
             }
             out.result(&block_on(
                 Drivers::for_target(&target),
-                backup::restore::<T>(&target, &path, &header, checked),
+                backup::restore::<T>(&target, &path, &header),
             )?);
         }
         Mode::Serve { listen } => {

@@ -256,17 +256,10 @@ pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Resul
         })
 }
 
-/// Reads the whole backup at `path` and checks that task `T` can restore it: intact, its own,
-/// and of a schema version no newer than the program's.
+/// Checks that task `T` can restore the backup at `path`: intact (its file checksum holds),
+/// its own, and of a schema version no newer than the program's. The restore checks the rest
+/// as it reads the rows, and commits nothing unless all of it holds.
 pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
-    let header = Reader::open(path)?.verify()?;
-    may_restore::<T>(path, header, backend)
-}
-
-/// Reads only the header of the backup at `path` and checks that this program may restore it
-/// here (its executable, its schema version); [`restore`] then verifies the rest of the file
-/// while it takes the safety backup.
-pub(crate) fn inspect<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
     let header = file::header(path)?;
     may_restore::<T>(path, header, backend)
 }
@@ -297,51 +290,19 @@ fn may_restore<T: Task>(path: &Path, header: Header, backend: Backend) -> Result
     Ok(header)
 }
 
-/// Whether [`restore`] is given a file that was verified whole, or only [`inspect`]ed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Checked {
-    /// [`verify`] read the whole file.
-    Whole,
-    /// [`inspect`] read its header: the restore verifies the rest while it takes the safety
-    /// backup (on two cores, the two take the time of one), and changes nothing and keeps no
-    /// new safety backup if the file turns out damaged. (Older safety backups are pruned only
-    /// after a restore committed, in either case.)
-    Header,
-}
-
 /// Restores the backup at `path` into task `T`'s database: a safety backup of the current
 /// data first, then every row replaced in one transaction.
 pub(crate) async fn restore<T: Task>(
     target: &Target,
     path: &Path,
     header: &Header,
-    checked: Checked,
 ) -> Result<RestoreReport> {
     let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
         let targets = dump::tables(conn).await?;
         dump::check_fits(&header.tables, &targets)?;
         // Opened before any retention runs: an open file survives its own removal.
         let mut reader = Reader::open(path)?;
-        let safety = async || -> Result<BackupReport> {
-            if checked == Checked::Whole {
-                return backup_unpruned::<T>(target, Kind::Safety).await;
-            }
-            let file = path.to_path_buf();
-            let whole = tokio::task::spawn_blocking(move || Reader::open(&file)?.verify());
-            let safety = backup_unpruned::<T>(target, Kind::Safety).await;
-            let verified = whole
-                .await
-                .map_err(|e| Error::internal(format!("verifying the backup stopped: {e}")))?;
-            match (verified, safety) {
-                (Ok(_), safety) => safety,
-                (Err(e), safety) => {
-                    if let Ok(unneeded) = safety {
-                        let _ = std::fs::remove_file(&unneeded.file);
-                    }
-                    Err(e)
-                }
-            }
-        };
+        let safety = async || backup_unpruned::<T>(target, Kind::Safety).await;
         let (restored, safety) = dump::restore(conn, &mut reader, &targets, safety).await?;
         Ok((restored, safety.file))
     };
@@ -415,7 +376,7 @@ mod tests {
         // the column the old schema lacked takes its default.
         add(&target, NotesV2::MIGRATIONS, "new").await;
         let header = verify::<NotesV2>(&old.file, Backend::Sqlite).unwrap();
-        let report = restore::<NotesV2>(&target, &old.file, &header, Checked::Whole)
+        let report = restore::<NotesV2>(&target, &old.file, &header)
             .await
             .unwrap();
         assert_eq!(report.rows, 1);

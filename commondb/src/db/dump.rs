@@ -248,7 +248,6 @@ impl<'c> Snapshot<'c> {
 
 async fn stream_tables(conn: &mut Conn, tables: &[Table], out: &mut Writer) -> Result<()> {
     let backend = conn.backend();
-    let mut line = Vec::with_capacity(1024);
     for table in tables {
         out.table(&table.name)?;
         let sql = format!(
@@ -261,9 +260,7 @@ async fn stream_tables(conn: &mut Conn, tables: &[Table], out: &mut Writer) -> R
             ($c:expr, $encode:ident) => {{
                 let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *$c);
                 while let Some(row) = rows.try_next().await? {
-                    line.clear();
-                    $encode(&row, &kinds, &table.name, &mut line)?;
-                    out.row(&line)?;
+                    out.row(|line| $encode(&row, &kinds, &table.name, line))?;
                 }
             }};
         }
