@@ -10,7 +10,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
-use serde_json::Value;
 use sqlx::mysql::{MySqlArguments, MySqlRow};
 use sqlx::postgres::{PgConnection, PgCopyIn, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -18,8 +17,9 @@ use sqlx::{
     Arguments, AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
 };
 
+use super::field::{self, Bound, Field};
 use super::{Backend, Conn, on_conn, schema};
-use crate::backup::file::{Item, Reader, TableInfo, Writer, hex};
+use crate::backup::file::{Item, Reader, TableInfo, Writer};
 use crate::error::{Error, Result};
 
 /// How a column's values are read and written.
@@ -569,10 +569,13 @@ struct Load {
 /// Where a table's rows end: at the next table (its name), or at the end of the backup.
 type Next = Option<String>;
 
-/// Batches: a MiB of `COPY` text, or an `INSERT` of at most so many rows, values and bytes.
+/// Batches: a MiB of `COPY` data, or an `INSERT` of at most so many rows, values and bytes.
 const BATCH_ROWS: usize = 1000;
 const BATCH_PARAMS: usize = 30_000;
 const BATCH_BYTES: usize = 1 << 20;
+
+/// PostgreSQL's binary `COPY` header: signature, flags, no extension.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 impl Load {
     fn new(backend: Backend, reader: &Reader, targets: &[Table], name: &str) -> Result<Load> {
@@ -607,33 +610,39 @@ impl Load {
         })
     }
 
-    /// The table's next row, parsed and counted, or where the table ends.
-    fn next_row(&mut self, reader: &mut Reader) -> Result<std::result::Result<Vec<Value>, Next>> {
-        let line = match reader.next_item()? {
-            Item::Row(line) => line,
-            Item::Table(name) => return Ok(Err(Some(name))),
-            Item::End => return Ok(Err(None)),
-        };
-        let values: Vec<Value> = serde_json::from_slice(line).map_err(|e| {
-            Error::invalid_input(format!("a row of table {} does not parse: {e}", self.table))
-        })?;
-        if values.len() != self.kinds.len() {
-            return Err(Error::invalid_input(format!(
-                "a row of table {} has {} values for {} columns",
-                self.table,
-                values.len(),
-                self.kinds.len()
-            )));
+    /// Passes the table's rows, parsed and counted, to `each`; returns where the table ends.
+    fn rows(
+        &mut self,
+        reader: &mut Reader,
+        mut each: impl FnMut(Vec<Field<'_>>, &[Kind]) -> Result<bool>,
+    ) -> Result<(Next, bool)> {
+        loop {
+            let line = match reader.next_item()? {
+                Item::Row(line) => line,
+                Item::Table(name) => return Ok((Some(name), false)),
+                Item::End => return Ok((None, false)),
+            };
+            let values = field::parse_row(line, &self.table)?;
+            if values.len() != self.kinds.len() {
+                return Err(Error::invalid_input(format!(
+                    "a row of table {} has {} values for {} columns",
+                    self.table,
+                    values.len(),
+                    self.kinds.len()
+                )));
+            }
+            self.rows += 1;
+            if each(values, &self.kinds)? {
+                return Ok((None, true));
+            }
         }
-        self.rows += 1;
-        Ok(Ok(values))
     }
 
-    /// PostgreSQL: one `COPY … FROM STDIN`, fed a MiB at a time without waiting, so that the
-    /// server stores one batch while the next is parsed.
+    /// PostgreSQL: one binary `COPY … FROM STDIN`, which the server takes in about half the
+    /// time of the text format (it parses no numbers or timestamps), fed a MiB at a time.
     async fn copy(&mut self, c: &mut PgConnection, reader: &mut Reader) -> Result<Next> {
         let sql = format!(
-            "COPY {} ({}) FROM STDIN",
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
             self.backend.quote(&self.table),
             self.columns
         );
@@ -655,68 +664,71 @@ impl Load {
         copy: &mut PgCopyIn<&mut PgConnection>,
         reader: &mut Reader,
     ) -> Result<Next> {
-        let mut text = Vec::with_capacity(BATCH_BYTES + 4096);
-        let next = loop {
-            let values = match self.next_row(reader)? {
-                Ok(values) => values,
-                Err(next) => break next,
-            };
-            for (i, (v, kind)) in values.iter().zip(&self.kinds).enumerate() {
-                if i > 0 {
-                    text.push(b'\t');
+        let mut data = Vec::with_capacity(BATCH_BYTES + 4096);
+        data.extend_from_slice(COPY_BINARY_HEADER);
+        let table = self.table.clone();
+        let width = i16::try_from(self.kinds.len())
+            .map_err(|_| Error::internal("a table with more columns than COPY takes"))?;
+        loop {
+            let (next, full) = self.rows(reader, |values, kinds| {
+                data.extend_from_slice(&width.to_be_bytes());
+                for (v, kind) in values.iter().zip(kinds) {
+                    v.copy_binary(&mut data, *kind, &table)?;
                 }
-                copy_field(&mut text, v, *kind, &self.table)?;
+                Ok(data.len() >= BATCH_BYTES)
+            })?;
+            if !full {
+                data.extend_from_slice(&(-1i16).to_be_bytes());
+                copy.send(data).await?;
+                return Ok(next);
             }
-            text.push(b'\n');
-            if text.len() >= BATCH_BYTES {
-                copy.send(std::mem::take(&mut text)).await?;
-            }
-        };
-        if !text.is_empty() {
-            copy.send(text).await?;
+            copy.send(std::mem::replace(
+                &mut data,
+                Vec::with_capacity(BATCH_BYTES + 4096),
+            ))
+            .await?;
         }
-        Ok(next)
     }
 
     /// SQLite and MySQL/MariaDB: multi-row `INSERT`s.
     async fn insert(&mut self, conn: &mut Conn, reader: &mut Reader) -> Result<Next> {
-        let mut batch: Vec<Vec<Value>> = Vec::new();
+        let table = self.table.clone();
+        let mut batch: Vec<Bound> = Vec::new();
         let mut bytes = 0;
-        let next = loop {
-            let values = match self.next_row(reader)? {
-                Ok(values) => values,
-                Err(next) => break next,
-            };
-            bytes += values.iter().map(approx_size).sum::<usize>();
-            batch.push(values);
-            if batch.len() >= BATCH_ROWS
-                || batch.len() * self.kinds.len() >= BATCH_PARAMS
-                || bytes >= BATCH_BYTES
-            {
+        loop {
+            let (next, full) = self.rows(reader, |values, kinds| {
+                for (v, kind) in values.into_iter().zip(kinds) {
+                    let b = v.bound(*kind, &table)?;
+                    bytes += b.size();
+                    batch.push(b);
+                }
+                let rows = batch.len() / kinds.len().max(1);
+                Ok(rows >= BATCH_ROWS || batch.len() >= BATCH_PARAMS || bytes >= BATCH_BYTES)
+            })?;
+            if !batch.is_empty() {
                 self.insert_batch(conn, std::mem::take(&mut batch)).await?;
                 bytes = 0;
             }
-        };
-        if !batch.is_empty() {
-            self.insert_batch(conn, batch).await?;
+            if !full {
+                return Ok(next);
+            }
         }
-        Ok(next)
     }
 
-    async fn insert_batch(&self, conn: &mut Conn, batch: Vec<Vec<Value>>) -> Result<()> {
+    async fn insert_batch(&self, conn: &mut Conn, batch: Vec<Bound>) -> Result<()> {
+        let width = self.kinds.len().max(1);
         let one = format!("({})", vec!["?"; self.kinds.len()].join(", "));
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {}",
             self.backend.quote(&self.table),
             self.columns,
-            vec![one.as_str(); batch.len()].join(", ")
+            vec![one.as_str(); batch.len() / width].join(", ")
         );
-        let values = batch.into_iter().flatten().zip(self.kinds.iter().cycle());
         macro_rules! run {
             ($c:expr, $args:ty) => {{
                 let mut args = <$args>::default();
-                for (v, kind) in values {
-                    bind(&mut args, bound(v, *kind, &self.table)?)?;
+                for b in batch {
+                    bind(&mut args, b)?;
                 }
                 sqlx::query_with(AssertSqlSafe(sql), args)
                     .execute(&mut *$c)
@@ -730,73 +742,6 @@ impl Load {
         }
         Ok(())
     }
-}
-
-fn approx_size(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len() + 8,
-        Value::Object(_) | Value::Array(_) => 64,
-        _ => 8,
-    }
-}
-
-/// A JSON value of a backup as a value to bind, for the target column's kind.
-enum Bound {
-    Null,
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Bool(bool),
-    Text(String),
-    Bytes(Vec<u8>),
-    Time(NaiveDateTime),
-}
-
-fn bound(v: Value, kind: Kind, table: &str) -> Result<Bound> {
-    Ok(match v {
-        Value::Null => Bound::Null,
-        Value::Bool(b) => Bound::Bool(b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Bound::I64(i),
-            (None, Some(u), _) => Bound::U64(u),
-            (_, _, Some(f)) => Bound::F64(f),
-            _ => return Err(bad_value(table, "a number out of range")),
-        },
-        Value::String(s) if matches!(kind, Kind::Time | Kind::TimeTz) => Bound::Time(
-            parse_time(&s).ok_or_else(|| bad_value(table, "a timestamp that does not parse"))?,
-        ),
-        Value::String(s) => Bound::Text(s),
-        Value::Object(_) => Bound::Bytes(bytes_of(&v, table)?),
-        Value::Array(_) => return Err(bad_value(table, "a nested array")),
-    })
-}
-
-/// The bytes of a `{"$b64": "…"}` value.
-fn bytes_of(v: &Value, table: &str) -> Result<Vec<u8>> {
-    let b64 = v
-        .get("$b64")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad_value(table, "an object that is not bytes"))?;
-    BASE64
-        .decode(b64)
-        .map_err(|_| bad_value(table, "bytes that are not base64"))
-}
-
-fn bad_value(table: &str, what: &str) -> Error {
-    Error::invalid_input(format!(
-        "a row of table {table} holds {what}; nothing was changed"
-    ))
-    .hint("the backup was not written by this program, or by a newer one")
-}
-
-/// A timestamp as backups carry it (RFC 3339), or as SQLite may hold one (`YYYY-MM-DD
-/// HH:MM:SS[.f]`, taken to be UTC).
-fn parse_time(s: &str) -> Option<NaiveDateTime> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.naive_utc())
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
-        .ok()
 }
 
 /// SQLite's and MySQL's arguments, which encode every [`Bound`] alike but one: SQLite has no
@@ -829,39 +774,6 @@ impl_bind!(MySqlArguments, |v: u64| v);
 fn bind(args: &mut impl Bind, b: Bound) -> Result<()> {
     args.bind(b)
         .map_err(|e| Error::internal(format!("a value could not be bound: {e}")))
-}
-
-/// Appends one value in `COPY`'s text format.
-fn copy_field(out: &mut Vec<u8>, v: &Value, kind: Kind, table: &str) -> Result<()> {
-    use std::io::Write;
-    match v {
-        Value::Null => out.extend_from_slice(b"\\N"),
-        Value::Bool(b) => out.extend_from_slice(match (b, kind) {
-            (true, Kind::Int16 | Kind::Int32 | Kind::Int64) => b"1",
-            (false, Kind::Int16 | Kind::Int32 | Kind::Int64) => b"0",
-            (true, _) => b"t",
-            (false, _) => b"f",
-        }),
-        // Written in place: a number per row would otherwise be a String per row.
-        Value::Number(n) => write!(out, "{n}").map_err(|e| Error::internal(e.to_string()))?,
-        Value::String(s) => {
-            for &byte in s.as_bytes() {
-                match byte {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    _ => out.push(byte),
-                }
-            }
-        }
-        Value::Object(_) => {
-            out.extend_from_slice(b"\\\\x");
-            out.extend_from_slice(hex(&bytes_of(v, table)?).as_bytes());
-        }
-        Value::Array(_) => return Err(bad_value(table, "a nested array")),
-    }
-    Ok(())
 }
 
 /// Moves PostgreSQL's sequences past the restored keys, so that later inserts do not collide
@@ -898,47 +810,6 @@ async fn reset_sequences(c: &mut PgConnection, table: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        copy_field(
-            &mut out,
-            &Value::String("a\tb\\c\nd\re".into()),
-            Kind::Text,
-            "t",
-        )
-        .unwrap();
-        assert_eq!(out, b"a\\tb\\\\c\\nd\\re");
-        out.clear();
-        copy_field(&mut out, &Value::Null, Kind::Text, "t").unwrap();
-        assert_eq!(out, b"\\N");
-        out.clear();
-        copy_field(
-            &mut out,
-            &serde_json::json!({"$b64": "AQL/"}),
-            Kind::Bytes,
-            "t",
-        )
-        .unwrap();
-        assert_eq!(out, b"\\\\x0102ff");
-    }
-
-    #[test]
-    fn timestamps_parse_in_the_forms_backups_and_sqlite_hold() {
-        let want =
-            NaiveDateTime::parse_from_str("2026-11-23 10:15:00.123456", "%Y-%m-%d %H:%M:%S%.f")
-                .unwrap();
-        for s in [
-            "2026-11-23T10:15:00.123456+00:00",
-            "2026-11-23T11:15:00.123456+01:00",
-            "2026-11-23T10:15:00.123456Z",
-            "2026-11-23 10:15:00.123456",
-        ] {
-            assert_eq!(parse_time(s), Some(want), "{s}");
-        }
-        assert_eq!(parse_time("yesterday"), None);
-    }
 
     #[test]
     fn column_types_map_to_kinds_and_unknown_ones_are_refused() {

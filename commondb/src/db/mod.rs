@@ -15,6 +15,7 @@ mod classify;
 pub(crate) mod cleanup;
 pub(crate) mod dialect;
 pub(crate) mod dump;
+mod field;
 pub(crate) mod schema;
 pub(crate) mod server;
 pub(crate) mod setup;

@@ -1,0 +1,425 @@
+//! The values of a backup's rows on their way into a database: parsed from a row's JSON without
+//! a copy of its text where none is needed, then turned into what each target column takes,
+//! PostgreSQL's binary `COPY` fields or bound parameters.
+//!
+//! A value converts to a column's [`Kind`] the way the database's own text input would take
+//! it (a number into a text column is its digits, `"42"` into an integer column is 42), so
+//! that a backup taken on one backend restores on another.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, NaiveDateTime};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::dump::Kind;
+use crate::error::{Error, Result};
+
+/// One value of a backup row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Field<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    /// `{"$b64": "…"}`, still encoded.
+    Bytes(Cow<'a, str>),
+}
+
+/// A row's values, borrowing from its line.
+pub(crate) struct Row<'a>(pub Vec<Field<'a>>);
+
+/// Parses one row line, a JSON array.
+pub(crate) fn parse_row<'a>(line: &'a [u8], table: &str) -> Result<Vec<Field<'a>>> {
+    serde_json::from_slice::<Row<'a>>(line)
+        .map(|row| row.0)
+        .map_err(|e| Error::invalid_input(format!("a row of table {table} does not parse: {e}")))
+}
+
+impl<'de> de::Deserialize<'de> for Row<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Values;
+        impl<'de> Visitor<'de> for Values {
+            type Value = Row<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Row<'de>, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+                while let Some(v) = seq.next_element::<Field<'de>>()? {
+                    values.push(v);
+                }
+                Ok(Row(values))
+            }
+        }
+        d.deserialize_seq(Values)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("null, a boolean, a number, a string or {\"$b64\": \"…\"}")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Field<'de>, E> {
+        Ok(i64::try_from(v).map_or(Field::UInt(v), Field::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Owned(v)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Field<'de>, A::Error> {
+        let key: Cow<'de, str> = map
+            .next_key()?
+            .ok_or_else(|| de::Error::custom("an empty object"))?;
+        if key != "$b64" {
+            return Err(de::Error::custom("an object that is not bytes"));
+        }
+        let value: Cow<'de, str> = map.next_value()?;
+        if map.next_key::<Cow<'de, str>>()?.is_some() {
+            return Err(de::Error::custom("an object that is not bytes"));
+        }
+        Ok(Field::Bytes(value))
+    }
+}
+
+/// A value as a statement parameter, for the target column's kind.
+pub(crate) enum Bound {
+    Null,
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    Text(String),
+    Bytes(Vec<u8>),
+    Time(NaiveDateTime),
+}
+
+impl Bound {
+    /// About how many bytes the value adds to a statement.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Bound::Text(s) => s.len() + 8,
+            Bound::Bytes(b) => b.len() + 8,
+            _ => 8,
+        }
+    }
+}
+
+impl Field<'_> {
+    /// As a parameter of an `INSERT` (SQLite, MySQL/MariaDB), which convert the rest.
+    pub(crate) fn bound(self, kind: Kind, table: &str) -> Result<Bound> {
+        Ok(match self {
+            Field::Null => Bound::Null,
+            Field::Bool(b) => Bound::Bool(b),
+            Field::Int(i) => Bound::I64(i),
+            Field::UInt(u) => Bound::U64(u),
+            Field::Float(f) => Bound::F64(f),
+            Field::Text(s) if matches!(kind, Kind::Time | Kind::TimeTz) => {
+                Bound::Time(time(&s, table)?)
+            }
+            Field::Text(s) => Bound::Text(s.into_owned()),
+            Field::Bytes(b64) => Bound::Bytes(bytes(&b64, table)?),
+        })
+    }
+
+    /// Appends the value as one field of PostgreSQL's binary `COPY` format (its length, then
+    /// the type's binary form), for a column of `kind`.
+    pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, table: &str) -> Result<()> {
+        let wrong = || {
+            bad_value(
+                table,
+                &format!("{} for a column of type {kind:?}", self.what()),
+            )
+        };
+        match (kind, self) {
+            (_, Field::Null) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            (Kind::Int16, _) => {
+                let v = i16::try_from(self.integer().ok_or_else(wrong)?).map_err(|_| wrong())?;
+                put(out, &v.to_be_bytes());
+            }
+            (Kind::Int32, _) => {
+                let v = i32::try_from(self.integer().ok_or_else(wrong)?).map_err(|_| wrong())?;
+                put(out, &v.to_be_bytes());
+            }
+            (Kind::Int64, _) => put(out, &self.integer().ok_or_else(wrong)?.to_be_bytes()),
+            (Kind::Float32, _) => put(out, &(self.float().ok_or_else(wrong)? as f32).to_be_bytes()),
+            (Kind::Float64, _) => put(out, &self.float().ok_or_else(wrong)?.to_be_bytes()),
+            (Kind::Bool, _) => put(out, &[u8::from(self.boolean().ok_or_else(wrong)?)]),
+            (Kind::Text, Field::Text(s)) => put(out, s.as_bytes()),
+            (Kind::Text, Field::Int(i)) => put(out, i.to_string().as_bytes()),
+            (Kind::Text, Field::UInt(u)) => put(out, u.to_string().as_bytes()),
+            (Kind::Text, Field::Float(f)) => put(
+                out,
+                serde_json::to_string(f).map_err(|_| wrong())?.as_bytes(),
+            ),
+            (Kind::Text, Field::Bool(b)) => put(out, if *b { b"t" } else { b"f" }),
+            (Kind::Bytes, Field::Bytes(b64)) => put(out, &bytes(b64, table)?),
+            (Kind::Bytes, Field::Text(s)) => put(out, s.as_bytes()),
+            (Kind::TimeTz | Kind::Time, Field::Text(s)) => put(
+                out,
+                &pg_micros(time(s, table)?).ok_or_else(wrong)?.to_be_bytes(),
+            ),
+            _ => return Err(wrong()),
+        }
+        Ok(())
+    }
+
+    fn integer(&self) -> Option<i64> {
+        match self {
+            Field::Int(i) => Some(*i),
+            Field::Bool(b) => Some(i64::from(*b)),
+            Field::Text(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn float(&self) -> Option<f64> {
+        match self {
+            Field::Int(i) => Some(*i as f64),
+            Field::UInt(u) => Some(*u as f64),
+            Field::Float(f) => Some(*f),
+            Field::Text(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// As PostgreSQL's `bool` input takes it.
+    fn boolean(&self) -> Option<bool> {
+        match self {
+            Field::Bool(b) => Some(*b),
+            Field::Int(0) => Some(false),
+            Field::Int(1) => Some(true),
+            Field::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
+                "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::Int(_) | Field::UInt(_) | Field::Float(_) => "a number",
+            Field::Text(_) => "a string",
+            Field::Bytes(_) => "bytes",
+        }
+    }
+}
+
+/// One binary `COPY` field: its length, then its bytes.
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Microseconds since 2000-01-01, PostgreSQL's timestamps, rounded to the nearest (half to
+/// even) as its text input rounds a finer fraction.
+fn pg_micros(t: NaiveDateTime) -> Option<i64> {
+    const EPOCH_2000: i64 = 946_684_800;
+    let t = t.and_utc();
+    let seconds = t.timestamp().checked_sub(EPOCH_2000)?;
+    let nanos = i64::from(t.timestamp_subsec_nanos());
+    let (micros, rest) = (nanos / 1000, nanos % 1000);
+    let up = rest > 500 || (rest == 500 && micros % 2 == 1);
+    seconds
+        .checked_mul(1_000_000)?
+        .checked_add(micros + i64::from(up))
+}
+
+/// A timestamp as backups carry it (RFC 3339), or as SQLite may hold one (`YYYY-MM-DD
+/// HH:MM:SS[.f]`, taken to be UTC).
+pub(crate) fn parse_time(s: &str) -> Option<NaiveDateTime> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.naive_utc())
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+        .ok()
+}
+
+fn time(s: &str, table: &str) -> Result<NaiveDateTime> {
+    parse_time(s).ok_or_else(|| bad_value(table, "a timestamp that does not parse"))
+}
+
+fn bytes(b64: &str, table: &str) -> Result<Vec<u8>> {
+    BASE64
+        .decode(b64)
+        .map_err(|_| bad_value(table, "bytes that are not base64"))
+}
+
+pub(crate) fn bad_value(table: &str, what: &str) -> Error {
+    Error::invalid_input(format!(
+        "a row of table {table} holds {what}; nothing was changed"
+    ))
+    .hint("the backup was not written by this program, or by a newer one")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(json: &str) -> Field<'_> {
+        let mut row = parse_row(json.as_bytes(), "t").unwrap();
+        assert_eq!(row.len(), 1);
+        row.remove(0)
+    }
+
+    #[test]
+    fn rows_parse_borrowing_what_needs_no_unescaping() {
+        let row = parse_row(
+            br#"[null,true,-3,18446744073709551615,1.5,"plain","a\"b",{"$b64":"aGk="}]"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(row[0], Field::Null);
+        assert_eq!(row[1], Field::Bool(true));
+        assert_eq!(row[2], Field::Int(-3));
+        assert_eq!(row[3], Field::UInt(u64::MAX));
+        assert_eq!(row[4], Field::Float(1.5));
+        assert!(matches!(&row[5], Field::Text(Cow::Borrowed("plain"))));
+        assert_eq!(row[6], Field::Text("a\"b".into()));
+        assert_eq!(row[7], Field::Bytes("aGk=".into()));
+        for bad in [
+            &b"[1,"[..],
+            b"{\"a\":1}",
+            b"[[1]]",
+            b"[{\"x\":\"aGk=\"}]",
+            b"[{}]",
+        ] {
+            assert!(
+                parse_row(bad, "t").is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// The binary field, without its length.
+    fn binary(f: &Field, kind: Kind) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        f.copy_binary(&mut out, kind, "t")?;
+        let len = i32::from_be_bytes(out[..4].try_into().unwrap());
+        assert_eq!(len as usize, out.len() - 4);
+        Ok(out[4..].to_vec())
+    }
+
+    #[test]
+    fn values_take_the_binary_form_of_their_column() {
+        assert_eq!(
+            binary(&one("[7]"), Kind::Int16).unwrap(),
+            7i16.to_be_bytes()
+        );
+        assert_eq!(
+            binary(&one("[\"42\"]"), Kind::Int32).unwrap(),
+            42i32.to_be_bytes()
+        );
+        assert_eq!(
+            binary(&one("[true]"), Kind::Int64).unwrap(),
+            1i64.to_be_bytes()
+        );
+        assert_eq!(
+            binary(&one("[2]"), Kind::Float64).unwrap(),
+            2f64.to_be_bytes()
+        );
+        assert_eq!(binary(&one("[1]"), Kind::Bool).unwrap(), [1]);
+        assert_eq!(binary(&one("[\"off\"]"), Kind::Bool).unwrap(), [0]);
+        assert_eq!(binary(&one("[12]"), Kind::Text).unwrap(), b"12");
+        assert_eq!(
+            binary(&one("[{\"$b64\":\"aGk=\"}]"), Kind::Bytes).unwrap(),
+            b"hi"
+        );
+        let mut null = Vec::new();
+        Field::Null
+            .copy_binary(&mut null, Kind::Int64, "t")
+            .unwrap();
+        assert_eq!(null, (-1i32).to_be_bytes());
+        for (json, kind) in [
+            ("[70000]", Kind::Int16),
+            ("[1.5]", Kind::Int64),
+            ("[\"x\"]", Kind::Int64),
+            ("[2]", Kind::Bool),
+            ("[\"yesterday\"]", Kind::TimeTz),
+            ("[{\"$b64\":\"aGk=\"}]", Kind::Text),
+        ] {
+            let e = binary(&one(json), kind).unwrap_err();
+            assert!(
+                e.message().contains("nothing was changed"),
+                "{json}: {}",
+                e.message()
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_become_microseconds_since_2000_rounded_as_postgres_rounds() {
+        let micros = |s: &str| {
+            i64::from_be_bytes(
+                binary(&Field::Text(s.into()), Kind::TimeTz)
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            )
+        };
+        assert_eq!(micros("2000-01-01T00:00:00Z"), 0);
+        assert_eq!(micros("2000-01-01T00:00:01.000001+00:00"), 1_000_001);
+        assert_eq!(micros("2000-01-01 01:00:00"), 3_600_000_000);
+        assert_eq!(micros("2000-01-01T01:00:00+01:00"), 0);
+        assert_eq!(micros("1999-12-31T23:59:59Z"), -1_000_000);
+        assert_eq!(micros("2000-01-01T00:00:00.0000015Z"), 2);
+        assert_eq!(micros("2000-01-01T00:00:00.0000025Z"), 2);
+        assert_eq!(micros("2000-01-01T00:00:00.000002501Z"), 3);
+    }
+
+    #[test]
+    fn timestamps_parse_in_the_forms_backups_and_sqlite_hold() {
+        let want =
+            NaiveDateTime::parse_from_str("2026-11-23 10:15:00.123456", "%Y-%m-%d %H:%M:%S%.f")
+                .unwrap();
+        for s in [
+            "2026-11-23T10:15:00.123456+00:00",
+            "2026-11-23T11:15:00.123456+01:00",
+            "2026-11-23T10:15:00.123456Z",
+            "2026-11-23 10:15:00.123456",
+            "2026-11-23T10:15:00.123456",
+        ] {
+            assert_eq!(parse_time(s), Some(want), "{s}");
+        }
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}
