@@ -569,6 +569,14 @@ struct Load {
 /// Where a table's rows end: at the next table (its name), or at the end of the backup.
 type Next = Option<String>;
 
+/// Why [`Load::rows`] stopped passing rows on.
+enum Paused {
+    /// The batch is full; more rows may follow.
+    Full,
+    /// The table's rows ended.
+    Ended(Next),
+}
+
 /// Batches: a MiB of `COPY` data, or an `INSERT` of at most so many rows, values and bytes.
 const BATCH_ROWS: usize = 1000;
 const BATCH_PARAMS: usize = 30_000;
@@ -610,17 +618,18 @@ impl Load {
         })
     }
 
-    /// Passes the table's rows, parsed and counted, to `each`; returns where the table ends.
+    /// Passes the table's rows, parsed and counted, to `each` until it says the batch is full
+    /// (`true`) or the table ends.
     fn rows(
         &mut self,
         reader: &mut Reader,
         mut each: impl FnMut(Vec<Field<'_>>, &[Kind]) -> Result<bool>,
-    ) -> Result<(Next, bool)> {
+    ) -> Result<Paused> {
         loop {
             let line = match reader.next_item()? {
                 Item::Row(line) => line,
-                Item::Table(name) => return Ok((Some(name), false)),
-                Item::End => return Ok((None, false)),
+                Item::Table(name) => return Ok(Paused::Ended(Some(name))),
+                Item::End => return Ok(Paused::Ended(None)),
             };
             let values = field::parse_row(line, &self.table)?;
             if values.len() != self.kinds.len() {
@@ -633,7 +642,7 @@ impl Load {
             }
             self.rows += 1;
             if each(values, &self.kinds)? {
-                return Ok((None, true));
+                return Ok(Paused::Full);
             }
         }
     }
@@ -670,14 +679,14 @@ impl Load {
         let width = i16::try_from(self.kinds.len())
             .map_err(|_| Error::internal("a table with more columns than COPY takes"))?;
         loop {
-            let (next, full) = self.rows(reader, |values, kinds| {
+            let paused = self.rows(reader, |values, kinds| {
                 data.extend_from_slice(&width.to_be_bytes());
                 for (v, kind) in values.iter().zip(kinds) {
                     v.copy_binary(&mut data, *kind, &table)?;
                 }
                 Ok(data.len() >= BATCH_BYTES)
             })?;
-            if !full {
+            if let Paused::Ended(next) = paused {
                 data.extend_from_slice(&(-1i16).to_be_bytes());
                 copy.send(data).await?;
                 return Ok(next);
@@ -696,7 +705,7 @@ impl Load {
         let mut batch: Vec<Bound> = Vec::new();
         let mut bytes = 0;
         loop {
-            let (next, full) = self.rows(reader, |values, kinds| {
+            let paused = self.rows(reader, |values, kinds| {
                 for (v, kind) in values.into_iter().zip(kinds) {
                     let b = v.bound(*kind, &table)?;
                     bytes += b.size();
@@ -709,7 +718,7 @@ impl Load {
                 self.insert_batch(conn, std::mem::take(&mut batch)).await?;
                 bytes = 0;
             }
-            if !full {
+            if let Paused::Ended(next) = paused {
                 return Ok(next);
             }
         }
