@@ -847,15 +847,20 @@ mod tests {
 
     /// A file whose file checksum holds around `lines`, as a faulty writer could leave one.
     fn forge(dir: &Path, lines: &[String]) -> PathBuf {
-        let mut body = zstd::encode_all(lines.concat().as_bytes(), LEVEL).unwrap();
+        let body = zstd::encode_all(lines.concat().as_bytes(), LEVEL).unwrap();
+        let path = dir.join("forged");
+        fs::write(&path, footed(body)).unwrap();
+        path
+    }
+
+    /// `body` with the footer a writer would give it.
+    fn footed(mut body: Vec<u8>) -> Vec<u8> {
         let hash = Sha256::digest(&body);
         body.extend_from_slice(&FOOTER_MAGIC.to_le_bytes());
         body.extend_from_slice(&36u32.to_le_bytes());
         body.extend_from_slice(b"CDBK");
         body.extend_from_slice(&hash);
-        let path = dir.join("forged");
-        fs::write(&path, body).unwrap();
-        path
+        body
     }
 
     #[test]
@@ -913,6 +918,21 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{says}: {}", e.message());
             assert!(e.message().contains(says), "{says}: {}", e.message());
         }
+        // A frame damaged before its file checksum was taken: zstd's own checksum notices.
+        let mut frame = zstd::stream::Encoder::new(Vec::new(), LEVEL).unwrap();
+        frame.include_checksum(true).unwrap();
+        frame.write_all(whole.concat().as_bytes()).unwrap();
+        let mut body = frame.finish().unwrap();
+        let last = body.len() - 1;
+        body[last] ^= 0x01;
+        let path = dir.path().join("bad-frame");
+        fs::write(&path, footed(body)).unwrap();
+        let e = Reader::open(&path).and_then(Reader::verify).unwrap_err();
+        assert!(
+            e.message().contains("cannot be decompressed"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
