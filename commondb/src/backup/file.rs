@@ -1,5 +1,6 @@
 //! The backup file: zstd-compressed JSON lines, written under a temporary name and renamed
-//! into place, verified end to end before a restore uses it.
+//! into place; its file checksum is checked before a restore uses it, and the rest as it is
+//! read.
 //!
 //! ```text
 //! {"format":"commondb-backup","format_version":1,"executable":"create-user",…,"tables":[…]}
@@ -315,7 +316,7 @@ impl Writer {
             sha256: hex(&content.finalize()),
         };
         let line = serde_json::to_vec(&trailer).map_err(internal)?;
-        let dir = self.dir;
+        let dir = std::mem::take(&mut self.dir);
         let tmp = out
             .write_all(&line)
             .and_then(|()| out.write_all(b"\n"))
@@ -352,6 +353,17 @@ impl Writer {
     }
 }
 
+/// A backup that stops before [`Writer::finish`] waits for its compressor, whose partial file
+/// goes with it: a failed backup leaves nothing behind.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.blocks = None;
+        if let Some(compressor) = self.compressor.take() {
+            let _ = compressor.join();
+        }
+    }
+}
+
 /// Removes partial files left by backups that were killed (their process is gone).
 fn remove_stale_partials(dir: &Path) {
     let Ok(read) = fs::read_dir(dir) else { return };
@@ -383,7 +395,7 @@ pub enum Item<'a> {
 /// them a block at a time, while the caller's thread uses the rows.
 struct Lines {
     path: PathBuf,
-    blocks: std::sync::mpsc::Receiver<io::Result<Block>>,
+    blocks: std::sync::mpsc::Receiver<std::result::Result<Block, String>>,
     block: Vec<u8>,
     /// Where the current line is in `block`, and where the next one starts.
     line: std::ops::Range<usize>,
@@ -410,8 +422,8 @@ impl Lines {
         std::thread::Builder::new()
             .name("backup-read".into())
             .spawn(move || {
-                if let Err(e) = decompress(decoder, &sender) {
-                    let _ = sender.send(Err(e));
+                if let Err(why) = decompress(decoder, &sender) {
+                    let _ = sender.send(Err(why));
                 }
             })
             .map_err(internal)?;
@@ -437,9 +449,7 @@ impl Lines {
                     self.before_last = Some(hash);
                     return Ok(false);
                 }
-                Ok(Err(e)) => {
-                    return Err(self.damaged(&format!("it cannot be decompressed ({e})")));
-                }
+                Ok(Err(why)) => return Err(self.damaged(&why)),
                 Err(_) => return Err(internal("the decompressing thread stopped")),
             }
         }
@@ -464,36 +474,43 @@ impl Lines {
 
 /// The decompressing thread: passes on blocks of whole lines, each hashed once the next is
 /// read, and at the end the hash of every line but the last (the trailer, which holds it).
+/// Stops quietly when the reader is gone; says why when the file is damaged.
 fn decompress(
     mut decoder: zstd::Decoder<'static, BufReader<io::Take<File>>>,
-    sender: &std::sync::mpsc::SyncSender<io::Result<Block>>,
-) -> io::Result<()> {
-    let gone = || io::Error::other("the reader is gone");
+    sender: &std::sync::mpsc::SyncSender<std::result::Result<Block, String>>,
+) -> std::result::Result<(), String> {
+    let pass = |block| sender.send(Ok(block)).is_ok();
     let mut hash = Sha256::new();
     let mut held: Option<Vec<u8>> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BLOCK * 2);
     loop {
         let len = buf.len();
         buf.resize(len + READ_BLOCK, 0);
-        let n = decoder.read(&mut buf[len..])?;
+        let n = decoder
+            .read(&mut buf[len..])
+            .map_err(|e| format!("it cannot be decompressed ({e})"))?;
         buf.truncate(len + n);
         if n == 0 {
             if let Some(last) = held.take() {
                 let body = last.len().saturating_sub(1);
                 let cut = memchr::memrchr(b'\n', &last[..body]).map_or(0, |i| i + 1);
                 hash.update(&last[..cut]);
-                sender.send(Ok(Block::Lines(last))).map_err(|_| gone())?;
+                if !pass(Block::Lines(last)) {
+                    return Ok(());
+                }
             }
-            if !buf.is_empty() {
-                sender.send(Ok(Block::Lines(buf))).map_err(|_| gone())?;
+            if !buf.is_empty() && !pass(Block::Lines(buf)) {
+                return Ok(());
             }
-            return sender
-                .send(Ok(Block::End(hash.finalize().into())))
-                .map_err(|_| gone());
+            pass(Block::End(hash.finalize().into()));
+            return Ok(());
         }
         let Some(end) = memchr::memrchr(b'\n', &buf[len..]) else {
             if buf.len() as u64 > MAX_LINE {
-                return Err(io::Error::other("a line is longer than any backup writes"));
+                return Err(format!(
+                    "a line is longer than any backup holds ({} MiB)",
+                    MAX_LINE >> 20
+                ));
             }
             continue;
         };
@@ -501,16 +518,16 @@ fn decompress(
         let whole = std::mem::replace(&mut buf, rest);
         if let Some(previous) = held.replace(whole) {
             hash.update(&previous);
-            sender
-                .send(Ok(Block::Lines(previous)))
-                .map_err(|_| gone())?;
+            if !pass(Block::Lines(previous)) {
+                return Ok(());
+            }
         }
     }
 }
 
 /// Compares the SHA-256 of the file's first `body` bytes with its footer's: one pass over the
-/// compressed bytes, by position (the decoder's offset on the same file stays where it is),
-/// which refuses any flipped bit or truncation before a single row is used.
+/// compressed bytes, by position (the file's offset stays where it is), which refuses any
+/// flipped bit or truncation before a single line is used, even the header's.
 fn check_file(file: &File, body: u64, path: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let unreadable = |e: io::Error| damaged(path, &format!("it cannot be read ({e})"));
@@ -530,19 +547,20 @@ fn check_file(file: &File, body: u64, path: &Path) -> Result<()> {
     }
     let mut footer = [0u8; FOOTER_LEN];
     let n = file.read_at(&mut footer, body).map_err(unreadable)?;
-    let ok = n == FOOTER_LEN
+    let footed = n == FOOTER_LEN
         && footer[..4] == FOOTER_MAGIC.to_le_bytes()
         && footer[4..8] == 36u32.to_le_bytes()
-        && &footer[8..12] == b"CDBK"
-        && footer[12..] == hash.finalize()[..];
-    if ok {
-        Ok(())
-    } else {
-        Err(damaged(
+        && &footer[8..12] == b"CDBK";
+    if !footed {
+        return Err(damaged(
             path,
-            "its file checksum does not match (truncated or altered?)",
-        ))
+            "it does not end with a backup's checksum (truncated, or not a commondb backup?)",
+        ));
     }
+    if footer[12..] != hash.finalize()[..] {
+        return Err(damaged(path, "its file checksum does not match (altered?)"));
+    }
+    Ok(())
 }
 
 fn damaged(path: &Path, why: &str) -> Error {
@@ -593,7 +611,7 @@ impl Reader {
         io::Seek::rewind(&mut file).map_err(unreadable)?;
         let len = file.metadata().map_err(unreadable)?.len();
         let body = len.saturating_sub(FOOTER_LEN as u64);
-        let checked = file.try_clone().map_err(unreadable)?;
+        check_file(&file, body, path)?;
         let mut src = Lines::start(path, file.take(body))?;
         if !src.read()? {
             return Err(src.damaged("it is empty"));
@@ -616,7 +634,6 @@ impl Reader {
             ))
             .hint("restore it with a newer version of this executable"));
         }
-        check_file(&checked, body, path)?;
         Ok(Reader {
             src,
             counts: vec![0; header.tables.len()],
@@ -960,6 +977,28 @@ mod tests {
             }
         }
         assert!(matches!(reader.next_item().unwrap(), Item::End));
+    }
+
+    #[test]
+    fn a_backup_stopped_before_it_finished_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = header();
+        let mut w = Writer::create(dir.path(), "stopped.jsonl.zst".into(), &h).unwrap();
+        w.table("notes").unwrap();
+        for i in 0..100_000 {
+            w.row(|buf| {
+                buf.extend_from_slice(
+                    format!("[{i},\"a row long enough to fill blocks\"]").as_bytes(),
+                );
+                Ok(())
+            })
+            .unwrap();
+        }
+        let failed = w.row(|_| Err(Error::internal("the database went away")));
+        assert!(failed.is_err());
+        drop(w);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]

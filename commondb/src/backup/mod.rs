@@ -5,11 +5,13 @@
 //! transaction and streams them through [`file::Writer`] into a partial file that is synced and
 //! renamed into place only when complete. Retention then keeps the newest `backup_keep`.
 //!
-//! A restore first reads the whole file ([`verify`]: format, checksum, row counts, executable,
-//! schema version) and checks that its tables and columns fit the schema, then takes a safety
-//! backup of the data it is about to replace, then replaces every task table's rows in one
-//! transaction ([`crate::db::dump::restore`]). Until that transaction commits, the database is
-//! as it was; a kill at any point leaves it so.
+//! A restore first checks the file ([`verify`]: its format, its checksum over the compressed
+//! bytes, executable, schema version) and that its tables and columns fit the schema, then
+//! takes a safety backup of the data it is about to replace, then replaces every task table's
+//! rows in one transaction ([`crate::db::dump::restore`]), which commits only once the reader
+//! found the content's structure, row counts and checksum right. Until that transaction
+//! commits, the database is as it was; a kill at any point leaves it so. A restore refused
+//! after the safety backup was taken removes it again.
 
 pub mod file;
 
@@ -303,7 +305,11 @@ pub(crate) async fn restore<T: Task>(
         // Opened before any retention runs: an open file survives its own removal.
         let mut reader = Reader::open(path)?;
         let safety = async || backup_unpruned::<T>(target, Kind::Safety).await;
-        let (restored, safety) = dump::restore(conn, &mut reader, &targets, safety).await?;
+        let unneeded = |safety: BackupReport| {
+            let _ = std::fs::remove_file(&safety.file);
+        };
+        let (restored, safety) =
+            dump::restore(conn, &mut reader, &targets, safety, unneeded).await?;
         Ok((restored, safety.file))
     };
     let (tables, safety_backup) = match &target.location {
@@ -405,6 +411,45 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_refused_as_it_loads_changes_nothing_and_leaves_no_safety_backup() {
+        let (_dir, settings) = testing::scratch();
+        let target = testing::target(&settings);
+        add(&target, Notes::MIGRATIONS, "kept").await;
+        let good = backup::<Notes>(&target, Kind::Backup).await.unwrap();
+        add(&target, Notes::MIGRATIONS, "late").await;
+        // Sound as a file (its file checksum holds), unsound inside: the header promises a row
+        // the file does not hold, which only the end of the rows shows.
+        let mut header = file::header(&good.file).unwrap();
+        header.tables[0].rows += 1;
+        let dir = target.settings.backup_dir();
+        let mut w = Writer::create(&dir, "forged.jsonl.zst".into(), &header).unwrap();
+        for (table, rows) in file::rows(&good.file).unwrap() {
+            w.table(&table).unwrap();
+            for row in rows {
+                w.row(|buf| {
+                    buf.extend_from_slice(&row);
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+        let (forged, _) = w.finish().unwrap();
+        let header = verify::<Notes>(&forged, Backend::Sqlite).unwrap();
+        let e = restore::<Notes>(&target, &forged, &header)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}", e.message());
+        assert!(e.message().contains("row counts"), "{}", e.message());
+        assert_eq!(count(&target, "SELECT COUNT(*) FROM notes").await, 2);
+        let safety = file::list(&dir, Notes::NAME)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == Kind::Safety)
+            .count();
+        assert_eq!(safety, 0, "the refused restore left its safety backup");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use sqlx::{
     Arguments, AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
 };
 
-use super::field::{self, Bound, Field};
+use super::field::{self, Bound, Field, Place};
 use super::{Backend, Conn, on_conn, schema};
 use crate::backup::file::{Item, Reader, TableInfo, Writer};
 use crate::error::{Error, Result};
@@ -43,6 +43,24 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The kind's name in SQL, for messages.
+    pub(crate) fn sql_name(self) -> &'static str {
+        match self {
+            Kind::Int16 => "smallint",
+            Kind::Int32 => "integer",
+            Kind::Int64 => "bigint",
+            Kind::UInt64 => "bigint unsigned",
+            Kind::Float32 => "real",
+            Kind::Float64 => "double precision",
+            Kind::Bool => "boolean",
+            Kind::Text => "text",
+            Kind::Bytes => "bytes",
+            Kind::TimeTz => "timestamp with time zone",
+            Kind::Time => "timestamp",
+            Kind::Dynamic => "any value",
+        }
+    }
+
     fn of(backend: Backend, type_name: &str) -> Option<Kind> {
         let t = type_name.to_ascii_uppercase();
         Some(match backend {
@@ -407,12 +425,16 @@ pub(crate) fn check_fits(infos: &[TableInfo], targets: &[Table]) -> Result<()> {
 ///
 /// The transaction first locks the task tables against writers (readers go on), then runs
 /// `before` (the safety backup, on a connection of its own), so that what `before` reads is
-/// exactly what the restore replaces: nothing can be committed in between.
+/// exactly what the restore replaces: nothing can be committed in between. If the restore
+/// then fails and is rolled back, what `before` made is handed to `unneeded`: the data it
+/// holds is still in the database. (A failed `COMMIT` is not a rollback: its outcome is
+/// unknown, so the safety backup stays.)
 pub(crate) async fn restore<S>(
     conn: &mut Conn,
     reader: &mut Reader,
     targets: &[Table],
     before: impl AsyncFnOnce() -> Result<S>,
+    unneeded: impl FnOnce(S),
 ) -> Result<(Vec<Restored>, S)> {
     let backend = conn.backend();
     let names = || targets.iter().map(|t| t.name.as_str());
@@ -442,19 +464,23 @@ pub(crate) async fn restore<S>(
             }
         }
     }
-    let replaced = async {
-        let taken = before().await?;
-        let restored = replace(conn, reader, targets).await?;
-        Ok::<_, Error>((restored, taken))
-    }
-    .await;
-    match replaced {
-        Ok(done) => {
-            conn.exec("COMMIT".into()).await?;
-            Ok(done)
-        }
+    let taken = match before().await {
+        Ok(taken) => taken,
         Err(e) => {
             let _ = conn.exec("ROLLBACK".into()).await;
+            return Err(e);
+        }
+    };
+    match replace(conn, reader, targets).await {
+        Ok(restored) => {
+            conn.exec("COMMIT".into()).await?;
+            Ok((restored, taken))
+        }
+        Err(e) => {
+            // Even if the ROLLBACK cannot be sent, the server rolls back what a lost
+            // connection left open.
+            let _ = conn.exec("ROLLBACK".into()).await;
+            unneeded(taken);
             Err(e)
         }
     }
@@ -559,7 +585,8 @@ async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<S
 struct Load {
     backend: Backend,
     table: String,
-    /// The backup's columns, quoted, in its rows' order.
+    /// The backup's columns, in its rows' order, and quoted for SQL.
+    names: Vec<String>,
     columns: String,
     /// The target column's kind for each of the backup's columns.
     kinds: Vec<Kind>,
@@ -613,6 +640,7 @@ impl Load {
             backend,
             table: name.to_string(),
             columns: quoted_list(backend, columns.iter().map(String::as_str)),
+            names: columns.clone(),
             kinds,
             rows: 0,
         })
@@ -675,14 +703,18 @@ impl Load {
     ) -> Result<Next> {
         let mut data = Vec::with_capacity(BATCH_BYTES + 4096);
         data.extend_from_slice(COPY_BINARY_HEADER);
-        let table = self.table.clone();
+        let (table, names) = (self.table.clone(), self.names.clone());
         let width = i16::try_from(self.kinds.len())
             .map_err(|_| Error::internal("a table with more columns than COPY takes"))?;
         loop {
             let paused = self.rows(reader, |values, kinds| {
                 data.extend_from_slice(&width.to_be_bytes());
-                for (v, kind) in values.iter().zip(kinds) {
-                    v.copy_binary(&mut data, *kind, &table)?;
+                for ((v, kind), column) in values.iter().zip(kinds).zip(&names) {
+                    let at = Place {
+                        table: &table,
+                        column,
+                    };
+                    v.copy_binary(&mut data, *kind, &at)?;
                 }
                 Ok(data.len() >= BATCH_BYTES)
             })?;
@@ -701,13 +733,17 @@ impl Load {
 
     /// SQLite and MySQL/MariaDB: multi-row `INSERT`s.
     async fn insert(&mut self, conn: &mut Conn, reader: &mut Reader) -> Result<Next> {
-        let table = self.table.clone();
+        let (table, names) = (self.table.clone(), self.names.clone());
         let mut batch: Vec<Bound> = Vec::new();
         let mut bytes = 0;
         loop {
             let paused = self.rows(reader, |values, kinds| {
-                for (v, kind) in values.into_iter().zip(kinds) {
-                    let b = v.bound(*kind, &table)?;
+                for ((v, kind), column) in values.into_iter().zip(kinds).zip(&names) {
+                    let at = Place {
+                        table: &table,
+                        column,
+                    };
+                    let b = v.bound(*kind, &at)?;
                     bytes += b.size();
                     batch.push(b);
                 }

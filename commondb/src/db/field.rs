@@ -15,6 +15,7 @@ use chrono::{DateTime, NaiveDateTime};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::dump::Kind;
+use crate::backup::file::hex;
 use crate::error::{Error, Result};
 
 /// One value of a backup row.
@@ -138,32 +139,48 @@ impl Bound {
     }
 }
 
+/// Where a value goes, for the message that refuses it.
+pub(crate) struct Place<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+}
+
+impl Place<'_> {
+    /// Refuses `value` for this column, which takes `kind`.
+    fn refuse(&self, value: &Field, kind: Kind) -> Error {
+        Error::invalid_input(format!(
+            "a row of table {} holds {} in column {}, which takes {}; nothing was changed",
+            self.table,
+            value.shown(),
+            self.column,
+            kind.sql_name()
+        ))
+        .hint("correct that value where the backup was taken and take it again, or restore into a schema whose column takes it")
+    }
+}
+
 impl Field<'_> {
     /// As a parameter of an `INSERT` (SQLite, MySQL/MariaDB), which convert the rest.
-    pub(crate) fn bound(self, kind: Kind, table: &str) -> Result<Bound> {
+    pub(crate) fn bound(self, kind: Kind, at: &Place) -> Result<Bound> {
         Ok(match self {
             Field::Null => Bound::Null,
             Field::Bool(b) => Bound::Bool(b),
             Field::Int(i) => Bound::I64(i),
             Field::UInt(u) => Bound::U64(u),
             Field::Float(f) => Bound::F64(f),
-            Field::Text(s) if matches!(kind, Kind::Time | Kind::TimeTz) => {
-                Bound::Time(time(&s, table)?)
+            Field::Text(ref s) if matches!(kind, Kind::Time | Kind::TimeTz) => {
+                Bound::Time(parse_time(s).ok_or_else(|| at.refuse(&self, kind))?)
             }
             Field::Text(s) => Bound::Text(s.into_owned()),
-            Field::Bytes(b64) => Bound::Bytes(bytes(&b64, table)?),
+            Field::Bytes(b64) => Bound::Bytes(bytes(&b64, at.table)?),
         })
     }
 
     /// Appends the value as one field of PostgreSQL's binary `COPY` format (its length, then
-    /// the type's binary form), for a column of `kind`.
-    pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, table: &str) -> Result<()> {
-        let wrong = || {
-            bad_value(
-                table,
-                &format!("{} for a column of type {kind:?}", self.what()),
-            )
-        };
+    /// the type's binary form), for a column of `kind`: the value PostgreSQL's text input
+    /// would have made of it, or an error where that input would have refused it.
+    pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, at: &Place) -> Result<()> {
+        let wrong = || at.refuse(self, kind);
         match (kind, self) {
             (_, Field::Null) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (Kind::Int16, _) => {
@@ -175,7 +192,16 @@ impl Field<'_> {
                 put(out, &v.to_be_bytes());
             }
             (Kind::Int64, _) => put(out, &self.integer().ok_or_else(wrong)?.to_be_bytes()),
-            (Kind::Float32, _) => put(out, &(self.float().ok_or_else(wrong)? as f32).to_be_bytes()),
+            (Kind::Float32, _) => {
+                let wide = self.float().ok_or_else(wrong)?;
+                let v = wide as f32;
+                let overflow = wide.is_finite() && v.is_infinite();
+                let underflow = wide != 0.0 && v == 0.0;
+                if overflow || underflow {
+                    return Err(wrong());
+                }
+                put(out, &v.to_be_bytes());
+            }
             (Kind::Float64, _) => put(out, &self.float().ok_or_else(wrong)?.to_be_bytes()),
             (Kind::Bool, _) => put(out, &[u8::from(self.boolean().ok_or_else(wrong)?)]),
             (Kind::Text, Field::Text(s)) => put(out, s.as_bytes()),
@@ -186,11 +212,21 @@ impl Field<'_> {
                 serde_json::to_string(f).map_err(|_| wrong())?.as_bytes(),
             ),
             (Kind::Text, Field::Bool(b)) => put(out, if *b { b"t" } else { b"f" }),
-            (Kind::Bytes, Field::Bytes(b64)) => put(out, &bytes(b64, table)?),
-            (Kind::Bytes, Field::Text(s)) => put(out, s.as_bytes()),
+            // As bytea's text output shows them.
+            (Kind::Text, Field::Bytes(b64)) => {
+                put(
+                    out,
+                    format!("\\x{}", hex(&bytes(b64, at.table)?)).as_bytes(),
+                );
+            }
+            (Kind::Bytes, Field::Bytes(b64)) => put(out, &bytes(b64, at.table)?),
+            (Kind::Bytes, Field::Text(s)) => put(out, &bytea_input(s).ok_or_else(wrong)?),
             (Kind::TimeTz | Kind::Time, Field::Text(s)) => put(
                 out,
-                &pg_micros(time(s, table)?).ok_or_else(wrong)?.to_be_bytes(),
+                &parse_time(s)
+                    .and_then(pg_micros)
+                    .ok_or_else(wrong)?
+                    .to_be_bytes(),
             ),
             _ => return Err(wrong()),
         }
@@ -206,40 +242,100 @@ impl Field<'_> {
         }
     }
 
+    /// As PostgreSQL's `float8` input takes it: `NaN` and `Infinity` are values, but a number
+    /// too large or too small for a double is refused, not rounded to infinity or zero.
     fn float(&self) -> Option<f64> {
         match self {
             Field::Int(i) => Some(*i as f64),
             Field::UInt(u) => Some(*u as f64),
             Field::Float(f) => Some(*f),
-            Field::Text(s) => s.trim().parse().ok(),
+            Field::Text(s) => {
+                let s = s.trim();
+                let v: f64 = s.parse().ok()?;
+                let digits = s.split(['e', 'E']).next().unwrap_or("");
+                let named = s.trim_start_matches(['+', '-']).to_ascii_lowercase();
+                let overflow = v.is_infinite() && !named.starts_with("inf");
+                let underflow = v == 0.0 && digits.bytes().any(|b| (b'1'..=b'9').contains(&b));
+                (!overflow && !underflow).then_some(v)
+            }
             _ => None,
         }
     }
 
-    /// As PostgreSQL's `bool` input takes it.
+    /// As PostgreSQL's `bool` input takes it: `1`/`0`, and any prefix of `true`, `false`,
+    /// `yes`, `no`, or `on`, `of(f)`, in any case.
     fn boolean(&self) -> Option<bool> {
         match self {
             Field::Bool(b) => Some(*b),
             Field::Int(0) => Some(false),
             Field::Int(1) => Some(true),
-            Field::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
-                "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
-                _ => None,
-            },
+            Field::Text(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                let prefix_of = |word: &str| word.starts_with(s.as_str());
+                match s.as_bytes().first()? {
+                    b't' if prefix_of("true") => Some(true),
+                    b'f' if prefix_of("false") => Some(false),
+                    b'y' if prefix_of("yes") => Some(true),
+                    b'n' if prefix_of("no") => Some(false),
+                    _ if s == "on" || s == "1" => Some(true),
+                    _ if s == "of" || s == "off" || s == "0" => Some(false),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
 
-    fn what(&self) -> &'static str {
+    /// The value as a message shows it: strings quoted and cut short.
+    fn shown(&self) -> String {
         match self {
-            Field::Null => "null",
-            Field::Bool(_) => "a boolean",
-            Field::Int(_) | Field::UInt(_) | Field::Float(_) => "a number",
-            Field::Text(_) => "a string",
-            Field::Bytes(_) => "bytes",
+            Field::Null => "null".into(),
+            Field::Bool(b) => b.to_string(),
+            Field::Int(i) => i.to_string(),
+            Field::UInt(u) => u.to_string(),
+            Field::Float(f) => f.to_string(),
+            Field::Text(s) if s.chars().count() > 40 => {
+                format!("{:?}…", s.chars().take(40).collect::<String>())
+            }
+            Field::Text(s) => format!("{s:?}"),
+            Field::Bytes(_) => "bytes".into(),
         }
     }
+}
+
+/// A string as PostgreSQL's `bytea` input takes it: `\x` and hexadecimal digit pairs (with
+/// white space between pairs), or the escape format (`\\` and `\ooo` octal escapes).
+fn bytea_input(s: &str) -> Option<Vec<u8>> {
+    if let Some(hex) = s.strip_prefix("\\x") {
+        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        return digits
+            .chunks(2)
+            .map(|pair| {
+                let pair = std::str::from_utf8(pair).ok().filter(|p| p.len() == 2)?;
+                u8::from_str_radix(pair, 16).ok()
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, after)) = rest.split_first() {
+        rest = after;
+        if b != b'\\' {
+            out.push(b);
+        } else if rest.first() == Some(&b'\\') {
+            out.push(b'\\');
+            rest = &rest[1..];
+        } else if rest.len() >= 3
+            && (b'0'..=b'3').contains(&rest[0])
+            && rest[1..3].iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            out.push((rest[0] - b'0') * 64 + (rest[1] - b'0') * 8 + (rest[2] - b'0'));
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// One binary `COPY` field: its length, then its bytes.
@@ -263,18 +359,28 @@ fn pg_micros(t: NaiveDateTime) -> Option<i64> {
         .checked_add(micros + i64::from(up))
 }
 
-/// A timestamp as backups carry it (RFC 3339), or as SQLite may hold one (`YYYY-MM-DD
-/// HH:MM:SS[.f]`, taken to be UTC).
+/// A timestamp as backups carry it (RFC 3339), or as SQLite or PostgreSQL's text may hold
+/// one: `YYYY-MM-DD[ T]HH:MM[:SS[.f]]`, with an offset (`+00`, `+0530`, `+05:30`) or taken to
+/// be UTC without one, or a date alone (midnight UTC).
 pub(crate) fn parse_time(s: &str) -> Option<NaiveDateTime> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.naive_utc())
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.naive_utc());
+    }
+    for sep in [" ", "T"] {
+        for time in ["%H:%M:%S%.f", "%H:%M"] {
+            let format = format!("%Y-%m-%d{sep}{time}");
+            if let Ok(t) = DateTime::parse_from_str(s, &format!("{format}%#z")) {
+                return Some(t.naive_utc());
+            }
+            if let Ok(t) = NaiveDateTime::parse_from_str(s, &format) {
+                return Some(t);
+            }
+        }
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
-}
-
-fn time(s: &str, table: &str) -> Result<NaiveDateTime> {
-    parse_time(s).ok_or_else(|| bad_value(table, "a timestamp that does not parse"))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
 fn bytes(b64: &str, table: &str) -> Result<Vec<u8>> {
@@ -315,6 +421,9 @@ mod tests {
         assert!(matches!(&row[5], Field::Text(Cow::Borrowed("plain"))));
         assert_eq!(row[6], Field::Text("a\"b".into()));
         assert_eq!(row[7], Field::Bytes("aGk=".into()));
+        // Exactly the double that was written, not one unit in the last place off.
+        assert_eq!(one("[-1.5e-300]"), Field::Float(-1.5e-300));
+        assert_eq!(one("[0.1]"), Field::Float(0.1));
         for bad in [
             &b"[1,"[..],
             b"{\"a\":1}",
@@ -330,10 +439,15 @@ mod tests {
         }
     }
 
+    const AT: Place = Place {
+        table: "t",
+        column: "c",
+    };
+
     /// The binary field, without its length.
     fn binary(f: &Field, kind: Kind) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        f.copy_binary(&mut out, kind, "t")?;
+        f.copy_binary(&mut out, kind, &AT)?;
         let len = i32::from_be_bytes(out[..4].try_into().unwrap());
         assert_eq!(len as usize, out.len() - 4);
         Ok(out[4..].to_vec())
@@ -366,24 +480,70 @@ mod tests {
         );
         let mut null = Vec::new();
         Field::Null
-            .copy_binary(&mut null, Kind::Int64, "t")
+            .copy_binary(&mut null, Kind::Int64, &AT)
             .unwrap();
         assert_eq!(null, (-1i32).to_be_bytes());
+        assert_eq!(
+            binary(&one("[{\"$b64\":\"aGk=\"}]"), Kind::Text).unwrap(),
+            b"\\x6869"
+        );
         for (json, kind) in [
             ("[70000]", Kind::Int16),
             ("[1.5]", Kind::Int64),
             ("[\"x\"]", Kind::Int64),
             ("[2]", Kind::Bool),
             ("[\"yesterday\"]", Kind::TimeTz),
-            ("[{\"$b64\":\"aGk=\"}]", Kind::Text),
+            ("[1e300]", Kind::Float32),
+            ("[1e-300]", Kind::Float32),
+            ("[\"1e400\"]", Kind::Float64),
+            ("[\"1e-400\"]", Kind::Float64),
+            ("[\"\\\\q\"]", Kind::Bytes),
+            ("[true]", Kind::TimeTz),
         ] {
             let e = binary(&one(json), kind).unwrap_err();
-            assert!(
-                e.message().contains("nothing was changed"),
-                "{json}: {}",
-                e.message()
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput, "{json}");
+            let says = format!(
+                "in column c, which takes {}; nothing was changed",
+                kind.sql_name()
             );
+            assert!(e.message().contains(&says), "{json}: {}", e.message());
         }
+        let e = binary(&Field::Text("x".repeat(100).into()), Kind::Int64).unwrap_err();
+        assert!(
+            e.message().contains(&format!("\"{}\"…", "x".repeat(40))),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn text_converts_as_postgres_text_input_would_take_it() {
+        let bool_of = |s: &str| binary(&Field::Text(s.into()), Kind::Bool).ok();
+        for s in ["t", "TR", "true", "y", "Yes", "on", "1", " true "] {
+            assert_eq!(bool_of(s), Some(vec![1]), "{s}");
+        }
+        for s in ["f", "fal", "FALSE", "n", "no", "of", "off", "0"] {
+            assert_eq!(bool_of(s), Some(vec![0]), "{s}");
+        }
+        for s in ["", "o", "truex", "2", "maybe"] {
+            assert_eq!(bool_of(s), None, "{s:?}");
+        }
+        let bytea = |s: &str| binary(&Field::Text(s.into()), Kind::Bytes).ok();
+        assert_eq!(bytea("\\x41 42"), Some(b"AB".to_vec()));
+        assert_eq!(bytea("a\\\\b\\001"), Some(b"a\\b\x01".to_vec()));
+        assert_eq!(bytea("plain"), Some(b"plain".to_vec()));
+        assert_eq!(bytea("\\x4"), None);
+        assert_eq!(bytea("\\9"), None);
+        let float = |s: &str| binary(&Field::Text(s.into()), Kind::Float64).ok();
+        assert_eq!(
+            float("NaN").map(|b| f64::from_be_bytes(b.try_into().unwrap()).is_nan()),
+            Some(true)
+        );
+        assert_eq!(
+            float("-Infinity"),
+            Some(f64::NEG_INFINITY.to_be_bytes().to_vec())
+        );
+        assert_eq!(float(" 0.0e5 "), Some(0f64.to_be_bytes().to_vec()));
     }
 
     #[test]
@@ -407,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_parse_in_the_forms_backups_and_sqlite_hold() {
+    fn timestamps_parse_in_the_forms_backups_sqlite_and_postgres_hold() {
         let want =
             NaiveDateTime::parse_from_str("2026-11-23 10:15:00.123456", "%Y-%m-%d %H:%M:%S%.f")
                 .unwrap();
@@ -417,9 +577,21 @@ mod tests {
             "2026-11-23T10:15:00.123456Z",
             "2026-11-23 10:15:00.123456",
             "2026-11-23T10:15:00.123456",
+            "2026-11-23 10:15:00.123456+00",
+            "2026-11-23 15:45:00.123456+0530",
+            " 2026-11-23 10:15:00.123456 ",
         ] {
             assert_eq!(parse_time(s), Some(want), "{s}");
         }
-        assert_eq!(parse_time("yesterday"), None);
+        let minute =
+            NaiveDateTime::parse_from_str("2026-11-23 10:15:00", "%Y-%m-%d %H:%M:%S").unwrap();
+        assert_eq!(parse_time("2026-11-23 10:15"), Some(minute));
+        assert_eq!(parse_time("2026-11-23T11:15+01"), Some(minute));
+        let midnight =
+            NaiveDateTime::parse_from_str("2026-11-23 00:00:00", "%Y-%m-%d %H:%M:%S").unwrap();
+        assert_eq!(parse_time("2026-11-23"), Some(midnight));
+        for s in ["yesterday", "2026-11-23 25:00", "23/11/2026", ""] {
+            assert_eq!(parse_time(s), None, "{s:?}");
+        }
     }
 }
