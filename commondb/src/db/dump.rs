@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
 use sqlx::mysql::{MySqlArguments, MySqlRow};
-use sqlx::postgres::{PgConnection, PgCopyIn, PgRow};
+use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{
     Arguments, AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
@@ -284,10 +284,161 @@ async fn stream_tables(conn: &mut Conn, tables: &[Table], out: &mut Writer) -> R
         }
         match conn {
             Conn::Sqlite(c) => stream!(c, encode_sqlite),
-            Conn::Postgres(c) => stream!(c, encode_pg),
+            Conn::Postgres(c) => copy_out(c, table, backend, &kinds, out).await?,
             Conn::MySql(c) => stream!(c, encode_mysql),
         }
     }
+    Ok(())
+}
+
+/// PostgreSQL: one binary `COPY … TO STDOUT` per table, its rows decoded here from their
+/// binary form straight into JSON (no per-row statement machinery), in the same snapshot.
+async fn copy_out(
+    c: &mut PgConnection,
+    table: &Table,
+    backend: Backend,
+    kinds: &[Kind],
+    out: &mut Writer,
+) -> Result<()> {
+    let sql = format!(
+        "COPY {} ({}) TO STDOUT (FORMAT binary)",
+        backend.quote(&table.name),
+        table.column_list(backend)
+    );
+    let mut chunks = c.copy_out_raw(&sql).await?;
+    let broken = |why: &str| Error::internal(format!("PostgreSQL's COPY of {}: {why}", table.name));
+    // Bytes received and not yet used: rows may arrive split across chunks.
+    let mut data: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut header = false;
+    let mut ended = false;
+    while let Some(chunk) = chunks.try_next().await? {
+        if ended {
+            return Err(broken("data after its end"));
+        }
+        data.extend_from_slice(&chunk);
+        let mut at = 0;
+        if !header {
+            let Some(len) = copy_header_len(&data).map_err(&broken)? else {
+                continue;
+            };
+            at = len;
+            header = true;
+        }
+        while let Some(tuple) = copy_tuple_len(&data[at..], kinds.len()).map_err(&broken)? {
+            if tuple == 2 {
+                ended = true;
+                at += 2;
+                break;
+            }
+            let row = &data[at..at + tuple];
+            out.row(|line| encode_copy_binary(row, kinds, &table.name, line))?;
+            at += tuple;
+        }
+        data.drain(..at);
+    }
+    if !ended || !data.is_empty() {
+        return Err(broken("it ended early"));
+    }
+    Ok(())
+}
+
+/// The length of binary `COPY`'s header once `data` holds all of it.
+fn copy_header_len(data: &[u8]) -> std::result::Result<Option<usize>, &'static str> {
+    if data.len() < 19 {
+        return Ok(None);
+    }
+    if data[..11] != COPY_BINARY_HEADER[..11] {
+        return Err("not binary COPY data");
+    }
+    let extension = i32::from_be_bytes([data[15], data[16], data[17], data[18]]);
+    let len = 19 + usize::try_from(extension).map_err(|_| "a negative header extension")?;
+    Ok((data.len() >= len).then_some(len))
+}
+
+/// The length of the tuple `data` starts with, once it holds all of it (2 for the trailer).
+fn copy_tuple_len(data: &[u8], width: usize) -> std::result::Result<Option<usize>, &'static str> {
+    let Some(count) = data.get(..2) else {
+        return Ok(None);
+    };
+    let count = i16::from_be_bytes([count[0], count[1]]);
+    if count == -1 {
+        return Ok(Some(2));
+    }
+    if usize::try_from(count) != Ok(width) {
+        return Err("a row with another number of columns");
+    }
+    let mut at = 2;
+    for _ in 0..width {
+        let Some(len) = data.get(at..at + 4) else {
+            return Ok(None);
+        };
+        at += 4;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += usize::try_from(len).unwrap_or(0);
+        if data.len() < at {
+            return Ok(None);
+        }
+    }
+    Ok(Some(at))
+}
+
+/// Encodes one complete binary `COPY` tuple (as [`copy_tuple_len`] measured it) as a row
+/// line, exactly as the other backends' rows are encoded.
+fn encode_copy_binary(tuple: &[u8], kinds: &[Kind], table: &str, buf: &mut Vec<u8>) -> Result<()> {
+    const EPOCH_2000_MICROS: i64 = 946_684_800_000_000;
+    let wrong = |what: &str| Error::internal(format!("PostgreSQL sent {what} for table {table}"));
+    let mut line = Line(buf);
+    let mut at = 2;
+    for (i, kind) in kinds.iter().enumerate() {
+        line.start(i);
+        let len = i32::from_be_bytes(
+            tuple[at..at + 4]
+                .try_into()
+                .map_err(|_| wrong("a cut row"))?,
+        );
+        at += 4;
+        let Ok(len) = usize::try_from(len) else {
+            line.json(&())?;
+            continue;
+        };
+        let v = &tuple[at..at + len];
+        at += len;
+        macro_rules! number {
+            ($t:ty) => {
+                <$t>::from_be_bytes(
+                    v.try_into()
+                        .map_err(|_| wrong("a number of another size"))?,
+                )
+            };
+        }
+        match kind {
+            Kind::Int16 => line.json(&number!(i16))?,
+            Kind::Int32 => line.json(&number!(i32))?,
+            Kind::Int64 => line.json(&number!(i64))?,
+            Kind::Float32 => line.float(f64::from(number!(f32)), table)?,
+            Kind::Float64 => line.float(number!(f64), table)?,
+            Kind::Bool => line.json(&(v.first().copied().unwrap_or(0) != 0))?,
+            Kind::Text => {
+                line.json(std::str::from_utf8(v).map_err(|_| wrong("text that is not UTF-8"))?)?
+            }
+            Kind::Bytes => line.bytes(v)?,
+            Kind::TimeTz | Kind::Time => {
+                let micros = number!(i64);
+                let time = micros
+                    .checked_add(EPOCH_2000_MICROS)
+                    .filter(|_| micros != i64::MAX && micros != i64::MIN)
+                    .and_then(DateTime::from_timestamp_micros)
+                    .ok_or_else(|| {
+                        Error::config(format!(
+                            "table {table} holds an infinite or out-of-range timestamp, which a backup cannot carry"
+                        ))
+                    })?;
+                line.time(time)?;
+            }
+            Kind::UInt64 | Kind::Dynamic => return Err(wrong("a type it has no columns of")),
+        }
+    }
+    line.0.push(b']');
     Ok(())
 }
 
@@ -339,50 +490,43 @@ fn encode_sqlite(row: &SqliteRow, kinds: &[Kind], table: &str, buf: &mut Vec<u8>
     Ok(())
 }
 
-/// Encodes a row of a server backend, whose columns have fixed types.
-macro_rules! encode_typed {
-    ($name:ident, $row:ty, $unsigned:ty) => {
-        fn $name(row: &$row, kinds: &[Kind], table: &str, buf: &mut Vec<u8>) -> Result<()> {
-            let mut line = Line(buf);
-            for (i, kind) in kinds.iter().enumerate() {
-                line.start(i);
-                match kind {
-                    Kind::Int16 => line.json(&row.try_get::<Option<i16>, _>(i)?)?,
-                    Kind::Int32 => line.json(&row.try_get::<Option<i32>, _>(i)?)?,
-                    Kind::Int64 => line.json(&row.try_get::<Option<i64>, _>(i)?)?,
-                    Kind::UInt64 => line.json(&row.try_get::<Option<$unsigned>, _>(i)?)?,
-                    Kind::Bool => line.json(&row.try_get::<Option<bool>, _>(i)?)?,
-                    Kind::Text | Kind::Dynamic => line.json(&row.try_get::<Option<&str>, _>(i)?)?,
-                    Kind::Float32 => match row.try_get::<Option<f32>, _>(i)? {
-                        Some(v) => line.float(f64::from(v), table)?,
-                        None => line.json(&())?,
-                    },
-                    Kind::Float64 => match row.try_get::<Option<f64>, _>(i)? {
-                        Some(v) => line.float(v, table)?,
-                        None => line.json(&())?,
-                    },
-                    Kind::Bytes => match row.try_get::<Option<Vec<u8>>, _>(i)? {
-                        Some(v) => line.bytes(&v)?,
-                        None => line.json(&())?,
-                    },
-                    Kind::TimeTz => match row.try_get::<Option<DateTime<Utc>>, _>(i)? {
-                        Some(v) => line.time(v)?,
-                        None => line.json(&())?,
-                    },
-                    Kind::Time => match row.try_get::<Option<NaiveDateTime>, _>(i)? {
-                        Some(v) => line.time(v.and_utc())?,
-                        None => line.json(&())?,
-                    },
-                }
-            }
-            line.0.push(b']');
-            Ok(())
+/// Encodes a row of MySQL/MariaDB, whose columns have fixed types.
+fn encode_mysql(row: &MySqlRow, kinds: &[Kind], table: &str, buf: &mut Vec<u8>) -> Result<()> {
+    let mut line = Line(buf);
+    for (i, kind) in kinds.iter().enumerate() {
+        line.start(i);
+        match kind {
+            Kind::Int16 => line.json(&row.try_get::<Option<i16>, _>(i)?)?,
+            Kind::Int32 => line.json(&row.try_get::<Option<i32>, _>(i)?)?,
+            Kind::Int64 => line.json(&row.try_get::<Option<i64>, _>(i)?)?,
+            Kind::UInt64 => line.json(&row.try_get::<Option<u64>, _>(i)?)?,
+            Kind::Bool => line.json(&row.try_get::<Option<bool>, _>(i)?)?,
+            Kind::Text | Kind::Dynamic => line.json(&row.try_get::<Option<&str>, _>(i)?)?,
+            Kind::Float32 => match row.try_get::<Option<f32>, _>(i)? {
+                Some(v) => line.float(f64::from(v), table)?,
+                None => line.json(&())?,
+            },
+            Kind::Float64 => match row.try_get::<Option<f64>, _>(i)? {
+                Some(v) => line.float(v, table)?,
+                None => line.json(&())?,
+            },
+            Kind::Bytes => match row.try_get::<Option<Vec<u8>>, _>(i)? {
+                Some(v) => line.bytes(&v)?,
+                None => line.json(&())?,
+            },
+            Kind::TimeTz => match row.try_get::<Option<DateTime<Utc>>, _>(i)? {
+                Some(v) => line.time(v)?,
+                None => line.json(&())?,
+            },
+            Kind::Time => match row.try_get::<Option<NaiveDateTime>, _>(i)? {
+                Some(v) => line.time(v.and_utc())?,
+                None => line.json(&())?,
+            },
         }
-    };
+    }
+    line.0.push(b']');
+    Ok(())
 }
-// PostgreSQL has no unsigned integers: its columns never map to `Kind::UInt64`.
-encode_typed!(encode_pg, PgRow, i64);
-encode_typed!(encode_mysql, MySqlRow, u64);
 
 /// What was restored into one table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -855,6 +999,72 @@ async fn reset_sequences(c: &mut PgConnection, table: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary `COPY` tuple of `fields` (None: NULL).
+    fn tuple(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut t = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                Some(v) => {
+                    t.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    t.extend_from_slice(v);
+                }
+                None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn binary_copy_tuples_are_measured_only_once_whole_and_encoded_as_rows() {
+        let mut header = COPY_BINARY_HEADER.to_vec();
+        for cut in 0..header.len() {
+            assert_eq!(copy_header_len(&header[..cut]), Ok(None), "{cut}");
+        }
+        assert_eq!(copy_header_len(&header), Ok(Some(19)));
+        header[0] = b'X';
+        assert!(copy_header_len(&header).is_err());
+
+        let kinds = [
+            Kind::Int64,
+            Kind::Text,
+            Kind::Bool,
+            Kind::TimeTz,
+            Kind::Bytes,
+            Kind::Float32,
+        ];
+        let micros = 1_000_001i64.to_be_bytes();
+        let row = tuple(&[
+            Some(&42i64.to_be_bytes()),
+            Some("tab\t\"q\" ü".as_bytes()),
+            Some(&[1]),
+            Some(&micros),
+            Some(&[0, 255]),
+            Some(&1.5f32.to_be_bytes()),
+        ]);
+        for cut in 0..row.len() {
+            assert_eq!(copy_tuple_len(&row[..cut], kinds.len()), Ok(None), "{cut}");
+        }
+        assert_eq!(copy_tuple_len(&row, kinds.len()), Ok(Some(row.len())));
+        assert_eq!(
+            copy_tuple_len(&(-1i16).to_be_bytes(), kinds.len()),
+            Ok(Some(2))
+        );
+        assert!(copy_tuple_len(&row, 2).is_err(), "a row of another width");
+        let mut line = Vec::new();
+        encode_copy_binary(&row, &kinds, "t", &mut line).unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            r#"[42,"tab\t\"q\" ü",true,"2000-01-01T00:00:01.000001+00:00",{"$b64":"AP8="},1.5]"#
+        );
+        let nulls = tuple(&[None; 6]);
+        let mut line = Vec::new();
+        encode_copy_binary(&nulls, &kinds, "t", &mut line).unwrap();
+        assert_eq!(line, b"[null,null,null,null,null,null]");
+        let infinity = tuple(&[None, None, None, Some(&i64::MAX.to_be_bytes()), None, None]);
+        let e = encode_copy_binary(&infinity, &kinds, "t", &mut Vec::new()).unwrap_err();
+        assert!(e.message().contains("infinite"), "{}", e.message());
+    }
 
     #[test]
     fn column_types_map_to_kinds_and_unknown_ones_are_refused() {
