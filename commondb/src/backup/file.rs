@@ -563,6 +563,55 @@ fn check_file(file: &File, body: u64, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Opens a file that should be a backup: refuses one that is not zstd at all, and returns it
+/// with the length of its body (all but the footer).
+fn open_compressed(path: &Path) -> Result<(File, u64)> {
+    let unreadable = |e: io::Error| {
+        Error::no_input(format!("cannot read {}: {e}", path.display()))
+            .hint("check the file's permissions")
+    };
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::no_input(format!("{} does not exist", path.display()))
+            .hint("give the path of a backup, or leave --from out to restore the newest"),
+        _ => unreadable(e),
+    })?;
+    let mut magic = [0u8; 4];
+    let head = file.read(&mut magic).unwrap_or(0);
+    if head == 4 && magic != ZSTD_MAGIC {
+        return Err(Error::invalid_input(format!(
+            "{} is not a commondb backup (not zstd-compressed); nothing was changed",
+            path.display()
+        ))
+        .hint("give a file that --self-backup wrote"));
+    }
+    io::Seek::rewind(&mut file).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    Ok((file, len.saturating_sub(FOOTER_LEN as u64)))
+}
+
+/// A backup's first line as its header: refuses a foreign file and a newer format.
+fn parse_header(line: &[u8], path: &Path) -> Result<Header> {
+    let header: Header = serde_json::from_slice(line)
+        .ok()
+        .filter(|h: &Header| h.format == FORMAT)
+        .ok_or_else(|| {
+            Error::invalid_input(format!(
+                "{} is not a commondb backup; nothing was changed",
+                path.display()
+            ))
+            .hint("give a file that --self-backup wrote")
+        })?;
+    if header.format_version > FORMAT_VERSION {
+        return Err(Error::invalid_input(format!(
+            "{} is in backup format version {}, newer than this program's ({FORMAT_VERSION})",
+            path.display(),
+            header.format_version
+        ))
+        .hint("restore it with a newer version of this executable"));
+    }
+    Ok(header)
+}
+
 fn damaged(path: &Path, why: &str) -> Error {
     Error::invalid_input(format!(
         "the backup {} is damaged: {why}; nothing was changed",
@@ -588,52 +637,13 @@ impl Reader {
     /// refused. The rest (structure, row counts, the content checksum) is checked as the rows
     /// are read: [`Item::End`] comes only when all of it held.
     pub fn open(path: &Path) -> Result<Reader> {
-        let unreadable = |e: io::Error| {
-            Error::no_input(format!("cannot read {}: {e}", path.display()))
-                .hint("check the file's permissions")
-        };
-        let mut file = File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                Error::no_input(format!("{} does not exist", path.display()))
-                    .hint("give the path of a backup, or leave --from out to restore the newest")
-            }
-            _ => unreadable(e),
-        })?;
-        let mut magic = [0u8; 4];
-        let head = file.read(&mut magic).unwrap_or(0);
-        if head == 4 && magic != ZSTD_MAGIC {
-            return Err(Error::invalid_input(format!(
-                "{} is not a commondb backup (not zstd-compressed); nothing was changed",
-                path.display()
-            ))
-            .hint("give a file that --self-backup wrote"));
-        }
-        io::Seek::rewind(&mut file).map_err(unreadable)?;
-        let len = file.metadata().map_err(unreadable)?.len();
-        let body = len.saturating_sub(FOOTER_LEN as u64);
+        let (file, body) = open_compressed(path)?;
         check_file(&file, body, path)?;
         let mut src = Lines::start(path, file.take(body))?;
         if !src.read()? {
             return Err(src.damaged("it is empty"));
         }
-        let header: Header = serde_json::from_slice(src.line())
-            .ok()
-            .filter(|h: &Header| h.format == FORMAT)
-            .ok_or_else(|| {
-                Error::invalid_input(format!(
-                    "{} is not a commondb backup; nothing was changed",
-                    path.display()
-                ))
-                .hint("give a file that --self-backup wrote")
-            })?;
-        if header.format_version > FORMAT_VERSION {
-            return Err(Error::invalid_input(format!(
-                "{} is in backup format version {}, newer than this program's ({FORMAT_VERSION})",
-                path.display(),
-                header.format_version
-            ))
-            .hint("restore it with a newer version of this executable"));
-        }
+        let header = parse_header(src.line(), path)?;
         Ok(Reader {
             src,
             counts: vec![0; header.tables.len()],
@@ -642,6 +652,11 @@ impl Reader {
             current: None,
             done: false,
         })
+    }
+
+    /// The header, once the file checksum held.
+    pub fn into_header(self) -> Header {
+        self.header
     }
 
     /// The header.
@@ -736,9 +751,23 @@ pub fn rows(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<Vec<u8
     Ok(tables)
 }
 
-/// The header of the backup at `path`, once its file checksum held.
+/// The header of the backup at `path`, read alone: its first line, without the file checksum,
+/// which would read the whole file. Retention counts a backup as good when this reads, and
+/// must stay cheap however large the backups; [`Reader::open`] is the check before a restore.
 pub fn header(path: &Path) -> Result<Header> {
-    Reader::open(path).map(|r| r.header)
+    let (file, body) = open_compressed(path)?;
+    let decoder = zstd::Decoder::new(file.take(body)).map_err(internal)?;
+    let mut line = Vec::new();
+    io::BufRead::read_until(
+        &mut BufReader::new(decoder).take(MAX_LINE),
+        b'\n',
+        &mut line,
+    )
+    .map_err(|e| damaged(path, &format!("it cannot be decompressed ({e})")))?;
+    if line.pop() != Some(b'\n') {
+        return Err(damaged(path, "it is empty or cut off in its header"));
+    }
+    parse_header(&line, path)
 }
 
 /// Lower-case hexadecimal.

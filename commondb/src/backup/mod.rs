@@ -262,7 +262,7 @@ pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Resul
 /// its own, and of a schema version no newer than the program's. The restore checks the rest
 /// as it reads the rows, and commits nothing unless all of it holds.
 pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
-    let header = file::header(path)?;
+    let header = Reader::open(path)?.into_header();
     may_restore::<T>(path, header, backend)
 }
 
