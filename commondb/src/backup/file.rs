@@ -46,7 +46,18 @@ const MAX_ROW_GUESS: usize = 4 << 10;
 const MAX_LINE: u64 = 256 << 20;
 /// The footer: a skippable frame (magic, length 36) holding `CDBK` and a SHA-256.
 const FOOTER_MAGIC: u32 = 0x184D_2A5C;
-const FOOTER_LEN: usize = 8 + 4 + 32;
+/// What every footer starts with, before the hash.
+const FOOTER_TAG: [u8; 12] = footer_tag();
+
+const fn footer_tag() -> [u8; 12] {
+    let magic = FOOTER_MAGIC.to_le_bytes();
+    let len = 36u32.to_le_bytes();
+    [
+        magic[0], magic[1], magic[2], magic[3], len[0], len[1], len[2], len[3], b'C', b'D', b'B',
+        b'K',
+    ]
+}
+const FOOTER_LEN: usize = FOOTER_TAG.len() + 32;
 /// How a zstd frame starts.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
@@ -284,8 +295,9 @@ impl Writer {
     /// Hands the pending lines to the compressor.
     fn flush(&mut self) -> Result<()> {
         let block = std::mem::replace(&mut self.pending, Vec::with_capacity(BLOCK + MAX_ROW_GUESS));
-        let sent = self.blocks.as_ref().map(|blocks| blocks.send(block));
-        if matches!(sent, Some(Ok(()))) {
+        if let Some(blocks) = &self.blocks
+            && blocks.send(block).is_ok()
+        {
             return Ok(());
         }
         // The compressor stopped: its error says why.
@@ -322,9 +334,7 @@ impl Writer {
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.finish())
             .and_then(|Hashing { mut inner, hash }| {
-                inner.write_all(&FOOTER_MAGIC.to_le_bytes())?;
-                inner.write_all(&36u32.to_le_bytes())?;
-                inner.write_all(b"CDBK")?;
+                inner.write_all(&FOOTER_TAG)?;
                 inner.write_all(&hash.finalize())?;
                 inner.into_inner().map_err(|e| e.into_error())
             })
@@ -357,10 +367,7 @@ impl Writer {
 /// goes with it: a failed backup leaves nothing behind.
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.blocks = None;
-        if let Some(compressor) = self.compressor.take() {
-            let _ = compressor.join();
-        }
+        let _ = self.compressed();
     }
 }
 
@@ -547,11 +554,7 @@ fn check_file(file: &File, body: u64, path: &Path) -> Result<()> {
     }
     let mut footer = [0u8; FOOTER_LEN];
     let n = file.read_at(&mut footer, body).map_err(unreadable)?;
-    let footed = n == FOOTER_LEN
-        && footer[..4] == FOOTER_MAGIC.to_le_bytes()
-        && footer[4..8] == 36u32.to_le_bytes()
-        && &footer[8..12] == b"CDBK";
-    if !footed {
+    if n != FOOTER_LEN || footer[..12] != FOOTER_TAG {
         return Err(damaged(
             path,
             "it does not end with a backup's checksum (truncated, or not a commondb backup?)",
@@ -893,9 +896,7 @@ mod tests {
     /// `body` with the footer a writer would give it.
     fn footed(mut body: Vec<u8>) -> Vec<u8> {
         let hash = Sha256::digest(&body);
-        body.extend_from_slice(&FOOTER_MAGIC.to_le_bytes());
-        body.extend_from_slice(&36u32.to_le_bytes());
-        body.extend_from_slice(b"CDBK");
+        body.extend_from_slice(&FOOTER_TAG);
         body.extend_from_slice(&hash);
         body
     }

@@ -385,7 +385,6 @@ fn copy_tuple_len(data: &[u8], width: usize) -> std::result::Result<Option<usize
 /// Encodes one complete binary `COPY` tuple (as [`copy_tuple_len`] measured it) as a row
 /// line, exactly as the other backends' rows are encoded.
 fn encode_copy_binary(tuple: &[u8], kinds: &[Kind], table: &str, buf: &mut Vec<u8>) -> Result<()> {
-    const EPOCH_2000_MICROS: i64 = 946_684_800_000_000;
     let wrong = |what: &str| Error::internal(format!("PostgreSQL sent {what} for table {table}"));
     let mut line = Line(buf);
     let mut at = 2;
@@ -423,12 +422,7 @@ fn encode_copy_binary(tuple: &[u8], kinds: &[Kind], table: &str, buf: &mut Vec<u
             }
             Kind::Bytes => line.bytes(v)?,
             Kind::TimeTz | Kind::Time => {
-                let micros = number!(i64);
-                let time = micros
-                    .checked_add(EPOCH_2000_MICROS)
-                    .filter(|_| micros != i64::MAX && micros != i64::MIN)
-                    .and_then(DateTime::from_timestamp_micros)
-                    .ok_or_else(|| {
+                let time = field::from_pg_micros(number!(i64)).ok_or_else(|| {
                         Error::config(format!(
                             "table {table} holds an infinite or out-of-range timestamp, which a backup cannot carry"
                         ))
@@ -664,7 +658,7 @@ async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Res
             _ => load.insert(conn, reader).await?,
         };
         restored.push(Restored {
-            table: load.table,
+            table: load.columns.table,
             rows: load.rows,
         });
     }
@@ -728,13 +722,34 @@ async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<S
 /// One table of a backup on its way into the database.
 struct Load {
     backend: Backend,
-    table: String,
-    /// The backup's columns, in its rows' order, and quoted for SQL.
-    names: Vec<String>,
-    columns: String,
-    /// The target column's kind for each of the backup's columns.
-    kinds: Vec<Kind>,
+    columns: Columns,
     rows: u64,
+}
+
+/// A table's columns in the order of the backup's rows, with the target column's kind for
+/// each.
+struct Columns {
+    table: String,
+    names: Vec<String>,
+    kinds: Vec<Kind>,
+}
+
+impl Columns {
+    /// Each column's kind, and the place a value refused there names.
+    fn each(&self) -> impl Iterator<Item = (Kind, Place<'_>)> {
+        self.kinds.iter().zip(&self.names).map(|(kind, column)| {
+            let at = Place {
+                table: &self.table,
+                column,
+            };
+            (*kind, at)
+        })
+    }
+
+    /// The names, quoted for SQL.
+    fn quoted(&self, backend: Backend) -> String {
+        quoted_list(backend, self.names.iter().map(String::as_str))
+    }
 }
 
 /// Where a table's rows end: at the next table (its name), or at the end of the backup.
@@ -782,10 +797,11 @@ impl Load {
             .collect::<Result<_>>()?;
         Ok(Load {
             backend,
-            table: name.to_string(),
-            columns: quoted_list(backend, columns.iter().map(String::as_str)),
-            names: columns.clone(),
-            kinds,
+            columns: Columns {
+                table: name.to_string(),
+                names: columns.clone(),
+                kinds,
+            },
             rows: 0,
         })
     }
@@ -795,25 +811,26 @@ impl Load {
     fn rows(
         &mut self,
         reader: &mut Reader,
-        mut each: impl FnMut(Vec<Field<'_>>, &[Kind]) -> Result<bool>,
+        mut each: impl FnMut(Vec<Field<'_>>, &Columns) -> Result<bool>,
     ) -> Result<Paused> {
+        let columns = &self.columns;
         loop {
             let line = match reader.next_item()? {
                 Item::Row(line) => line,
                 Item::Table(name) => return Ok(Paused::Ended(Some(name))),
                 Item::End => return Ok(Paused::Ended(None)),
             };
-            let values = field::parse_row(line, &self.table)?;
-            if values.len() != self.kinds.len() {
+            let values = field::parse_row(line, &columns.table)?;
+            if values.len() != columns.kinds.len() {
                 return Err(Error::invalid_input(format!(
                     "a row of table {} has {} values for {} columns",
-                    self.table,
+                    columns.table,
                     values.len(),
-                    self.kinds.len()
+                    columns.kinds.len()
                 )));
             }
             self.rows += 1;
-            if each(values, &self.kinds)? {
+            if each(values, columns)? {
                 return Ok(Paused::Full);
             }
         }
@@ -824,8 +841,8 @@ impl Load {
     async fn copy(&mut self, c: &mut PgConnection, reader: &mut Reader) -> Result<Next> {
         let sql = format!(
             "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            self.backend.quote(&self.table),
-            self.columns
+            self.backend.quote(&self.columns.table),
+            self.columns.quoted(self.backend)
         );
         let mut copy = c.copy_in_raw(&sql).await?;
         match self.feed(&mut copy, reader).await {
@@ -847,18 +864,13 @@ impl Load {
     ) -> Result<Next> {
         let mut data = Vec::with_capacity(BATCH_BYTES + 4096);
         data.extend_from_slice(COPY_BINARY_HEADER);
-        let (table, names) = (self.table.clone(), self.names.clone());
-        let width = i16::try_from(self.kinds.len())
+        let width = i16::try_from(self.columns.kinds.len())
             .map_err(|_| Error::internal("a table with more columns than COPY takes"))?;
         loop {
-            let paused = self.rows(reader, |values, kinds| {
+            let paused = self.rows(reader, |values, columns| {
                 data.extend_from_slice(&width.to_be_bytes());
-                for ((v, kind), column) in values.iter().zip(kinds).zip(&names) {
-                    let at = Place {
-                        table: &table,
-                        column,
-                    };
-                    v.copy_binary(&mut data, *kind, &at)?;
+                for (v, (kind, at)) in values.iter().zip(columns.each()) {
+                    v.copy_binary(&mut data, kind, &at)?;
                 }
                 Ok(data.len() >= BATCH_BYTES)
             })?;
@@ -877,21 +889,16 @@ impl Load {
 
     /// SQLite and MySQL/MariaDB: multi-row `INSERT`s.
     async fn insert(&mut self, conn: &mut Conn, reader: &mut Reader) -> Result<Next> {
-        let (table, names) = (self.table.clone(), self.names.clone());
         let mut batch: Vec<Bound> = Vec::new();
         let mut bytes = 0;
         loop {
-            let paused = self.rows(reader, |values, kinds| {
-                for ((v, kind), column) in values.into_iter().zip(kinds).zip(&names) {
-                    let at = Place {
-                        table: &table,
-                        column,
-                    };
-                    let b = v.bound(*kind, &at)?;
+            let paused = self.rows(reader, |values, columns| {
+                for (v, (kind, at)) in values.into_iter().zip(columns.each()) {
+                    let b = v.bound(kind, &at)?;
                     bytes += b.size();
                     batch.push(b);
                 }
-                let rows = batch.len() / kinds.len().max(1);
+                let rows = batch.len() / columns.kinds.len().max(1);
                 Ok(rows >= BATCH_ROWS || batch.len() >= BATCH_PARAMS || bytes >= BATCH_BYTES)
             })?;
             if !batch.is_empty() {
@@ -905,12 +912,13 @@ impl Load {
     }
 
     async fn insert_batch(&self, conn: &mut Conn, batch: Vec<Bound>) -> Result<()> {
-        let width = self.kinds.len().max(1);
-        let one = format!("({})", vec!["?"; self.kinds.len()].join(", "));
+        let columns = &self.columns;
+        let width = columns.kinds.len().max(1);
+        let one = format!("({})", vec!["?"; columns.kinds.len()].join(", "));
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {}",
-            self.backend.quote(&self.table),
-            self.columns,
+            self.backend.quote(&columns.table),
+            columns.quoted(self.backend),
             vec![one.as_str(); batch.len() / width].join(", ")
         );
         macro_rules! run {

@@ -11,7 +11,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::dump::Kind;
@@ -32,7 +32,7 @@ pub(crate) enum Field<'a> {
 }
 
 /// A row's values, borrowing from its line.
-pub(crate) struct Row<'a>(pub Vec<Field<'a>>);
+struct Row<'a>(Vec<Field<'a>>);
 
 /// Parses one row line, a JSON array.
 pub(crate) fn parse_row<'a>(line: &'a [u8], table: &str) -> Result<Vec<Field<'a>>> {
@@ -345,12 +345,25 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// PostgreSQL's timestamps count microseconds from 2000-01-01 (UTC); `i64::MAX` and
+/// `i64::MIN` are its `infinity` and `-infinity`.
+const PG_EPOCH_SECONDS: i64 = 946_684_800;
+
+/// A PostgreSQL timestamp as a time, unless it is infinite or out of chrono's range.
+pub(crate) fn from_pg_micros(micros: i64) -> Option<DateTime<Utc>> {
+    if micros == i64::MAX || micros == i64::MIN {
+        return None;
+    }
+    micros
+        .checked_add(PG_EPOCH_SECONDS * 1_000_000)
+        .and_then(DateTime::from_timestamp_micros)
+}
+
 /// Microseconds since 2000-01-01, PostgreSQL's timestamps, rounded to the nearest (half to
 /// even) as its text input rounds a finer fraction.
 fn pg_micros(t: NaiveDateTime) -> Option<i64> {
-    const EPOCH_2000: i64 = 946_684_800;
     let t = t.and_utc();
-    let seconds = t.timestamp().checked_sub(EPOCH_2000)?;
+    let seconds = t.timestamp().checked_sub(PG_EPOCH_SECONDS)?;
     let nanos = i64::from(t.timestamp_subsec_nanos());
     let (micros, rest) = (nanos / 1000, nanos % 1000);
     let up = rest > 500 || (rest == 500 && micros % 2 == 1);
