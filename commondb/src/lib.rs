@@ -15,6 +15,7 @@ mod cli;
 pub mod config;
 mod db;
 pub mod error;
+mod interrupt;
 mod output;
 mod perf;
 mod run;

@@ -23,6 +23,13 @@ pub(crate) fn detail(message: impl Display) {
     }
 }
 
+/// Reports a note through the process's output, if one was installed (unless `-q`).
+pub(crate) fn note(message: impl Display) {
+    if let Some(out) = INSTALLED.get() {
+        out.note(message);
+    }
+}
+
 /// How much to print, and in which form.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {

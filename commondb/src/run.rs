@@ -10,6 +10,7 @@ use crate::cli::{self, Mode};
 use crate::config::{self, Settings, Sources};
 use crate::db::{self, Target, Tx, cleanup, setup, status};
 use crate::error::{Error, ErrorKind, Result};
+use crate::interrupt;
 use crate::output::Output;
 use crate::perf;
 use crate::selftest;
@@ -62,8 +63,11 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
         Mode::Setup => {
             let target = Target::resolve(settings, T::NAME)?;
             out.result(&block_on(
-                Drivers::for_target(&target),
-                setup::run(&target, T::MIGRATIONS),
+                Drivers::Io,
+                interrupt::guard(
+                    "run --self-setup again to finish it, or --self-cleanup to undo it",
+                    setup::run(&target, T::MIGRATIONS),
+                ),
             )?);
         }
         Mode::Test => {
@@ -93,8 +97,11 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
                 )?;
             }
             out.result(&block_on(
-                Drivers::for_target(&target),
-                cleanup::run(&target),
+                Drivers::Io,
+                interrupt::guard(
+                    "run --self-cleanup again to finish it",
+                    cleanup::run(&target),
+                ),
             )?);
         }
         Mode::Backup => {
@@ -283,7 +290,8 @@ fn confirm(what: &str, text: &str, question: &str, declined: &str) -> Result<()>
 pub(crate) enum Drivers {
     /// Timers only: the embedded database talks to its own worker thread, not to sockets.
     Timers,
-    /// Sockets and signals too: a database server, or the self-test's Ctrl-C handling.
+    /// Sockets and signals too: a database server, or Ctrl-C handling (self-test, setup,
+    /// cleanup).
     Io,
 }
 

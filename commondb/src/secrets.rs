@@ -43,6 +43,12 @@ pub struct AppSecrets {
     /// The access token `--serve` requires from clients (and needs before it binds anything but
     /// loopback): `AUTH <token>` on the line protocol, `Authorization: Bearer` over HTTP.
     pub serve_token: Option<SecretString>,
+    /// Setup's journal: what it has begun to create or change on the server (`database`,
+    /// `role:<name>`) and not yet recorded in the database's `_commondb_setup` table. Written
+    /// before each step acts, so that a setup interrupted at any point is finished by the next
+    /// setup and undone by cleanup. Empty once a setup has completed.
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 /// A role's name and password.
@@ -64,26 +70,38 @@ impl AppSecrets {
             .filter(|c| c.user == role && self.database.as_deref() == Some(database))
     }
 
-    /// The file's text, as setup writes it; a `serve_token` the user put there is kept.
-    pub fn to_toml(
-        database: &str,
-        app: &Credentials,
-        backup: &Credentials,
-        serve_token: Option<&SecretString>,
-    ) -> String {
+    /// Whether setup's journal holds `item`.
+    pub fn is_pending(&self, item: &str) -> bool {
+        self.pending.iter().any(|p| p == item)
+    }
+
+    /// The file's text, as setup writes it: the database, the roles' credentials, the journal;
+    /// a `serve_token` the user put there is kept.
+    pub fn to_toml(&self) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let token = serve_token.map_or(String::new(), |t| {
-            format!("serve_token = {}\n", q(t.expose_secret()))
-        });
-        format!(
-            "# Written by --self-setup: the credentials of the roles it created. Keep private.\n\
-             database = {}\n{token}\n[app]\nuser = {}\npassword = {}\n\n[backup]\nuser = {}\npassword = {}\n",
-            q(database),
-            q(&app.user),
-            q(app.password.expose_secret()),
-            q(&backup.user),
-            q(backup.password.expose_secret()),
-        )
+        let mut text = String::from(
+            "# Written by --self-setup: the credentials of the roles it created. Keep private.\n",
+        );
+        if let Some(database) = &self.database {
+            text.push_str(&format!("database = {}\n", q(database)));
+        }
+        if let Some(token) = &self.serve_token {
+            text.push_str(&format!("serve_token = {}\n", q(token.expose_secret())));
+        }
+        if !self.pending.is_empty() {
+            let items: Vec<String> = self.pending.iter().map(|p| q(p)).collect();
+            text.push_str(&format!("pending = [{}]\n", items.join(", ")));
+        }
+        for (table, creds) in [("app", &self.app), ("backup", &self.backup)] {
+            if let Some(c) = creds {
+                text.push_str(&format!(
+                    "\n[{table}]\nuser = {}\npassword = {}\n",
+                    q(&c.user),
+                    q(c.password.expose_secret())
+                ));
+            }
+        }
+        text
     }
 }
 
@@ -314,15 +332,19 @@ mod tests {
             user: user.into(),
             password: SecretString::from(pw.to_string()),
         };
-        let text = AppSecrets::to_toml(
-            "postgres://h:5432/shop",
-            &creds("shop_app", "p\"w'1"),
-            &creds("shop_backup", "pw2"),
-            Some(&SecretString::from("t0ken-t0ken-t0ken".to_string())),
-        );
+        let text = AppSecrets {
+            database: Some("postgres://h:5432/shop".into()),
+            app: Some(creds("shop_app", "p\"w'1")),
+            backup: Some(creds("shop_backup", "pw2")),
+            serve_token: Some(SecretString::from("t0ken-t0ken-t0ken".to_string())),
+            pending: vec!["role:shop_backup".into()],
+            ..AppSecrets::default()
+        }
+        .to_toml();
         let p = dir.path().join("app.toml");
         write(&p, &text).unwrap();
         let s: AppSecrets = load(&p).unwrap().unwrap();
+        assert!(s.is_pending("role:shop_backup") && !s.is_pending("database"));
         let app = s
             .for_role("postgres://h:5432/shop", "shop_app", false)
             .unwrap();

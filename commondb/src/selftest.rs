@@ -86,7 +86,7 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
     let interrupted = block_on(Drivers::Io, async {
         let interrupted = tokio::select! {
             () = lifecycle::<T>(&mut suite, &target, &task_settings) => false,
-            () = interruption() => true,
+            () = crate::interrupt::signalled() => true,
         };
         if let Location::Server(server) = &target.location {
             server::drop_scratch(&target, server).await?;
@@ -145,24 +145,6 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
         }
     }
     Ok(scratch)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interruption() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
-    }
 }
 
 struct Suite {

@@ -27,10 +27,21 @@ pub struct CleanupReport {
 
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.removed.is_empty() && self.dropped.is_empty() {
+        let database_removed = match self.backend {
+            Backend::Sqlite => !self.removed.is_empty(),
+            _ => self
+                .dropped
+                .iter()
+                .any(|item| item.starts_with("database ")),
+        };
+        if database_removed {
+            write!(f, "removed the database {}", self.database)?;
+        } else if !self.dropped.is_empty() || !self.removed.is_empty() {
+            write!(f, "cleaned up {}; the database stays", self.database)?;
+        } else if self.kept.is_empty() {
             write!(f, "nothing to clean up: {} does not exist", self.database)?;
         } else {
-            write!(f, "removed the database {}", self.database)?;
+            write!(f, "nothing to clean up in {}", self.database)?;
         }
         for item in &self.dropped {
             write!(f, "\n  dropped {item}")?;

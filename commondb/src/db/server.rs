@@ -9,12 +9,18 @@
 //! database (`database` created or found, `role:<name>` created or found). Cleanup drops a
 //! database only if it is recorded as created, a role only if recorded as created, and refuses a
 //! database without that table.
+//!
+//! How a kill at any point is survived: before a step creates the database or a role (or gives
+//! a role a password), setup writes it to its journal, the `pending` list of the app secrets
+//! file, with the password; the list is emptied once `_commondb_setup` records the step. The
+//! next setup takes what the journal names as its own and makes the server match the file;
+//! cleanup drops it too. Cleanup drops the roles before the database, whose table names them.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -26,6 +32,7 @@ use super::setup::{RoleReport, SetupReport};
 use super::{Backend, Conn, Location, Migrations, Target, classify};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::interrupt;
 use crate::secrets::{self, AppSecrets, Credentials};
 
 /// How to reach a database on a server. Its `Debug` and `Display` never show credentials.
@@ -390,42 +397,36 @@ async fn setup_locked(
     let settings = &target.settings;
     let d = server.dialect();
     let db_q = d.quote(&names.database);
+    let display = server.display();
+    let mut journal = Journal::open(secrets::app_file(settings, target.exe), &display)?;
+
+    interrupt::check()?;
     let created = admin
         .count_named(d.database_exists(), &names.database)
         .await?
         == 0;
     if created {
-        admin.exec(d.create_database(&db_q)).await?;
+        journal.begin("database")?;
+        if let Err(e) = admin.exec(d.create_database(&db_q)).await {
+            // Not ours after all (made meanwhile by someone else, or refused): say so.
+            journal.forget("database")?;
+            return Err(e);
+        }
     }
     let mut db = admin_options
         .with_database(&names.database)
         .connect(settings)
         .await?;
     db.exec(d.marker_table().to_string()).await?;
-    db.exec(d.mark("database", created)).await?;
+    // A database the journal names was created by a setup interrupted before it could say so.
+    db.exec(d.mark("database", created || journal.is_pending("database")))
+        .await?;
+    let ours = db.marker("database").await? == Some(true);
 
-    let secrets_file = secrets::app_file(settings, target.exe);
-    let known = secrets::load::<AppSecrets>(&secrets_file)?.unwrap_or_default();
-    let display = server.display();
-    let app = ensure_role(
-        admin,
-        &mut db,
-        d,
-        &names.app,
-        known.for_role(&display, &names.app, false),
-        &secrets_file,
-    )
-    .await?;
-    let backup = ensure_role(
-        admin,
-        &mut db,
-        d,
-        &names.backup,
-        known.for_role(&display, &names.backup, true),
-        &secrets_file,
-    )
-    .await?;
+    let app = ensure_role(admin, &mut db, d, &names.app, false, &mut journal).await?;
+    let backup = ensure_role(admin, &mut db, d, &names.backup, true, &mut journal).await?;
 
+    interrupt::check()?;
     let applied: Vec<MigrationInfo> = schema::migrate(&mut db, migrations).await?;
     let tables: Vec<String> = db
         .strings(d.tables())
@@ -439,7 +440,7 @@ async fn setup_locked(
         &tables,
         &d.quote(&names.app),
         &d.quote(&names.backup),
-        created,
+        ours,
     ) {
         db.exec(grant).await?;
     }
@@ -449,20 +450,8 @@ async fn setup_locked(
         ));
     };
     db.close().await?;
-
-    let secrets_written =
-        app.password_set || backup.password_set || known.database.as_deref() != Some(&display);
-    if secrets_written {
-        secrets::write(
-            &secrets_file,
-            &AppSecrets::to_toml(
-                &display,
-                &app.credentials,
-                &backup.credentials,
-                known.serve_token.as_ref(),
-            ),
-        )?;
-    }
+    // Everything is recorded in the database now: the journal is done.
+    journal.finish()?;
     Ok(SetupReport {
         backend: server.backend(),
         database: display,
@@ -470,70 +459,144 @@ async fn setup_locked(
         applied,
         schema_version: version,
         secrets_dir: settings.secrets_dir.clone(),
-        roles: vec![app.report, backup.report],
-        secrets_file: Some(secrets_file),
-        secrets_written,
+        roles: vec![app, backup],
+        secrets_file: Some(journal.file),
+        secrets_written: journal.written,
     })
 }
 
-struct RoleOutcome {
-    credentials: Credentials,
-    password_set: bool,
-    report: RoleReport,
+/// Setup's journal, kept in the app secrets file beside the credentials it is about: each step
+/// that creates or changes something on the server is written down (with the password it will
+/// set) before it acts, and the list is emptied once the database records everything. A setup
+/// killed between two statements thus leaves a file saying what may exist and is ours.
+struct Journal {
+    file: std::path::PathBuf,
+    secrets: AppSecrets,
+    /// Whether this run wrote the file.
+    written: bool,
 }
 
-/// Makes sure login role `name` exists and that its password is known.
+impl Journal {
+    /// The journal for `database`; credentials recorded for another database are of no use
+    /// here (setup replaces them, as it always has), a `serve_token` is kept.
+    fn open(file: std::path::PathBuf, database: &str) -> Result<Journal> {
+        let mut secrets = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
+        if secrets.database.as_deref() != Some(database) {
+            secrets = AppSecrets {
+                database: Some(database.to_string()),
+                serve_token: secrets.serve_token.take(),
+                ..AppSecrets::default()
+            };
+        }
+        Ok(Journal {
+            file,
+            secrets,
+            written: false,
+        })
+    }
+
+    fn is_pending(&self, item: &str) -> bool {
+        self.secrets.is_pending(item)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        secrets::write(&self.file, &self.secrets.to_toml())?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// Writes down that `item` is about to be created or changed.
+    fn begin(&mut self, item: &str) -> Result<()> {
+        if !self.is_pending(item) {
+            self.secrets.pending.push(item.to_string());
+        }
+        self.save()
+    }
+
+    /// Takes `item` off the list (it was not created after all).
+    fn forget(&mut self, item: &str) -> Result<()> {
+        self.secrets.pending.retain(|p| p != item);
+        self.save()
+    }
+
+    /// Empties the list; writes the file if anything is to change in it.
+    fn finish(&mut self) -> Result<()> {
+        let on_disk = secrets::load::<AppSecrets>(&self.file)?;
+        let current = on_disk.is_some_and(|f| {
+            f.pending.is_empty() && f.database == self.secrets.database && !self.written
+        });
+        self.secrets.pending.clear();
+        if !current {
+            self.save()?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure login role `name` exists, is marked as ours if setup made it, and has the
+/// password the secrets file holds. The file's password is written (with the role on the
+/// journal) before the server is told it, so no kill can leave a role whose password no one
+/// knows.
 async fn ensure_role(
     admin: &mut Conn,
     db: &mut Conn,
     d: &dyn Dialect,
     name: &str,
-    known: Option<&Credentials>,
-    secrets_file: &std::path::Path,
-) -> Result<RoleOutcome> {
+    backup: bool,
+    journal: &mut Journal,
+) -> Result<RoleReport> {
+    interrupt::check()?;
     let quoted = d.quote(name);
-    let exists = admin.count_named(d.role_exists(), name).await? > 0;
     let item = format!("role:{name}");
-    let outcome = |password: SecretString, set: bool, created: bool| RoleOutcome {
-        credentials: Credentials {
-            user: name.to_string(),
-            password,
-        },
-        password_set: set,
-        report: RoleReport {
-            name: name.to_string(),
-            created,
-        },
+    let exists = admin.count_named(d.role_exists(), name).await? > 0;
+    let database = journal.secrets.database.clone().unwrap_or_default();
+    let known = journal
+        .secrets
+        .for_role(&database, name, backup)
+        .map(|c| c.password.clone());
+    let report = RoleReport {
+        name: name.to_string(),
+        created: !exists,
     };
-    if !exists {
-        let password = match known {
-            Some(c) => c.password.clone(),
-            None => dialect::generate_password()?,
-        };
-        admin
-            .exec(d.create_role(&quoted, &d.verifier(&password)?))
-            .await?;
-        db.exec(d.mark(&item, true)).await?;
-        return Ok(outcome(password, known.is_none(), true));
+    if exists && !journal.is_pending(&item) {
+        db.exec(d.mark(&item, false)).await?;
+        if known.is_some() {
+            return Ok(report);
+        }
+        // The role is there but its password is not in the secrets file: if setup made the
+        // role, it may give it a new one; a role someone else made is not ours to change.
+        if db.marker(&item).await? != Some(true) {
+            return Err(Error::config(format!(
+                "role {name} already exists, setup did not create it, and its password is not in {}",
+                journal.file.display()
+            ))
+            .hint("write its user and password to that file ([app] or [backup] table), or set app_role / backup_role to a new name"));
+        }
     }
-    db.exec(d.mark(&item, false)).await?;
-    if let Some(c) = known {
-        return Ok(outcome(c.password.clone(), false, false));
+    // From here the file's password is the one the server must have: record it first.
+    let password = match known {
+        Some(p) => p,
+        None => dialect::generate_password()?,
+    };
+    let creds = Some(Credentials {
+        user: name.to_string(),
+        password: password.clone(),
+    });
+    if backup {
+        journal.secrets.backup = creds;
+    } else {
+        journal.secrets.app = creds;
     }
-    // The role is there but its password is not in the secrets file: if setup made the role,
-    // it may give it a new one; a role someone else made is not ours to change.
-    if db.marker(&item).await? == Some(true) {
-        let password = dialect::generate_password()?;
-        admin
-            .exec(d.set_password(&quoted, &d.verifier(&password)?))
-            .await?;
-        return Ok(outcome(password, true, false));
+    journal.begin(&item)?;
+    let verifier = d.verifier(&password)?;
+    if exists {
+        admin.exec(d.set_password(&quoted, &verifier)).await?;
+    } else {
+        admin.exec(d.create_role(&quoted, &verifier)).await?;
     }
-    Err(Error::config(format!(
-        "role {name} already exists, setup did not create it, and its password is not in {}",
-        secrets_file.display()
-    ))
-    .hint("write its user and password to that file ([app] or [backup] table), or set app_role / backup_role to a new name"))
+    // On the journal means setup made it (or was giving its own role a new password).
+    db.exec(d.mark(&item, true)).await?;
+    Ok(report)
 }
 
 /// `--self-cleanup` on a server: drops what setup recorded as created, and nothing else.
@@ -541,22 +604,29 @@ pub(crate) async fn cleanup(target: &Target, server: &ServerOptions) -> Result<C
     let names = Names::new(server, &target.settings)?;
     let secrets_file = secrets::app_file(&target.settings, target.exe);
     let display = server.display();
+    let known = secrets::load::<AppSecrets>(&secrets_file)?
+        .filter(|k| k.database.as_deref() == Some(&display))
+        .unwrap_or_default();
     let mut report = as_admin(target, server, async |admin, admin_options| {
-        cleanup_locked(target, server, &names, admin, admin_options).await
+        cleanup_locked(target, server, &names, &known, admin, admin_options).await
     })
     .await?;
     // The app's credentials for this database are of no use once its roles are gone.
-    let known = secrets::load::<AppSecrets>(&secrets_file)?.unwrap_or_default();
-    if known.database.as_deref() == Some(&display) && std::fs::remove_file(&secrets_file).is_ok() {
+    interrupt::check()?;
+    if known.database.is_some() && std::fs::remove_file(&secrets_file).is_ok() {
         report.removed.push(secrets_file);
     }
     Ok(report)
 }
 
+/// Drops the roles first and the database last: while the database stands, its
+/// `_commondb_setup` table still says which roles are ours, so a cleanup killed at any point is
+/// finished by the next one.
 async fn cleanup_locked(
     target: &Target,
     server: &ServerOptions,
     names: &Names,
+    journal: &AppSecrets,
     admin: &mut Conn,
     admin_options: &ServerOptions,
 ) -> Result<CleanupReport> {
@@ -568,57 +638,68 @@ async fn cleanup_locked(
         dropped: Vec::new(),
         kept: Vec::new(),
     };
-    if admin
+    let db_exists = admin
         .count_named(d.database_exists(), &names.database)
         .await?
-        == 0
-    {
-        return Ok(report);
+        > 0;
+    let mut db = None;
+    let mut recorded = false;
+    if db_exists {
+        let mut conn = admin_options
+            .with_database(&names.database)
+            .connect(&target.settings)
+            .await?;
+        recorded = schema::table_exists(&mut conn, MARKER_TABLE).await?;
+        if !recorded && !journal.is_pending("database") {
+            let _ = conn.close().await;
+            return Err(Error::config(format!(
+                "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
+                names.database
+            ))
+            .hint("check database_url; cleanup drops only what --self-setup created"));
+        }
+        db = Some(conn);
     }
-    let mut db = admin_options
-        .with_database(&names.database)
-        .connect(&target.settings)
-        .await?;
-    if !schema::table_exists(&mut db, MARKER_TABLE).await? {
-        let _ = db.close().await;
-        return Err(Error::config(format!(
-            "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
-            names.database
-        ))
-        .hint("check database_url; cleanup drops only what --self-setup created"));
-    }
-    let database_created = db.marker("database").await? == Some(true);
-    let mut roles = Vec::new();
+    // Ours: recorded as created in the database, or on the journal of an interrupted setup.
+    let ours = async |db: &mut Option<Conn>, item: &str| -> Result<bool> {
+        Ok(journal.is_pending(item)
+            || match db {
+                Some(conn) if recorded => conn.marker(item).await? == Some(true),
+                _ => false,
+            })
+    };
+    let database_ours = db_exists && ours(&mut db, "database").await?;
     for role in [&names.app, &names.backup] {
-        if db.marker(&format!("role:{role}")).await? == Some(true) {
-            roles.push(role.clone());
-        } else {
+        interrupt::check()?;
+        let item = format!("role:{role}");
+        if !ours(&mut db, &item).await? {
             report
                 .kept
                 .push(format!("role {role} (setup did not create it)"));
+            continue;
         }
-    }
-    if !database_created {
-        // The database stays: take back what the roles were granted in it first.
-        for role in &roles {
-            if let Some(revoke) = d.revoke_in_database(&d.quote(role)) {
-                db.exec(revoke).await?;
-            }
+        if admin.count_named(d.role_exists(), role).await? == 0 {
+            continue;
         }
+        if let (Some(conn), Some(revoke)) = (db.as_mut(), d.revoke_in_database(&d.quote(role))) {
+            // What the role was granted in the database must go before the role can.
+            conn.exec(revoke).await?;
+        }
+        admin.exec(d.drop_role(&d.quote(role))).await?;
+        report.dropped.push(format!("role {role}"));
     }
-    db.close().await?;
-    if database_created {
+    if let Some(conn) = db {
+        conn.close().await?;
+    }
+    interrupt::check()?;
+    if database_ours {
         drop_database(admin, d, &names.database).await?;
         report.dropped.push(format!("database {}", names.database));
-    } else {
+    } else if db_exists {
         report.kept.push(format!(
             "database {} (setup did not create it)",
             names.database
         ));
-    }
-    for role in roles {
-        admin.exec(d.drop_role(&d.quote(&role))).await?;
-        report.dropped.push(format!("role {role}"));
     }
     Ok(report)
 }
