@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use secrecy::{ExposeSecret, SecretString};
@@ -212,35 +212,40 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
 
 /// Writes a secrets file: its directory is created with mode 0700, the file with 0600, through
 /// a temporary file renamed into place so a crash never leaves half a file.
+///
+/// The temporary file gets a random name and is created with `O_EXCL` (tempfile's way), so a
+/// file or symlink that someone planted in the directory is never opened, followed or
+/// truncated: the passwords go only into a file this call created.
 pub fn write(path: &Path, contents: &str) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
+    let prefix = format!(
+        ".{}.",
         path.file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("secret"),
-        std::process::id()
-    ));
+            .unwrap_or("secret")
+    );
     let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)?;
         f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.as_file().sync_all()?;
+        f.persist(path).map_err(|e| e.error)?;
+        // The rename is durable once the directory is.
+        fs::File::open(dir)?.sync_all()
     })();
     written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
         Error::permission(format!("cannot write secrets file {}: {e}", path.display()))
             .hint("check that you own its directory")
     })
 }
 
-/// Creates `dir` and its missing parents with mode 0700 (an existing directory is left as is).
+/// Creates `dir` and its missing parents with mode 0700 (an existing directory is left as is),
+/// then checks it with [`check_private_dir`]: the secrets, data and backup directories are
+/// where this program writes, so nobody else may be able to plant a file or a symlink there.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -249,7 +254,74 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| {
             Error::permission(format!("cannot create directory {}: {e}", dir.display()))
                 .hint("check that you may write to its parent, or configure another directory")
-        })
+        })?;
+    check_private_dir(dir)
+}
+
+/// The treatment ssh gives `~/.ssh`: `dir` must be a directory owned by the user (or root) that
+/// group and others cannot write to, and every directory above it must be owned by the user
+/// or root and not writable by others unless sticky (as `/tmp` is). A symlink on the way is
+/// followed only if the user or root owns it: one planted by someone else is refused.
+pub fn check_private_dir(dir: &Path) -> Result<()> {
+    let named = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    check_chain(&named, dir)?;
+    // The symlinks on the way are checked above; the directories they lead to, here.
+    match fs::canonicalize(dir) {
+        Ok(real) if real != named => check_chain(&real, dir),
+        _ => Ok(()),
+    }
+}
+
+/// Checks `chain` and every directory above it, for [`check_private_dir`] of `dir`.
+fn check_chain(chain: &Path, dir: &Path) -> Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    let refuse = |what: String, fix: String| Err(Error::permission(what).hint(fix));
+    for (depth, path) in chain.ancestors().enumerate() {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        let owner_ok = meta.uid() == me || meta.uid() == 0;
+        if !owner_ok {
+            return refuse(
+                format!(
+                    "{} belongs to user id {}, so that user could put files where {} writes",
+                    path.display(),
+                    meta.uid(),
+                    dir.display()
+                ),
+                format!(
+                    "use a directory that only you (user id {me}) and root own, or: chown {me} {}",
+                    path.display()
+                ),
+            );
+        }
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.mode() & 0o7777;
+        let sticky = mode & 0o1000 != 0;
+        let shared = if depth == 0 {
+            mode & 0o022 != 0
+        } else {
+            mode & 0o002 != 0 && !sticky
+        };
+        if shared {
+            return refuse(
+                format!(
+                    "{} is writable by {} (mode {mode:04o}), so files in {} could be replaced",
+                    path.display(),
+                    if mode & 0o002 != 0 {
+                        "others"
+                    } else {
+                        "its group"
+                    },
+                    dir.display()
+                ),
+                format!("chmod go-w {}", path.display()),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path`'s mode lets group or others in (used to warn about existing directories).
@@ -380,5 +452,76 @@ mod tests {
             0o700
         );
         assert!(read(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_symlink_planted_where_the_temporary_file_goes_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        create_private_dir(&secrets).unwrap();
+        let stolen = dir.path().join("stolen");
+        // The names a temporary file of this process could get, then and now.
+        for name in [
+            format!(".app.toml.tmp{}", std::process::id()),
+            ".app.toml.tmp".to_string(),
+        ] {
+            std::os::unix::fs::symlink(&stolen, secrets.join(name)).unwrap();
+        }
+        write(&secrets.join("app.toml"), "database_url = \"hunter2\"\n").unwrap();
+        assert!(
+            !stolen.exists(),
+            "the secret was written through a planted symlink"
+        );
+        assert!(read(&secrets.join("app.toml")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_directory_others_could_write_to_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o770)).unwrap();
+        let e = write(&shared.join("app.toml"), "x = 1\n").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Permission);
+        assert!(e.message().contains("writable by its group"), "{e}");
+        assert_eq!(
+            e.hint_text(),
+            Some(format!("chmod go-w {}", shared.display()).as_str())
+        );
+        assert!(!shared.join("app.toml").exists());
+        // A parent writable by everyone, without the sticky bit of /tmp, is refused too.
+        let open = dir.path().join("open");
+        fs::create_dir_all(open.join("inner")).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(create_private_dir(&open.join("inner")).is_err());
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        create_private_dir(&open.join("inner")).unwrap();
+        // A symlink to a shared directory is judged by where it leads.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&shared, &link).unwrap();
+        assert!(create_private_dir(&link).is_err());
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o700)).unwrap();
+        create_private_dir(&link).unwrap();
+    }
+
+    #[test]
+    fn a_directory_or_symlink_of_another_user_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            // Only root can give a file away; CI and the development machines run as root.
+            eprintln!("SKIPPED: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(12345), None).unwrap();
+        let e = create_private_dir(&theirs.join("secrets")).unwrap_err();
+        assert!(e.message().contains("belongs to user id 12345"), "{e}");
+        let mine = dir.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(12345), None).unwrap();
+        assert!(create_private_dir(&link).is_err());
     }
 }

@@ -439,3 +439,54 @@ fn fifty_concurrent_first_creates_set_the_database_up_exactly_once() {
     assert_eq!(notes, 1, "exactly one process created the database");
     assert_eq!(users(&sb), 50);
 }
+
+#[test]
+fn a_data_or_backup_directory_others_could_write_to_is_refused_with_the_fix() {
+    let sb = Sandbox::new();
+    let data = sb.data_dir();
+    fs::create_dir_all(&data).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o775)).unwrap();
+    sb.run(EXE, &["--self-setup"])
+        .code(77)
+        .stderr_has(&format!("{} is writable by its group", data.display()))
+        .stderr_has(&format!("chmod go-w {}", data.display()));
+    assert!(!sb.database(EXE).exists(), "nothing was created");
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    sb.run(EXE, &["--self-setup"]).code(0);
+
+    // A backup directory that is a symlink to a world-writable, non-sticky directory.
+    let open = sb.root().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&open, sb.root().join("backups")).unwrap();
+    let mut backup = sb.command(EXE, &["--self-backup"]);
+    backup.env("COMMONDB_BACKUP_DIR", sb.root().join("backups"));
+    Run::of(backup, None)
+        .code(77)
+        .stderr_has(&format!("chmod go-w {}", open.display()));
+    assert_eq!(
+        fs::read_dir(&open).unwrap().count(),
+        0,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn a_restore_from_a_fifo_is_refused_at_once() {
+    let sb = Sandbox::new();
+    sb.create_user("alice", "a@example.com").code(0);
+    let fifo = sb.root().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Without the check this waits for a writer forever; the harness would hang here.
+    sb.run(
+        EXE,
+        &["--self-restore", "--yes", "--from", fifo.to_str().unwrap()],
+    )
+    .code(66)
+    .stderr_has("is not a regular file");
+    assert_eq!(users(&sb), 1);
+}

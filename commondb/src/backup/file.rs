@@ -20,6 +20,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -163,7 +164,8 @@ pub struct Entry {
 }
 
 /// The backups of `exe` in `dir`, newest first (their names sort by time). Files of other
-/// executables and partial files are not listed.
+/// executables, partial files, and files another user owns or could have changed are not
+/// listed: restore never takes one of those for the newest, and retention leaves them alone.
 pub fn list(dir: &Path, exe: &str) -> Result<Vec<Entry>> {
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
@@ -177,6 +179,7 @@ pub fn list(dir: &Path, exe: &str) -> Result<Vec<Entry>> {
         }
     };
     let prefix = format!("{exe}-");
+    let me = rustix::process::geteuid().as_raw();
     let mut entries: Vec<(String, Entry)> = read
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -187,6 +190,13 @@ pub fn list(dir: &Path, exe: &str) -> Result<Vec<Entry>> {
                 None => (stem, Kind::Backup),
             };
             chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.fZ").ok()?;
+            // Only files this user could have written: a regular file (not a symlink), owned
+            // by the user, that no one else can change. Anything else is someone else's.
+            let meta = e.metadata().ok()?;
+            let mine = meta.is_file() && meta.uid() == me && meta.mode() & 0o022 == 0;
+            if !mine {
+                return None;
+            }
             let path = e.path();
             Some((stamp.to_string(), Entry { path, kind }))
         })
@@ -573,11 +583,26 @@ fn open_compressed(path: &Path) -> Result<(File, u64)> {
         Error::no_input(format!("cannot read {}: {e}", path.display()))
             .hint("check the file's permissions")
     };
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::no_input(format!("{} does not exist", path.display()))
-            .hint("give the path of a backup, or leave --from out to restore the newest"),
-        _ => unreadable(e),
-    })?;
+    // Non-blocking, so that opening a FIFO does not wait for a writer; a backup is a regular
+    // file, and anything else (a FIFO, a device, a directory) is refused before a byte is read.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                Error::no_input(format!("{} does not exist", path.display()))
+                    .hint("give the path of a backup, or leave --from out to restore the newest")
+            }
+            _ => unreadable(e),
+        })?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(Error::no_input(format!(
+            "{} is not a regular file; nothing was changed",
+            path.display()
+        ))
+        .hint("give the path of a backup file that --self-backup wrote"));
+    }
     let mut magic = [0u8; 4];
     let head = file.read(&mut magic).unwrap_or(0);
     if head == 4 && magic != ZSTD_MAGIC {
@@ -803,6 +828,7 @@ fn internal(e: impl std::fmt::Display) -> Error {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use std::os::unix::fs::PermissionsExt;
 
     fn header() -> Header {
         Header {
@@ -1031,6 +1057,49 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         let e = Reader::open(&dir.path().join("missing")).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::NoInput);
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        // Opening a FIFO for reading waits for a writer, forever: this returns at once.
+        for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            let e = Reader::open(path).err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::NoInput, "{}: {e}", path.display());
+            assert!(e.message().contains("not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn files_someone_else_could_have_written_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = write(dir.path());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // A newer copy that group or others may change, and a newer symlink to it.
+        let shared = write(dir.path());
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o620)).unwrap();
+        let link = dir
+            .path()
+            .join(file_name("notes", Utc::now(), Kind::Backup));
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+        let listed: Vec<_> = list(dir.path(), "notes")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(listed, vec![mine.clone()]);
+        if rustix::process::geteuid().is_root() {
+            // One owned by another user (only root can make one).
+            std::os::unix::fs::chown(&mine, Some(12345), None).unwrap();
+            assert!(list(dir.path(), "notes").unwrap().is_empty());
+        }
     }
 
     #[test]
