@@ -106,6 +106,71 @@ fn argon2_costs_come_from_the_task_settings() {
     );
 }
 
+const WITH_PASSWORD: [&str; 6] = [
+    "--create",
+    "--username",
+    "alice",
+    "--email",
+    "a@example.com",
+    "--password-stdin",
+];
+
+/// Runs `create-user` with a password on stdin, fed by `feed` in a thread of its own (it may be
+/// endless: it must stop at a write error); returns the run and what `feed` returned.
+fn with_password_input<R: Send + 'static>(
+    sb: &Sandbox,
+    feed: impl FnOnce(std::process::ChildStdin) -> R + Send + 'static,
+) -> (Run, R) {
+    use std::process::Stdio;
+    let mut cmd = sb.command(EXE, &WITH_PASSWORD);
+    let command = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || feed(stdin));
+    let run = Run::from_output(command, child.wait_with_output().unwrap());
+    (run, feeder.join().unwrap())
+}
+
+#[test]
+fn an_endless_password_on_stdin_is_refused_without_reading_it_all() {
+    use std::io::Write;
+    const CAP: usize = 64 << 20;
+    let sb = Sandbox::new();
+    let started = std::time::Instant::now();
+    // 64 MiB of 'a' and no newline: the process must stop reading long before the end.
+    let (run, sent) = with_password_input(&sb, |mut stdin| {
+        let chunk = [b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < CAP && stdin.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    run.code(65).stderr_has("longer than 1024 bytes");
+    assert!(sent < CAP, "all {sent} bytes were read\n{run}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!sb.database(EXE).exists() || users(&sb) == 0);
+}
+
+#[test]
+fn a_password_that_is_not_utf8_is_refused() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    let (run, ()) = with_password_input(&sb, |mut stdin| {
+        let _ = stdin.write_all(b"pass\xffword\n");
+    });
+    run.code(65).stderr_has("not UTF-8");
+}
+
 #[test]
 fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
     let sb = Sandbox::new();
