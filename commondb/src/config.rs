@@ -167,7 +167,8 @@ pub struct Sources {
 
 impl Sources {
     /// The standard layers for executable `exe`, with the file given by `--config`, if any.
-    pub fn standard(exe: &str, explicit: Option<&Path>) -> Self {
+    /// A `COMMONDB_*` variable that is no setting, or whose value is not UTF-8, is refused.
+    pub fn standard(exe: &str, explicit: Option<&Path>) -> Result<Self> {
         let dirs = directories::ProjectDirs::from("", "", "commondb");
         let system = Path::new(SYSTEM_DIR);
         let mut files = vec![
@@ -181,32 +182,112 @@ impl Sources {
         if let Some(path) = explicit {
             files.push((path.to_path_buf(), true));
         }
-        Sources {
+        Ok(Sources {
             files,
-            env: settings_env(std::env::vars_os()),
+            env: settings_env(std::env::vars_os())?,
             default_data_dir: dirs.as_ref().map(|d| d.data_dir().to_path_buf()),
             default_secrets_dir: dirs.as_ref().map(|d| d.config_dir().join("secrets")),
-        }
+        })
     }
 }
 
-/// The environment variables that are settings: those prefixed `COMMONDB_`, except
-/// [`crate::secrets::ADMIN_URL_VAR`], which is the environment form of a secrets file and is read
-/// only by setup and cleanup, and the performance report's two variables.
+/// The `COMMONDB_*` variables that are read elsewhere and are no settings:
+/// [`crate::secrets::ADMIN_URL_VAR`], the environment form of a secrets file read only by setup
+/// and cleanup, and the performance report's two variables.
+const NOT_SETTINGS: [&str; 3] = [
+    crate::secrets::ADMIN_URL_VAR,
+    crate::perf::REPORT_VAR,
+    crate::perf::SPAWNED_VAR,
+];
+
+/// The environment variables that are settings: those prefixed `COMMONDB_` but
+/// [`NOT_SETTINGS`]. As an unknown key in a file is, a variable that names no setting is an error
+/// (a misspelled one would otherwise be ignored without a word), and so is one whose name or
+/// value is not UTF-8. Below `COMMONDB_TASK__` anything goes here: the task's settings type
+/// checks its own keys.
 fn settings_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-) -> HashMap<String, String> {
-    vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| {
-            k.starts_with("COMMONDB_")
-                && ![
-                    crate::secrets::ADMIN_URL_VAR,
-                    crate::perf::REPORT_VAR,
-                    crate::perf::SPAWNED_VAR,
-                ]
-                .contains(&k.as_str())
-        })
-        .collect()
+) -> Result<HashMap<String, String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut env = HashMap::new();
+    for (name, value) in vars {
+        if !name.as_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let name = name.into_string().map_err(|name| {
+            Error::config(format!(
+                "the name of the environment variable {} is not UTF-8",
+                name.to_string_lossy()
+            ))
+            .hint("unset it")
+        })?;
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        if !is_setting(&name[prefix.len()..]) {
+            return Err(
+                Error::config(format!("{name} is not a setting")).hint(format!(
+                    "fix its name or unset it: the settings are {}, {prefix}SERVE__* and \
+                     {prefix}TASK__* (see Configuration in the README)",
+                    field_names::<Settings>()
+                        .iter()
+                        .filter(|f| !matches!(**f, "task" | "serve"))
+                        .map(|f| format!("{prefix}{}", f.to_uppercase()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+        }
+        let value = value.into_string().map_err(|_| {
+            Error::config(format!("the value of {name} is not UTF-8"))
+                .hint(format!("set {name} to UTF-8 text"))
+        })?;
+        env.insert(name, value);
+    }
+    Ok(env)
+}
+
+/// Whether `key` (a variable's name without the prefix) names a setting the way the environment
+/// layer reads it: lower-cased, `__` one table down.
+fn is_setting(key: &str) -> bool {
+    let key = key.to_lowercase();
+    match key.split_once("__") {
+        None => field_names::<Settings>().contains(&key.as_str()),
+        Some(("serve", field)) => field_names::<ServeSettings>().contains(&field),
+        Some(("task", field)) => !field.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The fields a `#[derive(Deserialize)]` struct takes, as its derived code tells serde: a
+/// deserializer that only records them.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error as Stop};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Stop> {
+            Err(Stop::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop::custom("only the fields were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// Merges the layers of `sources` into [`Settings`].
@@ -290,7 +371,7 @@ mod tests {
             .collect();
         Sources {
             files,
-            env: settings_env(env.iter().map(|(k, v)| (k.into(), v.into()))),
+            env: settings_env(env.iter().map(|(k, v)| (k.into(), v.into()))).unwrap(),
             default_data_dir: Some(dir.join("data")),
             default_secrets_dir: Some(dir.join("secrets")),
         }
@@ -363,6 +444,45 @@ mod tests {
         let e = load(&src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.message().contains("busy_timeout_ms"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_variable_that_names_no_setting_is_a_configuration_error_naming_it() {
+        let env =
+            |pairs: &[(&str, &str)]| settings_env(pairs.iter().map(|(k, v)| (k.into(), v.into())));
+        for name in [
+            "COMMONDB_DATABSE_URL",
+            "COMMONDB_SERVE__POOL_SIZ",
+            "COMMONDB_NOPE__DATA_DIR",
+            "COMMONDB_TASK__",
+        ] {
+            let e = env(&[(name, "x")]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.message().contains(name), "{}", e.message());
+            assert!(
+                e.hint_text().unwrap().contains("COMMONDB_DATABASE_URL"),
+                "{e:?}"
+            );
+        }
+        let ok = env(&[
+            ("COMMONDB_DATABASE_URL", "x"),
+            ("COMMONDB_serve__pool_size", "2"),
+            ("COMMONDB_TASK__ANYTHING", "1"),
+            ("COMMONDB_PERFORMANCE_REPORT", "/dev/null"),
+            ("COMMONDB_SPAWNED_AT_NS", "1"),
+            ("NOT_COMMONDB_X", "1"),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 3, "{ok:?}");
+    }
+
+    #[test]
+    fn a_variable_whose_value_is_not_utf8_is_a_configuration_error_naming_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let value = std::ffi::OsStr::from_bytes(b"/tmp/\xff").to_os_string();
+        let e = settings_env([("COMMONDB_DATA_DIR".into(), value)].into_iter()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("COMMONDB_DATA_DIR"), "{}", e.message());
     }
 
     #[test]

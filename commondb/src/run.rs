@@ -29,11 +29,12 @@ pub fn main<T: Task>() -> ExitCode {
     perf::start(main_at, inv.performance_report);
     let out = Output::new(T::NAME, inv.json, inv.verbosity);
     out.install();
-    let sources = Sources::standard(T::NAME, inv.config.as_deref());
-    let outcome = config::load(&sources).and_then(|settings| {
-        perf::mark("config");
-        dispatch::<T>(inv.mode, &settings, &out)
-    });
+    let outcome = Sources::standard(T::NAME, inv.config.as_deref())
+        .and_then(|sources| config::load(&sources))
+        .and_then(|settings| {
+            perf::mark("config");
+            dispatch::<T>(inv.mode, &settings, &out)
+        });
     match outcome {
         Ok(code) => {
             perf::finish(T::NAME, "ok");

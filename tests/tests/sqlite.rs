@@ -216,6 +216,42 @@ fn the_app_secrets_file_can_point_at_the_database() {
 }
 
 #[test]
+fn a_misspelled_or_non_utf8_environment_variable_is_refused_naming_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let create = [
+        "--create",
+        "--username",
+        "alice",
+        "--email",
+        "a@example.com",
+    ];
+    let mut misspelled = sb.command(EXE, &create);
+    misspelled.env("COMMONDB_DATABSE_URL", "sqlite:///tmp/elsewhere.sqlite3");
+    Run::of(misspelled, None)
+        .code(78)
+        .stderr_has("COMMONDB_DATABSE_URL is not a setting")
+        .stderr_has("COMMONDB_DATABASE_URL");
+    let mut not_utf8 = sb.command(EXE, &create);
+    not_utf8.env(
+        "COMMONDB_DATA_DIR",
+        std::ffi::OsStr::from_bytes(b"/tmp/data-\xff"),
+    );
+    Run::of(not_utf8, None)
+        .code(78)
+        .stderr_has("COMMONDB_DATA_DIR is not UTF-8");
+    assert!(!sb.database(EXE).exists(), "nothing is created");
+    // What is read apart from the settings still passes, and so do task settings.
+    let mut apart = sb.command(EXE, &create);
+    apart
+        .env("COMMONDB_ADMIN_URL", "postgres://admin@127.0.0.1/postgres")
+        .env("COMMONDB_SPAWNED_AT_NS", "1")
+        .env("COMMONDB_TASK__ARGON2_ITERATIONS", "1")
+        .env("COMMONDB_SERVE__POOL_SIZE", "1");
+    Run::of(apart, None).code(0);
+}
+
+#[test]
 fn configuration_layers_user_file_then_config_flag_then_environment() {
     let mut sb = Sandbox::new();
     let user_db = sb.root().join("user.sqlite3");
