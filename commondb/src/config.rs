@@ -23,6 +23,9 @@ pub const ENV_PREFIX: &str = "COMMONDB";
 /// Where system-wide configuration lives.
 pub const SYSTEM_DIR: &str = "/etc/commondb";
 
+/// The largest configuration file read (1 MiB): settings take a few hundred bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Every setting an executable reads, after all layers are merged.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,16 +316,18 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     for (path, required) in &sources.files {
         // One stat per layer; a missing optional file is no source at all (the config crate
         // would look for it under two names).
-        if !path.is_file() {
-            if *required {
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(_) if !required => continue,
+            Err(e) => {
                 return Err(Error::config(format!(
-                    "configuration file {} does not exist or is not a file",
+                    "configuration file {} cannot be read: {e}",
                     path.display()
                 ))
                 .hint("check the path given to --config"));
             }
-            continue;
-        }
+        };
+        check_small_file(path, &meta, MAX_CONFIG_FILE_BYTES, "configuration file")?;
         builder = builder
             .add_source(::config::File::from(path.as_path()).format(::config::FileFormat::Toml));
     }
@@ -341,14 +346,62 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     Ok(settings)
 }
 
+/// Refuses a file that is not a regular file (a FIFO or a device would block or never end) or
+/// is larger than `limit` bytes, before it is read: a config error naming the file and the limit.
+pub(crate) fn check_small_file(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    limit: u64,
+    what: &str,
+) -> Result<()> {
+    if !meta.is_file() {
+        return Err(
+            Error::config(format!("{what} {} is not a regular file", path.display())).hint(
+                format!("point at a plain TOML file of at most {limit} bytes"),
+            ),
+        );
+    }
+    if meta.len() > limit {
+        return Err(Error::config(format!(
+            "{what} {} is larger than {limit} bytes ({} bytes)",
+            path.display(),
+            meta.len()
+        ))
+        .hint(format!(
+            "a {what} holds a few settings; check that this is the right file"
+        )));
+    }
+    Ok(())
+}
+
 fn config_error(e: ::config::ConfigError) -> Error {
-    let missing_home = matches!(&e, ::config::ConfigError::Message(m) if m.contains("data_dir") || m.contains("secrets_dir"));
-    let hint = if missing_home {
-        "no home directory was found: set COMMONDB_DATA_DIR and COMMONDB_SECRETS_DIR"
+    // A TOML parse error quotes the offending line: show no more than the start of each line.
+    let text = e
+        .to_string()
+        .lines()
+        .map(|line| match crate::error::cut(line, 160) {
+            (cut, true) => format!("{cut}…"),
+            (cut, false) => cut.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let unknown = text
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let hint = if let Some(key) = unknown {
+        format!(
+            "remove `{key}` or fix its name: the valid keys are listed above and under Configuration in the README (the [task] table's in the task's documentation)"
+        )
+    } else if ["data_dir", "secrets_dir"]
+        .iter()
+        .any(|key| matches!(&e, ::config::ConfigError::NotFound(k) if k == key))
+    {
+        "no home directory was found: set COMMONDB_DATA_DIR and COMMONDB_SECRETS_DIR".into()
     } else {
-        "fix the setting named above in your configuration files or COMMONDB_* environment variables"
+        "fix the setting named above in your configuration files or COMMONDB_* environment variables".into()
     };
-    Error::config(format!("configuration is not valid: {e}")).hint(hint)
+    Error::config(format!("configuration is not valid: {text}")).hint(hint)
 }
 
 fn internal(e: ::config::ConfigError) -> Error {
@@ -435,6 +488,55 @@ mod tests {
         let e = load(&src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.message().contains("databse_url"), "{}", e.message());
+    }
+
+    #[test]
+    fn hints_fit_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&sources(
+            dir.path(),
+            &[("a.toml", "databse_url = \"x\"")],
+            &[],
+        ))
+        .unwrap_err();
+        let hint = e.hint_text().unwrap();
+        assert!(
+            hint.contains("`databse_url`") && hint.contains("README"),
+            "{hint}"
+        );
+        let mut homeless = sources(dir.path(), &[], &[]);
+        homeless.default_secrets_dir = None;
+        let e = load(&homeless).unwrap_err();
+        assert!(
+            e.hint_text().unwrap().contains("no home directory"),
+            "{e:?}"
+        );
+        // A parse error shows only the start of the line it quotes.
+        let long = format!("key {}", "x".repeat(100_000));
+        let e = load(&sources(dir.path(), &[("b.toml", &long)], &[])).unwrap_err();
+        assert!(e.message().len() < 2_000, "{}", e.message().len());
+    }
+
+    #[test]
+    fn a_large_or_irregular_configuration_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_CONFIG_FILE_BYTES + 1).unwrap();
+        for (path, says) in [
+            (big, "larger than 1048576 bytes"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (dir.path().to_path_buf(), "not a regular file"),
+        ] {
+            for required in [true, false] {
+                let mut src = sources(dir.path(), &[], &[]);
+                src.files.push((path.clone(), required));
+                let e = load(&src).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Config);
+                assert!(e.message().contains(says), "{}", e.message());
+                assert!(e.message().contains(&path.display().to_string()));
+            }
+        }
     }
 
     #[test]

@@ -158,9 +158,7 @@ fn valid_label(label: &str) -> bool {
 /// A user's input, quoted and cut short for an error message (so that control characters or a
 /// huge value cannot mess up a terminal).
 fn shown(value: &str) -> String {
-    let cut: String = value.chars().take(64).collect();
-    let more = if cut.len() < value.len() { "…" } else { "" };
-    format!("\"{}\"{more}", cut.escape_debug())
+    commondb::error::shown(value, 64)
 }
 
 /// How passwords are hashed: argon2id with these costs. The defaults are OWASP's

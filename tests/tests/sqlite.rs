@@ -252,6 +252,78 @@ fn a_misspelled_or_non_utf8_environment_variable_is_refused_naming_it() {
 }
 
 #[test]
+fn configuration_and_secrets_files_must_be_small_regular_files() {
+    let sb = Sandbox::new();
+    let big = sb.root().join("big.toml");
+    // 2 MiB of comments: valid TOML, but no configuration is that large.
+    fs::write(&big, "#".repeat(2 << 20)).unwrap();
+    let big = big.display().to_string();
+    sb.run(EXE, &["--config", &big, "--self-status"])
+        .code(78)
+        .stderr_has(&format!(
+            "configuration file {big} is larger than 1048576 bytes"
+        ));
+    sb.run(EXE, &["--config", "/dev/zero", "--self-status"])
+        .code(78)
+        .stderr_has("configuration file /dev/zero is not a regular file");
+    // An unknown key's hint names it and where the valid ones are, not a home directory.
+    let typo = sb.root().join("typo.toml");
+    fs::write(&typo, "databse_url = \"x\"\n").unwrap();
+    sb.run(
+        EXE,
+        &["--config", &typo.display().to_string(), "--self-status"],
+    )
+    .code(78)
+    .stderr_has("hint: remove `databse_url`")
+    .never_shows("home directory");
+
+    // A FIFO as the app secrets file is refused at once, not waited on.
+    let secrets = sb.secrets_dir().join("create-user.toml");
+    fs::create_dir_all(secrets.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&secrets)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = sb
+        .command(
+            EXE,
+            &[
+                "--create",
+                "--username",
+                "alice",
+                "--email",
+                "a@example.com",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("create-user waits on a FIFO secrets file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = Run::from_output(
+        format!("{EXE} --create …"),
+        child.wait_with_output().unwrap(),
+    );
+    run.code(78).stderr_has("is not a regular file");
+    // One over the limit is refused too.
+    fs::remove_file(&secrets).unwrap();
+    fs::write(&secrets, "#".repeat(64 * 1024 + 1)).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    sb.create_user("alice", "a@example.com")
+        .code(78)
+        .stderr_has("larger than 65536 bytes");
+}
+
+#[test]
 fn configuration_layers_user_file_then_config_flag_then_environment() {
     let mut sb = Sandbox::new();
     let user_db = sb.root().join("user.sqlite3");

@@ -25,7 +25,7 @@ use super::schema::{self, MigrationInfo, SchemaState};
 use super::setup::{RoleReport, SetupReport};
 use super::{Backend, Conn, Location, Migrations, Target, classify};
 use crate::config::Settings;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, shown};
 use crate::secrets::{self, AppSecrets, Credentials};
 
 /// How to reach a database on a server. Its `Debug` and `Display` never show credentials.
@@ -278,7 +278,7 @@ fn check_query(url: &str, backend: Backend) -> Result<()> {
         return Err(Error::config(format!(
             "the {} database URL carries a credential in its query string ({})",
             backend.name(),
-            shown(&key)
+            shown(&key, 32)
         ))
         .hint("credentials belong in the secrets files, never in a URL's parameters: setup writes the app's to <secrets_dir>/<executable>.toml (see Secrets in the README)"));
     }
@@ -305,7 +305,7 @@ fn check_query(url: &str, backend: Backend) -> Result<()> {
             return Err(Error::config(format!(
                 "the {} database URL's parameter {} is not accepted: it would override the URL's host, port, user or database, or it would be ignored",
                 backend.name(),
-                shown(&key)
+                shown(&key, 32)
             ))
             .hint(format!(
                 "say host, port, user and database in the URL itself (scheme://user@host:port/database), or use the unix-socket form {socket}; other parameters accepted: {}",
@@ -314,13 +314,6 @@ fn check_query(url: &str, backend: Backend) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A parameter's name as an error may show it: at most 32 characters, escaped.
-fn shown(key: &str) -> String {
-    let cut: String = key.chars().take(32).collect();
-    let more = if cut.len() < key.len() { "…" } else { "" };
-    format!("\"{}\"{more}", cut.escape_debug())
 }
 
 /// The validated names setup and cleanup work with.
