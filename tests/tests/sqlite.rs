@@ -172,6 +172,15 @@ fn a_password_that_is_not_utf8_is_refused() {
 }
 
 #[test]
+fn argon2_costs_out_of_range_are_a_configuration_error_naming_the_range() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "4294967295");
+    sb.create_user_with_password("alice", "a@example.com", "pw")
+        .code(78)
+        .stderr_has("argon2_memory_kib = 4294967295 is out of range: it must be 8 to 1048576");
+}
+
+#[test]
 fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
     let sb = Sandbox::new();
     let file = sb.secrets_dir().join("create-user.toml");
