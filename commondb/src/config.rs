@@ -343,7 +343,60 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     );
     let config = builder.build().map_err(config_error)?;
     let settings: Settings = config.try_deserialize().map_err(config_error)?;
+    check_ranges(&settings)?;
     Ok(settings)
+}
+
+/// A day in milliseconds: the longest timeout any setting takes.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Refuses a number outside its documented range (the README's table says the same): a zero
+/// where nothing could work, or a size or count that would be allocated up front or never end.
+fn check_ranges(s: &Settings) -> Result<()> {
+    let serve = &s.serve;
+    let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 11] = [
+        ("busy_timeout_ms", s.busy_timeout_ms, 0..=DAY_MS),
+        ("lock_timeout_ms", s.lock_timeout_ms, 0..=DAY_MS),
+        ("connect_timeout_ms", s.connect_timeout_ms, 1..=DAY_MS),
+        ("connect_retry_ms", s.connect_retry_ms, 0..=DAY_MS),
+        ("backup_keep", s.backup_keep.into(), 1..=10_000),
+        (
+            "serve.pool_size",
+            serve.pool_size.map_or(1, u64::from),
+            1..=1024,
+        ),
+        (
+            "serve.max_connections",
+            serve.max_connections.into(),
+            1..=1_000_000,
+        ),
+        (
+            "serve.max_request_bytes",
+            u64::try_from(serve.max_request_bytes).unwrap_or(u64::MAX),
+            1..=16 << 20,
+        ),
+        (
+            "serve.request_timeout_ms",
+            serve.request_timeout_ms,
+            1..=DAY_MS,
+        ),
+        ("serve.idle_timeout_ms", serve.idle_timeout_ms, 1..=DAY_MS),
+        ("serve.grace_ms", serve.grace_ms, 0..=DAY_MS),
+    ];
+    for (name, value, range) in checks {
+        if !range.contains(&value) {
+            return Err(Error::config(format!(
+                "the setting {name} = {value} is out of range: it must be {} to {}",
+                range.start(),
+                range.end()
+            ))
+            .hint(format!(
+                "fix {name} in your configuration files or COMMONDB_{} (see Configuration in the README)",
+                name.replace('.', "__").to_uppercase()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a file that is not a regular file (a FIFO or a device would block or never end) or
@@ -536,6 +589,40 @@ mod tests {
                 assert!(e.message().contains(says), "{}", e.message());
                 assert!(e.message().contains(&path.display().to_string()));
             }
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_their_range_are_a_configuration_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (var, value, says) in [
+            (
+                "COMMONDB_SERVE__POOL_SIZE",
+                "0",
+                "serve.pool_size = 0 is out of range: it must be 1 to 1024",
+            ),
+            ("COMMONDB_SERVE__POOL_SIZE", "4294967295", "1 to 1024"),
+            (
+                "COMMONDB_SERVE__MAX_REQUEST_BYTES",
+                "18446744073709551615",
+                "1 to 16777216",
+            ),
+            (
+                "COMMONDB_SERVE__REQUEST_TIMEOUT_MS",
+                "0",
+                "serve.request_timeout_ms",
+            ),
+            (
+                "COMMONDB_CONNECT_TIMEOUT_MS",
+                "18446744073709551615",
+                "connect_timeout_ms",
+            ),
+            ("COMMONDB_BACKUP_KEEP", "0", "backup_keep = 0"),
+        ] {
+            let e = load(&sources(dir.path(), &[], &[(var, value)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.message().contains(says), "{}", e.message());
+            assert!(e.hint_text().unwrap().contains(var), "{e:?}");
         }
     }
 

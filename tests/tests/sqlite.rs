@@ -181,6 +181,39 @@ fn argon2_costs_out_of_range_are_a_configuration_error_naming_the_range() {
 }
 
 #[test]
+fn numeric_settings_out_of_range_are_a_configuration_error_naming_the_range() {
+    for (var, value, says) in [
+        (
+            "COMMONDB_SERVE__POOL_SIZE",
+            "0",
+            "serve.pool_size = 0 is out of range: it must be 1 to 1024",
+        ),
+        (
+            "COMMONDB_SERVE__POOL_SIZE",
+            "4294967295",
+            "it must be 1 to 1024",
+        ),
+        (
+            "COMMONDB_CONNECT_TIMEOUT_MS",
+            "0",
+            "connect_timeout_ms = 0 is out of range",
+        ),
+        (
+            "COMMONDB_SERVE__REQUEST_TIMEOUT_MS",
+            "18446744073709551615",
+            "it must be 1 to 86400000",
+        ),
+    ] {
+        let mut sb = Sandbox::new();
+        sb.set_env(var, value);
+        sb.create_user("alice", "a@example.com")
+            .code(78)
+            .stderr_has(says)
+            .stderr_has(var);
+    }
+}
+
+#[test]
 fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
     let sb = Sandbox::new();
     let file = sb.secrets_dir().join("create-user.toml");
