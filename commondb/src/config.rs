@@ -23,6 +23,9 @@ pub const ENV_PREFIX: &str = "COMMONDB";
 /// Where system-wide configuration lives.
 pub const SYSTEM_DIR: &str = "/etc/commondb";
 
+/// The largest configuration file read (1 MiB): settings take a few hundred bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Every setting an executable reads, after all layers are merged.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,7 +170,8 @@ pub struct Sources {
 
 impl Sources {
     /// The standard layers for executable `exe`, with the file given by `--config`, if any.
-    pub fn standard(exe: &str, explicit: Option<&Path>) -> Self {
+    /// A `COMMONDB_*` variable that is no setting, or whose value is not UTF-8, is refused.
+    pub fn standard(exe: &str, explicit: Option<&Path>) -> Result<Self> {
         let dirs = directories::ProjectDirs::from("", "", "commondb");
         let system = Path::new(SYSTEM_DIR);
         let mut files = vec![
@@ -181,32 +185,112 @@ impl Sources {
         if let Some(path) = explicit {
             files.push((path.to_path_buf(), true));
         }
-        Sources {
+        Ok(Sources {
             files,
-            env: settings_env(std::env::vars_os()),
+            env: settings_env(std::env::vars_os())?,
             default_data_dir: dirs.as_ref().map(|d| d.data_dir().to_path_buf()),
             default_secrets_dir: dirs.as_ref().map(|d| d.config_dir().join("secrets")),
-        }
+        })
     }
 }
 
-/// The environment variables that are settings: those prefixed `COMMONDB_`, except
-/// [`crate::secrets::ADMIN_URL_VAR`], which is the environment form of a secrets file and is read
-/// only by setup and cleanup, and the performance report's two variables.
+/// The `COMMONDB_*` variables that are read elsewhere and are no settings:
+/// [`crate::secrets::ADMIN_URL_VAR`], the environment form of a secrets file read only by setup
+/// and cleanup, and the performance report's two variables.
+const NOT_SETTINGS: [&str; 3] = [
+    crate::secrets::ADMIN_URL_VAR,
+    crate::perf::REPORT_VAR,
+    crate::perf::SPAWNED_VAR,
+];
+
+/// The environment variables that are settings: those prefixed `COMMONDB_` but
+/// [`NOT_SETTINGS`]. As an unknown key in a file is, a variable that names no setting is an error
+/// (a misspelled one would otherwise be ignored without a word), and so is one whose name or
+/// value is not UTF-8. Below `COMMONDB_TASK__` anything goes here: the task's settings type
+/// checks its own keys.
 fn settings_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-) -> HashMap<String, String> {
-    vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| {
-            k.starts_with("COMMONDB_")
-                && ![
-                    crate::secrets::ADMIN_URL_VAR,
-                    crate::perf::REPORT_VAR,
-                    crate::perf::SPAWNED_VAR,
-                ]
-                .contains(&k.as_str())
-        })
-        .collect()
+) -> Result<HashMap<String, String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut env = HashMap::new();
+    for (name, value) in vars {
+        if !name.as_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let name = name.into_string().map_err(|name| {
+            Error::config(format!(
+                "the name of the environment variable {} is not UTF-8",
+                name.to_string_lossy()
+            ))
+            .hint("unset it")
+        })?;
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        if !is_setting(&name[prefix.len()..]) {
+            return Err(
+                Error::config(format!("{name} is not a setting")).hint(format!(
+                    "fix its name or unset it: the settings are {}, {prefix}SERVE__* and \
+                     {prefix}TASK__* (see Configuration in the README)",
+                    field_names::<Settings>()
+                        .iter()
+                        .filter(|f| !matches!(**f, "task" | "serve"))
+                        .map(|f| format!("{prefix}{}", f.to_uppercase()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+        }
+        let value = value.into_string().map_err(|_| {
+            Error::config(format!("the value of {name} is not UTF-8"))
+                .hint(format!("set {name} to UTF-8 text"))
+        })?;
+        env.insert(name, value);
+    }
+    Ok(env)
+}
+
+/// Whether `key` (a variable's name without the prefix) names a setting the way the environment
+/// layer reads it: lower-cased, `__` one table down.
+fn is_setting(key: &str) -> bool {
+    let key = key.to_lowercase();
+    match key.split_once("__") {
+        None => field_names::<Settings>().contains(&key.as_str()),
+        Some(("serve", field)) => field_names::<ServeSettings>().contains(&field),
+        Some(("task", field)) => !field.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The fields a `#[derive(Deserialize)]` struct takes, as its derived code tells serde: a
+/// deserializer that only records them.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error as Stop};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Stop> {
+            Err(Stop::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop::custom("only the fields were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// Merges the layers of `sources` into [`Settings`].
@@ -232,16 +316,18 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     for (path, required) in &sources.files {
         // One stat per layer; a missing optional file is no source at all (the config crate
         // would look for it under two names).
-        if !path.is_file() {
-            if *required {
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(_) if !required => continue,
+            Err(e) => {
                 return Err(Error::config(format!(
-                    "configuration file {} does not exist or is not a file",
+                    "configuration file {} cannot be read: {e}",
                     path.display()
                 ))
                 .hint("check the path given to --config"));
             }
-            continue;
-        }
+        };
+        check_small_file(path, &meta, MAX_CONFIG_FILE_BYTES, "configuration file")?;
         builder = builder
             .add_source(::config::File::from(path.as_path()).format(::config::FileFormat::Toml));
     }
@@ -257,17 +343,118 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     );
     let config = builder.build().map_err(config_error)?;
     let settings: Settings = config.try_deserialize().map_err(config_error)?;
+    check_ranges(&settings)?;
     Ok(settings)
 }
 
+/// A day in milliseconds: the longest timeout any setting takes.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Refuses a number outside its documented range (the README's table says the same): a zero
+/// where nothing could work, or a size or count that would be allocated up front or never end.
+fn check_ranges(s: &Settings) -> Result<()> {
+    let serve = &s.serve;
+    let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 11] = [
+        ("busy_timeout_ms", s.busy_timeout_ms, 0..=DAY_MS),
+        ("lock_timeout_ms", s.lock_timeout_ms, 0..=DAY_MS),
+        ("connect_timeout_ms", s.connect_timeout_ms, 1..=DAY_MS),
+        ("connect_retry_ms", s.connect_retry_ms, 0..=DAY_MS),
+        ("backup_keep", s.backup_keep.into(), 1..=10_000),
+        (
+            "serve.pool_size",
+            serve.pool_size.map_or(1, u64::from),
+            1..=1024,
+        ),
+        (
+            "serve.max_connections",
+            serve.max_connections.into(),
+            1..=1_000_000,
+        ),
+        (
+            "serve.max_request_bytes",
+            u64::try_from(serve.max_request_bytes).unwrap_or(u64::MAX),
+            1..=16 << 20,
+        ),
+        (
+            "serve.request_timeout_ms",
+            serve.request_timeout_ms,
+            1..=DAY_MS,
+        ),
+        ("serve.idle_timeout_ms", serve.idle_timeout_ms, 1..=DAY_MS),
+        ("serve.grace_ms", serve.grace_ms, 0..=DAY_MS),
+    ];
+    for (name, value, range) in checks {
+        if !range.contains(&value) {
+            return Err(Error::config(format!(
+                "the setting {name} = {value} is out of range: it must be {} to {}",
+                range.start(),
+                range.end()
+            ))
+            .hint(format!(
+                "fix {name} in your configuration files or COMMONDB_{} (see Configuration in the README)",
+                name.replace('.', "__").to_uppercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a file that is not a regular file (a FIFO or a device would block or never end) or
+/// is larger than `limit` bytes, before it is read: a config error naming the file and the limit.
+pub(crate) fn check_small_file(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    limit: u64,
+    what: &str,
+) -> Result<()> {
+    if !meta.is_file() {
+        return Err(
+            Error::config(format!("{what} {} is not a regular file", path.display())).hint(
+                format!("point at a plain TOML file of at most {limit} bytes"),
+            ),
+        );
+    }
+    if meta.len() > limit {
+        return Err(Error::config(format!(
+            "{what} {} is larger than {limit} bytes ({} bytes)",
+            path.display(),
+            meta.len()
+        ))
+        .hint(format!(
+            "a {what} holds a few settings; check that this is the right file"
+        )));
+    }
+    Ok(())
+}
+
 fn config_error(e: ::config::ConfigError) -> Error {
-    let missing_home = matches!(&e, ::config::ConfigError::Message(m) if m.contains("data_dir") || m.contains("secrets_dir"));
-    let hint = if missing_home {
-        "no home directory was found: set COMMONDB_DATA_DIR and COMMONDB_SECRETS_DIR"
+    // A TOML parse error quotes the offending line: show no more than the start of each line.
+    let text = e
+        .to_string()
+        .lines()
+        .map(|line| match crate::error::cut(line, 160) {
+            (cut, true) => format!("{cut}…"),
+            (cut, false) => cut.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let unknown = text
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let hint = if let Some(key) = unknown {
+        format!(
+            "remove `{key}` or fix its name: the valid keys are listed above and under Configuration in the README (the [task] table's in the task's documentation)"
+        )
+    } else if ["data_dir", "secrets_dir"]
+        .iter()
+        .any(|key| matches!(&e, ::config::ConfigError::NotFound(k) if k == key))
+    {
+        "no home directory was found: set COMMONDB_DATA_DIR and COMMONDB_SECRETS_DIR".into()
     } else {
-        "fix the setting named above in your configuration files or COMMONDB_* environment variables"
+        "fix the setting named above in your configuration files or COMMONDB_* environment variables".into()
     };
-    Error::config(format!("configuration is not valid: {e}")).hint(hint)
+    Error::config(format!("configuration is not valid: {text}")).hint(hint)
 }
 
 fn internal(e: ::config::ConfigError) -> Error {
@@ -290,7 +477,7 @@ mod tests {
             .collect();
         Sources {
             files,
-            env: settings_env(env.iter().map(|(k, v)| (k.into(), v.into()))),
+            env: settings_env(env.iter().map(|(k, v)| (k.into(), v.into()))).unwrap(),
             default_data_dir: Some(dir.join("data")),
             default_secrets_dir: Some(dir.join("secrets")),
         }
@@ -357,12 +544,134 @@ mod tests {
     }
 
     #[test]
+    fn hints_fit_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&sources(
+            dir.path(),
+            &[("a.toml", "databse_url = \"x\"")],
+            &[],
+        ))
+        .unwrap_err();
+        let hint = e.hint_text().unwrap();
+        assert!(
+            hint.contains("`databse_url`") && hint.contains("README"),
+            "{hint}"
+        );
+        let mut homeless = sources(dir.path(), &[], &[]);
+        homeless.default_secrets_dir = None;
+        let e = load(&homeless).unwrap_err();
+        assert!(
+            e.hint_text().unwrap().contains("no home directory"),
+            "{e:?}"
+        );
+        // A parse error shows only the start of the line it quotes.
+        let long = format!("key {}", "x".repeat(100_000));
+        let e = load(&sources(dir.path(), &[("b.toml", &long)], &[])).unwrap_err();
+        assert!(e.message().len() < 2_000, "{}", e.message().len());
+    }
+
+    #[test]
+    fn a_large_or_irregular_configuration_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_CONFIG_FILE_BYTES + 1).unwrap();
+        for (path, says) in [
+            (big, "larger than 1048576 bytes"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (dir.path().to_path_buf(), "not a regular file"),
+        ] {
+            for required in [true, false] {
+                let mut src = sources(dir.path(), &[], &[]);
+                src.files.push((path.clone(), required));
+                let e = load(&src).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Config);
+                assert!(e.message().contains(says), "{}", e.message());
+                assert!(e.message().contains(&path.display().to_string()));
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_their_range_are_a_configuration_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (var, value, says) in [
+            (
+                "COMMONDB_SERVE__POOL_SIZE",
+                "0",
+                "serve.pool_size = 0 is out of range: it must be 1 to 1024",
+            ),
+            ("COMMONDB_SERVE__POOL_SIZE", "4294967295", "1 to 1024"),
+            (
+                "COMMONDB_SERVE__MAX_REQUEST_BYTES",
+                "18446744073709551615",
+                "1 to 16777216",
+            ),
+            (
+                "COMMONDB_SERVE__REQUEST_TIMEOUT_MS",
+                "0",
+                "serve.request_timeout_ms",
+            ),
+            (
+                "COMMONDB_CONNECT_TIMEOUT_MS",
+                "18446744073709551615",
+                "connect_timeout_ms",
+            ),
+            ("COMMONDB_BACKUP_KEEP", "0", "backup_keep = 0"),
+        ] {
+            let e = load(&sources(dir.path(), &[], &[(var, value)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.message().contains(says), "{}", e.message());
+            assert!(e.hint_text().unwrap().contains(var), "{e:?}");
+        }
+    }
+
+    #[test]
     fn a_badly_typed_environment_value_is_a_configuration_error() {
         let dir = tempfile::tempdir().unwrap();
         let src = sources(dir.path(), &[], &[("COMMONDB_BUSY_TIMEOUT_MS", "soon")]);
         let e = load(&src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.message().contains("busy_timeout_ms"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_variable_that_names_no_setting_is_a_configuration_error_naming_it() {
+        let env =
+            |pairs: &[(&str, &str)]| settings_env(pairs.iter().map(|(k, v)| (k.into(), v.into())));
+        for name in [
+            "COMMONDB_DATABSE_URL",
+            "COMMONDB_SERVE__POOL_SIZ",
+            "COMMONDB_NOPE__DATA_DIR",
+            "COMMONDB_TASK__",
+        ] {
+            let e = env(&[(name, "x")]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.message().contains(name), "{}", e.message());
+            assert!(
+                e.hint_text().unwrap().contains("COMMONDB_DATABASE_URL"),
+                "{e:?}"
+            );
+        }
+        let ok = env(&[
+            ("COMMONDB_DATABASE_URL", "x"),
+            ("COMMONDB_serve__pool_size", "2"),
+            ("COMMONDB_TASK__ANYTHING", "1"),
+            ("COMMONDB_PERFORMANCE_REPORT", "/dev/null"),
+            ("COMMONDB_SPAWNED_AT_NS", "1"),
+            ("NOT_COMMONDB_X", "1"),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 3, "{ok:?}");
+    }
+
+    #[test]
+    fn a_variable_whose_value_is_not_utf8_is_a_configuration_error_naming_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let value = std::ffi::OsStr::from_bytes(b"/tmp/\xff").to_os_string();
+        let e = settings_env([("COMMONDB_DATA_DIR".into(), value)].into_iter()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("COMMONDB_DATA_DIR"), "{}", e.message());
     }
 
     #[test]

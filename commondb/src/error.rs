@@ -107,6 +107,21 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// The first `max_chars` characters of `text`, and whether there was more: how much of a value
+/// (a request's field, a line of a file) an error may show.
+pub fn cut(text: &str, max_chars: usize) -> (&str, bool) {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => (&text[..end], true),
+        None => (text, false),
+    }
+}
+
+/// `value` as an error shows it: quoted, escaped, at most `max_chars` characters, then `…`.
+pub fn shown(value: &str, max_chars: usize) -> String {
+    let (cut, more) = cut(value, max_chars);
+    format!("\"{}\"{}", cut.escape_debug(), if more { "…" } else { "" })
+}
+
 /// A failure with its kind, what failed, and what to do about it.
 ///
 /// Messages never contain secrets: code that builds an `Error` from something that might hold

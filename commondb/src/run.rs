@@ -2,7 +2,7 @@
 //! exit code. One `match` on [`Mode`] is the whole map of what an executable can do.
 
 use std::future::Future;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use crate::backup;
@@ -30,11 +30,12 @@ pub fn main<T: Task>() -> ExitCode {
     perf::start(main_at, inv.performance_report);
     let out = Output::new(T::NAME, inv.json, inv.verbosity);
     out.install();
-    let sources = Sources::standard(T::NAME, inv.config.as_deref());
-    let outcome = config::load(&sources).and_then(|settings| {
-        perf::mark("config");
-        dispatch::<T>(inv.mode, &settings, &out)
-    });
+    let outcome = Sources::standard(T::NAME, inv.config.as_deref())
+        .and_then(|sources| config::load(&sources))
+        .and_then(|settings| {
+            perf::mark("config");
+            dispatch::<T>(inv.mode, &settings, &out)
+        });
     match outcome {
         Ok(code) => {
             perf::finish(T::NAME, "ok");
@@ -276,9 +277,12 @@ fn confirm(what: &str, text: &str, question: &str, declined: &str) -> Result<()>
     let _ = writeln!(stderr, "{text}");
     let _ = write!(stderr, "{question} [y/N] ");
     let _ = stderr.flush();
-    let mut answer = String::new();
-    let _ = stdin.lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+    // An answer longer than "yes" is no yes; reading stops there.
+    let answer = crate::task::read_line_bounded(stdin.lock(), 8).unwrap_or_default();
+    if matches!(
+        std::str::from_utf8(&answer).map(str::trim),
+        Ok("y" | "Y" | "yes" | "YES" | "Yes")
+    ) {
         Ok(())
     } else {
         Err(Error::failed(declined))

@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use secrecy::{ExposeSecret, SecretString};
@@ -154,9 +154,19 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     })
 }
 
-/// Reads the secrets file at `path` after checking that only its owner can access it.
+/// The largest secrets file read (64 KiB): a URL, two passwords and a token.
+pub const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the secrets file at `path` after checking that it is a regular file of at most
+/// [`MAX_SECRETS_FILE_BYTES`] and that only its owner can access it.
 pub fn read(path: &Path) -> Result<Option<SecretString>> {
-    let mut file = match fs::File::open(path) {
+    // Non-blocking, so that opening a FIFO does not wait for a writer; it is refused below.
+    let flags = rustix::fs::OFlags::NONBLOCK.bits();
+    let file = match fs::File::options()
+        .read(true)
+        .custom_flags(i32::try_from(flags).unwrap_or_default())
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -174,10 +184,25 @@ pub fn read(path: &Path) -> Result<Option<SecretString>> {
             path.display()
         ))
     })?;
+    crate::config::check_small_file(path, &meta, MAX_SECRETS_FILE_BYTES, "secrets file")?;
     check_private(path, &meta)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| {
-        Error::config(format!("cannot read secrets file {}: {e}", path.display()))
+    // Bounded even if the file grew since the check.
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRETS_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            Error::config(format!("cannot read secrets file {}: {e}", path.display()))
+                .hint("check that the file is a plain TOML file")
+        })?;
+    if bytes.len() as u64 > MAX_SECRETS_FILE_BYTES {
+        return Err(Error::config(format!(
+            "secrets file {} is larger than {MAX_SECRETS_FILE_BYTES} bytes",
+            path.display()
+        ))
+        .hint("a secrets file holds a URL, credentials and a token; check that this is the right file"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::config(format!("secrets file {} is not UTF-8 text", path.display()))
             .hint("a secrets file must be UTF-8 TOML text")
     })?;
     Ok(Some(SecretString::from(text)))
@@ -355,6 +380,41 @@ mod tests {
         let p = file(dir.path(), 0o600, "database_url = \"sqlite:x\"\n");
         let s: AppSecrets = load(&p).unwrap().unwrap();
         assert_eq!(s.database_url.unwrap().expose_secret(), "sqlite:x");
+    }
+
+    #[test]
+    fn only_a_small_regular_utf8_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
+        let big = file(dir.path(), 0o600, "");
+        fs::File::options()
+            .write(true)
+            .open(&big)
+            .unwrap()
+            .set_len(MAX_SECRETS_FILE_BYTES + 1)
+            .unwrap();
+        for (path, says) in [
+            (fifo, "not a regular file"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (big, "larger than 65536 bytes"),
+        ] {
+            let e = read(&path).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{e:?}");
+            assert!(e.message().contains(says), "{}", e.message());
+        }
+        let p = dir.path().join("latin1.toml");
+        fs::write(&p, b"url = \"caf\xe9\"\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read(&p).unwrap_err();
+        assert!(e.message().contains("not UTF-8"), "{}", e.message());
     }
 
     #[test]

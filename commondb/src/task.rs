@@ -139,18 +139,20 @@ impl<'a, S> Context<'a, S> {
     }
 
     /// Reads one line of secret input (say a password), without its line ending. On a
-    /// terminal it prompts on stderr and turns echo off while the user types.
+    /// terminal it prompts on stderr and turns echo off while the user types. A line longer
+    /// than [`MAX_SECRET_LEN`] bytes or not UTF-8 is refused; standard input is never read
+    /// further than that, so an endless one (`< /dev/zero`) is refused at once.
     pub fn read_secret_line(&mut self, what: &str) -> Result<SecretString> {
         let line = match std::mem::replace(&mut self.input, Input::None) {
-            Input::Text(text) => text,
+            Input::Text(text) => text.into_bytes(),
             Input::None => {
                 return Err(Error::invalid_input(format!("no {what} was given"))
                     .hint(format!("send the {what} on standard input")));
             }
             Input::Stdin => read_stdin_line(what)?,
         };
-        let line = line.strip_suffix('\n').unwrap_or(&line);
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return Err(Error::invalid_input(format!(
                 "the {what} read from standard input is empty"
@@ -165,27 +167,41 @@ impl<'a, S> Context<'a, S> {
             ))
             .hint(format!("use a shorter {what}")));
         }
+        let line = std::str::from_utf8(line).map_err(|_| {
+            Error::invalid_input(format!(
+                "the {what} read from standard input is not UTF-8 text"
+            ))
+            .hint(format!("send the {what} as UTF-8 text"))
+        })?;
         Ok(SecretString::from(line.to_string()))
     }
 }
 
-fn read_stdin_line(what: &str) -> Result<String> {
+fn read_stdin_line(what: &str) -> Result<Vec<u8>> {
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
-    let mut line = String::new();
     let read = if terminal {
         eprint!("{what}: ");
         let _echo = EchoOff::new(&stdin);
-        let r = stdin.lock().read_line(&mut line);
+        let r = read_line_bounded(stdin.lock(), MAX_SECRET_LEN);
         eprintln!();
         r
     } else {
-        stdin.lock().read_line(&mut line)
+        read_line_bounded(stdin.lock(), MAX_SECRET_LEN)
     };
     read.map_err(|e| {
         Error::invalid_input(format!("cannot read the {what} from standard input: {e}"))
-            .hint(format!("send the {what} as UTF-8 text on standard input"))
-    })?;
+            .hint(format!("send the {what} on standard input"))
+    })
+}
+
+/// Reads one line, its ending included, but never more than `max` bytes plus `\r\n` plus one:
+/// a longer line comes back cut, and still longer than `max` once its ending is stripped, so
+/// the caller's length check refuses it without the rest being read.
+pub(crate) fn read_line_bounded(reader: impl BufRead, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(3);
+    reader.take(limit).read_until(b'\n', &mut line)?;
     Ok(line)
 }
 
@@ -295,6 +311,19 @@ mod tests {
             Input::Text("x".repeat(MAX_SECRET_LEN + 1)),
         ] {
             assert_eq!(read(input).unwrap_err().kind(), ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn a_line_is_read_only_up_to_its_bound() {
+        // Endless input without a line ending: cut, and too long once its ending is stripped.
+        let endless = std::io::BufReader::new(std::io::repeat(b'\r'));
+        let line = read_line_bounded(endless, 8).unwrap();
+        assert_eq!(line.len(), 11);
+        // A line of exactly the bound, with either line ending, is whole.
+        for input in [&b"12345678\r\nmore"[..], b"12345678\nmore"] {
+            let line = read_line_bounded(input, 8).unwrap();
+            assert!(line.ends_with(b"\n") && line.starts_with(b"12345678"));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! knows about modes, configuration or exit codes beyond the [`Error`] kinds.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use argon2::password_hash::PasswordHasher;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -158,9 +159,7 @@ fn valid_label(label: &str) -> bool {
 /// A user's input, quoted and cut short for an error message (so that control characters or a
 /// huge value cannot mess up a terminal).
 fn shown(value: &str) -> String {
-    let cut: String = value.chars().take(64).collect();
-    let more = if cut.len() < value.len() { "…" } else { "" };
-    format!("\"{}\"{more}", cut.escape_debug())
+    commondb::error::shown(value, 64)
 }
 
 /// How passwords are hashed: argon2id with these costs. The defaults are OWASP's
@@ -186,18 +185,63 @@ impl Default for HashSettings {
     }
 }
 
+/// The costs `[task]` may set (the README documents them): argon2 itself would take up to
+/// 4 TiB and 2^32 passes, which ends in an allocation failure or a hash that never finishes.
+pub const ARGON2_MEMORY_KIB: RangeInclusive<u32> = 8..=1024 * 1024;
+/// The number of passes `[task]` may set.
+pub const ARGON2_ITERATIONS: RangeInclusive<u32> = 1..=64;
+/// The degree of parallelism `[task]` may set.
+pub const ARGON2_PARALLELISM: RangeInclusive<u32> = 1..=64;
+
+impl HashSettings {
+    /// The argon2 parameters, if every cost is within its documented range.
+    fn params(&self) -> Result<argon2::Params> {
+        let costs = [
+            (
+                "argon2_memory_kib",
+                self.argon2_memory_kib,
+                ARGON2_MEMORY_KIB,
+            ),
+            (
+                "argon2_iterations",
+                self.argon2_iterations,
+                ARGON2_ITERATIONS,
+            ),
+            (
+                "argon2_parallelism",
+                self.argon2_parallelism,
+                ARGON2_PARALLELISM,
+            ),
+        ];
+        for (name, value, range) in costs {
+            if !range.contains(&value) {
+                return Err(Error::config(format!(
+                    "the [task] setting {name} = {value} is out of range: it must be {} to {}",
+                    range.start(),
+                    range.end()
+                ))
+                .hint(format!(
+                    "fix {name} in the [task] table or COMMONDB_TASK__{}",
+                    name.to_uppercase()
+                )));
+            }
+        }
+        argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| {
+            Error::config(format!("the argon2 settings are not valid: {e}"))
+                .hint("argon2_memory_kib must be at least 8 × argon2_parallelism")
+        })
+    }
+}
+
 /// Hashes `password` with argon2id and a random salt, as a PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &SecretString, settings: &HashSettings) -> Result<String> {
-    let params = argon2::Params::new(
-        settings.argon2_memory_kib,
-        settings.argon2_iterations,
-        settings.argon2_parallelism,
-        None,
-    )
-    .map_err(|e| {
-        Error::config(format!("the argon2 settings are not valid: {e}"))
-            .hint("check argon2_memory_kib (at least 8 × parallelism), argon2_iterations and argon2_parallelism in [task]")
-    })?;
+    let params = settings.params()?;
     let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     hasher
         .hash_password(password.expose_secret().as_bytes())
@@ -396,5 +440,48 @@ mod tests {
         };
         let e = hash_password(&SecretString::from("x"), &bad).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+        let cheap = HashSettings {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+        };
+        for (bad, name) in [
+            (
+                HashSettings {
+                    argon2_memory_kib: u32::MAX,
+                    ..cheap.clone()
+                },
+                "argon2_memory_kib",
+            ),
+            (
+                HashSettings {
+                    argon2_iterations: u32::MAX,
+                    ..cheap.clone()
+                },
+                "argon2_iterations",
+            ),
+            (
+                HashSettings {
+                    argon2_parallelism: 0,
+                    ..cheap.clone()
+                },
+                "argon2_parallelism",
+            ),
+            (
+                HashSettings {
+                    argon2_parallelism: 1 << 20,
+                    ..cheap.clone()
+                },
+                "argon2_parallelism",
+            ),
+        ] {
+            let e = hash_password(&SecretString::from("x"), &bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(
+                e.message().contains(name) && e.message().contains(" to "),
+                "{}",
+                e.message()
+            );
+        }
     }
 }

@@ -279,6 +279,37 @@ fn malformed_requests_are_answered_and_the_connection_stays_usable() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// A request whose newline never came before the client closed is not executed: the client may
+/// have been cut off mid-line.
+#[test]
+fn a_last_line_without_its_newline_is_not_executed() {
+    use std::io::Read;
+    let sb = Sandbox::new();
+    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    let mut stream = std::net::TcpStream::connect(served.address("tcp://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(b"--username ghost --email ghost@example.com")
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.is_empty(),
+        "the incomplete line was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Had it run, this would be a conflict.
+    let answer = served
+        .client()
+        .call("--username ghost --email ghost@example.com");
+    assert!(is_ok(&answer), "{answer}");
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn limits_on_connections_and_idle_time_are_kept() {
     let mut sb = Sandbox::new();

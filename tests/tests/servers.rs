@@ -327,3 +327,36 @@ fn two_hundred_concurrent_creates_all_succeed_past_the_connection_limit(backend:
     );
     assert_eq!(sb.count(EXE, "SELECT COUNT(*) FROM users"), 200);
 }
+
+/// Refused before any connection, so no server is needed: credentials in a URL's query string
+/// (never echoed), and parameters that would override the URL's host or database.
+#[test]
+fn url_parameters_with_credentials_or_another_host_are_refused() {
+    let mut sb = e2e::Sandbox::new();
+    for url in [
+        "postgres://127.0.0.1/shop?password=hunter2",
+        "postgres://127.0.0.1/shop?user=u&password=hunter2",
+        "mysql://127.0.0.1/shop?sslpassword=hunter2",
+    ] {
+        sb.set_env("COMMONDB_DATABASE_URL", url);
+        sb.create_user("alice", "a@example.com")
+            .code(78)
+            .stderr_has("carries a password")
+            .stderr_has("create-user.toml")
+            .never_shows("hunter2");
+    }
+    for (url, key) in [
+        ("postgres://127.0.0.1:5432/shop?host=db.example.com", "host"),
+        ("postgres://127.0.0.1:5432/shop?dbname=postgres", "dbname"),
+        (
+            "mysql://127.0.0.1:3306/shop?socket=/tmp/other.sock",
+            "socket",
+        ),
+        ("mysql://127.0.0.1:3306/shop?database=other", "database"),
+    ] {
+        sb.set_env("COMMONDB_DATABASE_URL", url);
+        sb.create_user("alice", "a@example.com")
+            .code(78)
+            .stderr_has(&format!("parameter \"{key}\" is not accepted"));
+    }
+}

@@ -106,6 +106,113 @@ fn argon2_costs_come_from_the_task_settings() {
     );
 }
 
+const WITH_PASSWORD: [&str; 6] = [
+    "--create",
+    "--username",
+    "alice",
+    "--email",
+    "a@example.com",
+    "--password-stdin",
+];
+
+/// Runs `create-user` with a password on stdin, fed by `feed` in a thread of its own (it may be
+/// endless: it must stop at a write error); returns the run and what `feed` returned.
+fn with_password_input<R: Send + 'static>(
+    sb: &Sandbox,
+    feed: impl FnOnce(std::process::ChildStdin) -> R + Send + 'static,
+) -> (Run, R) {
+    use std::process::Stdio;
+    let mut cmd = sb.command(EXE, &WITH_PASSWORD);
+    let command = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || feed(stdin));
+    let run = Run::from_output(command, child.wait_with_output().unwrap());
+    (run, feeder.join().unwrap())
+}
+
+#[test]
+fn an_endless_password_on_stdin_is_refused_without_reading_it_all() {
+    use std::io::Write;
+    const CAP: usize = 64 << 20;
+    let sb = Sandbox::new();
+    let started = std::time::Instant::now();
+    // 64 MiB of 'a' and no newline: the process must stop reading long before the end.
+    let (run, sent) = with_password_input(&sb, |mut stdin| {
+        let chunk = [b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < CAP && stdin.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    run.code(65).stderr_has("longer than 1024 bytes");
+    assert!(sent < CAP, "all {sent} bytes were read\n{run}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!sb.database(EXE).exists() || users(&sb) == 0);
+}
+
+#[test]
+fn a_password_that_is_not_utf8_is_refused() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    let (run, ()) = with_password_input(&sb, |mut stdin| {
+        let _ = stdin.write_all(b"pass\xffword\n");
+    });
+    run.code(65).stderr_has("not UTF-8");
+}
+
+#[test]
+fn argon2_costs_out_of_range_are_a_configuration_error_naming_the_range() {
+    let mut sb = Sandbox::new();
+    sb.set_env("COMMONDB_TASK__ARGON2_MEMORY_KIB", "4294967295");
+    sb.create_user_with_password("alice", "a@example.com", "pw")
+        .code(78)
+        .stderr_has("argon2_memory_kib = 4294967295 is out of range: it must be 8 to 1048576");
+}
+
+#[test]
+fn numeric_settings_out_of_range_are_a_configuration_error_naming_the_range() {
+    for (var, value, says) in [
+        (
+            "COMMONDB_SERVE__POOL_SIZE",
+            "0",
+            "serve.pool_size = 0 is out of range: it must be 1 to 1024",
+        ),
+        (
+            "COMMONDB_SERVE__POOL_SIZE",
+            "4294967295",
+            "it must be 1 to 1024",
+        ),
+        (
+            "COMMONDB_CONNECT_TIMEOUT_MS",
+            "0",
+            "connect_timeout_ms = 0 is out of range",
+        ),
+        (
+            "COMMONDB_SERVE__REQUEST_TIMEOUT_MS",
+            "18446744073709551615",
+            "it must be 1 to 86400000",
+        ),
+    ] {
+        let mut sb = Sandbox::new();
+        sb.set_env(var, value);
+        sb.create_user("alice", "a@example.com")
+            .code(78)
+            .stderr_has(says)
+            .stderr_has(var);
+    }
+}
+
 #[test]
 fn a_secrets_file_readable_by_others_is_refused_with_the_chmod_fix() {
     let sb = Sandbox::new();
@@ -148,6 +255,114 @@ fn the_app_secrets_file_can_point_at_the_database() {
     sb.create_user("alice", "a@example.com").code(0);
     assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM users"), 1);
     assert!(!sb.database(EXE).exists());
+}
+
+#[test]
+fn a_misspelled_or_non_utf8_environment_variable_is_refused_naming_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let create = [
+        "--create",
+        "--username",
+        "alice",
+        "--email",
+        "a@example.com",
+    ];
+    let mut misspelled = sb.command(EXE, &create);
+    misspelled.env("COMMONDB_DATABSE_URL", "sqlite:///tmp/elsewhere.sqlite3");
+    Run::of(misspelled, None)
+        .code(78)
+        .stderr_has("COMMONDB_DATABSE_URL is not a setting")
+        .stderr_has("COMMONDB_DATABASE_URL");
+    let mut not_utf8 = sb.command(EXE, &create);
+    not_utf8.env(
+        "COMMONDB_DATA_DIR",
+        std::ffi::OsStr::from_bytes(b"/tmp/data-\xff"),
+    );
+    Run::of(not_utf8, None)
+        .code(78)
+        .stderr_has("COMMONDB_DATA_DIR is not UTF-8");
+    assert!(!sb.database(EXE).exists(), "nothing is created");
+    // What is read apart from the settings still passes, and so do task settings.
+    let mut apart = sb.command(EXE, &create);
+    apart
+        .env("COMMONDB_ADMIN_URL", "postgres://admin@127.0.0.1/postgres")
+        .env("COMMONDB_SPAWNED_AT_NS", "1")
+        .env("COMMONDB_TASK__ARGON2_ITERATIONS", "1")
+        .env("COMMONDB_SERVE__POOL_SIZE", "1");
+    Run::of(apart, None).code(0);
+}
+
+#[test]
+fn configuration_and_secrets_files_must_be_small_regular_files() {
+    let sb = Sandbox::new();
+    let big = sb.root().join("big.toml");
+    // 2 MiB of comments: valid TOML, but no configuration is that large.
+    fs::write(&big, "#".repeat(2 << 20)).unwrap();
+    let big = big.display().to_string();
+    sb.run(EXE, &["--config", &big, "--self-status"])
+        .code(78)
+        .stderr_has(&format!(
+            "configuration file {big} is larger than 1048576 bytes"
+        ));
+    sb.run(EXE, &["--config", "/dev/zero", "--self-status"])
+        .code(78)
+        .stderr_has("configuration file /dev/zero is not a regular file");
+    // An unknown key's hint names it and where the valid ones are, not a home directory.
+    let typo = sb.root().join("typo.toml");
+    fs::write(&typo, "databse_url = \"x\"\n").unwrap();
+    sb.run(
+        EXE,
+        &["--config", &typo.display().to_string(), "--self-status"],
+    )
+    .code(78)
+    .stderr_has("hint: remove `databse_url`")
+    .never_shows("home directory");
+
+    // A FIFO as the app secrets file is refused at once, not waited on.
+    let secrets = sb.secrets_dir().join("create-user.toml");
+    fs::create_dir_all(secrets.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&secrets)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = sb
+        .command(
+            EXE,
+            &[
+                "--create",
+                "--username",
+                "alice",
+                "--email",
+                "a@example.com",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("create-user waits on a FIFO secrets file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = Run::from_output(
+        format!("{EXE} --create …"),
+        child.wait_with_output().unwrap(),
+    );
+    run.code(78).stderr_has("is not a regular file");
+    // One over the limit is refused too.
+    fs::remove_file(&secrets).unwrap();
+    fs::write(&secrets, "#".repeat(64 * 1024 + 1)).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    sb.create_user("alice", "a@example.com")
+        .code(78)
+        .stderr_has("larger than 65536 bytes");
 }
 
 #[test]

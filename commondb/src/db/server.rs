@@ -31,7 +31,7 @@ use super::schema::{self, MigrationInfo, SchemaState};
 use super::setup::{RoleReport, SetupReport};
 use super::{Backend, Conn, Location, Migrations, Target, classify};
 use crate::config::Settings;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, shown};
 use crate::interrupt;
 use crate::secrets::{self, AppSecrets, Credentials};
 
@@ -44,7 +44,10 @@ pub(crate) enum ServerOptions {
 
 impl ServerOptions {
     /// Parses a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL.
+    /// The query string may only say how to connect, never where or as whom (see
+    /// [`check_query`]).
     pub(crate) fn parse(url: &str, backend: Backend) -> Result<ServerOptions> {
+        check_query(url, backend)?;
         let parsed = match backend {
             Backend::Postgres => PgConnectOptions::from_str(url).map(ServerOptions::Postgres),
             _ => {
@@ -216,13 +219,108 @@ impl fmt::Debug for ServerOptions {
     }
 }
 
-/// Whether a database URL carries a password (`scheme://user:password@…`).
+/// Whether a database URL carries a password: `scheme://user:password@…`, or a credential
+/// among its query parameters (`?password=…`).
 pub(crate) fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority
+    let in_userinfo = authority
         .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    in_userinfo
+        || url::Url::parse(url).is_ok_and(|u| u.query_pairs().any(|(key, _)| is_credential(&key)))
+}
+
+/// A query parameter that carries a secret (sqlx reads `password`; libpq knows `sslpassword`
+/// and `passfile` too, which sqlx would ignore).
+fn is_credential(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("passfile")
+}
+
+/// The query parameters a server URL may carry: those sqlx reads that say how to connect (TLS,
+/// caches, session options), not where, to which database or as whom.
+const POSTGRES_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "application_name",
+    "options",
+];
+const MYSQL_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslca",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "charset",
+    "collation",
+    "timezone",
+    "time-zone",
+];
+
+/// Refuses a query parameter that would carry a credential, override what the URL itself says
+/// (sqlx lets `?host=`, `?hostaddr=`, `?port=`, `?dbname=` and `?user=` win over the authority
+/// and path), or that sqlx would silently ignore (`?database=` on MySQL). The one exception is
+/// the unix-socket form, which has no host in the URL: `postgres:///db?host=/dir&port=N` and
+/// `mysql:///db?socket=/path`. Errors name the parameter, never its value.
+fn check_query(url: &str, backend: Backend) -> Result<()> {
+    // A URL that does not parse is sqlx's to report.
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    // Credentials first: that error's hint matters more than the others'.
+    if let Some((key, _)) = parsed.query_pairs().find(|(key, _)| is_credential(key)) {
+        return Err(Error::config(format!(
+            "the {} database URL carries a credential in its query string ({})",
+            backend.name(),
+            shown(&key, 32)
+        ))
+        .hint("credentials belong in the secrets files, never in a URL's parameters: setup writes the app's to <secrets_dir>/<executable>.toml (see Secrets in the README)"));
+    }
+    let no_host = parsed.host_str().is_none_or(str::is_empty) && parsed.port().is_none();
+    for (key, value) in parsed.query_pairs() {
+        let accepted = match (backend, &*key) {
+            (Backend::Postgres, "host") => no_host && value.starts_with('/'),
+            (Backend::Postgres, "port") => no_host,
+            (Backend::Postgres, key) => {
+                POSTGRES_PARAMS.contains(&key) || key.starts_with("options[") && key.ends_with(']')
+            }
+            (_, "socket") => no_host,
+            (_, key) => MYSQL_PARAMS.contains(&key),
+        };
+        if !accepted {
+            let socket = match backend {
+                Backend::Postgres => "postgres:///DB?host=/SOCKET/DIR&port=PORT",
+                _ => "mysql:///DB?socket=/SOCKET/FILE",
+            };
+            let params = match backend {
+                Backend::Postgres => POSTGRES_PARAMS,
+                _ => MYSQL_PARAMS,
+            };
+            return Err(Error::config(format!(
+                "the {} database URL's parameter {} is not accepted: it would override the URL's host, port, user or database, or it would be ignored",
+                backend.name(),
+                shown(&key, 32)
+            ))
+            .hint(format!(
+                "say host, port, user and database in the URL itself (scheme://user@host:port/database), or use the unix-socket form {socket}; other parameters accepted: {}",
+                params.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The validated names setup and cleanup work with.
@@ -790,9 +888,81 @@ mod tests {
     fn passwords_in_urls_are_spotted() {
         assert!(url_has_password("postgres://u:pw@h/d"));
         assert!(url_has_password("mysql://u:p%40w@h:3306/d?x=y"));
+        assert!(url_has_password("postgres://127.0.0.1/shop?password=x"));
+        assert!(url_has_password("postgres://h/d?user=u&pass%77ord=x"));
+        assert!(url_has_password("postgres://h/d?sslpassword=x"));
+        assert!(url_has_password("mysql://h/d?PASSWORD="));
         assert!(!url_has_password("postgres://u@h/d"));
         assert!(!url_has_password("postgres://h:5432/d"));
         assert!(!url_has_password("postgres:///d?host=/run/postgresql"));
+    }
+
+    #[test]
+    fn query_parameters_carry_no_credentials_and_override_nothing() {
+        let refused = |url: &str, backend| {
+            let e = ServerOptions::parse(url, backend).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{url}");
+            assert!(!e.message().contains("hunter2"), "{}", e.message());
+            e.message().to_string()
+        };
+        for url in [
+            "postgres://127.0.0.1/shop?password=hunter2",
+            "postgres://127.0.0.1/shop?user=u&password=hunter2",
+            "postgres://127.0.0.1/shop?sslpassword=hunter2",
+            "postgres://127.0.0.1/shop?passfile=hunter2",
+        ] {
+            assert!(
+                refused(url, Backend::Postgres).contains("credential"),
+                "{url}"
+            );
+        }
+        assert!(refused("mysql://h/shop?password=hunter2", Backend::MySql).contains("credential"));
+        for (url, key) in [
+            ("postgres://127.0.0.1/shop?host=evil", "host"),
+            ("postgres://127.0.0.1/shop?host=/tmp", "host"),
+            ("postgres:///shop?host=evil", "host"),
+            ("postgres://127.0.0.1/shop?hostaddr=10.0.0.1", "hostaddr"),
+            ("postgres://127.0.0.1:5432/shop?port=1", "port"),
+            ("postgres://127.0.0.1/shop?dbname=other", "dbname"),
+            ("postgres://127.0.0.1/shop?user=postgres", "user"),
+            ("postgres://127.0.0.1/shop?bogus=1", "bogus"),
+        ] {
+            assert!(refused(url, Backend::Postgres).contains(key), "{url}");
+        }
+        for (url, key) in [
+            ("mysql://127.0.0.1/shop?socket=/tmp/s", "socket"),
+            ("mysql://127.0.0.1/shop?database=other", "database"),
+            ("mysql://127.0.0.1/shop?user=root", "user"),
+            ("mariadb://127.0.0.1/shop?host=evil", "host"),
+        ] {
+            assert!(refused(url, Backend::MySql).contains(key), "{url}");
+        }
+        // The unix-socket forms display() writes, and how-to-connect parameters, pass.
+        for url in [
+            "postgres:///shop?host=/run/postgresql&port=5432",
+            "postgres:///shop?host=%2Frun%2Fpostgresql",
+            "postgres://127.0.0.1:5432/shop?sslmode=disable&application_name=x&options[search_path]=a",
+        ] {
+            let o = ServerOptions::parse(url, Backend::Postgres).unwrap();
+            assert_eq!(
+                ServerOptions::parse(&o.display(), Backend::Postgres)
+                    .unwrap()
+                    .display(),
+                o.display()
+            );
+        }
+        for url in [
+            "mysql:///shop?socket=/run/mysqld/mysqld.sock",
+            "mysql://127.0.0.1:3306/shop?charset=utf8mb4&ssl-mode=disabled",
+        ] {
+            let o = ServerOptions::parse(url, Backend::MySql).unwrap();
+            assert_eq!(
+                ServerOptions::parse(&o.display(), Backend::MySql)
+                    .unwrap()
+                    .display(),
+                o.display()
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! are flushed when no further request is already waiting. A line that is not UTF-8 or does
 //! not parse is answered with an error and the connection stays usable; a line longer than
 //! `max_request_bytes` is answered with an error and the connection is closed (what follows
-//! cannot be framed). With a token configured the first line must be `AUTH <token>`.
+//! cannot be framed). Only complete lines are requests: bytes after the last newline when the
+//! client closes are dropped, never executed (the client may have been cut off mid-line). With
+//! a token configured the first line must be `AUTH <token>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,17 +96,15 @@ fn authenticate<T: Task>(service: &Service<T>, line: &[u8]) -> Result<()> {
     }
 }
 
-/// Reads one line (without its newline) of at most `max` bytes into `line`.
+/// Reads one line (without its newline) of at most `max` bytes into `line`. A last line whose
+/// newline never came before the end of the stream counts as the end: it is not a request.
 async fn read_line(
     reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
     line: &mut Vec<u8>,
     max: usize,
 ) -> std::io::Result<Read> {
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    let n = (&mut *reader).take(limit).read_until(b'\n', line).await?;
-    if n == 0 {
-        return Ok(Read::Eof);
-    }
+    (&mut *reader).take(limit).read_until(b'\n', line).await?;
     if line.last() == Some(&b'\n') {
         line.pop();
         return Ok(Read::Line);
@@ -112,8 +112,8 @@ async fn read_line(
     if line.len() > max {
         return Ok(Read::TooLong);
     }
-    // The last line, without a newline before the end of the stream.
-    Ok(Read::Line)
+    // Nothing more, or an incomplete last line: the client is gone before finishing it.
+    Ok(Read::Eof)
 }
 
 #[cfg(test)]
@@ -122,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_read_up_to_the_limit() {
-        let mut input = BufReader::new(&b"short\nexactly8\n123456789\nlast"[..]);
+        let mut input = BufReader::new(&b"short\nexactly8\n123456789\n"[..]);
         let mut line = Vec::new();
         assert!(matches!(
             read_line(&mut input, &mut line, 9).await.unwrap(),
@@ -139,6 +139,22 @@ mod tests {
         assert!(matches!(
             read_line(&mut input, &mut line, 8).await.unwrap(),
             Read::TooLong
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_last_line_without_its_newline_is_not_a_request() {
+        let mut input = BufReader::new(&b"whole\n--username x --email y"[..]);
+        let mut line = Vec::new();
+        assert!(matches!(
+            read_line(&mut input, &mut line, 64).await.unwrap(),
+            Read::Line
+        ));
+        assert_eq!(line, b"whole");
+        line.clear();
+        assert!(matches!(
+            read_line(&mut input, &mut line, 64).await.unwrap(),
+            Read::Eof
         ));
     }
 }
