@@ -6,7 +6,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -65,10 +66,11 @@ impl fmt::Display for Report {
 ///
 /// On a server the scratch database and its roles get a random suffix; they are dropped at the
 /// end whatever happened, also when the run is interrupted (Ctrl-C or SIGTERM), which then ends
-/// with [`ErrorKind::Interrupted`].
+/// with [`ErrorKind::Interrupted`]. What a run killed outright (SIGKILL) left behind, its
+/// scratch directory and the database it names, is removed by the next run.
 pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> {
     let scratch = tempfile::Builder::new()
-        .prefix(&format!("{}-self-test-", T::NAME))
+        .prefix(&format!("{}-self-test-{}-", T::NAME, std::process::id()))
         .tempdir()
         .map_err(|e| {
             Error::temporary(format!(
@@ -76,6 +78,11 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
             ))
             .hint("check TMPDIR and free space")
         })?;
+    // Held until the run ends, however it ends: a scratch directory whose lock is free is
+    // what a killed self-test left, and the next one removes it.
+    let _in_use = lock_now(scratch.path()).ok_or_else(|| {
+        Error::temporary(format!("cannot lock {}", scratch.path().display())).hint("check TMPDIR")
+    })?;
     let scratch_settings = scratch_settings(settings, scratch.path(), T::NAME)?;
     let target = Target::resolve(&scratch_settings, T::NAME)?;
     let task_settings = settings.task_settings::<T::Settings>()?;
@@ -84,6 +91,7 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
         out: *out,
     };
     let interrupted = block_on(Drivers::Io, async {
+        remove_stale::<T>(settings, out).await;
         let interrupted = tokio::select! {
             () = lifecycle::<T>(&mut suite, &target, &task_settings) => false,
             () = crate::interrupt::signalled() => true,
@@ -104,6 +112,83 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
         .hint("its scratch database was removed; run it again"));
     }
     Ok(suite.report)
+}
+
+/// The file in a scratch directory that names its scratch database on a server (no
+/// credentials), written before the database is made.
+const SCRATCH_RECORD: &str = "scratch-database";
+
+/// An exclusive `flock` on directory `dir`, if no one else holds one.
+fn lock_now(dir: &Path) -> Option<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let file = std::fs::File::open(dir).ok()?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
+}
+
+/// Removes what self-tests of `T` killed before their end left behind: each scratch directory
+/// of this user whose lock is free, and on a server the scratch database and roles it names.
+/// What cannot be removed is reported and left for the next run.
+async fn remove_stale<T: Task>(settings: &Settings, out: &Output) {
+    let prefix = format!("{}-self-test-", T::NAME);
+    let me = rustix::process::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // `<exe>-self-test-<pid>-<random>`: a live process may not have locked it yet.
+        let Some(pid) = entry.file_name().to_str().and_then(|n| {
+            let rest = n.strip_prefix(&prefix)?;
+            rest.split('-').next()?.parse::<u32>().ok()
+        }) else {
+            continue;
+        };
+        let ours = !Path::new(&format!("/proc/{pid}")).exists()
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let Some(_stale) = ours.then(|| lock_now(&path)).flatten() else {
+            continue;
+        };
+        match remove_scratch::<T>(settings, &path).await {
+            Ok(what) => out.note(format_args!(
+                "removed what an interrupted self-test left: {what}"
+            )),
+            Err(e) => out.note(format_args!(
+                "could not remove what an interrupted self-test left in {}: {}",
+                path.display(),
+                e.message()
+            )),
+        }
+    }
+}
+
+/// Drops the scratch database and roles that stale directory `dir` names, then the directory.
+async fn remove_scratch<T: Task>(settings: &Settings, dir: &Path) -> Result<String> {
+    let mut removed = Vec::new();
+    if let Ok(url) = std::fs::read_to_string(dir.join(SCRATCH_RECORD)) {
+        let mut scratch = settings.clone();
+        scratch.secrets_dir = dir.join("secrets");
+        scratch.app_role = None;
+        scratch.backup_role = None;
+        scratch.database_url = Some(url.trim().to_string());
+        let target = Target::resolve(&scratch, T::NAME)?;
+        if let Location::Server(server) = &target.location {
+            // Only a name the self-test makes: never drop anything else on a record's word.
+            let name = server.database().unwrap_or_default();
+            if !name.starts_with("st_") {
+                return Err(Error::config(format!(
+                    "{} names {name}, not a scratch database",
+                    dir.join(SCRATCH_RECORD).display()
+                )));
+            }
+            server::drop_scratch(&target, server).await?;
+            removed.push(format!("database {name} and its roles"));
+        }
+    }
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| Error::permission(format!("cannot remove {}: {e}", dir.display())))?;
+    removed.push(dir.display().to_string());
+    Ok(removed.join(", "))
 }
 
 /// The settings of the scratch run: the configured backend and timeouts, but a database, data
@@ -133,7 +218,13 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
             .take(10)
             .collect();
         let name = format!("st_{}_{suffix}", exe.to_ascii_lowercase());
-        scratch.database_url = Some(server.with_database(&name).display());
+        let url = server.with_database(&name).display();
+        // Written before anything is made, for the next self-test if this one is killed.
+        std::fs::write(dir.join(SCRATCH_RECORD), format!("{url}\n")).map_err(|e| {
+            Error::temporary(format!("cannot write in the scratch directory: {e}"))
+                .hint("check TMPDIR and free space")
+        })?;
+        scratch.database_url = Some(url);
         if let Some(url) = secrets::admin_url(settings)?
             && std::env::var_os(secrets::ADMIN_URL_VAR).is_none()
         {

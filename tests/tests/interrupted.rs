@@ -22,6 +22,7 @@ on_every_server!(
     a_setup_killed_inside_create_role_is_finished_by_the_next_setup,
     a_setup_interrupted_by_ctrl_c_stops_after_the_step_with_130,
     a_cleanup_killed_inside_drop_role_is_finished_by_the_next_cleanup,
+    a_self_test_killed_outright_is_cleaned_up_by_the_next,
 );
 
 /// Taken by every test of this file, so that they run one at a time.
@@ -237,4 +238,73 @@ fn setups_killed_at_any_moment_are_finished_or_undone_on_postgres() {
             );
         }
     }
+}
+
+/// The scratch directory (in the sandbox's TMPDIR) of a running self-test, once it has named
+/// its scratch database: (directory, database name).
+fn scratch_of_running_self_test(tmp: &std::path::Path) -> (std::path::PathBuf, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for entry in std::fs::read_dir(tmp).unwrap().flatten() {
+            if let Ok(url) = std::fs::read_to_string(entry.path().join("scratch-database")) {
+                let name = url.trim().rsplit('/').next().unwrap().to_string();
+                return (entry.path(), name);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no self-test named its scratch database"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn a_self_test_killed_outright_is_cleaned_up_by_the_next(backend: Backend) {
+    let _serial = one_at_a_time();
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    let tmp = sb.root().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    sb.set_env("TMPDIR", tmp.display().to_string());
+    let db = sb.server();
+    let mut first = spawn_admin(&sb, &["--self-test"]);
+    let (dir, name) = scratch_of_running_self_test(&tmp);
+    let (databases, roles) = match backend {
+        Backend::Postgres => (
+            format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{name}'"),
+            format!("SELECT COUNT(*) FROM pg_roles WHERE rolname LIKE '{name}%'"),
+        ),
+        _ => (
+            format!(
+                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{name}'"
+            ),
+            format!("SELECT COUNT(*) FROM mysql.user WHERE user LIKE '{name}%'"),
+        ),
+    };
+    poll(db, &roles, |n| n == 2, "the scratch roles");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        dir.exists(),
+        "a killed self-test cannot remove its directory"
+    );
+    assert_eq!(
+        e2e::block_on(async { db.admin_connect(None).await?.count(&databases).await }),
+        Ok(1)
+    );
+
+    sb.run_admin(EXE, &["--self-test"])
+        .code(0)
+        .stderr_has("removed what an interrupted self-test left")
+        .stderr_has(&name);
+    poll(
+        db,
+        &databases,
+        |n| n == 0,
+        "the stale scratch database to go",
+    );
+    poll(db, &roles, |n| n == 0, "the stale scratch roles to go");
+    assert!(!dir.exists(), "the stale scratch directory is still there");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
