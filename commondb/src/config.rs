@@ -707,4 +707,24 @@ mod tests {
         let s = load(&sources(dir.path(), &[], &[])).unwrap();
         assert_eq!(s.task_settings::<T>().unwrap(), T::default());
     }
+
+    // Fuzzing (issue 12): any configuration file loads or is a configuration error with a
+    // short message; never a panic.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_configuration_file_loads_or_is_a_configuration_error(
+            body in r#"([a-z_]{1,12} ?= ?(-?[0-9]{1,22}|"[ -~]{0,20}"|true|\[\]|\{\})\n|\[[a-z_.]{0,8}\]\n|[ -~]{0,30}\n){0,8}"#
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            match load(&sources(dir.path(), &[("c.toml", &body)], &[])) {
+                Ok(_) => {}
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.kind(), ErrorKind::Config, "{}", e);
+                    proptest::prop_assert!(e.message().len() < 1000, "{}", e);
+                }
+            }
+        }
+    }
 }

@@ -584,4 +584,22 @@ mod tests {
         std::os::unix::fs::lchown(&link, Some(12345), None).unwrap();
         assert!(create_private_dir(&link).is_err());
     }
+
+    // Fuzzing (issue 12): any secrets file is read or refused as a configuration error that
+    // never shows what the file holds.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_secrets_file_is_read_or_refused_without_showing_it(
+            body in r#"([a-z_]{1,12} ?= ?("hunter2[ -~]{0,10}"|hunter2|[0-9]{1,5})\n|\[[a-z]{0,6}\]\n|[ -~]{0,20}hunter2\n){0,6}"#
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            if let Err(e) = load::<AppSecrets>(&file(dir.path(), 0o600, &body)) {
+                proptest::prop_assert_eq!(e.kind(), ErrorKind::Config);
+                let shown = format!("{e} {:?}", e.hint_text());
+                proptest::prop_assert!(!shown.contains("hunter2"), "{}", shown);
+            }
+        }
+    }
 }

@@ -1115,4 +1115,49 @@ mod tests {
         assert!(!stale.exists());
         assert!(live.exists());
     }
+
+    // Fuzzing (issue 12): a file with any bytes, and a well-formed file (checksums right) with
+    // any rows, is read or refused as invalid input; never a panic.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_bytes_are_refused_as_a_backup(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            zstd_magic in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.jsonl.zst");
+            let mut bytes = if zstd_magic { ZSTD_MAGIC.to_vec() } else { Vec::new() };
+            bytes.extend_from_slice(&body);
+            fs::write(&path, &bytes).unwrap();
+            let e = Reader::open(&path).and_then(Reader::verify).unwrap_err();
+            proptest::prop_assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}", e);
+        }
+
+        #[test]
+        fn well_formed_files_with_any_rows_are_read_or_refused(
+            rows in proptest::collection::vec(
+                r#"\[(-?[0-9]{1,25}|"[^"\\]{0,8}"|null|true|\[\]|\{\}|1e999)(,(-?[0-9.]{1,8}|"a"|null)){0,3}\]|[ -~]{0,12}"#,
+                0..6,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let h = header();
+            let mut w = Writer::create(dir.path(), file_name("notes", h.created_at, Kind::Backup), &h)
+                .unwrap();
+            w.table("notes").unwrap();
+            for row in &rows {
+                w.row(|buf| {
+                    buf.extend_from_slice(row.as_bytes());
+                    Ok(())
+                })
+                .unwrap();
+            }
+            let path = w.finish().unwrap().0;
+            if let Err(e) = Reader::open(&path).and_then(Reader::verify) {
+                proptest::prop_assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}", e);
+            }
+        }
+    }
 }

@@ -439,4 +439,29 @@ mod tests {
         assert_eq!(err["error"]["kind"], "conflict");
         assert_eq!(err["error"]["exit_code"], 73);
     }
+
+    // Fuzzing (issue 12): whatever a client sends, a request line parses or is refused with an
+    // error; it never panics.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_bytes_parse_or_are_refused(
+            line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)
+        ) {
+            let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn json_requests_parse_or_are_refused(
+            line in r#"\{( ?"[a-z_-]{0,10}" ?: ?(-?[0-9.e]{1,24}|"[^"]{0,12}"|true|false|null|\[[0-9,"a]{0,6}\]|\{\}) ?,?){0,5}\}"#
+        ) {
+            let _ = parse_line(line.as_bytes());
+        }
+
+        #[test]
+        fn word_requests_parse_or_are_refused(line in r#"[ -~\t'"\\]{0,200}"#) {
+            let _ = parse_line(line.as_bytes());
+        }
+    }
 }
