@@ -53,6 +53,8 @@ const BACKUP: &str = "self-backup";
 const RESTORE: &str = "self-restore";
 const SERVE: &str = "serve";
 const SAMPLES: &str = "self-samples";
+/// The most sample requests `--self-samples` prints: runmany's largest `--warmup` plus `-n`.
+const MAX_SAMPLES: u64 = 2_000_000;
 const MODES: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
@@ -116,9 +118,9 @@ pub(crate) fn command<T: Task>() -> Command {
             Arg::new(SAMPLES)
                 .long(SAMPLES)
                 .value_name("N")
-                .value_parser(clap::value_parser!(u64))
+                .value_parser(clap::value_parser!(u64).range(0..=MAX_SAMPLES))
                 .help_heading("Modes (exactly one)")
-                .help("Print the task's first N sample requests, one JSON line each (for runmany)"),
+                .help("Print the task's first N sample requests (0 to 2000000), one JSON line each (for runmany)"),
         )
         .group(
             ArgGroup::new(MODES)

@@ -38,6 +38,14 @@ use service::Endpoint;
 /// long with tails ten times longer (README).
 pub const DEFAULT_JOBS: u64 = 8;
 
+/// The most instances `-n` (and `--warmup`) may ask for: each is a record in memory and, for a
+/// commondb executable, a sample line; a million already takes minutes on any machine.
+const MAX_COUNT: u64 = 1_000_000;
+/// The most at once `-j` may ask for (a process or a connection each).
+const MAX_JOBS: u64 = 10_000;
+/// The longest `--timeout`: a day.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
 /// How often the fleet's memory is sampled.
 const FLEET_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -50,17 +58,21 @@ const FLEET_INTERVAL: Duration = Duration::from_millis(20);
     override_usage = "runmany [OPTIONS] -n <N> <EXECUTABLE> [TASK ARGS]..."
 )]
 struct Cli {
-    /// How many instances (or requests) to count
-    #[arg(short = 'n', long = "count", value_name = "N")]
+    /// How many instances (or requests) to count, 1 to 1000000
+    #[arg(short = 'n', long = "count", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_COUNT))]
     count: u64,
-    /// How many at once: processes, or connections with --serve; 0 = all at once
-    #[arg(short = 'j', long = "jobs", value_name = "J", default_value_t = DEFAULT_JOBS)]
+    /// How many at once: processes, or connections with --serve; 0 = all at once; at most 10000
+    #[arg(short = 'j', long = "jobs", value_name = "J", default_value_t = DEFAULT_JOBS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_JOBS))]
     jobs: u64,
-    /// Kill an instance (or give up on a request) after this many seconds; it counts as failed
+    /// Kill an instance (or give up on a request) after this many seconds (up to 86400); it
+    /// counts as failed
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
-    /// Uncounted runs first (warm caches, first-use setup)
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    /// Uncounted runs first (warm caches, first-use setup), 0 to 1000000
+    #[arg(long, value_name = "K", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_COUNT))]
     warmup: u64,
     /// Write every instance's record and the summary to FILE as JSON
     #[arg(long, value_name = "FILE")]
@@ -185,8 +197,10 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
         return Err(usage("-n must be at least 1"));
     }
     let timeout = match cli.timeout {
-        Some(t) if !(t > 0.0 && t.is_finite()) => {
-            return Err(usage("--timeout must be a positive number of seconds"));
+        Some(t) if !(t > 0.0 && t <= MAX_TIMEOUT_SECS) => {
+            return Err(usage(format!(
+                "--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"
+            )));
         }
         t => t.map(Duration::from_secs_f64),
     };

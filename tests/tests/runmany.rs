@@ -262,3 +262,32 @@ fn bad_usage_is_refused_with_the_reason() {
         .code(2)
         .stderr_has("no sample requests");
 }
+
+#[test]
+fn counts_jobs_and_timeouts_beyond_their_range_are_usage_errors_naming_it() {
+    let sb = Sandbox::new();
+    for (args, range) in [
+        (&["-n", "1000000000000", "create-user"][..], "0..=1000000"),
+        (
+            &["-n", "1", "--warmup", "18446744073709551615", "create-user"][..],
+            "0..=1000000",
+        ),
+        (
+            &["-n", "1", "-j", "4294967296", "create-user"][..],
+            "0..=10000",
+        ),
+        (
+            &["-n", "1", "--timeout", "1e300", "create-user"][..],
+            "at most 86400",
+        ),
+        (
+            &["-n", "1", "--timeout", "NaN", "create-user"][..],
+            "at most 86400",
+        ),
+    ] {
+        runmany(&sb, args).code(2).stderr_has(range);
+    }
+    sb.run("create-user", &["--self-samples", "2000001"])
+        .code(2)
+        .stderr_has("0..=2000000");
+}
