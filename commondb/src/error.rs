@@ -51,6 +51,27 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// What to do about an error of this kind when the error itself says nothing more.
+    pub fn advice(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "see the lines above for what failed",
+            ErrorKind::Usage => "see --help for the options and modes",
+            ErrorKind::InvalidInput => "correct the value named above and try again",
+            ErrorKind::NoInput => "check the path and that you can read it",
+            ErrorKind::Unavailable => {
+                "check that the database server runs and is reachable, then try again"
+            }
+            ErrorKind::Internal => {
+                "this is a bug or a damaged database: please report it with the command and this message"
+            }
+            ErrorKind::Conflict => "choose another value, or change the existing record",
+            ErrorKind::Temporary => "try again in a moment",
+            ErrorKind::Permission => "check the owner and mode of the file or the role's rights",
+            ErrorKind::Config => "fix the setting named above (README: Configuration)",
+            ErrorKind::Interrupted => "run the same command again to go on",
+        }
+    }
+
     /// Every kind, in exit-code order (for documentation and tests).
     pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Failed,
@@ -227,6 +248,12 @@ impl Error {
         self.hint.as_deref()
     }
 
+    /// What to do about it: the hint, or else the advice that fits every error of its kind, so
+    /// that no error reaches a person or a client without one.
+    pub fn advice(&self) -> &str {
+        self.hint.as_deref().unwrap_or(self.kind.advice())
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         self.kind.exit_code()
@@ -253,7 +280,7 @@ impl Error {
                 "kind": self.kind,
                 "exit_code": self.exit_code(),
                 "message": self.message,
-                "hint": self.hint,
+                "hint": self.advice(),
             }
         })
     }
@@ -282,6 +309,17 @@ mod tests {
         assert_eq!(j["error"]["exit_code"], 73);
         assert_eq!(j["error"]["message"], "user exists");
         assert_eq!(j["error"]["hint"], "choose another name");
+    }
+
+    #[test]
+    fn an_error_without_a_hint_still_carries_advice_never_null() {
+        for kind in ErrorKind::ALL {
+            let j = Error::new(kind, "it broke").to_json();
+            let hint = j["error"]["hint"].as_str().unwrap_or_default();
+            assert!(hint.len() > 10, "{kind:?} has no advice: {j}");
+        }
+        let hinted = Error::internal("x").hint("do this");
+        assert_eq!(hinted.advice(), "do this");
     }
 
     #[test]

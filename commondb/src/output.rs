@@ -94,9 +94,7 @@ impl Output {
     /// Reports an error: always on stderr, and with `--json` also as a JSON document on stdout.
     pub fn error(&self, error: &Error) {
         eprintln!("{}: error: {}", self.name, error.message());
-        if let Some(hint) = error.hint_text() {
-            eprintln!("{}: hint: {hint}", self.name);
-        }
+        eprintln!("{}: hint: {}", self.name, error.advice());
         if self.json {
             println!("{}", error.to_json());
         }

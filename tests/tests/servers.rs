@@ -360,3 +360,27 @@ fn url_parameters_with_credentials_or_another_host_are_refused() {
             .stderr_has(&format!("parameter \"{key}\" is not accepted"));
     }
 }
+
+/// An administrator's URL that does not parse is blamed on the administrator's URL, with where
+/// it comes from, and never echoed.
+#[test]
+fn an_invalid_administrator_url_is_named_as_such() {
+    let mut sb = e2e::Sandbox::new();
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        "postgres://127.0.0.1:5432/e2e_never",
+    );
+    for admin in [
+        "ftp://postgres:hunter2@127.0.0.1/x",
+        "postgres://postgres:hunter2@127.0.0.1:notaport/postgres",
+    ] {
+        let mut cmd = sb.command(EXE, &["--self-setup"]);
+        cmd.env("COMMONDB_ADMIN_URL", admin);
+        Run::of(cmd, None)
+            .code(78)
+            .stderr_has("administrator's URL")
+            .stderr_has("hint: fix COMMONDB_ADMIN_URL")
+            .never_shows("hunter2")
+            .never_shows("COMMONDB_DATABASE_URL");
+    }
+}

@@ -391,7 +391,20 @@ pub(crate) fn admin_options(settings: &Settings, server: &ServerOptions) -> Resu
             file.display()
         )));
     };
-    match Location::parse(url.expose_secret())? {
+    // Location::parse speaks of the database URL; this one is the administrator's.
+    let admin = Location::parse(url.expose_secret()).map_err(|e| {
+        Error::config(
+            e.message()
+                .replacen("database URL", "administrator's URL", 1)
+                .replacen("database_url", "the administrator's URL", 1),
+        )
+        .hint(format!(
+            "fix {} or the url in {} (chmod 600), e.g. postgres://postgres@127.0.0.1:5432/postgres",
+            secrets::ADMIN_URL_VAR,
+            file.display()
+        ))
+    })?;
+    match admin {
         // Without a database PostgreSQL would look for one named after the user; the
         // maintenance database is what an administrator means.
         Location::Server(admin)
