@@ -705,3 +705,41 @@ fn a_restore_from_a_fifo_is_refused_at_once() {
     .stderr_has("is not a regular file");
     assert_eq!(users(&sb), 1);
 }
+
+#[test]
+fn cleanup_never_removes_a_device_a_fifo_or_a_symlink_named_as_the_database() {
+    let sb = Sandbox::new();
+    let dir = sb.root().join("odd");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let make = |args: &[&str]| {
+        let made = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
+        assert!(made.success(), "{args:?}");
+    };
+    let null = dir.join("null");
+    let fifo = dir.join("fifo");
+    let link = dir.join("link");
+    // A copy of /dev/null: it reads as empty, like the empty file setup creates.
+    make(&["mknod", null.to_str().unwrap(), "c", "1", "3"]);
+    make(&["mkfifo", fifo.to_str().unwrap()]);
+    std::os::unix::fs::symlink(sb.root().join("elsewhere"), &link).unwrap();
+    fs::write(sb.root().join("elsewhere"), "").unwrap();
+    for path in [&null, &fifo, &link] {
+        let mut cmd = sb.command(EXE, &["--self-cleanup", "--yes"]);
+        cmd.env(
+            "COMMONDB_DATABASE_URL",
+            format!("sqlite:{}", path.display()),
+        );
+        Run::of(cmd, None)
+            .code(78)
+            .stderr_has("is not a SQLite database");
+        assert!(
+            fs::symlink_metadata(path).is_ok(),
+            "{} was removed",
+            path.display()
+        );
+    }
+}

@@ -83,8 +83,19 @@ pub(crate) fn create_file(path: &Path) -> Result<bool> {
 
 /// Whether `path` holds a SQLite database (or the empty file that setup creates first).
 pub(crate) fn is_database_file(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Only a regular file can be one: a device reads as empty (cleanup would remove
+    // /dev/null), a FIFO would never answer, a symlink is not ours to remove.
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| Error::permission(format!("cannot inspect {}: {e}", path.display())))?;
+    if !meta.file_type().is_file() {
+        return Ok(false);
+    }
     let mut header = [0u8; 16];
-    let mut f = fs::File::open(path)
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(path)
         .map_err(|e| Error::permission(format!("cannot open {}: {e}", path.display())))?;
     let n = f
         .read(&mut header)
@@ -205,6 +216,18 @@ mod tests {
         let text = dir.path().join("text");
         fs::write(&text, "not a database, keep me").unwrap();
         assert!(!is_database_file(&text).unwrap());
+        // Neither a FIFO (which would never answer), nor a symlink to a database.
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        assert!(!is_database_file(&fifo).unwrap());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&empty, &link).unwrap();
+        assert!(!is_database_file(&link).unwrap());
     }
 
     #[tokio::test]
