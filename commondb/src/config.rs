@@ -428,13 +428,29 @@ pub(crate) fn check_small_file(
 }
 
 fn config_error(e: ::config::ConfigError) -> Error {
-    // A TOML parse error quotes the offending line: show no more than the start of each line.
+    // A TOML parse error quotes the offending line (`1 | database_url = "postgres://u:pw@…`),
+    // which may hold a password or, with --config /etc/shadow, anything at all: the quoted
+    // lines are left out (line and column say where), control characters are replaced so that
+    // nothing from a file reaches the terminal as an escape sequence, and each line is cut.
+    let quoted = |line: &str| {
+        let t = line.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
+    };
     let text = e
         .to_string()
         .lines()
-        .map(|line| match crate::error::cut(line, 160) {
-            (cut, true) => format!("{cut}…"),
-            (cut, false) => cut.to_string(),
+        .filter(|line| !quoted(line) && !line.trim().is_empty())
+        .map(|line| {
+            let clean: String = line
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            match crate::error::cut(&clean, 160) {
+                (cut, true) => format!("{cut}…"),
+                (cut, false) => cut.to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join("\n");
@@ -726,5 +742,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_parse_error_never_quotes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&sources(
+            dir.path(),
+            &[(
+                "c.toml",
+                "busy_timeout_ms = 5\ndatabase_url = \"postgres://app:S3cretPW@h/d\n\x1b]0;x\x07\n",
+            )],
+            &[],
+        ))
+        .unwrap_err();
+        let shown = format!("{e} {}", e.advice());
+        assert!(!shown.contains("S3cretPW"), "{shown}");
+        assert!(!shown.contains('\x1b'), "{shown}");
+        assert!(shown.contains("TOML parse error at line"), "{shown}");
     }
 }
