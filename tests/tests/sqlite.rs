@@ -743,3 +743,41 @@ fn cleanup_never_removes_a_device_a_fifo_or_a_symlink_named_as_the_database() {
         );
     }
 }
+
+#[test]
+fn a_performance_report_to_a_fifo_nobody_reads_does_not_hang_the_exit() {
+    let sb = Sandbox::new();
+    let fifo = sb.root().join("report");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut cmd = sb.command(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+        ],
+    );
+    cmd.env("COMMONDB_PERFORMANCE_REPORT", &fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("create-user hung writing its report to a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(users(&sb), 1);
+}

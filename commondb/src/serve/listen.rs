@@ -260,7 +260,14 @@ fn bind_unix(path: &Path, settings: &ServeSettings) -> Result<UnixListener> {
 
 /// A group's id from its number or its name in /etc/group.
 fn group_id(group: &str) -> Result<u32> {
-    if let Ok(gid) = group.parse() {
+    if let Ok(gid) = group.parse::<u32>() {
+        // 4294967295 is (gid_t)-1, "no change" to chown, not a group.
+        if gid == u32::MAX {
+            return Err(
+                Error::config(format!("socket_group {gid} is not a group id"))
+                    .hint("give a group name, or a number below 4294967295"),
+            );
+        }
         return Ok(gid);
     }
     std::fs::read_to_string("/etc/group")
@@ -402,5 +409,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message().contains("not a socket"), "{}", e.message());
+    }
+
+    #[test]
+    fn the_group_id_of_no_group_is_refused_not_a_panic() {
+        assert_eq!(group_id("0").unwrap(), 0);
+        let e = group_id("4294967295").unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Config);
+        assert!(group_id("4294967296").is_err());
     }
 }
