@@ -384,19 +384,34 @@ fn check_ranges(s: &Settings) -> Result<()> {
         ("serve.grace_ms", serve.grace_ms, 0..=DAY_MS),
     ];
     for (name, value, range) in checks {
-        if !range.contains(&value) {
-            return Err(Error::config(format!(
-                "the setting {name} = {value} is out of range: it must be {} to {}",
-                range.start(),
-                range.end()
-            ))
-            .hint(format!(
+        in_range(&format!("setting {name}"), value, range, || {
+            format!(
                 "fix {name} in your configuration files or COMMONDB_{} (see Configuration in the README)",
                 name.replace('.', "__").to_uppercase()
-            )));
-        }
+            )
+        })?;
     }
     Ok(())
+}
+
+/// Checks a numeric setting against its documented range: outside it, a configuration error
+/// naming the setting (`what`, e.g. "setting pool_size"), the value and the range, with `fix`
+/// as the hint. Tasks use it for their own `[task]` settings.
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    what: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    fix: impl FnOnce() -> String,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "the {what} = {value} is out of range: it must be {} to {}",
+        range.start(),
+        range.end()
+    ))
+    .hint(fix()))
 }
 
 /// Refuses a file that is not a regular file (a FIFO or a device would block or never end) or

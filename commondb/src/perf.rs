@@ -11,7 +11,6 @@
 //! environment. When it is off, a mark costs one atomic load.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,12 +99,12 @@ pub(crate) fn finish(exe: &str, outcome: &str) {
     // A report that cannot be written must not change the run's outcome.
     let _ = match &r.to {
         // Non-blocking: a FIFO that nobody reads fails to open instead of hanging the exit.
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(path)
-            .and_then(|mut f| f.write_all(line.as_bytes())),
+        Some(path) => crate::secrets::without_waiting(
+            std::fs::OpenOptions::new().create(true).append(true),
+            true,
+        )
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes())),
         None => std::io::stderr().write_all(line.as_bytes()),
     };
 }

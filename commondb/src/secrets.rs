@@ -161,12 +161,7 @@ pub const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
 /// [`MAX_SECRETS_FILE_BYTES`] and that only its owner can access it.
 pub fn read(path: &Path) -> Result<Option<SecretString>> {
     // Non-blocking, so that opening a FIFO does not wait for a writer; it is refused below.
-    let flags = rustix::fs::OFlags::NONBLOCK.bits();
-    let file = match fs::File::options()
-        .read(true)
-        .custom_flags(i32::try_from(flags).unwrap_or_default())
-        .open(path)
-    {
+    let file = match without_waiting(fs::File::options().read(true), true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -266,6 +261,20 @@ pub fn write(path: &Path, contents: &str) -> Result<()> {
         Error::permission(format!("cannot write secrets file {}: {e}", path.display()))
             .hint("check that you own its directory")
     })
+}
+
+/// `options` set to open without waiting: a FIFO or a device that would block in `open` answers
+/// at once, so that the caller's check of what it opened (a regular file) can refuse it; with
+/// `follow_links` false a symlink is refused too. The one place these flags are spelled.
+pub(crate) fn without_waiting(
+    options: &mut fs::OpenOptions,
+    follow_links: bool,
+) -> &mut fs::OpenOptions {
+    let mut flags = rustix::fs::OFlags::NONBLOCK;
+    if !follow_links {
+        flags |= rustix::fs::OFlags::NOFOLLOW;
+    }
+    options.custom_flags(flags.bits() as i32)
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (an existing directory is left as is),

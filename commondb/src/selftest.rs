@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::backup::{self, file};
 use crate::config::Settings;
+use crate::db::sqlite::DirLock;
 use crate::db::{self, Location, Target, cleanup, dialect, schema, server, setup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
@@ -80,7 +81,7 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
         })?;
     // Held until the run ends, however it ends: a scratch directory whose lock is free is
     // what a killed self-test left, and the next one removes it.
-    let _in_use = lock_now(scratch.path()).ok_or_else(|| {
+    let _in_use = DirLock::try_acquire(scratch.path())?.ok_or_else(|| {
         Error::temporary(format!("cannot lock {}", scratch.path().display())).hint("check TMPDIR")
     })?;
     let scratch_settings = scratch_settings(settings, scratch.path(), T::NAME)?;
@@ -118,14 +119,6 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
 /// credentials), written before the database is made.
 const SCRATCH_RECORD: &str = "scratch-database";
 
-/// An exclusive `flock` on directory `dir`, if no one else holds one.
-fn lock_now(dir: &Path) -> Option<std::fs::File> {
-    use rustix::fs::{FlockOperation, flock};
-    let file = std::fs::File::open(dir).ok()?;
-    flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
-    Some(file)
-}
-
 /// Removes what self-tests of `T` killed before their end left behind: each scratch directory
 /// of this user whose lock is free, and on a server the scratch database and roles it names.
 /// What cannot be removed is reported and left for the next run.
@@ -146,7 +139,10 @@ async fn remove_stale<T: Task>(settings: &Settings, out: &Output) {
         };
         let ours = !Path::new(&format!("/proc/{pid}")).exists()
             && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        let Some(_stale) = ours.then(|| lock_now(&path)).flatten() else {
+        let Some(_stale) = ours
+            .then(|| DirLock::try_acquire(&path).ok().flatten())
+            .flatten()
+        else {
             continue;
         };
         match remove_scratch::<T>(settings, &path).await {

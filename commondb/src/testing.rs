@@ -126,6 +126,17 @@ pub(crate) fn scratch() -> (TempDir, Settings) {
     (dir, settings)
 }
 
+/// Makes a FIFO at `path`, for tests of what must not wait on one.
+pub(crate) fn mkfifo(path: &Path) {
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("a FIFO can be made");
+}
+
+/// Settings for a test whose directories live in `dir`.
 pub(crate) fn settings_in(dir: &Path) -> Settings {
     Settings {
         database_url: None,

@@ -214,17 +214,12 @@ impl HashSettings {
             ),
         ];
         for (name, value, range) in costs {
-            if !range.contains(&value) {
-                return Err(Error::config(format!(
-                    "the [task] setting {name} = {value} is out of range: it must be {} to {}",
-                    range.start(),
-                    range.end()
-                ))
-                .hint(format!(
+            commondb::config::in_range(&format!("[task] setting {name}"), value, range, || {
+                format!(
                     "fix {name} in the [task] table or COMMONDB_TASK__{}",
                     name.to_uppercase()
-                )));
-            }
+                )
+            })?;
         }
         argon2::Params::new(
             self.argon2_memory_kib,

@@ -246,6 +246,25 @@ impl Run {
         Run::from_output(command, output)
     }
 
+    /// Runs `cmd` (no input) like [`Run::of`], but kills it and fails the test if it has not
+    /// finished within `secs` seconds: for what must not wait on a FIFO or a device.
+    pub fn within(mut cmd: Command, secs: u64) -> Run {
+        let command = format!("{cmd:?}");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+        if let Err(e) = wait_for(&format!("{command} to finish"), secs, || {
+            child.try_wait().expect("wait works")
+        }) {
+            let _ = child.kill();
+            panic!("{e}");
+        }
+        let output = child.wait_with_output().expect("the child finishes");
+        Run::from_output(command, output)
+    }
+
     /// A run from a finished process's output.
     pub fn from_output(command: String, output: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
@@ -643,6 +662,34 @@ impl AnyConn {
         };
         r.map_err(|e| e.to_string())
     }
+}
+
+/// Polls `check` every 10 ms until it gives a value, for up to `secs` seconds; then an error
+/// saying what did not happen.
+pub fn wait_for<T>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out after {secs} s waiting for {what}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Makes a FIFO at `path` (as `mkfifo` does).
+pub fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
 }
 
 /// Runs a future on a fresh current-thread runtime.

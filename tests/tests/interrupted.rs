@@ -12,7 +12,7 @@
 //! test is released.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::{AnyConn, Backend, BackendSandbox, ServerDb, on_every_server};
 
@@ -90,16 +90,12 @@ fn wait_for_blocked(db: &ServerDb, verb: &str) {
 
 /// Polls `sql` (a count, as the administrator) until `done` holds, for up to 30 s.
 fn poll(db: &ServerDb, sql: &str, done: impl Fn(i64) -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    e2e::wait_for(what, 30, || {
         let n = e2e::block_on(async { db.admin_connect(None).await?.count(sql).await })
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        if done(n) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        done(n).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn roles_of(db: &ServerDb) -> String {
@@ -243,20 +239,14 @@ fn setups_killed_at_any_moment_are_finished_or_undone_on_postgres() {
 /// The scratch directory (in the sandbox's TMPDIR) of a running self-test, once it has named
 /// its scratch database: (directory, database name).
 fn scratch_of_running_self_test(tmp: &std::path::Path) -> (std::path::PathBuf, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        for entry in std::fs::read_dir(tmp).unwrap().flatten() {
-            if let Ok(url) = std::fs::read_to_string(entry.path().join("scratch-database")) {
-                let name = url.trim().rsplit('/').next().unwrap().to_string();
-                return (entry.path(), name);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no self-test named its scratch database"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    e2e::wait_for("a self-test to name its scratch database", 30, || {
+        std::fs::read_dir(tmp).unwrap().flatten().find_map(|entry| {
+            let url = std::fs::read_to_string(entry.path().join("scratch-database")).ok()?;
+            let name = url.trim().rsplit('/').next()?.to_string();
+            Some((entry.path(), name))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn a_self_test_killed_outright_is_cleaned_up_by_the_next(backend: Backend) {

@@ -322,40 +322,21 @@ fn configuration_and_secrets_files_must_be_small_regular_files() {
     // A FIFO as the app secrets file is refused at once, not waited on.
     let secrets = sb.secrets_dir().join("create-user.toml");
     fs::create_dir_all(secrets.parent().unwrap()).unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(&secrets)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    e2e::mkfifo(&secrets);
     fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let mut child = sb
-        .command(
-            EXE,
-            &[
-                "--create",
-                "--username",
-                "alice",
-                "--email",
-                "a@example.com",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("create-user waits on a FIFO secrets file");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let run = Run::from_output(
-        format!("{EXE} --create …"),
-        child.wait_with_output().unwrap(),
+    let create = sb.command(
+        EXE,
+        &[
+            "--create",
+            "--username",
+            "alice",
+            "--email",
+            "a@example.com",
+        ],
     );
-    run.code(78).stderr_has("is not a regular file");
+    Run::within(create, 20)
+        .code(78)
+        .stderr_has("is not a regular file");
     // One over the limit is refused too.
     fs::remove_file(&secrets).unwrap();
     fs::write(&secrets, "#".repeat(64 * 1024 + 1)).unwrap();
@@ -691,18 +672,15 @@ fn a_restore_from_a_fifo_is_refused_at_once() {
     let sb = Sandbox::new();
     sb.create_user("alice", "a@example.com").code(0);
     let fifo = sb.root().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    // Without the check this waits for a writer forever; the harness would hang here.
-    sb.run(
+    e2e::mkfifo(&fifo);
+    // Without the check this waits for a writer forever.
+    let restore = sb.command(
         EXE,
         &["--self-restore", "--yes", "--from", fifo.to_str().unwrap()],
-    )
-    .code(66)
-    .stderr_has("is not a regular file");
+    );
+    Run::within(restore, 20)
+        .code(66)
+        .stderr_has("is not a regular file");
     assert_eq!(users(&sb), 1);
 }
 
@@ -712,19 +690,17 @@ fn cleanup_never_removes_a_device_a_fifo_or_a_symlink_named_as_the_database() {
     let dir = sb.root().join("odd");
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-    let make = |args: &[&str]| {
-        let made = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .unwrap();
-        assert!(made.success(), "{args:?}");
-    };
     let null = dir.join("null");
     let fifo = dir.join("fifo");
     let link = dir.join("link");
     // A copy of /dev/null: it reads as empty, like the empty file setup creates.
-    make(&["mknod", null.to_str().unwrap(), "c", "1", "3"]);
-    make(&["mkfifo", fifo.to_str().unwrap()]);
+    let made = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    e2e::mkfifo(&fifo);
     std::os::unix::fs::symlink(sb.root().join("elsewhere"), &link).unwrap();
     fs::write(sb.root().join("elsewhere"), "").unwrap();
     for path in [&null, &fifo, &link] {
@@ -733,7 +709,7 @@ fn cleanup_never_removes_a_device_a_fifo_or_a_symlink_named_as_the_database() {
             "COMMONDB_DATABASE_URL",
             format!("sqlite:{}", path.display()),
         );
-        Run::of(cmd, None)
+        Run::within(cmd, 20)
             .code(78)
             .stderr_has("is not a SQLite database");
         assert!(
@@ -748,11 +724,7 @@ fn cleanup_never_removes_a_device_a_fifo_or_a_symlink_named_as_the_database() {
 fn a_performance_report_to_a_fifo_nobody_reads_does_not_hang_the_exit() {
     let sb = Sandbox::new();
     let fifo = sb.root().join("report");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    e2e::mkfifo(&fifo);
     let mut cmd = sb.command(
         EXE,
         &[
@@ -763,21 +735,8 @@ fn a_performance_report_to_a_fifo_nobody_reads_does_not_hang_the_exit() {
             "a@example.com",
         ],
     );
-    cmd.env("COMMONDB_PERFORMANCE_REPORT", &fifo)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("create-user hung writing its report to a FIFO");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    cmd.env("COMMONDB_PERFORMANCE_REPORT", &fifo);
+    // Without the fix this hangs after the commit.
+    Run::within(cmd, 20).code(0);
     assert_eq!(users(&sb), 1);
 }

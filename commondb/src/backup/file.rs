@@ -20,7 +20,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -585,9 +585,7 @@ fn open_compressed(path: &Path) -> Result<(File, u64)> {
     };
     // Non-blocking, so that opening a FIFO does not wait for a writer; a backup is a regular
     // file, and anything else (a FIFO, a device, a directory) is refused before a byte is read.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+    let mut file = crate::secrets::without_waiting(std::fs::OpenOptions::new().read(true), true)
         .open(path)
         .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => {
@@ -1063,12 +1061,7 @@ mod tests {
     fn a_fifo_or_a_device_is_refused_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        crate::testing::mkfifo(&fifo);
         // Opening a FIFO for reading waits for a writer, forever: this returns at once.
         for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
             let e = Reader::open(path).err().unwrap();

@@ -583,6 +583,8 @@ async fn setup_locked(
 struct Journal {
     file: std::path::PathBuf,
     secrets: AppSecrets,
+    /// Whether the file on disk is missing or holds another database's credentials.
+    stale: bool,
     /// Whether this run wrote the file.
     written: bool,
 }
@@ -592,7 +594,8 @@ impl Journal {
     /// here (setup replaces them, as it always has), a `serve_token` is kept.
     fn open(file: std::path::PathBuf, database: &str) -> Result<Journal> {
         let mut secrets = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
-        if secrets.database.as_deref() != Some(database) {
+        let stale = secrets.database.as_deref() != Some(database);
+        if stale {
             secrets = AppSecrets {
                 database: Some(database.to_string()),
                 serve_token: secrets.serve_token.take(),
@@ -602,6 +605,7 @@ impl Journal {
         Ok(Journal {
             file,
             secrets,
+            stale,
             written: false,
         })
     }
@@ -630,14 +634,13 @@ impl Journal {
         self.save()
     }
 
-    /// Empties the list; writes the file if anything is to change in it.
+    /// Empties the list; writes the file if anything is to change in it (what is on disk is
+    /// what `open` read, or what `save` last wrote).
     fn finish(&mut self) -> Result<()> {
-        let on_disk = secrets::load::<AppSecrets>(&self.file)?;
-        let current = on_disk.is_some_and(|f| {
-            f.pending.is_empty() && f.database == self.secrets.database && !self.written
-        });
+        let changes = self.stale || !self.secrets.pending.is_empty();
         self.secrets.pending.clear();
-        if !current {
+        if changes {
+            self.stale = false;
             self.save()?;
         }
         Ok(())
@@ -753,15 +756,26 @@ async fn cleanup_locked(
         .count_named(d.database_exists(), &names.database)
         .await?
         > 0;
+    let items = [
+        "database".to_string(),
+        format!("role:{}", names.app),
+        format!("role:{}", names.backup),
+    ];
     let mut db = None;
-    let mut recorded = false;
+    // What _commondb_setup records as created.
+    let mut recorded = Vec::new();
     if db_exists {
         let mut conn = admin_options
             .with_database(&names.database)
             .connect(&target.settings)
             .await?;
-        recorded = schema::table_exists(&mut conn, MARKER_TABLE).await?;
-        if !recorded && !journal.is_pending("database") {
+        if schema::table_exists(&mut conn, MARKER_TABLE).await? {
+            for item in &items {
+                if conn.marker(item).await? == Some(true) {
+                    recorded.push(item.as_str());
+                }
+            }
+        } else if !journal.is_pending("database") {
             let _ = conn.close().await;
             return Err(Error::config(format!(
                 "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
@@ -772,18 +786,12 @@ async fn cleanup_locked(
         db = Some(conn);
     }
     // Ours: recorded as created in the database, or on the journal of an interrupted setup.
-    let ours = async |db: &mut Option<Conn>, item: &str| -> Result<bool> {
-        Ok(journal.is_pending(item)
-            || match db {
-                Some(conn) if recorded => conn.marker(item).await? == Some(true),
-                _ => false,
-            })
-    };
-    let database_ours = db_exists && ours(&mut db, "database").await?;
+    let ours = |item: &str| journal.is_pending(item) || recorded.contains(&item);
+    let database_ours = db_exists && ours("database");
     for role in [&names.app, &names.backup] {
         interrupt::check()?;
         let item = format!("role:{role}");
-        if !ours(&mut db, &item).await? {
+        if !ours(&item) {
             report
                 .kept
                 .push(format!("role {role} (setup did not create it)"));
@@ -951,26 +959,31 @@ mod tests {
             assert!(refused(url, Backend::MySql).contains(key), "{url}");
         }
         // The unix-socket forms display() writes, and how-to-connect parameters, pass.
-        for url in [
-            "postgres:///shop?host=/run/postgresql&port=5432",
-            "postgres:///shop?host=%2Frun%2Fpostgresql",
-            "postgres://127.0.0.1:5432/shop?sslmode=disable&application_name=x&options[search_path]=a",
+        for (url, backend) in [
+            (
+                "postgres:///shop?host=/run/postgresql&port=5432",
+                Backend::Postgres,
+            ),
+            (
+                "postgres:///shop?host=%2Frun%2Fpostgresql",
+                Backend::Postgres,
+            ),
+            (
+                "postgres://127.0.0.1:5432/shop?sslmode=disable&application_name=x&options[search_path]=a",
+                Backend::Postgres,
+            ),
+            (
+                "mysql:///shop?socket=/run/mysqld/mysqld.sock",
+                Backend::MySql,
+            ),
+            (
+                "mysql://127.0.0.1:3306/shop?charset=utf8mb4&ssl-mode=disabled",
+                Backend::MySql,
+            ),
         ] {
-            let o = ServerOptions::parse(url, Backend::Postgres).unwrap();
+            let o = ServerOptions::parse(url, backend).unwrap();
             assert_eq!(
-                ServerOptions::parse(&o.display(), Backend::Postgres)
-                    .unwrap()
-                    .display(),
-                o.display()
-            );
-        }
-        for url in [
-            "mysql:///shop?socket=/run/mysqld/mysqld.sock",
-            "mysql://127.0.0.1:3306/shop?charset=utf8mb4&ssl-mode=disabled",
-        ] {
-            let o = ServerOptions::parse(url, Backend::MySql).unwrap();
-            assert_eq!(
-                ServerOptions::parse(&o.display(), Backend::MySql)
+                ServerOptions::parse(&o.display(), backend)
                     .unwrap()
                     .display(),
                 o.display()

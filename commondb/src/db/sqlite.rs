@@ -83,7 +83,6 @@ pub(crate) fn create_file(path: &Path) -> Result<bool> {
 
 /// Whether `path` holds a SQLite database (or the empty file that setup creates first).
 pub(crate) fn is_database_file(path: &Path) -> Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
     // Only a regular file can be one: a device reads as empty (cleanup would remove
     // /dev/null), a FIFO would never answer, a symlink is not ours to remove.
     let meta = fs::symlink_metadata(path)
@@ -92,9 +91,7 @@ pub(crate) fn is_database_file(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let mut header = [0u8; 16];
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+    let mut f = crate::secrets::without_waiting(fs::OpenOptions::new().read(true), false)
         .open(path)
         .map_err(|e| Error::permission(format!("cannot open {}: {e}", path.display())))?;
     let n = f
@@ -143,18 +140,14 @@ impl DirLock {
     }
 
     pub(crate) async fn acquire(dir: &Path, timeout: Duration) -> Result<DirLock> {
-        use rustix::fs::{FlockOperation, flock};
-        let file = fs::File::open(dir).map_err(|e| {
-            Error::permission(format!("cannot open directory {}: {e}", dir.display()))
-        })?;
         let deadline = Instant::now() + timeout;
         loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(DirLock { _dir: file }),
-                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+            match DirLock::try_acquire(dir)? {
+                Some(lock) => return Ok(lock),
+                None if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
+                None => {
                     return Err(Error::temporary(format!(
                         "another process kept the setup lock on {} for over {} ms",
                         dir.display(),
@@ -164,13 +157,23 @@ impl DirLock {
                         "wait for the other setup or cleanup to finish, or raise lock_timeout_ms",
                     ));
                 }
-                Err(e) => {
-                    return Err(Error::internal(format!(
-                        "cannot lock directory {}: {e}",
-                        dir.display()
-                    )));
-                }
             }
+        }
+    }
+
+    /// Takes the lock of directory `dir` if no one holds it, without waiting.
+    pub(crate) fn try_acquire(dir: &Path) -> Result<Option<DirLock>> {
+        use rustix::fs::{FlockOperation, flock};
+        let file = fs::File::open(dir).map_err(|e| {
+            Error::permission(format!("cannot open directory {}: {e}", dir.display()))
+        })?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(DirLock { _dir: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::internal(format!(
+                "cannot lock directory {}: {e}",
+                dir.display()
+            ))),
         }
     }
 }
@@ -218,12 +221,7 @@ mod tests {
         assert!(!is_database_file(&text).unwrap());
         // Neither a FIFO (which would never answer), nor a symlink to a database.
         let fifo = dir.path().join("fifo");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        crate::testing::mkfifo(&fifo);
         assert!(!is_database_file(&fifo).unwrap());
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&empty, &link).unwrap();
