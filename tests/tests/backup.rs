@@ -16,6 +16,7 @@ on_every_backend!(
     retention_keeps_the_newest_backups,
     kill_during_a_backup_leaves_no_file_that_restore_would_pick,
     kill_during_a_restore_leaves_the_database_as_it_was,
+    a_sound_backup_whose_content_does_not_fit_is_refused_naming_table_row_and_column,
 );
 
 fn backed_up(sb: &BackendSandbox) -> String {
@@ -360,4 +361,155 @@ fn a_restore_from_the_only_safety_backup_survives_retention() {
     sb.run_admin(EXE, &["--self-restore", "--yes", "--from", &safety])
         .code(0);
     assert_eq!(sb.user_rows(), with_bob, "the undo did not bring bob back");
+}
+
+/// Writes a backup with sound checksums holding `rows` under `columns`, the rest of its header
+/// taken from `like`, into a private directory of `sb`; returns its path.
+fn forge(sb: &BackendSandbox, like: &str, columns: &[&str], rows: &[&str]) -> String {
+    use commondb::backup::file::{Writer, header};
+    let mut head = header(std::path::Path::new(like)).unwrap();
+    head.tables.truncate(1);
+    head.tables[0].columns = columns.iter().map(|c| c.to_string()).collect();
+    head.tables[0].rows = rows.len() as u64;
+    let dir = sb.root().join("forged");
+    let n = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    let mut out = Writer::create(&dir, format!("forged-{n}"), &head).unwrap();
+    out.table(&head.tables[0].name).unwrap();
+    for row in rows {
+        out.row(|line| {
+            line.extend_from_slice(row.as_bytes());
+            Ok(())
+        })
+        .unwrap();
+    }
+    let (path, _) = out.finish().unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn a_sound_backup_whose_content_does_not_fit_is_refused_naming_table_row_and_column(
+    backend: Backend,
+) {
+    let Some(sb) = set_up(backend) else { return };
+    sb.create_user("alice", "alice@example.com").code(0);
+    let like = backed_up(&sb);
+    let before = sb.user_rows();
+    let backups = sb.backup_files();
+    let all = ["id", "username", "email", "password_hash", "created_at"];
+    let at = r#""2026-11-30T10:00:00.000001+00:00""#;
+    let row = |id: &str, name: &str| format!(r#"[{id},{name},"a@example.com",null,{at}]"#);
+    let restore = |file: &str| sb.run_admin(EXE, &["--self-restore", "--yes", "--from", file]);
+
+    // The forger itself makes backups that restore.
+    let good = forge(
+        &sb,
+        &like,
+        &all,
+        &[&row("7", r#""zoe""#), &row("8", r#""yan""#)],
+    );
+    restore(&good).code(0).stdout_has("restored 2 row(s)");
+    assert_eq!(sb.user_rows().len(), 2);
+    sb.run_admin(EXE, &["--self-restore", "--yes", "--from", &like])
+        .code(0);
+    assert_eq!(sb.user_rows(), before);
+    let backups_now = sb.backup_files();
+
+    let dup_column = [
+        "id",
+        "username",
+        "username",
+        "email",
+        "password_hash",
+        "created_at",
+    ];
+    let bad_column = ["id", "user name", "email", "password_hash", "created_at"];
+    let no_email = ["id", "username", "password_hash", "created_at"];
+    let short = r#"[2,"bob","b@example.com",null]"#.to_string();
+    let no_email_row = format!(r#"[1,"ann",null,{at}]"#);
+    // What is wrong, the header's columns, the rows, what the refusal says.
+    type Case<'a> = (&'a str, &'a [&'a str], Vec<String>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            "a column listed twice",
+            &dup_column,
+            vec![format!(r#"[1,"a","b","a@example.com",null,{at}]"#)],
+            &["column users.username twice"],
+        ),
+        (
+            "a table without columns",
+            &[],
+            vec!["[]".into()],
+            &["users without columns"],
+        ),
+        (
+            "a column that is no identifier",
+            &bad_column,
+            vec![row("1", r#""ann""#)],
+            &["\"user name\"", "not a valid SQL identifier"],
+        ),
+        (
+            "text in an integer column",
+            &all,
+            vec![row("1", r#""ann""#), row(r#""abc""#, r#""bob""#)],
+            &["row 2 of table users", "\"abc\" in column id"],
+        ),
+        (
+            "a fraction in an integer column",
+            &all,
+            vec![row("1.5", r#""ann""#)],
+            &["row 1 of table users", "1.5 in column id"],
+        ),
+        (
+            "a number past a signed 64-bit integer",
+            &all,
+            vec![row("18446744073709551615", r#""ann""#)],
+            &["row 1 of table users", "in column id"],
+        ),
+        (
+            "the largest key there is",
+            &all,
+            vec![row("9223372036854775807", r#""ann""#)],
+            &["table users holds the largest key its column id can take"],
+        ),
+        (
+            "a NUL in text",
+            &all,
+            vec![row("1", r#""an\u0000n""#)],
+            &["row 1 of table users", "NUL character in column username"],
+        ),
+        (
+            "a row with too few values",
+            &all,
+            vec![row("1", r#""ann""#), short],
+            &["row 2 of table users has 4 values for its 5 columns"],
+        ),
+        (
+            "a duplicate key",
+            &all,
+            vec![row("1", r#""ann""#), row("2", r#""ann""#)],
+            &["the database refused", "table users", "username"],
+        ),
+        (
+            "a missing value the schema requires",
+            &no_email,
+            vec![no_email_row],
+            &["the database refused row 1 of table users", "email"],
+        ),
+    ];
+    for (what, columns, rows, says) in cases {
+        let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let file = forge(&sb, &like, columns, &rows);
+        let run = restore(&file);
+        run.code(65).stderr_has("nothing was changed");
+        for s in says {
+            assert!(run.stderr.contains(s), "{what}: wants {s:?}\n{run}");
+        }
+        assert_eq!(sb.user_rows(), before, "{what} changed the data");
+        assert_eq!(
+            sb.backup_files(),
+            backups_now,
+            "{what} left a safety backup behind"
+        );
+    }
+    // The safety backups of the two restores that succeeded are all that was added.
+    assert_eq!(backups_now.len(), backups.len() + 2);
 }

@@ -635,7 +635,49 @@ fn parse_header(line: &[u8], path: &Path) -> Result<Header> {
         ))
         .hint("restore it with a newer version of this executable"));
     }
+    check_tables(&header, path)?;
     Ok(header)
+}
+
+/// Refuses a header whose tables a restore could not load as listed: a name that is no
+/// identifier, a table listed twice or without columns, a column listed twice (which one of
+/// the two would the row's values go to?).
+fn check_tables(header: &Header, path: &Path) -> Result<()> {
+    let refuse = |what: String| {
+        Error::invalid_input(format!(
+            "the backup {} lists {what}; nothing was changed",
+            path.display()
+        ))
+        .hint("the backup was not written by this program, or by a newer one: restore another with --from FILE")
+    };
+    let named = |name: &str| format!("\"{}\"", name.escape_default());
+    for (i, table) in header.tables.iter().enumerate() {
+        if crate::db::schema::quote_identifier(&table.name).is_err() {
+            return Err(refuse(format!(
+                "table {}, which is not a valid SQL identifier",
+                named(&table.name)
+            )));
+        }
+        if header.tables[..i].iter().any(|t| t.name == table.name) {
+            return Err(refuse(format!("table {} twice", table.name)));
+        }
+        if table.columns.is_empty() {
+            return Err(refuse(format!("table {} without columns", table.name)));
+        }
+        for (j, column) in table.columns.iter().enumerate() {
+            if crate::db::schema::quote_identifier(column).is_err() {
+                return Err(refuse(format!(
+                    "column {}.{}, which is not a valid SQL identifier",
+                    table.name,
+                    named(column)
+                )));
+            }
+            if table.columns[..j].contains(column) {
+                return Err(refuse(format!("column {}.{column} twice", table.name)));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn damaged(path: &Path, why: &str) -> Error {
@@ -721,6 +763,9 @@ impl Reader {
                 else {
                     return Err(src.damaged("it holds a table its header does not list"));
                 };
+                if self.current.is_some_and(|c| c >= index) {
+                    return Err(src.damaged("its tables are not in its header's order"));
+                }
                 self.current = Some(index);
                 Ok(Item::Table(start.table))
             }

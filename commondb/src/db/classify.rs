@@ -84,6 +84,11 @@ const NOT_SET_UP: Class = Some((
     "the database lacks a table this program needs",
     "run --self-setup to create the schema",
 ));
+const REFUSED: Class = Some((
+    ErrorKind::InvalidInput,
+    "the database refused the data",
+    "nothing was written; correct the value it names",
+));
 const DAMAGED: Class = Some((
     ErrorKind::Internal,
     "the database file is damaged or is not a database",
@@ -104,6 +109,8 @@ fn sqlite_kind(primary: i64) -> Class {
             "check that the file and its directory exist and are yours",
         )),
         11 | 26 => DAMAGED,
+        // Too big, a datatype mismatch (a non-integer key), out of range.
+        18 | 20 | 25 => REFUSED,
         13 => Some((
             ErrorKind::Temporary,
             "the disk is full",
@@ -121,6 +128,9 @@ fn postgres_kind(sqlstate: &str) -> Class {
             "it was rolled back; try again",
         )),
         "42501" => NOT_ALLOWED,
+        // Data exceptions (a value out of range, a NUL in text, a bad encoding), integrity
+        // violations the kinds above did not name, and an exhausted sequence.
+        s if s.starts_with("22") || s.starts_with("23") => REFUSED,
         "42P01" => NOT_SET_UP,
         "53100" | "53200" | "53300" => Some((
             ErrorKind::Temporary,
@@ -144,6 +154,9 @@ fn mysql_kind(number: u16) -> Class {
             "it was rolled back; try again",
         )),
         1044 | 1142 | 1143 | 1227 => NOT_ALLOWED,
+        // A missing value, out of range, truncated, a bad date, a wrong value, too long,
+        // a missing parent row.
+        1048 | 1264 | 1265 | 1292 | 1366 | 1406 | 1452 => REFUSED,
         1146 => NOT_SET_UP,
         1040 | 1203 => Some((
             ErrorKind::Temporary,
@@ -152,6 +165,41 @@ fn mysql_kind(number: u16) -> Class {
         )),
         _ => None,
     }
+}
+
+/// A database's refusal of a backup's rows during a restore, reported as the backup's fault
+/// (exit 65) with the table, the row where it is known (given, or read from PostgreSQL's
+/// `COPY …, line N`) and the database's own words. Any other failure is classified as usual.
+pub(crate) fn refused_rows(e: sqlx::Error, table: &str, row: Option<u64>) -> Error {
+    let (said, row) = match &e {
+        sqlx::Error::Database(db) => {
+            let pg = db.try_downcast_ref::<PgDatabaseError>();
+            let detail = pg
+                .and_then(PgDatabaseError::detail)
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let line = || {
+                let at = pg?.r#where()?;
+                let rest = at.split(", line ").nth(1)?;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            };
+            (format!("{}{detail}", db.message()), row.or_else(line))
+        }
+        _ => return e.into(),
+    };
+    let error = Error::from(e);
+    if !matches!(error.kind(), ErrorKind::InvalidInput | ErrorKind::Conflict) {
+        return error;
+    }
+    let at = match row {
+        Some(row) => format!("row {row} of table {table}"),
+        None => format!("the rows of table {table}"),
+    };
+    Error::invalid_input(format!(
+        "the database refused {at} in the backup: {said}; nothing was changed"
+    ))
+    .hint("the backup holds rows this schema refuses (a duplicate key, a missing value, a value out of range); correct them where the backup was taken and take it again, or restore it where they fit")
 }
 
 /// Classifies a failure to connect to `server`: transient ones come back as

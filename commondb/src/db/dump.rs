@@ -18,9 +18,9 @@ use sqlx::{
 };
 
 use super::field::{self, Bound, Field, Place};
-use super::{Backend, Conn, on_conn, schema};
+use super::{Backend, Conn, classify, on_conn, schema};
 use crate::backup::file::{Item, Reader, TableInfo, Writer};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How a column's values are read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,14 @@ impl Kind {
     fn of(backend: Backend, type_name: &str) -> Option<Kind> {
         let t = type_name.to_ascii_uppercase();
         Some(match backend {
+            // By the declared type's affinity, as SQLite decides it; restore converts values
+            // for it as for the servers' columns. Backups read SQLite's values by their own
+            // storage class whatever the column says.
+            Backend::Sqlite if t.contains("INT") => Kind::Int64,
+            Backend::Sqlite if ["CHAR", "CLOB", "TEXT"].iter().any(|a| t.contains(a)) => Kind::Text,
+            Backend::Sqlite if ["REAL", "FLOA", "DOUB"].iter().any(|a| t.contains(a)) => {
+                Kind::Float64
+            }
             Backend::Sqlite => Kind::Dynamic,
             Backend::Postgres => match t.as_str() {
                 "INT2" => Kind::Int16,
@@ -544,7 +552,6 @@ pub(crate) fn check_fits(infos: &[TableInfo], targets: &[Table]) -> Result<()> {
             .hint("restore it with the version of this executable that took it"));
         };
         for column in &info.columns {
-            schema::quote_identifier(column)?;
             if !target.columns.iter().any(|c| &c.name == column) {
                 return Err(Error::invalid_input(format!(
                     "the backup holds column {}.{column}, which this schema does not have; nothing was changed",
@@ -663,11 +670,25 @@ async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Res
         });
     }
     if let Conn::Postgres(c) = conn {
-        for sql in rebuild {
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+        // A duplicate key shows here, where the unique indexes come back.
+        for (table, sql) in rebuild {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut *c)
+                .await
+                .map_err(|e| classify::refused_rows(e, &table, None))?;
         }
         for t in targets {
             reset_sequences(c, &t.name).await?;
+        }
+    }
+    for t in targets {
+        if let Some(column) = exhausted_key(conn, &t.name).await? {
+            return Err(Error::invalid_input(format!(
+                "the backup's table {} holds the largest key its column {column} can take: \
+                 no row could be added after the restore; nothing was changed",
+                t.name
+            ))
+            .hint("correct the keys where the backup was taken: they need not be that large"));
         }
     }
     Ok(restored)
@@ -675,8 +696,8 @@ async fn replace(conn: &mut Conn, reader: &mut Reader, targets: &[Table]) -> Res
 
 /// Drops the primary-key and unique constraints and the other indexes of `targets` that can be
 /// rebuilt afterwards (a table that a foreign key references keeps its own), and returns the
-/// statements that re-create them, as the database itself spells them.
-async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<String>> {
+/// statements that re-create them, as the database itself spells them, with their tables.
+async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<(String, String)>> {
     let mut drop = Vec::new();
     let mut rebuild = Vec::new();
     for t in targets {
@@ -704,13 +725,14 @@ async fn detach_indexes(c: &mut PgConnection, targets: &[Table]) -> Result<Vec<S
         .await?;
         for (name, definition) in constraints {
             drop.push(format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
-            rebuild.push(format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
+            rebuild.push((
+                t.name.clone(),
+                format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"),
             ));
         }
         for (name, definition) in indexes {
             drop.push(format!("DROP INDEX {name}"));
-            rebuild.push(definition);
+            rebuild.push((t.name.clone(), definition));
         }
     }
     for sql in drop {
@@ -735,15 +757,19 @@ struct Columns {
 }
 
 impl Columns {
-    /// Each column's kind, and the place a value refused there names.
-    fn each(&self) -> impl Iterator<Item = (Kind, Place<'_>)> {
-        self.kinds.iter().zip(&self.names).map(|(kind, column)| {
-            let at = Place {
-                table: &self.table,
-                column,
-            };
-            (*kind, at)
-        })
+    /// Each column's kind, and the place a value of row `row` refused there names.
+    fn each(&self, row: u64) -> impl Iterator<Item = (Kind, Place<'_>)> {
+        self.kinds
+            .iter()
+            .zip(&self.names)
+            .map(move |(kind, column)| {
+                let at = Place {
+                    table: &self.table,
+                    row,
+                    column,
+                };
+                (*kind, at)
+            })
     }
 
     /// The names, quoted for SQL.
@@ -806,12 +832,12 @@ impl Load {
         })
     }
 
-    /// Passes the table's rows, parsed and counted, to `each` until it says the batch is full
-    /// (`true`) or the table ends.
+    /// Passes the table's rows, parsed and counted, to `each` with their number (from 1) until
+    /// it says the batch is full (`true`) or the table ends.
     fn rows(
         &mut self,
         reader: &mut Reader,
-        mut each: impl FnMut(Vec<Field<'_>>, &Columns) -> Result<bool>,
+        mut each: impl FnMut(Vec<Field<'_>>, u64, &Columns) -> Result<bool>,
     ) -> Result<Paused> {
         let columns = &self.columns;
         loop {
@@ -820,17 +846,19 @@ impl Load {
                 Item::Table(name) => return Ok(Paused::Ended(Some(name))),
                 Item::End => return Ok(Paused::Ended(None)),
             };
-            let values = field::parse_row(line, &columns.table)?;
+            let row = self.rows + 1;
+            let values = field::parse_row(line, &columns.table, row)?;
             if values.len() != columns.kinds.len() {
                 return Err(Error::invalid_input(format!(
-                    "a row of table {} has {} values for {} columns",
+                    "row {row} of table {} has {} values for its {} columns; nothing was changed",
                     columns.table,
                     values.len(),
                     columns.kinds.len()
-                )));
+                ))
+                .hint("the backup was not written by this program, or by a newer one"));
             }
-            self.rows += 1;
-            if each(values, columns)? {
+            self.rows = row;
+            if each(values, row, columns)? {
                 return Ok(Paused::Full);
             }
         }
@@ -844,10 +872,13 @@ impl Load {
             self.backend.quote(&self.columns.table),
             self.columns.quoted(self.backend)
         );
+        let table = self.columns.table.clone();
         let mut copy = c.copy_in_raw(&sql).await?;
         match self.feed(&mut copy, reader).await {
             Ok(next) => {
-                copy.finish().await?;
+                copy.finish()
+                    .await
+                    .map_err(|e| classify::refused_rows(e, &table, None))?;
                 Ok(next)
             }
             Err(e) => {
@@ -867,34 +898,37 @@ impl Load {
         let width = i16::try_from(self.columns.kinds.len())
             .map_err(|_| Error::internal("a table with more columns than COPY takes"))?;
         loop {
-            let paused = self.rows(reader, |values, columns| {
+            let paused = self.rows(reader, |values, row, columns| {
                 data.extend_from_slice(&width.to_be_bytes());
-                for (v, (kind, at)) in values.iter().zip(columns.each()) {
+                for (v, (kind, at)) in values.iter().zip(columns.each(row)) {
                     v.copy_binary(&mut data, kind, &at)?;
                 }
                 Ok(data.len() >= BATCH_BYTES)
             })?;
+            let refused = |e| classify::refused_rows(e, &self.columns.table, None);
             if let Paused::Ended(next) = paused {
                 data.extend_from_slice(&(-1i16).to_be_bytes());
-                copy.send(data).await?;
+                copy.send(data).await.map_err(refused)?;
                 return Ok(next);
             }
             copy.send(std::mem::replace(
                 &mut data,
                 Vec::with_capacity(BATCH_BYTES + 4096),
             ))
-            .await?;
+            .await
+            .map_err(refused)?;
         }
     }
 
     /// SQLite and MySQL/MariaDB: multi-row `INSERT`s.
     async fn insert(&mut self, conn: &mut Conn, reader: &mut Reader) -> Result<Next> {
-        let mut batch: Vec<Bound> = Vec::new();
+        let mut batch: Vec<Bound<'static>> = Vec::new();
         let mut bytes = 0;
         loop {
-            let paused = self.rows(reader, |values, columns| {
-                for (v, (kind, at)) in values.into_iter().zip(columns.each()) {
-                    let b = v.bound(kind, &at)?;
+            let first = self.rows + 1;
+            let paused = self.rows(reader, |values, row, columns| {
+                for (v, (kind, at)) in values.iter().zip(columns.each(row)) {
+                    let b = v.value(kind, &at)?.into_owned();
                     bytes += b.size();
                     batch.push(b);
                 }
@@ -902,7 +936,10 @@ impl Load {
                 Ok(rows >= BATCH_ROWS || batch.len() >= BATCH_PARAMS || bytes >= BATCH_BYTES)
             })?;
             if !batch.is_empty() {
-                self.insert_batch(conn, std::mem::take(&mut batch)).await?;
+                let batch = std::mem::take(&mut batch);
+                if let Err(e) = self.insert_batch(conn, batch.clone()).await {
+                    return Err(self.which_row(conn, batch, first, e).await);
+                }
                 bytes = 0;
             }
             if let Paused::Ended(next) = paused {
@@ -911,7 +948,37 @@ impl Load {
         }
     }
 
-    async fn insert_batch(&self, conn: &mut Conn, batch: Vec<Bound>) -> Result<()> {
+    /// The error for a batch (its first row numbered `first`) that the database refused as a
+    /// whole: the rows are tried again one by one, to name the row it refuses. The statement
+    /// that failed changed nothing, and the transaction is rolled back anyway.
+    async fn which_row(
+        &self,
+        conn: &mut Conn,
+        batch: Vec<Bound<'static>>,
+        first: u64,
+        e: sqlx::Error,
+    ) -> Error {
+        let table = &self.columns.table;
+        let width = self.columns.kinds.len().max(1);
+        let refused = Error::from(e);
+        if matches!(
+            refused.kind(),
+            ErrorKind::InvalidInput | ErrorKind::Conflict
+        ) {
+            for (row, values) in (first..).zip(batch.chunks(width)) {
+                if let Err(e) = self.insert_batch(conn, values.to_vec()).await {
+                    return classify::refused_rows(e, table, Some(row));
+                }
+            }
+        }
+        refused
+    }
+
+    async fn insert_batch(
+        &self,
+        conn: &mut Conn,
+        batch: Vec<Bound<'static>>,
+    ) -> std::result::Result<(), sqlx::Error> {
         let columns = &self.columns;
         let width = columns.kinds.len().max(1);
         let one = format!("({})", vec!["?"; columns.kinds.len()].join(", "));
@@ -925,7 +992,7 @@ impl Load {
             ($c:expr, $args:ty) => {{
                 let mut args = <$args>::default();
                 for b in batch {
-                    bind(&mut args, b)?;
+                    args.bind(b).map_err(sqlx::Error::Encode)?;
                 }
                 sqlx::query_with(AssertSqlSafe(sql), args)
                     .execute(&mut *$c)
@@ -935,29 +1002,37 @@ impl Load {
         match conn {
             Conn::Sqlite(c) => run!(c, SqliteArguments),
             Conn::MySql(c) => run!(c, MySqlArguments),
-            Conn::Postgres(_) => return Err(Error::internal("PostgreSQL loads through COPY")),
+            Conn::Postgres(_) => {
+                return Err(sqlx::Error::Protocol(
+                    "PostgreSQL loads through COPY".into(),
+                ));
+            }
         }
         Ok(())
     }
 }
 
 /// SQLite's and MySQL's arguments, which encode every [`Bound`] alike but one: SQLite has no
-/// unsigned 64-bit integer, so a value past `i64::MAX` goes there as a float.
+/// unsigned 64-bit integer (no SQLite column's kind takes one: [`Field::value`] refuses it
+/// there), so one would go as its digits, never rounded.
 trait Bind {
-    fn bind(&mut self, b: Bound) -> std::result::Result<(), sqlx::error::BoxDynError>;
+    fn bind(&mut self, b: Bound<'static>) -> std::result::Result<(), sqlx::error::BoxDynError>;
 }
 
 macro_rules! impl_bind {
     ($args:ty, $u64:expr) => {
         impl Bind for $args {
-            fn bind(&mut self, b: Bound) -> std::result::Result<(), sqlx::error::BoxDynError> {
+            fn bind(
+                &mut self,
+                b: Bound<'static>,
+            ) -> std::result::Result<(), sqlx::error::BoxDynError> {
                 match b {
                     Bound::Null => self.add(None::<String>),
                     Bound::I64(v) => self.add(v),
                     Bound::U64(v) => self.add($u64(v)),
                     Bound::F64(v) => self.add(v),
                     Bound::Bool(v) => self.add(v),
-                    Bound::Text(v) => self.add(v),
+                    Bound::Text(v) => self.add(v.into_owned()),
                     Bound::Bytes(v) => self.add(v),
                     Bound::Time(v) => self.add(v),
                 }
@@ -965,12 +1040,91 @@ macro_rules! impl_bind {
         }
     };
 }
-impl_bind!(SqliteArguments, |v: u64| v as f64);
+impl_bind!(SqliteArguments, |v: u64| v.to_string());
 impl_bind!(MySqlArguments, |v: u64| v);
 
-fn bind(args: &mut impl Bind, b: Bound) -> Result<()> {
-    args.bind(b)
-        .map_err(|e| Error::internal(format!("a value could not be bound: {e}")))
+/// The column of `table` whose generated keys the restored rows used up, if any: the next row
+/// inserted would fail ("database or disk is full" on SQLite, "reached maximum value" on
+/// PostgreSQL, "out of range" on MySQL/MariaDB).
+async fn exhausted_key(conn: &mut Conn, table: &str) -> Result<Option<String>> {
+    let found: Option<String> = match conn {
+        Conn::Sqlite(c) => {
+            let counters: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            if counters == 0 {
+                return Ok(None);
+            }
+            sqlx::query_scalar(
+                "SELECT name FROM pragma_table_info(?1) WHERE pk = 1 \
+                 AND (SELECT seq FROM sqlite_sequence WHERE name = ?1) >= 9223372036854775807",
+            )
+            .bind(table)
+            .fetch_optional(&mut *c)
+            .await?
+        }
+        Conn::Postgres(c) => {
+            sqlx::query_scalar(
+                "SELECT a.attname::text FROM pg_depend d \
+                 JOIN pg_sequence s ON s.seqrelid = d.objid \
+                 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+                 WHERE d.classid = 'pg_class'::regclass AND d.refobjid = to_regclass($1) \
+                 AND pg_sequence_last_value(s.seqrelid) >= s.seqmax LIMIT 1",
+            )
+            .bind(Backend::Postgres.quote(table))
+            .fetch_optional(&mut *c)
+            .await?
+        }
+        Conn::MySql(c) => {
+            let auto: Option<(String, String)> = sqlx::query_as(
+                "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR) \
+                 FROM information_schema.columns WHERE table_schema = DATABASE() \
+                 AND table_name = ? AND extra LIKE '%auto_increment%'",
+            )
+            .bind(table)
+            .fetch_optional(&mut *c)
+            .await?;
+            let Some((column, column_type)) = auto else {
+                return Ok(None);
+            };
+            let Some(largest) = mysql_largest(&column_type) else {
+                return Ok(None);
+            };
+            schema::quote_identifier(&column)?;
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE {} >= {largest}",
+                Backend::MySql.quote(table),
+                Backend::MySql.quote(&column)
+            );
+            let at_end: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut *c)
+                .await?;
+            (at_end > 0).then_some(column)
+        }
+    };
+    Ok(found)
+}
+
+/// The largest value of a MySQL/MariaDB integer column type (`bigint(20) unsigned`, say).
+fn mysql_largest(column_type: &str) -> Option<u64> {
+    let t = column_type.to_ascii_lowercase();
+    let bits = [
+        ("tinyint", 8),
+        ("smallint", 16),
+        ("mediumint", 24),
+        ("bigint", 64),
+        ("int", 32),
+    ]
+    .iter()
+    .find(|(name, _)| t.starts_with(name))?
+    .1;
+    Some(if t.contains("unsigned") {
+        u64::MAX >> (64 - bits)
+    } else {
+        u64::MAX >> (65 - bits)
+    })
 }
 
 /// Moves PostgreSQL's sequences past the restored keys, so that later inserts do not collide
@@ -1075,6 +1229,18 @@ mod tests {
     }
 
     #[test]
+    fn mysql_integer_types_have_their_largest_values() {
+        assert_eq!(mysql_largest("bigint(20)"), Some(i64::MAX as u64));
+        assert_eq!(mysql_largest("BIGINT UNSIGNED"), Some(u64::MAX));
+        assert_eq!(mysql_largest("int(11)"), Some(i32::MAX as u64));
+        assert_eq!(mysql_largest("int(10) unsigned"), Some(u32::MAX as u64));
+        assert_eq!(mysql_largest("mediumint"), Some(8_388_607));
+        assert_eq!(mysql_largest("tinyint(4)"), Some(127));
+        assert_eq!(mysql_largest("smallint unsigned"), Some(65_535));
+        assert_eq!(mysql_largest("varchar(3)"), None);
+    }
+
+    #[test]
     fn column_types_map_to_kinds_and_unknown_ones_are_refused() {
         assert_eq!(
             Kind::of(Backend::Postgres, "TIMESTAMPTZ"),
@@ -1089,5 +1255,10 @@ mod tests {
         assert_eq!(Kind::of_mysql("datetime", "datetime(6)"), Some(Kind::Time));
         assert_eq!(Kind::of(Backend::Postgres, "JSONB"), None);
         assert_eq!(Kind::of(Backend::Sqlite, "ANYTHING"), Some(Kind::Dynamic));
+        // SQLite by the declared type's affinity.
+        assert_eq!(Kind::of(Backend::Sqlite, "INTEGER"), Some(Kind::Int64));
+        assert_eq!(Kind::of(Backend::Sqlite, "varchar(32)"), Some(Kind::Text));
+        assert_eq!(Kind::of(Backend::Sqlite, "DOUBLE"), Some(Kind::Float64));
+        assert_eq!(Kind::of(Backend::Sqlite, "BLOB"), Some(Kind::Dynamic));
     }
 }

@@ -34,11 +34,16 @@ pub(crate) enum Field<'a> {
 /// A row's values, borrowing from its line.
 struct Row<'a>(Vec<Field<'a>>);
 
-/// Parses one row line, a JSON array.
-pub(crate) fn parse_row<'a>(line: &'a [u8], table: &str) -> Result<Vec<Field<'a>>> {
+/// Parses line `row` (from 1) of a table's rows, a JSON array.
+pub(crate) fn parse_row<'a>(line: &'a [u8], table: &str, row: u64) -> Result<Vec<Field<'a>>> {
     serde_json::from_slice::<Row<'a>>(line)
         .map(|row| row.0)
-        .map_err(|e| Error::invalid_input(format!("a row of table {table} does not parse: {e}")))
+        .map_err(|e| {
+            Error::invalid_input(format!(
+                "row {row} of table {table} does not parse: {e}; nothing was changed"
+            ))
+            .hint("the backup was not written by this program, or by a newer one")
+        })
 }
 
 impl<'de> de::Deserialize<'de> for Row<'de> {
@@ -116,19 +121,21 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
-/// A value as a statement parameter, for the target column's kind.
-pub(crate) enum Bound {
+/// A value converted for its target column, as every backend gets it: PostgreSQL through
+/// binary `COPY`, SQLite and MySQL/MariaDB as a bound parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Bound<'a> {
     Null,
     I64(i64),
     U64(u64),
     F64(f64),
     Bool(bool),
-    Text(String),
+    Text(Cow<'a, str>),
     Bytes(Vec<u8>),
     Time(NaiveDateTime),
 }
 
-impl Bound {
+impl Bound<'_> {
     /// About how many bytes the value adds to a statement.
     pub(crate) fn size(&self) -> usize {
         match self {
@@ -137,21 +144,61 @@ impl Bound {
             _ => 8,
         }
     }
+
+    /// The value, owning its text: a batch outlives the line it was read from.
+    pub(crate) fn into_owned(self) -> Bound<'static> {
+        match self {
+            Bound::Null => Bound::Null,
+            Bound::I64(v) => Bound::I64(v),
+            Bound::U64(v) => Bound::U64(v),
+            Bound::F64(v) => Bound::F64(v),
+            Bound::Bool(v) => Bound::Bool(v),
+            Bound::Text(v) => Bound::Text(Cow::Owned(v.into_owned())),
+            Bound::Bytes(v) => Bound::Bytes(v),
+            Bound::Time(v) => Bound::Time(v),
+        }
+    }
+
+    /// Appends the value as one field of PostgreSQL's binary `COPY` format (its length, then
+    /// the type's binary form) for a column of `kind`, which [`Field::value`] converted it for.
+    pub(crate) fn copy_binary(&self, kind: Kind, out: &mut Vec<u8>) {
+        match (self, kind) {
+            (Bound::Null, _) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            // In range: `Field::value` checked it.
+            (Bound::I64(v), Kind::Int16) => put(out, &(*v as i16).to_be_bytes()),
+            (Bound::I64(v), Kind::Int32) => put(out, &(*v as i32).to_be_bytes()),
+            (Bound::I64(v), _) => put(out, &v.to_be_bytes()),
+            (Bound::U64(v), _) => put(out, &v.to_be_bytes()),
+            (Bound::F64(v), Kind::Float32) => put(out, &(*v as f32).to_be_bytes()),
+            (Bound::F64(v), _) => put(out, &v.to_be_bytes()),
+            (Bound::Bool(v), _) => put(out, &[u8::from(*v)]),
+            (Bound::Text(s), _) => put(out, s.as_bytes()),
+            (Bound::Bytes(b), _) => put(out, b),
+            // In range: `Field::value` checked it.
+            (Bound::Time(t), _) => put(out, &pg_micros(*t).unwrap_or(i64::MAX).to_be_bytes()),
+        }
+    }
 }
 
-/// Where a value goes, for the message that refuses it.
+/// Where a value goes, for the message that refuses it: the table, the row's number among the
+/// table's rows in the backup (from 1), the column.
 pub(crate) struct Place<'a> {
     pub table: &'a str,
+    pub row: u64,
     pub column: &'a str,
 }
 
 impl Place<'_> {
     /// Refuses `value` for this column, which takes `kind`.
     fn refuse(&self, value: &Field, kind: Kind) -> Error {
+        let what = match value {
+            Field::Text(s) if s.contains('\0') => "text with a NUL character".to_string(),
+            _ => value.shown(),
+        };
         Error::invalid_input(format!(
-            "a row of table {} holds {} in column {}, which takes {}; nothing was changed",
+            "row {} of table {} holds {what} in column {}, which takes {}; nothing was changed",
+            self.row,
             self.table,
-            value.shown(),
             self.column,
             kind.sql_name()
         ))
@@ -160,38 +207,31 @@ impl Place<'_> {
 }
 
 impl Field<'_> {
-    /// As a parameter of an `INSERT` (SQLite, MySQL/MariaDB), which convert the rest.
-    pub(crate) fn bound(self, kind: Kind, at: &Place) -> Result<Bound> {
-        Ok(match self {
-            Field::Null => Bound::Null,
-            Field::Bool(b) => Bound::Bool(b),
-            Field::Int(i) => Bound::I64(i),
-            Field::UInt(u) => Bound::U64(u),
-            Field::Float(f) => Bound::F64(f),
-            Field::Text(ref s) if matches!(kind, Kind::Time | Kind::TimeTz) => {
-                Bound::Time(parse_time(s).ok_or_else(|| at.refuse(&self, kind))?)
-            }
-            Field::Text(s) => Bound::Text(s.into_owned()),
-            Field::Bytes(b64) => Bound::Bytes(bytes(&b64, at.table)?),
-        })
-    }
-
-    /// Appends the value as one field of PostgreSQL's binary `COPY` format (its length, then
-    /// the type's binary form), for a column of `kind`: the value PostgreSQL's text input
-    /// would have made of it, or an error where that input would have refused it.
-    pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, at: &Place) -> Result<()> {
+    /// The value converted for a column of `kind` the way PostgreSQL's text input would take
+    /// it, on every backend alike, or an error naming the place where that input would refuse
+    /// it. So a backup restores on one backend exactly when it restores on another, and no
+    /// backend rounds, truncates or reinterprets a value on its way in: no fraction goes into
+    /// an integer, no integer past a column's range, no NUL into text.
+    pub(crate) fn value(&self, kind: Kind, at: &Place) -> Result<Bound<'_>> {
         let wrong = || at.refuse(self, kind);
-        match (kind, self) {
-            (_, Field::Null) => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            (Kind::Int16, _) => {
-                let v = i16::try_from(self.integer().ok_or_else(wrong)?).map_err(|_| wrong())?;
-                put(out, &v.to_be_bytes());
+        Ok(match (kind, self) {
+            (_, Field::Null) => Bound::Null,
+            (Kind::Int16 | Kind::Int32 | Kind::Int64, _) => {
+                let v = self.integer().ok_or_else(wrong)?;
+                let fits = match kind {
+                    Kind::Int16 => i16::try_from(v).is_ok(),
+                    Kind::Int32 => i32::try_from(v).is_ok(),
+                    _ => true,
+                };
+                if !fits {
+                    return Err(wrong());
+                }
+                Bound::I64(v)
             }
-            (Kind::Int32, _) => {
-                let v = i32::try_from(self.integer().ok_or_else(wrong)?).map_err(|_| wrong())?;
-                put(out, &v.to_be_bytes());
+            (Kind::UInt64, Field::UInt(u)) => Bound::U64(*u),
+            (Kind::UInt64, _) => {
+                Bound::U64(u64::try_from(self.integer().ok_or_else(wrong)?).map_err(|_| wrong())?)
             }
-            (Kind::Int64, _) => put(out, &self.integer().ok_or_else(wrong)?.to_be_bytes()),
             (Kind::Float32, _) => {
                 let wide = self.float().ok_or_else(wrong)?;
                 let v = wide as f32;
@@ -200,39 +240,48 @@ impl Field<'_> {
                 if overflow || underflow {
                     return Err(wrong());
                 }
-                put(out, &v.to_be_bytes());
+                Bound::F64(wide)
             }
-            (Kind::Float64, _) => put(out, &self.float().ok_or_else(wrong)?.to_be_bytes()),
-            (Kind::Bool, _) => put(out, &[u8::from(self.boolean().ok_or_else(wrong)?)]),
-            (Kind::Text, Field::Text(s)) => put(out, s.as_bytes()),
-            (Kind::Text, Field::Int(i)) => put(out, i.to_string().as_bytes()),
-            (Kind::Text, Field::UInt(u)) => put(out, u.to_string().as_bytes()),
-            (Kind::Text, Field::Float(f)) => put(
-                out,
-                serde_json::to_string(f).map_err(|_| wrong())?.as_bytes(),
-            ),
-            (Kind::Text, Field::Bool(b)) => put(out, if *b { b"t" } else { b"f" }),
+            (Kind::Float64, _) => Bound::F64(self.float().ok_or_else(wrong)?),
+            (Kind::Bool, _) => Bound::Bool(self.boolean().ok_or_else(wrong)?),
+            (Kind::Text | Kind::Dynamic, Field::Text(s)) if s.contains('\0') => {
+                return Err(wrong());
+            }
+            (Kind::Text | Kind::Dynamic, Field::Text(s)) => Bound::Text(Cow::Borrowed(s)),
+            (Kind::Text, Field::Int(i)) => Bound::Text(Cow::Owned(i.to_string())),
+            (Kind::Text, Field::UInt(u)) => Bound::Text(Cow::Owned(u.to_string())),
+            (Kind::Text, Field::Float(f)) => {
+                Bound::Text(Cow::Owned(serde_json::to_string(f).map_err(|_| wrong())?))
+            }
+            (Kind::Text, Field::Bool(b)) => Bound::Text(Cow::Borrowed(if *b { "t" } else { "f" })),
             // As bytea's text output shows them.
             (Kind::Text, Field::Bytes(b64)) => {
-                put(
-                    out,
-                    format!("\\x{}", hex(&bytes(b64, at.table)?)).as_bytes(),
-                );
+                Bound::Text(Cow::Owned(format!("\\x{}", hex(&bytes(b64, at)?))))
             }
-            (Kind::Bytes, Field::Bytes(b64)) => put(out, &bytes(b64, at.table)?),
-            (Kind::Bytes, Field::Text(s)) => put(out, &bytea_input(s).ok_or_else(wrong)?),
-            (Kind::TimeTz | Kind::Time, Field::Text(s)) => put(
-                out,
-                &parse_time(s)
-                    .and_then(pg_micros)
-                    .ok_or_else(wrong)?
-                    .to_be_bytes(),
+            (Kind::Bytes | Kind::Dynamic, Field::Bytes(b64)) => Bound::Bytes(bytes(b64, at)?),
+            (Kind::Bytes, Field::Text(s)) => Bound::Bytes(bytea_input(s).ok_or_else(wrong)?),
+            (Kind::TimeTz | Kind::Time, Field::Text(s)) => Bound::Time(
+                parse_time(s)
+                    .filter(|t| pg_micros(*t).is_some())
+                    .ok_or_else(wrong)?,
             ),
+            // Whatever the value's own type is, as SQLite keeps it; a number past a 64-bit
+            // signed integer has no place there but text.
+            (Kind::Dynamic, Field::Int(i)) => Bound::I64(*i),
+            (Kind::Dynamic, Field::UInt(_)) => return Err(wrong()),
+            (Kind::Dynamic, Field::Float(f)) => Bound::F64(*f),
+            (Kind::Dynamic, Field::Bool(b)) => Bound::I64(i64::from(*b)),
             _ => return Err(wrong()),
-        }
-        Ok(())
+        })
     }
 
+    /// Appends the value as one field of PostgreSQL's binary `COPY` format for a column of
+    /// `kind`: the value PostgreSQL's text input would have made of it, or an error where
+    /// that input would have refused it.
+    pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, at: &Place) -> Result<()> {
+        self.value(kind, at)?.copy_binary(kind, out);
+        Ok(())
+    }
     fn integer(&self) -> Option<i64> {
         match self {
             Field::Int(i) => Some(*i),
@@ -396,17 +445,14 @@ pub(crate) fn parse_time(s: &str) -> Option<NaiveDateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
-fn bytes(b64: &str, table: &str) -> Result<Vec<u8>> {
-    BASE64
-        .decode(b64)
-        .map_err(|_| bad_value(table, "bytes that are not base64"))
-}
-
-pub(crate) fn bad_value(table: &str, what: &str) -> Error {
-    Error::invalid_input(format!(
-        "a row of table {table} holds {what}; nothing was changed"
-    ))
-    .hint("the backup was not written by this program, or by a newer one")
+fn bytes(b64: &str, at: &Place) -> Result<Vec<u8>> {
+    BASE64.decode(b64).map_err(|_| {
+        Error::invalid_input(format!(
+            "row {} of table {} holds bytes that are not base64 in column {}; nothing was changed",
+            at.row, at.table, at.column
+        ))
+        .hint("the backup was not written by this program, or by a newer one")
+    })
 }
 
 #[cfg(test)]
@@ -414,7 +460,7 @@ mod tests {
     use super::*;
 
     fn one(json: &str) -> Field<'_> {
-        let mut row = parse_row(json.as_bytes(), "t").unwrap();
+        let mut row = parse_row(json.as_bytes(), "t", 1).unwrap();
         assert_eq!(row.len(), 1);
         row.remove(0)
     }
@@ -424,6 +470,7 @@ mod tests {
         let row = parse_row(
             br#"[null,true,-3,18446744073709551615,1.5,"plain","a\"b",{"$b64":"aGk="}]"#,
             "t",
+            1,
         )
         .unwrap();
         assert_eq!(row[0], Field::Null);
@@ -445,7 +492,7 @@ mod tests {
             b"[{}]",
         ] {
             assert!(
-                parse_row(bad, "t").is_err(),
+                parse_row(bad, "t", 1).is_err(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -454,6 +501,7 @@ mod tests {
 
     const AT: Place = Place {
         table: "t",
+        row: 1,
         column: "c",
     };
 
@@ -512,6 +560,10 @@ mod tests {
             ("[\"1e-400\"]", Kind::Float64),
             ("[\"\\\\q\"]", Kind::Bytes),
             ("[true]", Kind::TimeTz),
+            ("[\"a\\u0000b\"]", Kind::Text),
+            ("[18446744073709551615]", Kind::Int64),
+            ("[-1]", Kind::UInt64),
+            ("[\"10000-01-01\"]", Kind::Time),
         ] {
             let e = binary(&one(json), kind).unwrap_err();
             assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput, "{json}");
@@ -524,6 +576,33 @@ mod tests {
         let e = binary(&Field::Text("x".repeat(100).into()), Kind::Int64).unwrap_err();
         assert!(
             e.message().contains(&format!("\"{}\"…", "x".repeat(40))),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn sqlite_columns_without_a_type_keep_each_value_as_it_is_but_never_round_one() {
+        let dynamic = |json: &str| one(json).value(Kind::Dynamic, &AT).map(Bound::into_owned);
+        assert_eq!(dynamic("[5]").unwrap(), Bound::I64(5));
+        assert_eq!(dynamic("[1.5]").unwrap(), Bound::F64(1.5));
+        assert_eq!(dynamic("[\"x\"]").unwrap(), Bound::Text("x".into()));
+        assert_eq!(dynamic("[true]").unwrap(), Bound::I64(1));
+        assert!(dynamic("[18446744073709551615]").is_err());
+        assert!(dynamic("[\"\\u0000\"]").is_err());
+        let e = one("[\"x\"]")
+            .value(
+                Kind::Int64,
+                &Place {
+                    table: "users",
+                    row: 7,
+                    column: "id",
+                },
+            )
+            .unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("row 7 of table users holds \"x\" in column id"),
             "{}",
             e.message()
         );
