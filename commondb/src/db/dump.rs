@@ -936,10 +936,10 @@ impl Load {
                 Ok(rows >= BATCH_ROWS || batch.len() >= BATCH_PARAMS || bytes >= BATCH_BYTES)
             })?;
             if !batch.is_empty() {
-                let batch = std::mem::take(&mut batch);
-                if let Err(e) = self.insert_batch(conn, batch.clone()).await {
-                    return Err(self.which_row(conn, batch, first, e).await);
+                if let Err(e) = self.insert_batch(conn, &batch).await {
+                    return Err(self.which_row(conn, &batch, first, e).await);
                 }
+                batch.clear();
                 bytes = 0;
             }
             if let Paused::Ended(next) = paused {
@@ -954,7 +954,7 @@ impl Load {
     async fn which_row(
         &self,
         conn: &mut Conn,
-        batch: Vec<Bound<'static>>,
+        batch: &[Bound<'static>],
         first: u64,
         e: sqlx::Error,
     ) -> Error {
@@ -966,7 +966,7 @@ impl Load {
             ErrorKind::InvalidInput | ErrorKind::Conflict
         ) {
             for (row, values) in (first..).zip(batch.chunks(width)) {
-                if let Err(e) = self.insert_batch(conn, values.to_vec()).await {
+                if let Err(e) = self.insert_batch(conn, values).await {
                     return classify::refused_rows(e, table, Some(row));
                 }
             }
@@ -977,7 +977,7 @@ impl Load {
     async fn insert_batch(
         &self,
         conn: &mut Conn,
-        batch: Vec<Bound<'static>>,
+        batch: &[Bound<'static>],
     ) -> std::result::Result<(), sqlx::Error> {
         let columns = &self.columns;
         let width = columns.kinds.len().max(1);
@@ -1016,25 +1016,22 @@ impl Load {
 /// unsigned 64-bit integer (no SQLite column's kind takes one: [`Field::value`] refuses it
 /// there), so one would go as its digits, never rounded.
 trait Bind {
-    fn bind(&mut self, b: Bound<'static>) -> std::result::Result<(), sqlx::error::BoxDynError>;
+    fn bind(&mut self, b: &Bound) -> std::result::Result<(), sqlx::error::BoxDynError>;
 }
 
 macro_rules! impl_bind {
     ($args:ty, $u64:expr) => {
         impl Bind for $args {
-            fn bind(
-                &mut self,
-                b: Bound<'static>,
-            ) -> std::result::Result<(), sqlx::error::BoxDynError> {
+            fn bind(&mut self, b: &Bound) -> std::result::Result<(), sqlx::error::BoxDynError> {
                 match b {
                     Bound::Null => self.add(None::<String>),
-                    Bound::I64(v) => self.add(v),
-                    Bound::U64(v) => self.add($u64(v)),
-                    Bound::F64(v) => self.add(v),
-                    Bound::Bool(v) => self.add(v),
-                    Bound::Text(v) => self.add(v.into_owned()),
-                    Bound::Bytes(v) => self.add(v),
-                    Bound::Time(v) => self.add(v),
+                    Bound::I64(v) => self.add(*v),
+                    Bound::U64(v) => self.add($u64(*v)),
+                    Bound::F64(v) => self.add(*v),
+                    Bound::Bool(v) => self.add(*v),
+                    Bound::Text(v) => self.add(v.as_ref()),
+                    Bound::Bytes(v) => self.add(v.as_slice()),
+                    Bound::Time(v) => self.add(*v),
                 }
             }
         }
