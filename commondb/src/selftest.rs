@@ -636,9 +636,10 @@ async fn backup_cases<T: Task>(
                 let newest = backup::backup::<T>(target, file::Kind::Backup)
                     .await
                     .map_err(show)?;
-                let removed = backup::retention(&dir, T::NAME, file::Kind::Backup, 1);
+                let removed = backup::retention(target, T::NAME, file::Kind::Backup, 1);
                 expect(!removed.is_empty(), "retention removed nothing")?;
-                let left = file::list(&dir, T::NAME).map_err(show)?;
+                let left =
+                    file::list(&dir, &backup::series(T::NAME, &target.location)).map_err(show)?;
                 let regular: Vec<_> = left
                     .iter()
                     .filter(|e| e.kind == file::Kind::Backup)

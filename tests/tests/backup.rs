@@ -513,3 +513,41 @@ fn a_sound_backup_whose_content_does_not_fit_is_refused_naming_table_row_and_col
     // The safety backups of the two restores that succeeded are all that was added.
     assert_eq!(backups_now.len(), backups.len() + 2);
 }
+
+/// Two databases of one executable (staging and production, say) keep apart backups: the
+/// newest backup of one is never restored into the other, and retention counts each one's own.
+#[test]
+fn backups_of_two_databases_of_one_executable_never_mix() {
+    let Some(mut sb) = set_up(Backend::Sqlite) else {
+        return;
+    };
+    sb.set_env("COMMONDB_BACKUP_KEEP", "1");
+    sb.create_user("alice", "alice@example.com").code(0);
+    let first = backed_up(&sb);
+    let first_db = sb.database(EXE);
+    let second_db = sb.root().join("second.sqlite3");
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", second_db.display()),
+    );
+    sb.create_user("bob", "bob@example.com").code(0);
+    sb.run_admin(EXE, &["--self-restore", "--yes"])
+        .code(66)
+        .stderr_has("there is no backup");
+    let second = backed_up(&sb);
+    assert!(
+        std::path::Path::new(&first).exists(),
+        "retention on the second database removed the first's backup"
+    );
+    sb.run_admin(EXE, &["--self-restore", "--yes"])
+        .code(0)
+        .stdout_has(&second);
+    // The first database, named by its path this time, still finds its own.
+    sb.set_env(
+        "COMMONDB_DATABASE_URL",
+        format!("sqlite://{}", first_db.display()),
+    );
+    sb.run_admin(EXE, &["--self-restore", "--yes"])
+        .code(0)
+        .stdout_has(&first);
+}

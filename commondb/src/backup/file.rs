@@ -142,14 +142,14 @@ struct Trailer {
     sha256: String,
 }
 
-/// The name of a backup taken at `at`.
-pub fn file_name(exe: &str, at: DateTime<Utc>, kind: Kind) -> String {
+/// The name of a backup of `series` (an executable's database: `backup::series`) taken at `at`.
+pub fn file_name(series: &str, at: DateTime<Utc>, kind: Kind) -> String {
     let suffix = match kind {
         Kind::Backup => "",
         Kind::Safety => SAFETY_SUFFIX,
     };
     format!(
-        "{exe}-{}{suffix}{EXTENSION}",
+        "{series}-{}{suffix}{EXTENSION}",
         at.format("%Y%m%dT%H%M%S%.6fZ")
     )
 }
@@ -163,10 +163,11 @@ pub struct Entry {
     pub kind: Kind,
 }
 
-/// The backups of `exe` in `dir`, newest first (their names sort by time). Files of other
-/// executables, partial files, and files another user owns or could have changed are not
-/// listed: restore never takes one of those for the newest, and retention leaves them alone.
-pub fn list(dir: &Path, exe: &str) -> Result<Vec<Entry>> {
+/// The backups of `series` (an executable's database) in `dir`, newest first (their names sort
+/// by time). Files of other executables or databases, partial files, and files another user
+/// owns or could have changed are not listed: restore never takes one of those for the newest,
+/// and retention leaves them alone.
+pub fn list(dir: &Path, series: &str) -> Result<Vec<Entry>> {
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -178,7 +179,7 @@ pub fn list(dir: &Path, exe: &str) -> Result<Vec<Entry>> {
             .hint("check its permissions, or set backup_dir"));
         }
     };
-    let prefix = format!("{exe}-");
+    let prefix = format!("{series}-");
     let me = rustix::process::geteuid().as_raw();
     let mut entries: Vec<(String, Entry)> = read
         .filter_map(|e| e.ok())

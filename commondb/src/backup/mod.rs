@@ -132,7 +132,7 @@ fn size(bytes: u64) -> String {
 pub(crate) async fn backup<T: Task>(target: &Target, kind: Kind) -> Result<BackupReport> {
     let keep = keep(target)?;
     let mut report = backup_unpruned::<T>(target, kind).await?;
-    report.removed = retention(&target.settings.backup_dir(), T::NAME, kind, keep);
+    report.removed = retention(target, T::NAME, kind, keep);
     Ok(report)
 }
 
@@ -203,7 +203,8 @@ async fn write_backup<T: Task>(
         tables: snapshot.infos(),
     };
     let dir = target.settings.backup_dir();
-    let mut writer = Writer::create(&dir, file::file_name(T::NAME, created_at, kind), &header)?;
+    let name = file::file_name(&series(T::NAME, &target.location), created_at, kind);
+    let mut writer = Writer::create(&dir, name, &header)?;
     snapshot.write_rows(&mut writer).await?;
     let (path, bytes) = writer.finish()?;
     Ok(BackupReport {
@@ -220,10 +221,22 @@ async fn write_backup<T: Task>(
     })
 }
 
-/// Keeps the newest `keep` backups of `kind` whose header reads, and removes the older ones.
-/// The newest good ones are never removed, so the only good backup never is.
-pub(crate) fn retention(dir: &Path, exe: &str, kind: Kind, keep: usize) -> Vec<PathBuf> {
-    let Ok(entries) = file::list(dir, exe) else {
+/// The name that the backups of `exe`'s database at `location` share: the executable's, then a
+/// short hash of the location (as shown, without credentials). So the backups of two databases
+/// of one executable never mix: the newest backup to restore and retention count only their
+/// own database's.
+pub(crate) fn series(exe: &str, location: &Location) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(location.to_string().as_bytes());
+    format!("{exe}-{}", &file::hex(&digest)[..8])
+}
+
+/// Keeps the newest `keep` backups of `kind` of the target's database whose header reads, and
+/// removes the older ones. The newest good ones are never removed, so the only good backup
+/// never is.
+pub(crate) fn retention(target: &Target, exe: &str, kind: Kind, keep: usize) -> Vec<PathBuf> {
+    let dir = target.settings.backup_dir();
+    let Ok(entries) = file::list(&dir, &series(exe, &target.location)) else {
         return Vec::new();
     };
     let mut good = 0;
@@ -248,7 +261,7 @@ pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Resul
         return Ok(path);
     }
     let dir = target.settings.backup_dir();
-    file::list(&dir, exe)?
+    file::list(&dir, &series(exe, &target.location))?
         .into_iter()
         .find(|e| e.kind == Kind::Backup)
         .map(|e| e.path)
@@ -330,12 +343,7 @@ pub(crate) async fn restore<T: Task>(
         }
     };
     // Only now, with the restore committed, may older safety backups go.
-    retention(
-        &target.settings.backup_dir(),
-        T::NAME,
-        Kind::Safety,
-        keep(target)?,
-    );
+    retention(target, T::NAME, Kind::Safety, keep(target)?);
     Ok(RestoreReport {
         file: path.to_path_buf(),
         taken_at: header.created_at,
@@ -444,7 +452,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}", e.message());
         assert!(e.message().contains("row counts"), "{}", e.message());
         assert_eq!(count(&target, "SELECT COUNT(*) FROM notes").await, 2);
-        let safety = file::list(&dir, Notes::NAME)
+        let safety = file::list(&dir, &series(Notes::NAME, &target.location))
             .unwrap()
             .into_iter()
             .filter(|e| e.kind == Kind::Safety)
@@ -474,12 +482,13 @@ mod tests {
         add(&target, Notes::MIGRATIONS, "a").await;
         let good = backup::<Notes>(&target, Kind::Backup).await.unwrap();
         // A newer file that is not a readable backup does not push the good one out.
-        let fake =
-            settings
-                .backup_dir()
-                .join(file::file_name(Notes::NAME, Utc::now(), Kind::Backup));
+        let fake = settings.backup_dir().join(file::file_name(
+            &series(Notes::NAME, &target.location),
+            Utc::now(),
+            Kind::Backup,
+        ));
         std::fs::write(&fake, b"garbage").unwrap();
-        let removed = retention(&settings.backup_dir(), Notes::NAME, Kind::Backup, 1);
+        let removed = retention(&target, Notes::NAME, Kind::Backup, 1);
         assert!(removed.is_empty(), "{removed:?}");
         assert!(good.file.exists());
         let zero = Target::resolve(
