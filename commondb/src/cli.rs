@@ -26,8 +26,13 @@ pub(crate) enum Mode<A> {
     Status,
     /// `--self-backup`.
     Backup,
-    /// `--self-restore`, of `from` or the newest backup, confirmed with `--yes` or not.
-    Restore { from: Option<PathBuf>, yes: bool },
+    /// `--self-restore`, of `from` or the newest backup, confirmed with `--yes` or not; `from`
+    /// even if someone else could have written it with `trust_file`.
+    Restore {
+        from: Option<PathBuf>,
+        yes: bool,
+        trust_file: bool,
+    },
     /// `--serve`, on the `--listen` addresses given (none: the configured or default ones).
     Serve { listen: Vec<String> },
     /// `--self-samples N`: the task's first `count` sample requests of run `run`.
@@ -197,6 +202,13 @@ pub(crate) fn command<T: Task>() -> Command {
                 .help("The backup --self-restore restores (default: the newest)"),
         )
         .arg(
+            Arg::new("trust-file")
+                .long("trust-file")
+                .action(ArgAction::SetTrue)
+                .requires("from")
+                .help("Restore --from a file another user owns or could have changed"),
+        )
+        .arg(
             Arg::new("listen")
                 .long("listen")
                 .value_name("ADDR")
@@ -264,7 +276,7 @@ fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
         }
     }
     format!(
-        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-backup\n       {name} [OPTIONS] --self-restore [--from <FILE>] [--yes] | --self-cleanup [--yes]\n       {name} [OPTIONS] --serve [--listen <ADDR>]..."
+        "{task}\n       {name} [OPTIONS] --self-setup | --self-status | --self-test | --self-backup\n       {name} [OPTIONS] --self-restore [--from <FILE> [--trust-file]] [--yes] | --self-cleanup [--yes]\n       {name} [OPTIONS] --serve [--listen <ADDR>]..."
     )
 }
 
@@ -314,6 +326,7 @@ fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Erro
         Mode::Restore {
             from: m.get_one::<PathBuf>("from").cloned(),
             yes: m.get_flag("yes"),
+            trust_file: m.get_flag("trust-file"),
         }
     } else {
         Mode::Cleanup {
@@ -431,15 +444,27 @@ mod tests {
         let inv = parse(&["--self-restore", "--from", "b.jsonl.zst", "--yes"]).unwrap();
         assert!(matches!(
             inv.mode,
-            Mode::Restore { from: Some(ref f), yes: true } if f.as_os_str() == "b.jsonl.zst"
+            Mode::Restore { from: Some(ref f), yes: true, trust_file: false } if f.as_os_str() == "b.jsonl.zst"
         ));
         assert!(matches!(
             parse(&["--self-restore"]).unwrap().mode,
             Mode::Restore {
                 from: None,
-                yes: false
+                yes: false,
+                trust_file: false
             }
         ));
+        assert!(matches!(
+            parse(&["--self-restore", "--from", "b", "--trust-file"])
+                .unwrap()
+                .mode,
+            Mode::Restore {
+                trust_file: true,
+                ..
+            }
+        ));
+        let e = parse(&["--self-restore", "--trust-file"]).unwrap_err();
+        assert_eq!(e.kind(), K::MissingRequiredArgument);
         let e = parse(&["--self-backup", "--from", "x"]).unwrap_err();
         assert_eq!(e.kind(), K::ArgumentConflict);
         let e = parse(&["--self-backup", "--yes"]).unwrap_err();

@@ -112,9 +112,13 @@ fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> 
                 backup::backup::<T>(&target, backup::file::Kind::Backup),
             )?);
         }
-        Mode::Restore { from, yes } => {
+        Mode::Restore {
+            from,
+            yes,
+            trust_file,
+        } => {
             let target = Target::resolve(settings, T::NAME)?;
-            let path = backup::choose(&target, T::NAME, from)?;
+            let path = backup::choose(&target, T::NAME, from, trust_file)?;
             // A damaged or foreign file is refused before the question and before anything.
             let header = backup::verify::<T>(&path, target.backend())?;
             if !yes {

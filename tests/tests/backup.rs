@@ -551,3 +551,43 @@ fn backups_of_two_databases_of_one_executable_never_mix() {
         .code(0)
         .stdout_has(&first);
 }
+
+/// `--from` a file that someone else owns or could have changed needs `--trust-file`: whoever
+/// can write it decides what the restore puts in the database.
+#[test]
+fn from_a_file_others_could_have_written_needs_trust_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(sb) = set_up(Backend::Sqlite) else {
+        return;
+    };
+    sb.create_user("alice", "alice@example.com").code(0);
+    let file = backed_up(&sb);
+    let copy = sb.root().join("copy.jsonl.zst");
+    std::fs::copy(&file, &copy).unwrap();
+    let copy = copy.to_str().unwrap();
+    let chmod = |mode| std::fs::set_permissions(copy, std::fs::Permissions::from_mode(mode));
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["--self-restore", "--yes", "--from", copy];
+        args.extend_from_slice(extra);
+        sb.run_admin(EXE, &args)
+    };
+    chmod(0o644).unwrap();
+    restore(&[]).code(0);
+    for (mode, says) in [(0o664, "can be changed by its group"), (0o666, "by anyone")] {
+        chmod(mode).unwrap();
+        restore(&[])
+            .code(77)
+            .stderr_has(says)
+            .stderr_has("nothing was changed")
+            .stderr_has("--trust-file");
+        restore(&["--trust-file"]).code(0);
+    }
+    chmod(0o600).unwrap();
+    // Only root may give a file away; elsewhere the mode cases above stand alone.
+    if std::os::unix::fs::chown(copy, Some(65534), None).is_ok() {
+        restore(&[]).code(77).stderr_has("owned by user 65534");
+        restore(&["--trust-file"]).code(0);
+    }
+    sb.run_admin(EXE, &["--self-restore", "--yes", "--trust-file"])
+        .code(2);
+}

@@ -255,9 +255,43 @@ pub(crate) fn retention(target: &Target, exe: &str, kind: Kind, keep: usize) -> 
     removed
 }
 
-/// The backup to restore: `from`, or the newest one (safety backups aside).
-pub(crate) fn choose(target: &Target, exe: &str, from: Option<PathBuf>) -> Result<PathBuf> {
+/// The backup to restore: `from`, or the newest one (safety backups aside). A `from` that
+/// another user owns or could have changed (group or others may write it) is refused unless
+/// `trust_file`: whoever could write it chooses what goes into the database.
+pub(crate) fn choose(
+    target: &Target,
+    exe: &str,
+    from: Option<PathBuf>,
+    trust_file: bool,
+) -> Result<PathBuf> {
     if let Some(path) = from {
+        use std::os::unix::fs::MetadataExt;
+        // A file that is not there or cannot be read is refused when it is opened (exit 66).
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let me = rustix::process::geteuid().as_raw();
+            let why = if meta.uid() != me {
+                Some(format!("is owned by user {}, not by you", meta.uid()))
+            } else if meta.mode() & 0o022 != 0 {
+                Some(format!(
+                    "can be changed by {} (mode {:o})",
+                    if meta.mode() & 0o002 != 0 {
+                        "anyone"
+                    } else {
+                        "its group"
+                    },
+                    meta.mode() & 0o777
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why.filter(|_| !trust_file) {
+                return Err(Error::permission(format!(
+                    "{} {why}: whoever can write it decides what the restore puts in the database; nothing was changed",
+                    path.display()
+                ))
+                .hint("check where it came from; if you trust it, add --trust-file (or copy it and chmod 600 the copy)"));
+            }
+        }
         return Ok(path);
     }
     let dir = target.settings.backup_dir();
@@ -464,7 +498,7 @@ mod tests {
     async fn nothing_to_restore_and_nothing_to_back_up_are_clear_errors() {
         let (_dir, settings) = testing::scratch();
         let target = testing::target(&settings);
-        let e = choose(&target, Notes::NAME, None).unwrap_err();
+        let e = choose(&target, Notes::NAME, None, false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NoInput);
         let e = backup::<Notes>(&target, Kind::Backup).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
