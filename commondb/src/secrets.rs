@@ -324,7 +324,13 @@ fn check_chain(chain: &Path, dir: &Path) -> Result<()> {
                     dir.display()
                 ),
                 format!(
-                    "use a directory that only you (user id {me}) and root own, or: chown {me} {}",
+                    "use a directory that only you (user id {me}) and root own, or: chown {}{me} {}",
+                    // A symlink's own owner changes only with -h; without it, chown follows it.
+                    if meta.file_type().is_symlink() {
+                        "-h "
+                    } else {
+                        ""
+                    },
                     path.display()
                 ),
             );

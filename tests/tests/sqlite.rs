@@ -667,6 +667,42 @@ fn a_data_or_backup_directory_others_could_write_to_is_refused_with_the_fix() {
     );
 }
 
+/// Not only setup: every run checks the database file and its directory before opening them,
+/// since whoever can write there can replace the file or plant a `-wal` file SQLite replays.
+#[test]
+fn every_run_refuses_a_database_file_or_directory_others_could_write() {
+    let sb = Sandbox::new();
+    sb.create_user("alice", "a@example.com").code(0);
+    let data = sb.data_dir();
+    let db = sb.database(EXE);
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o775)).unwrap();
+    sb.create_user("bob", "b@example.com")
+        .code(77)
+        .stderr_has(&format!("{} is writable by its group", data.display()));
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    for (mode, says) in [
+        (0o664, "writable by its group"),
+        (0o646, "writable by others"),
+    ] {
+        fs::set_permissions(&db, fs::Permissions::from_mode(mode)).unwrap();
+        sb.create_user("bob", "b@example.com")
+            .code(77)
+            .stderr_has(&format!("database {} is {says}", db.display()))
+            .stderr_has(&format!("chmod go-w {}", db.display()));
+        sb.run(EXE, &["--self-backup"]).code(77);
+    }
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).unwrap();
+    // Only root may give a file away.
+    if std::os::unix::fs::chown(&db, Some(65534), None).is_ok() {
+        sb.create_user("bob", "b@example.com")
+            .code(77)
+            .stderr_has("belongs to user id 65534");
+        std::os::unix::fs::chown(&db, Some(0), None).unwrap();
+    }
+    assert_eq!(users(&sb), 1, "a refused run wrote");
+    sb.create_user("bob", "b@example.com").code(0);
+}
+
 #[test]
 fn a_restore_from_a_fifo_is_refused_at_once() {
     let sb = Sandbox::new();

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,9 @@ pub(crate) fn parse_url(url: &str) -> Result<Location> {
     Ok(Location::Sqlite(path))
 }
 
-/// Opens an existing database file.
+/// Opens an existing database file, once [`check_file`] found it and its directory private.
 pub(crate) async fn connect(path: &Path, settings: &Settings) -> Result<SqliteConnection> {
+    check_file(path)?;
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -58,6 +59,40 @@ pub(crate) async fn connect(path: &Path, settings: &Settings) -> Result<SqliteCo
                     .unwrap_or("check the path and its permissions"),
             )
         })
+}
+
+/// Checks the database file and its directory as the secrets are checked, at every open: the
+/// directory by [`crate::secrets::check_private_dir`] (someone who can write there can replace
+/// the file, or plant the `-wal` file SQLite would replay into it), the file itself owned by the
+/// user (or root) and not writable by group or others. A missing file is left to the open.
+pub(crate) fn check_file(path: &Path) -> Result<()> {
+    crate::secrets::check_private_dir(dir_of(path))?;
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(Error::permission(format!(
+            "database {} belongs to user id {}, who could change it behind this program's back",
+            path.display(),
+            meta.uid()
+        ))
+        .hint(format!("chown {me} {}", path.display())));
+    }
+    if mode & 0o022 != 0 {
+        return Err(Error::permission(format!(
+            "database {} is writable by {} (mode {mode:04o})",
+            path.display(),
+            if mode & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            }
+        ))
+        .hint(format!("chmod go-w {}", path.display())));
+    }
+    Ok(())
 }
 
 /// Creates an empty database file with mode 0600; `false` if it already existed.
