@@ -342,9 +342,72 @@ pub fn load(sources: &Sources) -> Result<Settings> {
             .source(Some(sources.env.clone())),
     );
     let config = builder.build().map_err(config_error)?;
+    check_whole_numbers(&config)?;
     let settings: Settings = config.try_deserialize().map_err(config_error)?;
     check_ranges(&settings)?;
+    check_absolute(&settings)?;
     Ok(settings)
+}
+
+/// The settings that count something (milliseconds, bytes, connections, backups).
+const WHOLE_NUMBERS: [&str; 11] = [
+    "busy_timeout_ms",
+    "lock_timeout_ms",
+    "connect_timeout_ms",
+    "connect_retry_ms",
+    "backup_keep",
+    "serve.pool_size",
+    "serve.max_connections",
+    "serve.max_request_bytes",
+    "serve.request_timeout_ms",
+    "serve.idle_timeout_ms",
+    "serve.grace_ms",
+];
+
+/// Refuses a fraction, `NaN` or an infinity where a setting counts something: the config crate
+/// would round `1.5` to 2 and turn `NaN` into 0 (no timeout at all) without a word.
+fn check_whole_numbers(config: &::config::Config) -> Result<()> {
+    for name in WHOLE_NUMBERS {
+        if let Ok(value) = config.get::<::config::Value>(name)
+            && let ::config::ValueKind::Float(f) = value.kind
+            // A whole number past i64 arrives as a float too; its range check names it.
+            && (!f.is_finite() || f.fract() != 0.0)
+        {
+            return Err(
+                Error::config(format!("the setting {name} = {f} is not a whole number")).hint(
+                    format!(
+                        "give {name} as a whole number, in your configuration files or COMMONDB_{}",
+                        name.replace('.', "__").to_uppercase()
+                    ),
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a relative directory: it would name another directory from every working directory
+/// (a cron job's, a unit's, a shell's), and with it another database, other secrets and other
+/// backups.
+fn check_absolute(s: &Settings) -> Result<()> {
+    let dirs = [
+        ("data_dir", Some(&s.data_dir)),
+        ("secrets_dir", Some(&s.secrets_dir)),
+        ("backup_dir", s.backup_dir.as_ref()),
+    ];
+    for (name, dir) in dirs {
+        if let Some(dir) = dir.filter(|d| !d.is_absolute()) {
+            return Err(Error::config(format!(
+                "the setting {name} = {} is a relative path, which would mean another directory from each working directory",
+                dir.display()
+            ))
+            .hint(format!(
+                "give {name} as an absolute path, in your configuration files or COMMONDB_{}",
+                name.to_uppercase()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A day in milliseconds: the longest timeout any setting takes.
@@ -655,6 +718,62 @@ mod tests {
             assert!(e.message().contains(says), "{}", e.message());
             assert!(e.hint_text().unwrap().contains(var), "{e:?}");
         }
+    }
+
+    #[test]
+    fn fractions_and_relative_directories_are_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = [("c.toml", "busy_timeout_ms = 1.5\n")];
+        for (files, env, says, fix) in [
+            (
+                &[][..],
+                &[("COMMONDB_BUSY_TIMEOUT_MS", "NaN")][..],
+                "busy_timeout_ms = NaN is not a whole number",
+                "COMMONDB_BUSY_TIMEOUT_MS",
+            ),
+            (
+                &[],
+                &[("COMMONDB_SERVE__GRACE_MS", "2.5")],
+                "serve.grace_ms = 2.5 is not a whole number",
+                "COMMONDB_SERVE__GRACE_MS",
+            ),
+            (
+                &[],
+                &[("COMMONDB_BACKUP_KEEP", "inf")],
+                "backup_keep = inf",
+                "COMMONDB_BACKUP_KEEP",
+            ),
+            (
+                &toml[..],
+                &[],
+                "busy_timeout_ms = 1.5",
+                "COMMONDB_BUSY_TIMEOUT_MS",
+            ),
+            (
+                &[],
+                &[("COMMONDB_DATA_DIR", "data")],
+                "data_dir = data is a relative path",
+                "COMMONDB_DATA_DIR",
+            ),
+            (
+                &[],
+                &[("COMMONDB_BACKUP_DIR", "./b")],
+                "backup_dir = ./b is a relative path",
+                "COMMONDB_BACKUP_DIR",
+            ),
+        ] {
+            let e = load(&sources(dir.path(), files, env)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{says}");
+            assert!(e.message().contains(says), "{}", e.message());
+            assert!(e.hint_text().unwrap().contains(fix), "{e:?}");
+        }
+        let whole = load(&sources(
+            dir.path(),
+            &[],
+            &[("COMMONDB_BUSY_TIMEOUT_MS", "7")],
+        ))
+        .unwrap();
+        assert_eq!(whole.busy_timeout_ms, 7);
     }
 
     #[test]
