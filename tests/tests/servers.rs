@@ -361,6 +361,26 @@ fn url_parameters_with_credentials_or_another_host_are_refused() {
     }
 }
 
+/// libpq's variables that sqlx reads behind the URL's back: a password in the environment, or
+/// session options that would change what the task's SQL means, are refused.
+#[test]
+fn a_password_or_session_options_in_the_pg_environment_are_refused() {
+    for (var, value) in [
+        ("PGPASSWORD", "hunter2"),
+        ("PGOPTIONS", "-c search_path=evil"),
+    ] {
+        let mut sb = e2e::Sandbox::new();
+        sb.set_env("COMMONDB_DATABASE_URL", "postgres://127.0.0.1:5432/shop");
+        sb.set_env(var, value);
+        sb.create_user("alice", "a@example.com")
+            .code(78)
+            .stderr_has(&format!("{var} is set"))
+            .stderr_has(&format!("unset {var}"))
+            .never_shows("hunter2");
+        sb.run(EXE, &["--self-status"]).code(78);
+    }
+}
+
 /// An administrator's URL that does not parse is blamed on the administrator's URL, with where
 /// it comes from, and never echoed.
 #[test]

@@ -48,6 +48,9 @@ impl ServerOptions {
     /// [`check_query`]).
     pub(crate) fn parse(url: &str, backend: Backend) -> Result<ServerOptions> {
         check_query(url, backend)?;
+        if backend == Backend::Postgres {
+            refuse_pg_environment()?;
+        }
         let parsed = match backend {
             Backend::Postgres => PgConnectOptions::from_str(url).map(ServerOptions::Postgres),
             _ => {
@@ -899,6 +902,32 @@ pub(crate) fn app_options(
         ))
         .hint("run --self-setup with the administrator's credentials (COMMONDB_ADMIN_URL); it creates the role and writes them")),
     }
+}
+
+/// Refuses the libpq variables that sqlx would read behind the URL's back: `PGPASSWORD` puts a
+/// password in the environment (every process of the user can read it, and so can
+/// `/proc/PID/environ` readers of the same user), against the rule that secrets come only from
+/// owner-only files (`~/.pgpass` stays allowed: sqlx refuses one that group or others can
+/// read); `PGOPTIONS` would change every session's settings (a `search_path`, say) and so what
+/// the task's SQL means.
+fn refuse_pg_environment() -> Result<()> {
+    for (name, why) in [
+        (
+            "PGPASSWORD",
+            "a password in the environment; commondb reads passwords only from owner-only files",
+        ),
+        (
+            "PGOPTIONS",
+            "session options for every connection, which would change what the task's SQL means",
+        ),
+    ] {
+        if std::env::var_os(name).is_some() {
+            return Err(Error::config(format!("{name} is set: {why}")).hint(format!(
+                "unset {name}; put the password in the secrets files (or ~/.pgpass, mode 0600)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
