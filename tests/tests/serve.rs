@@ -310,6 +310,52 @@ fn a_last_line_without_its_newline_is_not_executed() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// A client that sends a whole HTTP request and then shuts its side down (as `curl` can, and
+/// many one-shot clients do) still gets its answer: without it, the request committed and the
+/// client never learnt so.
+#[test]
+fn an_http_client_that_half_closes_after_its_request_gets_the_answer() {
+    use std::io::Read;
+    let sb = Sandbox::new();
+    let served = sb.serve(EXE, &["--listen", "http://127.0.0.1:0"]);
+    let addr = served.address("http://");
+    let addr = addr.trim_start_matches("http://");
+    let body = r#"{"username": "half", "email": "half@example.com"}"#;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "no answer: {answer:?}");
+    assert!(answer.contains("\"username\":\"half\""), "{answer}");
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `--listen` takes no user or password, and never shows one back.
+#[test]
+fn a_listen_address_with_credentials_is_refused_without_showing_them() {
+    let sb = Sandbox::new();
+    for spec in [
+        "http://user:hunter2@127.0.0.1:0",
+        "tcp://hunter2@127.0.0.1:0",
+    ] {
+        sb.run(EXE, &["--serve", "--listen", spec])
+            .code(2)
+            .stderr_has("takes no user or password")
+            .never_shows("hunter2");
+    }
+}
+
 #[test]
 fn limits_on_connections_and_idle_time_are_kept() {
     let mut sb = Sandbox::new();

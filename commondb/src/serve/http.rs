@@ -36,6 +36,9 @@ pub(crate) async fn serve<T: Task>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(service.limits.idle_timeout_ms))
+        // A client that shuts its side down after a whole request still gets the answer:
+        // without this, hyper closes at the EOF, after the task may have committed.
+        .half_close(true)
         .serve_connection(TokioIo::new(io), handler);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

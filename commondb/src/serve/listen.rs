@@ -42,6 +42,17 @@ const FORMS: &str = "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix
 impl Spec {
     pub(crate) fn parse(spec: &str) -> Result<Spec> {
         let bad = |why: &str| Error::usage(format!("--listen {spec:?}: {why}")).hint(FORMS);
+        // Not echoed: what precedes the @ may be a password.
+        if let Some((_, address)) = spec.split_once("://")
+            && address.contains('@')
+        {
+            return Err(Error::usage(
+                "--listen: an address takes no user or password (it was not shown)",
+            )
+            .hint(
+                "clients present the access token instead: serve_token in the app secrets file",
+            ));
+        }
         let (protocol, rest) = match spec.strip_prefix("http+") {
             Some(rest) => (Protocol::Http, rest),
             None => (Protocol::Line, spec),
