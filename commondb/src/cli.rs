@@ -283,11 +283,39 @@ fn usage(cmd: &Command, task_args: &[clap::Id], verb: &str) -> String {
 /// Parses the process's arguments; prints usage and exits on a usage error, `--help` or
 /// `--version`.
 pub(crate) fn parse<T: Task>() -> Invocation<T::Args> {
-    let matches = command::<T>().get_matches();
-    match invocation::<T>(&matches) {
+    let parsed = command::<T>()
+        .try_get_matches()
+        .and_then(|matches| invocation::<T>(&matches))
+        .map_err(|e| e.format(&mut command::<T>()));
+    match parsed {
         Ok(inv) => inv,
-        Err(e) => e.format(&mut command::<T>()).exit(),
+        Err(e) => exit_usage(e, std::env::args_os().skip(1)),
     }
+}
+
+/// Exits with clap's error, as clap would (help and version go to stdout with 0, a usage error
+/// to stderr with 2); a usage error with `--json` on the command line also writes the JSON
+/// error object on stdout, as every other error does, so a script reading stdout learns why.
+fn exit_usage(e: clap::Error, args: impl Iterator<Item = std::ffi::OsString>) -> ! {
+    if e.use_stderr() && wants_json(args) {
+        let _ = e.print();
+        let rendered = e.render().to_string();
+        let first = rendered
+            .lines()
+            .next()
+            .unwrap_or("the command line is not valid");
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let error = crate::Error::usage(message.to_string())
+            .hint("see --help for the modes and their options");
+        println!("{}", error.to_json());
+        std::process::exit(2);
+    }
+    e.exit()
+}
+
+/// Whether `--json` is among the options (before a `--` that ends them).
+fn wants_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.take_while(|a| a != "--").any(|a| a == "--json")
 }
 
 /// Parses a list of arguments (the first is the program name), for tests.
@@ -437,6 +465,14 @@ mod tests {
             parse(&["--self-cleanup"]).unwrap().mode,
             Mode::Cleanup { yes: false }
         ));
+    }
+
+    #[test]
+    fn json_is_looked_for_among_the_options_only() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(wants_json(args(&["--bogus", "--json"]).into_iter()));
+        assert!(!wants_json(args(&["--bogus"]).into_iter()));
+        assert!(!wants_json(args(&["--", "--json"]).into_iter()));
     }
 
     #[test]

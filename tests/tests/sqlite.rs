@@ -776,3 +776,22 @@ fn a_performance_report_to_a_fifo_nobody_reads_does_not_hang_the_exit() {
     Run::within(cmd, 20).code(0);
     assert_eq!(users(&sb), 1);
 }
+
+/// With `--json`, a usage error writes the JSON error object on stdout too, as every other
+/// error does; without it, stdout stays empty.
+#[test]
+fn a_usage_error_with_json_is_reported_in_json_too() {
+    let sb = Sandbox::new();
+    let run = sb.run(EXE, &["--json", "--create", "--username", "a", "--bogus"]);
+    run.code(2).stderr_has("unexpected argument '--bogus'");
+    let error = &run.json()["error"];
+    assert_eq!(error["kind"], "usage", "{run}");
+    assert_eq!(error["exit_code"], 2, "{run}");
+    assert!(
+        error["message"].as_str().unwrap().contains("--bogus"),
+        "{run}"
+    );
+    let run = sb.run(EXE, &["--create", "--bogus"]);
+    run.code(2);
+    assert!(run.stdout.is_empty(), "{run}");
+}
