@@ -54,7 +54,7 @@ const FLEET_INTERVAL: Duration = Duration::from_millis(20);
     name = "runmany",
     version,
     about = "Launch many instances of an executable in parallel, measure them, and compare process mode with a service",
-    after_help = "EXECUTABLE is a path, or a name found next to runmany, then on PATH. Without TASK ARGS, an executable made with commondb performs its own sample request number i (each valid and unique to this run); any other program runs with exactly the arguments given. In TASK ARGS, {i} is the instance's index and {run} an id unique to this invocation.\n\nExit status: 0 if every instance succeeded, 1 if any failed, 2 for a usage error, 69 if the service cannot be reached.",
+    after_help = "EXECUTABLE is a path, or a name found next to runmany, then on PATH. Without TASK ARGS, an executable made with commondb performs its own sample request number i (each valid and unique to this run); any other program runs with exactly the arguments given. In TASK ARGS, {i} is the instance's index and {run} an id unique to this invocation.\n\nExit status: 0 if every instance succeeded, 1 if any failed, 2 for a usage error, 69 if the service cannot be reached, 73 if the --json file cannot be created, 74 if writing it fails.",
     override_usage = "runmany [OPTIONS] -n <N> <EXECUTABLE> [TASK ARGS]..."
 )]
 struct Cli {
@@ -285,7 +285,15 @@ impl Outcome {
         }
         let text = serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default();
         std::fs::write(path, text + "\n")
-            .map_err(|e| Fatal(73, format!("cannot write {}: {e}", path.display())))
+            // 73 when the file cannot be created, 74 when writing it fails (a full disk).
+            .map_err(|e| {
+                let code = if e.kind() == std::io::ErrorKind::StorageFull {
+                    74
+                } else {
+                    73
+                };
+                Fatal(code, format!("cannot write {}: {e}", path.display()))
+            })
     }
 }
 

@@ -27,10 +27,19 @@ pub enum Endpoint {
 impl Endpoint {
     /// Parses `tcp://HOST:PORT`, `unix:PATH` or `http://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Endpoint, String> {
+        // HOST:PORT with a port that exists: a typo is a usage error, not an unreachable service.
+        let host_port = |a: &str| match a.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Ok(a.to_string())
+            }
+            _ => Err(format!(
+                "--serve {s:?}: the address must be HOST:PORT with a port from 1 to 65535"
+            )),
+        };
         if let Some(a) = s.strip_prefix("tcp://") {
-            Ok(Endpoint::Tcp(a.to_string()))
+            Ok(Endpoint::Tcp(host_port(a)?))
         } else if let Some(a) = s.strip_prefix("http://") {
-            Ok(Endpoint::Http(a.trim_end_matches('/').to_string()))
+            Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix("unix:") {
             Ok(Endpoint::Unix(PathBuf::from(p)))
         } else {
@@ -313,5 +322,14 @@ mod tests {
         );
         assert!(Endpoint::parse("127.0.0.1:1").is_err());
         assert_eq!(Endpoint::parse("tcp://h:7401").unwrap().port(), Some(7401));
+        for bad in [
+            "tcp://127.0.0.1:99999",
+            "tcp://127.0.0.1",
+            "http://:80",
+            "tcp://h:0",
+            "tcp://h:x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 }

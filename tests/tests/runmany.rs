@@ -258,6 +258,22 @@ fn bad_usage_is_refused_with_the_reason() {
         .code(69)
         .stderr_has("cannot connect");
     runmany(&sb, &["-n", "3", "--serve", "ftp://x", EXE]).code(2);
+    for typo in ["tcp://127.0.0.1:99999", "tcp://127.0.0.1", "http://:7401"] {
+        runmany(&sb, &["-n", "3", "--serve", typo, EXE])
+            .code(2)
+            .stderr_has("HOST:PORT with a port from 1 to 65535");
+    }
+    // A --json file that cannot be written: 73 when it cannot be created, 74 when the disk is
+    // full.
+    runmany(&sb, &["-n", "1", "--json", "/dev/full", "/bin/true"])
+        .code(74)
+        .stderr_has("cannot write /dev/full");
+    runmany(
+        &sb,
+        &["-n", "1", "--json", "/no/such/dir/x.json", "/bin/true"],
+    )
+    .code(73)
+    .stderr_has("cannot write /no/such/dir/x.json");
     runmany(&sb, &["-n", "3", "--compare", "/bin/true"])
         .code(2)
         .stderr_has("no sample requests");
