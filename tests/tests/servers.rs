@@ -16,6 +16,7 @@ on_every_server!(
     the_administrators_password_never_shows,
     connection_errors_say_what_failed_and_exit_accordingly,
     a_schema_behind_the_binary_is_refused_with_the_way_out,
+    a_migration_cut_off_part_way_is_a_configuration_error_with_the_way_out,
     cleanup_drops_only_what_setup_created,
     concurrent_setups_create_everything_exactly_once,
     two_hundred_concurrent_creates_all_succeed_past_the_connection_limit,
@@ -256,6 +257,27 @@ fn a_schema_behind_the_binary_is_refused_with_the_way_out(backend: Backend) {
         .stderr_has("--self-setup");
     let status = sb.run(EXE, &["--self-status", "--json"]).code(78).json();
     assert_eq!(status["state"], "not_set_up");
+}
+
+/// A setup killed in the middle of a migration's DDL on MySQL/MariaDB, which cannot roll DDL
+/// back, leaves the migration marked as failed (the state made here by hand): the next setup
+/// says what happened and both ways out, as a configuration problem, not as a bug.
+fn a_migration_cut_off_part_way_is_a_configuration_error_with_the_way_out(backend: Backend) {
+    let Some(sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let db = sb.server();
+    db.admin_exec(
+        Some(&db.name),
+        &["UPDATE _sqlx_migrations SET success = false WHERE version = 1".into()],
+    )
+    .unwrap();
+    sb.run_admin(EXE, &["--self-setup"])
+        .code(78)
+        .stderr_has("migration 1 was cut off part way")
+        .stderr_has("--self-cleanup")
+        .stderr_has("DELETE FROM _sqlx_migrations WHERE version = 1");
 }
 
 fn cleanup_drops_only_what_setup_created(backend: Backend) {

@@ -209,10 +209,15 @@ pub(crate) async fn migrate(
             "migration {v} was applied to the database with different contents than this program's"
         ))
         .hint("the schema has drifted: restore a backup or clean up and set up again"),
-        sqlx::migrate::MigrateError::Dirty(v) => {
-            Error::internal(format!("migration {v} failed part way in an earlier setup"))
-                .hint("inspect the database, fix it by hand, then run --self-setup again")
-        }
+        // An earlier setup was killed inside a migration on MySQL/MariaDB, whose DDL commits
+        // statement by statement: part of the migration may be in place. Not a bug here, and
+        // only the operator knows whether the data is worth keeping.
+        sqlx::migrate::MigrateError::Dirty(v) => Error::config(format!(
+            "migration {v} was cut off part way in an earlier setup (MySQL/MariaDB cannot roll DDL back), so the schema may be half changed"
+        ))
+        .hint(format!(
+            "if the database holds nothing to keep: --self-cleanup --yes, then --self-setup; otherwise undo what migration {v} did by hand, DELETE FROM _sqlx_migrations WHERE version = {v}, and run --self-setup again"
+        )),
         sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
         other => Error::internal(format!("applying migrations failed: {other}")),
     })?;
