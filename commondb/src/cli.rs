@@ -80,9 +80,7 @@ pub(crate) fn command<T: Task>() -> Command {
         .disable_help_flag(true)
         .disable_version_flag(true)
         .after_help(
-            "Exit codes: 0 success, 1 check failed or declined, 2 usage, 65 invalid input, \
-             69 database unavailable, 70 internal error, 73 already exists, 75 temporary failure \
-             (retry), 77 permission denied or bad credentials, 78 configuration or setup needed.",
+            crate::error::ErrorKind::help_line(),
         )
         .arg(flag(
             T::VERB,

@@ -10,6 +10,7 @@
 //! | `failed`       | 1    | a check failed (self-test) or the user declined a confirmation |
 //! | `usage`        | 2    | bad command line (clap uses 2 as well)                         |
 //! | `invalid_input`| 65   | the request's data is invalid (sysexits `EX_DATAERR`)          |
+//! | `no_input`     | 66   | an input file is missing or unreadable (`EX_NOINPUT`)          |
 //! | `unavailable`  | 69   | the database cannot be reached (`EX_UNAVAILABLE`)              |
 //! | `internal`     | 70   | a bug or a damaged database (`EX_SOFTWARE`)                    |
 //! | `conflict`     | 73   | the record already exists (`EX_CANTCREAT`)                     |
@@ -70,6 +71,32 @@ impl ErrorKind {
             ErrorKind::Config => "fix the setting named above (README: Configuration)",
             ErrorKind::Interrupted => "run the same command again to go on",
         }
+    }
+
+    /// A few words for `--help`'s list of exit codes.
+    pub const fn summary(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "check failed or declined",
+            ErrorKind::Usage => "usage",
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::NoInput => "input file missing",
+            ErrorKind::Unavailable => "database unavailable",
+            ErrorKind::Internal => "internal error",
+            ErrorKind::Conflict => "already exists",
+            ErrorKind::Temporary => "temporary failure (retry)",
+            ErrorKind::Permission => "permission denied or bad credentials",
+            ErrorKind::Config => "configuration or setup needed",
+            ErrorKind::Interrupted => "interrupted",
+        }
+    }
+
+    /// `--help`'s list of exit codes, made from [`ErrorKind::ALL`] so that it misses none.
+    pub fn help_line() -> String {
+        let codes: Vec<String> = ErrorKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.exit_code(), k.summary()))
+            .collect();
+        format!("Exit codes: 0 success, {}.", codes.join(", "))
     }
 
     /// Every kind, in exit-code order (for documentation and tests).
@@ -299,6 +326,29 @@ mod tests {
         assert_eq!(codes, [1, 2, 65, 66, 69, 70, 73, 75, 77, 78, 130]);
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
+    }
+
+    /// The documentation lists every code: this module's table, the README's, `--help`'s.
+    #[test]
+    fn every_exit_code_is_documented_everywhere() {
+        let readme = include_str!("../../README.md");
+        let module = include_str!("error.rs");
+        let help = ErrorKind::help_line();
+        for kind in ErrorKind::ALL {
+            let (code, name) = (kind.exit_code(), kind.as_str());
+            assert!(
+                readme.contains(&format!("| {code} | `{name}` |")),
+                "README's exit codes miss {code}"
+            );
+            let row = format!("`{name}`");
+            assert!(
+                module.lines().any(|l| l.starts_with("//! |")
+                    && l.contains(&row)
+                    && l.contains(&format!(" {code} "))),
+                "error.rs's table misses {code}"
+            );
+            assert!(help.contains(&format!("{code} ")), "--help misses {code}");
+        }
     }
 
     #[test]
