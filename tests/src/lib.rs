@@ -966,11 +966,7 @@ impl Served {
 
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        signal(self.child.id(), rustix::process::Signal::TERM);
     }
 
     /// Waits (up to 60 s) for the process to exit; returns its exit code and stderr.
@@ -1102,4 +1098,13 @@ pub fn http(
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
+}
+
+/// Sends `signal` to process `pid`, which must exist.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a process id");
+    rustix::process::kill_process(pid, signal).expect("the signal was sent");
 }

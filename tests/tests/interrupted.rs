@@ -11,7 +11,7 @@
 //! orphaned statement of one test holds the server-wide setup lock until the lock of another
 //! test is released.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use e2e::{AnyConn, Backend, BackendSandbox, ServerDb, on_every_server};
@@ -160,11 +160,7 @@ fn a_setup_interrupted_by_ctrl_c_stops_after_the_step_with_130(backend: Backend)
     let lock = RolesLocked::take(db);
     let setup = spawn_admin(&sb, &["--self-setup"]);
     wait_for_blocked(db, "CREATE");
-    let status = Command::new("kill")
-        .args(["-INT", &setup.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    e2e::signal(setup.id(), rustix::process::Signal::INT);
     std::thread::sleep(Duration::from_millis(200));
     lock.release();
     let out = setup.wait_with_output().unwrap();
