@@ -204,10 +204,7 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
         None => None,
     };
     if let Some(Location::Server(server)) = configured {
-        let suffix: String = dialect::random_bytes::<4>()?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let suffix = hex::encode(dialect::random_bytes::<4>()?);
         let exe: String = exe
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())

@@ -336,7 +336,7 @@ impl Writer {
         let trailer = Trailer {
             end: FORMAT.to_string(),
             rows: self.rows,
-            sha256: hex(&content.finalize()),
+            sha256: hex::encode(content.finalize()),
         };
         let line = serde_json::to_vec(&trailer).map_err(internal)?;
         let dir = std::mem::take(&mut self.dir);
@@ -779,7 +779,7 @@ impl Reader {
                 if src.read()? {
                     return Err(src.damaged("it goes on after its trailer"));
                 }
-                if src.before_last.map(|h| hex(&h)) != Some(trailer.sha256) {
+                if src.before_last.map(hex::encode) != Some(trailer.sha256) {
                     return Err(src.damaged("its checksum does not match its content"));
                 }
                 let expected: Vec<u64> = self.header.tables.iter().map(|t| t.rows).collect();
@@ -840,16 +840,6 @@ pub fn header(path: &Path) -> Result<Header> {
         return Err(damaged(path, "it is empty or cut off in its header"));
     }
     parse_header(&line, path)
-}
-
-/// Lower-case hexadecimal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(text, "{b:02x}");
-    }
-    text
 }
 
 fn write_error(dir: &Path, e: &io::Error) -> Error {
@@ -984,7 +974,7 @@ mod tests {
             rows[1].clone(),
         ]
         .concat();
-        let sha = hex(&Sha256::digest(content.as_bytes()));
+        let sha = hex::encode(Sha256::digest(content.as_bytes()));
         let trailer = |rows: u64, sha: &str| {
             format!("{{\"end\":\"{FORMAT}\",\"rows\":{rows},\"sha256\":\"{sha}\"}}\n")
         };
@@ -999,9 +989,9 @@ mod tests {
             "the forger itself is wrong"
         );
         let more = [content.clone(), rows[1].clone()].concat();
-        let more_sha = hex(&Sha256::digest(more.as_bytes()));
+        let more_sha = hex::encode(Sha256::digest(more.as_bytes()));
         let tableless = [head.clone(), rows[0].clone()].concat();
-        let tableless_sha = hex(&Sha256::digest(tableless.as_bytes()));
+        let tableless_sha = hex::encode(Sha256::digest(tableless.as_bytes()));
         let cases: [(&str, Vec<String>); 5] = [
             (
                 "does not match its content",

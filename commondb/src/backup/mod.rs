@@ -228,7 +228,7 @@ async fn write_backup<T: Task>(
 pub(crate) fn series(exe: &str, location: &Location) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(location.to_string().as_bytes());
-    format!("{exe}-{}", &file::hex(&digest)[..8])
+    format!("{exe}-{}", &hex::encode(digest)[..8])
 }
 
 /// Keeps the newest `keep` backups of `kind` of the target's database whose header reads, and

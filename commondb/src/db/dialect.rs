@@ -369,8 +369,7 @@ pub(crate) fn scram_sha_256(password: &str, salt: &[u8], iterations: u32) -> Str
 /// MySQL's `mysql_native_password` hash: `*` and the upper-case hex of SHA1(SHA1(password)).
 pub(crate) fn mysql_native_hash(password: &str) -> String {
     let twice = sha1::Sha1::digest(sha1::Sha1::digest(password.as_bytes()));
-    let hex: String = twice.iter().map(|b| format!("{b:02X}")).collect();
-    format!("*{hex}")
+    format!("*{}", hex::encode_upper(twice))
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::dump::Kind;
-use crate::backup::file::hex;
 use crate::error::{Error, Result};
 
 /// One value of a backup row.
@@ -256,7 +255,7 @@ impl Field<'_> {
             (Kind::Text, Field::Bool(b)) => Bound::Text(Cow::Borrowed(if *b { "t" } else { "f" })),
             // As bytea's text output shows them.
             (Kind::Text, Field::Bytes(b64)) => {
-                Bound::Text(Cow::Owned(format!("\\x{}", hex(&bytes(b64, at)?))))
+                Bound::Text(Cow::Owned(format!("\\x{}", hex::encode(bytes(b64, at)?))))
             }
             (Kind::Bytes | Kind::Dynamic, Field::Bytes(b64)) => Bound::Bytes(bytes(b64, at)?),
             (Kind::Bytes, Field::Text(s)) => Bound::Bytes(bytea_input(s).ok_or_else(wrong)?),
