@@ -89,7 +89,7 @@ pub struct ServeSettings {
     /// On SIGTERM or SIGINT, how long requests in flight get to finish.
     pub grace_ms: u64,
     /// The group that may use the unix sockets (mode 0660 instead of 0600): a name from
-    /// /etc/group or a number.
+    /// the system's groups (as `getent group` lists them) or a number.
     pub socket_group: Option<String>,
 }
 

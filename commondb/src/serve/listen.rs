@@ -269,7 +269,10 @@ fn bind_unix(path: &Path, settings: &ServeSettings) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// A group's id from its number or its name in /etc/group.
+/// A group's id from its number or its name. A name is looked up through NSS (/etc/group, LDAP,
+/// SSSD, …) by `getent group`: these binaries are linked statically, and a static glibc cannot
+/// load NSS modules, so `getgrnam` here would crash or miss directory groups. Without `getent`,
+/// /etc/group is read.
 fn group_id(group: &str) -> Result<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         // 4294967295 is (gid_t)-1, "no change" to chown, not a group.
@@ -281,8 +284,20 @@ fn group_id(group: &str) -> Result<u32> {
         }
         return Ok(gid);
     }
-    std::fs::read_to_string("/etc/group")
-        .ok()
+    let entry = match std::process::Command::new("getent")
+        .args(["group", "--", group])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) => out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(_) => std::fs::read_to_string("/etc/group").ok(),
+    };
+    // `name:password:gid:members`, one line per group.
+    entry
         .and_then(|text| {
             text.lines().find_map(|line| {
                 let mut fields = line.split(':');
@@ -295,7 +310,7 @@ fn group_id(group: &str) -> Result<u32> {
             Error::config(format!(
                 "socket_group {group:?} is not a group of this system"
             ))
-            .hint("give a group name from /etc/group, or a number")
+            .hint("give a group name that `getent group` lists, or a number")
         })
 }
 
@@ -339,6 +354,18 @@ fn mode(path: &Path) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_found_by_number_or_by_name_through_nss() {
+        assert_eq!(group_id("0").unwrap(), 0);
+        assert_eq!(group_id("1234").unwrap(), 1234);
+        // Every Unix system has group 0, named root (wheel on the BSDs).
+        assert_eq!(group_id("root").unwrap(), 0);
+        for bad in ["no-such-group-here", "4294967295", ""] {
+            let e = group_id(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}");
+        }
+    }
 
     #[test]
     fn specs_parse_and_bad_ones_say_what_is_wrong() {
