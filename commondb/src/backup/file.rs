@@ -992,7 +992,21 @@ mod tests {
         let more_sha = hex::encode(Sha256::digest(more.as_bytes()));
         let tableless = [head.clone(), rows[0].clone()].concat();
         let tableless_sha = hex::encode(Sha256::digest(tableless.as_bytes()));
-        let cases: [(&str, Vec<String>); 5] = [
+        // The table's line again before its second row: its rows would be loaded in two parts.
+        let twice = [
+            head.clone(),
+            table.clone(),
+            rows[0].clone(),
+            table.clone(),
+            rows[1].clone(),
+        ]
+        .concat();
+        let twice_sha = hex::encode(Sha256::digest(twice.as_bytes()));
+        let cases: [(&str, Vec<String>); 6] = [
+            (
+                "not in its header's order",
+                vec![twice, trailer(2, &twice_sha)],
+            ),
             (
                 "does not match its content",
                 vec![content.clone(), trailer(2, &"0".repeat(64))],
