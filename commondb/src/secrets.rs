@@ -364,6 +364,29 @@ fn check_chain(chain: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Why a file is not one that only the user could have written.
+pub(crate) enum Foreign {
+    /// Another user owns it.
+    Owner(u32),
+    /// Its group or (`by_others`) everyone may write it; `mode` is its permission bits.
+    Writable { by_others: bool, mode: u32 },
+}
+
+/// Whether someone other than the user could have written the file `meta` describes: another
+/// owner (root counts as the user where `root_ok`), or a mode that lets group or others write.
+/// `None`: only the user (or root) could have.
+pub(crate) fn foreign(meta: &fs::Metadata, root_ok: bool) -> Option<Foreign> {
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && !(root_ok && meta.uid() == 0) {
+        return Some(Foreign::Owner(meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o022 != 0).then_some(Foreign::Writable {
+        by_others: mode & 0o002 != 0,
+        mode,
+    })
+}
+
 /// Whether `path`'s mode lets group or others in (used to warn about existing directories).
 pub fn is_shared(path: &Path) -> bool {
     fs::metadata(path)

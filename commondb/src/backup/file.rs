@@ -20,7 +20,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -180,7 +179,6 @@ pub fn list(dir: &Path, series: &str) -> Result<Vec<Entry>> {
         }
     };
     let prefix = format!("{series}-");
-    let me = rustix::process::geteuid().as_raw();
     let mut entries: Vec<(String, Entry)> = read
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -194,7 +192,7 @@ pub fn list(dir: &Path, series: &str) -> Result<Vec<Entry>> {
             // Only files this user could have written: a regular file (not a symlink), owned
             // by the user, that no one else can change. Anything else is someone else's.
             let meta = e.metadata().ok()?;
-            let mine = meta.is_file() && meta.uid() == me && meta.mode() & 0o022 == 0;
+            let mine = meta.is_file() && crate::secrets::foreign(&meta, false).is_none();
             if !mine {
                 return None;
             }

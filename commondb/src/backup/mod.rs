@@ -265,25 +265,17 @@ pub(crate) fn choose(
     trust_file: bool,
 ) -> Result<PathBuf> {
     if let Some(path) = from {
-        use std::os::unix::fs::MetadataExt;
+        use crate::secrets::{Foreign, foreign};
         // A file that is not there or cannot be read is refused when it is opened (exit 66).
         if let Ok(meta) = std::fs::metadata(&path) {
-            let me = rustix::process::geteuid().as_raw();
-            let why = if meta.uid() != me {
-                Some(format!("is owned by user {}, not by you", meta.uid()))
-            } else if meta.mode() & 0o022 != 0 {
-                Some(format!(
+            let why = foreign(&meta, false).map(|why| match why {
+                Foreign::Owner(uid) => format!("is owned by user {uid}, not by you"),
+                Foreign::Writable { by_others, mode } => format!(
                     "can be changed by {} (mode {:o})",
-                    if meta.mode() & 0o002 != 0 {
-                        "anyone"
-                    } else {
-                        "its group"
-                    },
-                    meta.mode() & 0o777
-                ))
-            } else {
-                None
-            };
+                    if by_others { "anyone" } else { "its group" },
+                    mode & 0o777
+                ),
+            });
             if let Some(why) = why.filter(|_| !trust_file) {
                 return Err(Error::permission(format!(
                     "{} {why}: whoever can write it decides what the restore puts in the database; nothing was changed",

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -70,29 +70,26 @@ pub(crate) fn check_file(path: &Path) -> Result<()> {
     let Ok(meta) = fs::metadata(path) else {
         return Ok(());
     };
-    let me = rustix::process::geteuid().as_raw();
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(Error::permission(format!(
-            "database {} belongs to user id {}, who could change it behind this program's back",
-            path.display(),
-            meta.uid()
+    match crate::secrets::foreign(&meta, true) {
+        None => Ok(()),
+        Some(crate::secrets::Foreign::Owner(uid)) => Err(Error::permission(format!(
+            "database {} belongs to user id {uid}, who could change it behind this program's back",
+            path.display()
         ))
-        .hint(format!("chown {me} {}", path.display())));
+        .hint(format!(
+            "chown {} {}",
+            rustix::process::geteuid().as_raw(),
+            path.display()
+        ))),
+        Some(crate::secrets::Foreign::Writable { by_others, mode }) => {
+            Err(Error::permission(format!(
+                "database {} is writable by {} (mode {mode:04o})",
+                path.display(),
+                if by_others { "others" } else { "its group" }
+            ))
+            .hint(format!("chmod go-w {}", path.display())))
+        }
     }
-    if mode & 0o022 != 0 {
-        return Err(Error::permission(format!(
-            "database {} is writable by {} (mode {mode:04o})",
-            path.display(),
-            if mode & 0o002 != 0 {
-                "others"
-            } else {
-                "its group"
-            }
-        ))
-        .hint(format!("chmod go-w {}", path.display())));
-    }
-    Ok(())
 }
 
 /// Creates an empty database file with mode 0600; `false` if it already existed.
