@@ -13,21 +13,25 @@ use crate::error::{Error, ErrorKind, Result};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-pub(crate) async fn signalled() {
+/// Catches Ctrl-C (SIGINT) and SIGTERM from now on, and returns what resolves on the first of
+/// them: from the call, not from the first poll, so that a signal during start-up is not lost.
+pub(crate) fn signals() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
+    })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; never, if they cannot be caught.
+pub(crate) async fn signalled() {
+    match signals() {
+        Ok(signal) => signal.await,
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -351,10 +351,8 @@ pub(crate) async fn main<T: Task>(
     specs: &[String],
     out: &Output,
 ) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let signal_error = |e: std::io::Error| Error::internal(format!("cannot handle signals: {e}"));
-    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let stop = crate::interrupt::signals()
+        .map_err(|e| Error::internal(format!("cannot handle signals: {e}")))?;
     let server = Server::<T>::start(target, task_settings, specs, out).await?;
     let addresses = server.addresses().join(" ");
     // Always printed (also with -q): scripts and the runner wait for it, and read the ports.
@@ -362,10 +360,7 @@ pub(crate) async fn main<T: Task>(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     server
         .run(async {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            stop.await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             out.note("stopping: finishing the requests in flight");
         })
