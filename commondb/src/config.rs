@@ -236,7 +236,7 @@ fn settings_env(
                     field_names::<Settings>()
                         .iter()
                         .filter(|f| !matches!(**f, "task" | "serve"))
-                        .map(|f| format!("{prefix}{}", f.to_uppercase()))
+                        .map(|f| env_var(f))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )),
@@ -349,25 +349,52 @@ pub fn load(sources: &Sources) -> Result<Settings> {
     Ok(settings)
 }
 
-/// The settings that count something (milliseconds, bytes, connections, backups).
-const WHOLE_NUMBERS: [&str; 11] = [
-    "busy_timeout_ms",
-    "lock_timeout_ms",
-    "connect_timeout_ms",
-    "connect_retry_ms",
-    "backup_keep",
-    "serve.pool_size",
-    "serve.max_connections",
-    "serve.max_request_bytes",
-    "serve.request_timeout_ms",
-    "serve.idle_timeout_ms",
-    "serve.grace_ms",
+/// The environment variable that sets `setting` (`serve.pool_size` →
+/// `COMMONDB_SERVE__POOL_SIZE`), for hints.
+pub fn env_var(setting: &str) -> String {
+    format!("{ENV_PREFIX}_{}", setting.replace('.', "__").to_uppercase())
+}
+
+/// A day in milliseconds: the longest timeout any setting takes.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The settings that count something (milliseconds, bytes, connections, backups), with their
+/// documented ranges (the README's table says the same) and how to read each from [`Settings`]:
+/// the one list that the whole-number check (before the layers are deserialized) and the range
+/// check (after) go through.
+type Number = (
+    &'static str,
+    std::ops::RangeInclusive<u64>,
+    fn(&Settings) -> u64,
+);
+const NUMBERS: [Number; 11] = [
+    ("busy_timeout_ms", 0..=DAY_MS, |s| s.busy_timeout_ms),
+    ("lock_timeout_ms", 0..=DAY_MS, |s| s.lock_timeout_ms),
+    ("connect_timeout_ms", 1..=DAY_MS, |s| s.connect_timeout_ms),
+    ("connect_retry_ms", 0..=DAY_MS, |s| s.connect_retry_ms),
+    ("backup_keep", 1..=10_000, |s| s.backup_keep.into()),
+    ("serve.pool_size", 1..=1024, |s| {
+        s.serve.pool_size.map_or(1, u64::from)
+    }),
+    ("serve.max_connections", 1..=1_000_000, |s| {
+        s.serve.max_connections.into()
+    }),
+    ("serve.max_request_bytes", 1..=16 << 20, |s| {
+        u64::try_from(s.serve.max_request_bytes).unwrap_or(u64::MAX)
+    }),
+    ("serve.request_timeout_ms", 1..=DAY_MS, |s| {
+        s.serve.request_timeout_ms
+    }),
+    ("serve.idle_timeout_ms", 1..=DAY_MS, |s| {
+        s.serve.idle_timeout_ms
+    }),
+    ("serve.grace_ms", 0..=DAY_MS, |s| s.serve.grace_ms),
 ];
 
 /// Refuses a fraction, `NaN` or an infinity where a setting counts something: the config crate
 /// would round `1.5` to 2 and turn `NaN` into 0 (no timeout at all) without a word.
 fn check_whole_numbers(config: &::config::Config) -> Result<()> {
-    for name in WHOLE_NUMBERS {
+    for (name, _, _) in NUMBERS {
         if let Ok(value) = config.get::<::config::Value>(name)
             && let ::config::ValueKind::Float(f) = value.kind
             // A whole number past i64 arrives as a float too; its range check names it.
@@ -376,8 +403,8 @@ fn check_whole_numbers(config: &::config::Config) -> Result<()> {
             return Err(
                 Error::config(format!("the setting {name} = {f} is not a whole number")).hint(
                     format!(
-                        "give {name} as a whole number, in your configuration files or COMMONDB_{}",
-                        name.replace('.', "__").to_uppercase()
+                        "give {name} as a whole number, in your configuration files or {}",
+                        env_var(name)
                     ),
                 ),
             );
@@ -402,55 +429,22 @@ fn check_absolute(s: &Settings) -> Result<()> {
                 dir.display()
             ))
             .hint(format!(
-                "give {name} as an absolute path, in your configuration files or COMMONDB_{}",
-                name.to_uppercase()
+                "give {name} as an absolute path, in your configuration files or {}",
+                env_var(name)
             )));
         }
     }
     Ok(())
 }
 
-/// A day in milliseconds: the longest timeout any setting takes.
-const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// Refuses a number outside its documented range (the README's table says the same): a zero
-/// where nothing could work, or a size or count that would be allocated up front or never end.
+/// Refuses a number outside its documented range: a zero where nothing could work, or a size
+/// or count that would be allocated up front or never end.
 fn check_ranges(s: &Settings) -> Result<()> {
-    let serve = &s.serve;
-    let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 11] = [
-        ("busy_timeout_ms", s.busy_timeout_ms, 0..=DAY_MS),
-        ("lock_timeout_ms", s.lock_timeout_ms, 0..=DAY_MS),
-        ("connect_timeout_ms", s.connect_timeout_ms, 1..=DAY_MS),
-        ("connect_retry_ms", s.connect_retry_ms, 0..=DAY_MS),
-        ("backup_keep", s.backup_keep.into(), 1..=10_000),
-        (
-            "serve.pool_size",
-            serve.pool_size.map_or(1, u64::from),
-            1..=1024,
-        ),
-        (
-            "serve.max_connections",
-            serve.max_connections.into(),
-            1..=1_000_000,
-        ),
-        (
-            "serve.max_request_bytes",
-            u64::try_from(serve.max_request_bytes).unwrap_or(u64::MAX),
-            1..=16 << 20,
-        ),
-        (
-            "serve.request_timeout_ms",
-            serve.request_timeout_ms,
-            1..=DAY_MS,
-        ),
-        ("serve.idle_timeout_ms", serve.idle_timeout_ms, 1..=DAY_MS),
-        ("serve.grace_ms", serve.grace_ms, 0..=DAY_MS),
-    ];
-    for (name, value, range) in checks {
-        in_range(&format!("setting {name}"), value, range, || {
+    for (name, range, value) in NUMBERS {
+        in_range(&format!("setting {name}"), value(s), range, || {
             format!(
-                "fix {name} in your configuration files or COMMONDB_{} (see Configuration in the README)",
-                name.replace('.', "__").to_uppercase()
+                "fix {name} in your configuration files or {} (see Configuration in the README)",
+                env_var(name)
             )
         })?;
     }

@@ -216,8 +216,8 @@ impl HashSettings {
         for (name, value, range) in costs {
             commondb::config::in_range(&format!("[task] setting {name}"), value, range, || {
                 format!(
-                    "fix {name} in the [task] table or COMMONDB_TASK__{}",
-                    name.to_uppercase()
+                    "fix {name} in the [task] table or {}",
+                    commondb::config::env_var(&format!("task.{name}"))
                 )
             })?;
         }
