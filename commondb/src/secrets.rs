@@ -424,13 +424,7 @@ mod tests {
     fn only_a_small_regular_utf8_file_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.toml");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        crate::testing::mkfifo(&fifo);
         fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
         let big = file(dir.path(), 0o600, "");
         fs::File::options()

@@ -976,16 +976,17 @@ mod tests {
             ("postgres://127.0.0.1/shop?dbname=other", "dbname"),
             ("postgres://127.0.0.1/shop?user=postgres", "user"),
             ("postgres://127.0.0.1/shop?bogus=1", "bogus"),
-        ] {
-            assert!(refused(url, Backend::Postgres).contains(key), "{url}");
-        }
-        for (url, key) in [
             ("mysql://127.0.0.1/shop?socket=/tmp/s", "socket"),
             ("mysql://127.0.0.1/shop?database=other", "database"),
             ("mysql://127.0.0.1/shop?user=root", "user"),
             ("mariadb://127.0.0.1/shop?host=evil", "host"),
         ] {
-            assert!(refused(url, Backend::MySql).contains(key), "{url}");
+            let backend = if url.starts_with("postgres") {
+                Backend::Postgres
+            } else {
+                Backend::MySql
+            };
+            assert!(refused(url, backend).contains(key), "{url}");
         }
         // The unix-socket forms display() writes, and how-to-connect parameters, pass.
         for (url, backend) in [
