@@ -306,9 +306,10 @@ pub(crate) enum Drivers {
 impl Drivers {
     /// What talking to `target` needs.
     pub(crate) fn for_target(target: &Target) -> Drivers {
-        match target.backend() {
-            crate::Backend::Sqlite => Drivers::Timers,
-            _ => Drivers::Io,
+        if target.backend().dialect().over_sockets() {
+            Drivers::Io
+        } else {
+            Drivers::Timers
         }
     }
 }

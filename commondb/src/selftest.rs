@@ -4,18 +4,21 @@
 //! directory and secrets are never opened. The generic lifecycle checks run for every task,
 //! then the task's own cases; each prints one line, and the run ends with `N passed, N failed`.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::backup::{self, file};
 use crate::config::Settings;
-use crate::db::sqlite::DirLock;
-use crate::db::{self, Location, Target, cleanup, dialect, schema, server, setup};
+use crate::db::backend::random_bytes;
+use crate::db::backend::sqlite::DirLock;
+use crate::db::{self, Location, Target, cleanup, schema, setup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::run::{Drivers, block_on, perform};
@@ -97,9 +100,10 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
             () = lifecycle::<T>(&mut suite, &target, &task_settings) => false,
             () = crate::interrupt::signalled() => true,
         };
-        if let Location::Server(server) = &target.location {
-            server::drop_scratch(&target, server).await?;
-        }
+        target
+            .location
+            .drop_scratch(&target, SCRATCH_PREFIX)
+            .await?;
         Ok(interrupted)
     })?;
     if interrupted {
@@ -118,6 +122,9 @@ pub(crate) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<Report> 
 /// The file in a scratch directory that names its scratch database on a server (no
 /// credentials), written before the database is made.
 const SCRATCH_RECORD: &str = "scratch-database";
+
+/// How the names of scratch databases on a server begin.
+const SCRATCH_PREFIX: &str = "st_";
 
 /// Removes what self-tests of `T` killed before their end left behind: each scratch directory
 /// of this user whose lock is free, and on a server the scratch database and roles it names.
@@ -168,18 +175,16 @@ async fn remove_scratch<T: Task>(settings: &Settings, dir: &Path) -> Result<Stri
         scratch.backup_role = None;
         scratch.database_url = Some(url.trim().to_string());
         let target = Target::resolve(&scratch, T::NAME)?;
-        if let Location::Server(server) = &target.location {
-            // Only a name the self-test makes: never drop anything else on a record's word.
-            let name = server.database().unwrap_or_default();
-            if !name.starts_with("st_") {
-                return Err(Error::config(format!(
-                    "{} names {name}, not a scratch database",
-                    dir.join(SCRATCH_RECORD).display()
-                )));
-            }
-            server::drop_scratch(&target, server).await?;
-            removed.push(format!("database {name} and its roles"));
-        }
+        // Only a name the self-test makes: never drop anything else on a record's word.
+        let dropped = target
+            .location
+            .drop_scratch(&target, SCRATCH_PREFIX)
+            .await
+            .map_err(|e| {
+                let record = dir.join(SCRATCH_RECORD);
+                Error::config(format!("{}: {}", record.display(), e.message()))
+            })?;
+        removed.extend(dropped);
     }
     std::fs::remove_dir_all(dir)
         .map_err(|e| Error::permission(format!("cannot remove {}: {e}", dir.display())))?;
@@ -203,15 +208,14 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
         Some(url) => Some(Location::parse(url)?),
         None => None,
     };
-    if let Some(Location::Server(server)) = configured {
-        let suffix = hex::encode(dialect::random_bytes::<4>()?);
-        let exe: String = exe
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(10)
-            .collect();
-        let name = format!("st_{}_{suffix}", exe.to_ascii_lowercase());
-        let url = server.with_database(&name).display();
+    let suffix = hex::encode(random_bytes::<4>()?);
+    let exe: String = exe
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(10)
+        .collect();
+    let name = format!("{SCRATCH_PREFIX}{}_{suffix}", exe.to_ascii_lowercase());
+    if let Some(url) = configured.and_then(|c| c.scratch_url(&name)) {
         // Written before anything is made, for the next self-test if this one is killed.
         std::fs::write(dir.join(SCRATCH_RECORD), format!("{url}\n")).map_err(|e| {
             Error::temporary(format!("cannot write in the scratch directory: {e}"))
@@ -271,387 +275,476 @@ pub(crate) fn run_id() -> String {
     format!("t{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
 }
 
-async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &T::Settings) {
-    let quiet = Output::silent(T::NAME);
-    let run = run_id();
-    let migrations = T::MIGRATIONS;
-    let attempt = |args, input| perform::<T>(target, task_settings, args, input, &quiet);
+/// What the generic checks share: the scratch target, the task's settings, this run's id, and
+/// what one check leaves for a later one (the backup the round trip took).
+struct Ctx<'a, T: Task> {
+    target: &'a Target,
+    task_settings: &'a T::Settings,
+    run: String,
+    quiet: Output,
+    taken: RefCell<Option<(PathBuf, file::Header)>>,
+}
 
-    match &target.location {
-        Location::Sqlite(path) => {
-            suite
-                .case("setup creates the database, private to its owner", async {
-                    let r = setup::run(target, migrations).await.map_err(show)?;
-                    expect(r.created, "setup did not report creating the database")?;
-                    expect(!r.applied.is_empty(), "setup applied no migration")?;
-                    expect(mode_of(path) == 0o600, "the database file is not mode 0600")?;
-                    let dir = path.parent().unwrap_or(path);
-                    expect(mode_of(dir) == 0o700, "the data directory is not mode 0700")
-                })
-                .await;
-        }
-        Location::Server(_) => {
-            suite
-                .case(
-                    "setup creates the database and its roles, and keeps their passwords private",
-                    async {
-                        let r = setup::run(target, migrations).await.map_err(show)?;
-                        expect(r.created, "setup did not report creating the database")?;
-                        expect(!r.applied.is_empty(), "setup applied no migration")?;
-                        expect(
-                            r.roles.len() == 2 && r.roles.iter().all(|r| r.created),
-                            "setup did not create both roles",
-                        )?;
-                        let file = r
-                            .secrets_file
-                            .as_deref()
-                            .ok_or("setup wrote no secrets file")?;
-                        expect(
-                            mode_of(file) == 0o600,
-                            "the app secrets file is not mode 0600",
-                        )
-                    },
-                )
-                .await;
-        }
+impl<T: Task> Ctx<'_, T> {
+    /// Runs the task on `args` as process mode would.
+    async fn attempt(&self, args: T::Args, input: Input) -> Result<()> {
+        perform::<T>(self.target, self.task_settings, args, input, &self.quiet)
+            .await
+            .map(drop)
     }
 
-    suite
-        .case("setup run again changes nothing", async {
-            let r = setup::run(target, migrations).await.map_err(show)?;
-            expect(r.unchanged(), "the second setup changed something")
-        })
-        .await;
-
-    suite
-        .case("sample request 1 succeeds", async {
-            attempt(T::sample(1, &run), Input::None)
-                .await
-                .map(drop)
-                .map_err(show)
-        })
-        .await;
-
-    match T::on_repeat() {
-        Repeat::Conflict => {
-            suite
-                .case(
-                    "repeating sample request 1 is refused as a conflict and writes nothing",
-                    async {
-                        refused(
-                            target,
-                            ErrorKind::Conflict,
-                            attempt(T::sample(1, &run), Input::None),
-                        )
-                        .await
-                    },
-                )
-                .await
-        }
-        Repeat::Succeeds => {
-            suite
-                .case("repeating sample request 1 succeeds", async {
-                    attempt(T::sample(1, &run), Input::None)
-                        .await
-                        .map(drop)
-                        .map_err(show)
-                })
-                .await
-        }
+    /// Runs sample request `n`.
+    async fn sample(&self, n: u64) -> Result<()> {
+        self.attempt(T::sample(n, &self.run), Input::None).await
     }
+}
 
-    suite
-        .case(
+/// What a check found: nothing wrong, or what was.
+type Outcome = std::result::Result<(), String>;
+
+/// A running check.
+type Checking<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
+
+/// Where a generic check applies: each kind of database promises something of its own (a
+/// private file; roles with the least rights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    Every,
+    Embedded,
+    Server,
+}
+
+/// A generic check: its name as the report shows it, where it applies, and the small function
+/// that runs it.
+struct Check<T: Task> {
+    name: &'static str,
+    on: On,
+    run: for<'a> fn(&'a Ctx<'a, T>) -> Checking<'a>,
+}
+
+impl<T: Task> Check<T> {
+    const fn new(
+        name: &'static str,
+        on: On,
+        run: for<'a> fn(&'a Ctx<'a, T>) -> Checking<'a>,
+    ) -> Check<T> {
+        Check { name, on, run }
+    }
+}
+
+/// The generic checks that run before the task's own cases, in order.
+fn checks_before<T: Task>() -> Vec<Check<T>> {
+    let repeat = match T::on_repeat() {
+        Repeat::Conflict => Check::new(
+            "repeating sample request 1 is refused as a conflict and writes nothing",
+            On::Every,
+            repeat_is_a_conflict,
+        ),
+        Repeat::Succeeds => Check::new("repeating sample request 1 succeeds", On::Every, |c| {
+            Box::pin(async { c.sample(1).await.map_err(show) })
+        }),
+    };
+    vec![
+        Check::new(
+            "setup creates the database, private to its owner",
+            On::Embedded,
+            setup_creates_a_private_file,
+        ),
+        Check::new(
+            "setup creates the database and its roles, and keeps their passwords private",
+            On::Server,
+            setup_creates_the_roles,
+        ),
+        Check::new(
+            "setup run again changes nothing",
+            On::Every,
+            setup_again_changes_nothing,
+        ),
+        Check::new("sample request 1 succeeds", On::Every, |c| {
+            Box::pin(async { c.sample(1).await.map_err(show) })
+        }),
+        repeat,
+        Check::new(
             "an invalid request is refused as invalid input and writes nothing",
-            async {
-                refused(
-                    target,
-                    ErrorKind::InvalidInput,
-                    attempt(T::invalid_sample(), Input::None),
-                )
-                .await
-            },
-        )
-        .await;
+            On::Every,
+            invalid_is_refused,
+        ),
+        Check::new(
+            "the app role can neither create nor drop a table",
+            On::Server,
+            app_role_cannot_change_the_schema,
+        ),
+        Check::new(
+            "the backup role can read the tables but not change them",
+            On::Server,
+            backup_role_only_reads,
+        ),
+    ]
+}
 
-    if let Location::Server(server) = &target.location {
-        suite
-            .case("the app role can neither create nor drop a table", async {
-                let mut app = db::connect(target).await.map_err(show)?;
-                let table = first_table(&mut app).await?;
-                denied(&mut app, "CREATE TABLE commondb_self_test (id INT)".into()).await?;
-                denied(&mut app, format!("DROP TABLE {table}")).await?;
-                app.close().await.map_err(show)
-            })
-            .await;
-        suite
-            .case(
-                "the backup role can read the tables but not change them",
-                async {
-                    let options = server::app_options(target, server, true).map_err(show)?;
-                    let mut backup = options.connect(&target.settings).await.map_err(show)?;
-                    let table = first_table(&mut backup).await?;
-                    denied(&mut backup, format!("DELETE FROM {table}")).await?;
-                    backup.close().await.map_err(show)
-                },
-            )
-            .await;
+/// The generic checks that run after the task's own cases, in order.
+fn checks_after<T: Task>() -> Vec<Check<T>> {
+    vec![
+        Check::new(
+            "a restore puts back every row and column of a backup, and later requests succeed",
+            On::Every,
+            restore_round_trip,
+        ),
+        Check::new(
+            "a damaged or truncated backup is refused and the data is left as it was",
+            On::Every,
+            damaged_backup_is_refused,
+        ),
+        Check::new(
+            "retention keeps the newest backups and removes the older ones",
+            On::Every,
+            retention_keeps_the_newest,
+        ),
+        Check::new(
+            "--serve answers sample requests over the line protocol and HTTP, then stops",
+            On::Every,
+            serve_answers,
+        ),
+        Check::new(
+            "cleanup removes the database and leaves nothing behind",
+            On::Embedded,
+            cleanup_removes_the_file,
+        ),
+        Check::new(
+            "cleanup drops the database and its roles and leaves nothing behind",
+            On::Server,
+            cleanup_drops_everything,
+        ),
+    ]
+}
+
+/// The generic checks around the task's own cases.
+async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &T::Settings) {
+    let ctx = Ctx::<T> {
+        target,
+        task_settings,
+        run: run_id(),
+        quiet: Output::silent(T::NAME),
+        taken: RefCell::new(None),
+    };
+    let here = if target.location.is_embedded() {
+        On::Embedded
+    } else {
+        On::Server
+    };
+    let applies = |c: &Check<T>| c.on == On::Every || c.on == here;
+    for check in checks_before::<T>().iter().filter(|c| applies(c)) {
+        suite.case(check.name, (check.run)(&ctx)).await;
     }
+    for case in T::cases() {
+        task_case(suite, &ctx, case).await;
+    }
+    for check in checks_after::<T>().iter().filter(|c| applies(c)) {
+        suite.case(check.name, (check.run)(&ctx)).await;
+    }
+}
 
-    for Case {
+/// One of the task's own cases: its request, the outcome it expects, the count it checks.
+async fn task_case<T: Task>(suite: &mut Suite, ctx: &Ctx<'_, T>, case: Case<T::Args>) {
+    let Case {
         name,
         args,
         input,
         expect: expected,
         count,
-    } in T::cases()
-    {
-        let input = input.map_or(Input::None, |t| Input::Text(t.to_string()));
-        suite
-            .case(name, async {
-                match expected {
-                    Some(kind) => refused(target, kind, attempt(args, input)).await?,
-                    None => attempt(args, input).await.map(drop).map_err(show)?,
+    } = case;
+    let input = input.map_or(Input::None, |t| Input::Text(t.to_string()));
+    let target = ctx.target;
+    suite
+        .case(name, async {
+            match expected {
+                Some(kind) => refused(target, kind, ctx.attempt(args, input)).await?,
+                None => ctx.attempt(args, input).await.map_err(show)?,
+            }
+            if let Some((sql, n)) = count {
+                let got = async {
+                    let mut conn = db::connect(target).await?;
+                    let n = conn.count(sql).await;
+                    conn.close().await?;
+                    n
                 }
-                if let Some((sql, n)) = count {
-                    let got = async {
-                        let mut conn = db::connect(target).await?;
-                        let n = conn.count(sql).await;
-                        conn.close().await?;
-                        n
-                    }
-                    .await
-                    .map_err(show)?;
-                    expect(got == n, &format!("{sql} returned {got}, expected {n}"))?;
-                }
-                Ok(())
-            })
-            .await;
-    }
+                .await
+                .map_err(show)?;
+                expect(got == n, &format!("{sql} returned {got}, expected {n}"))?;
+            }
+            Ok(())
+        })
+        .await;
+}
 
-    backup_cases::<T>(suite, target, task_settings, &run).await;
-    serve_case::<T>(suite, target, &run).await;
+fn setup_creates_a_private_file<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let r = setup::run(c.target, T::MIGRATIONS).await.map_err(show)?;
+        expect(r.created, "setup did not report creating the database")?;
+        expect(!r.applied.is_empty(), "setup applied no migration")?;
+        let path = c
+            .target
+            .location
+            .file()
+            .ok_or("the database is not a file")?;
+        expect(mode_of(path) == 0o600, "the database file is not mode 0600")?;
+        let dir = path.parent().unwrap_or(path);
+        expect(mode_of(dir) == 0o700, "the data directory is not mode 0700")
+    })
+}
 
-    match &target.location {
-        Location::Sqlite(path) => {
-            suite
-                .case(
-                    "cleanup removes the database and leaves nothing behind",
-                    async {
-                        let r = cleanup::run(target).await.map_err(show)?;
-                        expect(!r.removed.is_empty(), "cleanup removed nothing")?;
-                        let dir = path.parent().unwrap_or(path);
-                        let left: Vec<_> = std::fs::read_dir(dir)
-                            .map_err(|e| e.to_string())?
-                            .filter_map(|e| e.ok().map(|e| e.file_name()))
-                            .collect();
-                        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))
-                    },
-                )
-                .await;
+fn setup_creates_the_roles<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let r = setup::run(c.target, T::MIGRATIONS).await.map_err(show)?;
+        expect(r.created, "setup did not report creating the database")?;
+        expect(!r.applied.is_empty(), "setup applied no migration")?;
+        expect(
+            r.roles.len() == 2 && r.roles.iter().all(|r| r.created),
+            "setup did not create both roles",
+        )?;
+        let file = r
+            .secrets_file
+            .as_deref()
+            .ok_or("setup wrote no secrets file")?;
+        expect(
+            mode_of(file) == 0o600,
+            "the app secrets file is not mode 0600",
+        )
+    })
+}
+
+fn setup_again_changes_nothing<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let r = setup::run(c.target, T::MIGRATIONS).await.map_err(show)?;
+        expect(r.unchanged(), "the second setup changed something")
+    })
+}
+
+fn repeat_is_a_conflict<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(refused(c.target, ErrorKind::Conflict, c.sample(1)))
+}
+
+fn invalid_is_refused<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(refused(
+        c.target,
+        ErrorKind::InvalidInput,
+        c.attempt(T::invalid_sample(), Input::None),
+    ))
+}
+
+fn app_role_cannot_change_the_schema<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let mut app = db::connect(c.target).await.map_err(show)?;
+        let table = first_table(&mut app).await?;
+        denied(&mut app, "CREATE TABLE commondb_self_test (id INT)".into()).await?;
+        denied(&mut app, format!("DROP TABLE {table}")).await?;
+        app.close().await.map_err(show)
+    })
+}
+
+fn backup_role_only_reads<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let mut backup = c
+            .target
+            .location
+            .connect_reader(c.target)
+            .await
+            .map_err(show)?;
+        let table = first_table(&mut backup).await?;
+        denied(&mut backup, format!("DELETE FROM {table}")).await?;
+        backup.close().await.map_err(show)
+    })
+}
+
+fn restore_round_trip<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let target = c.target;
+        let before = backup::backup::<T>(target, file::Kind::Backup)
+            .await
+            .map_err(show)?;
+        expect(before.rows > 0, "the backup holds no rows")?;
+        c.sample(2).await.map_err(show)?;
+        let header = backup::verify::<T>(&before.file, target.backend()).map_err(show)?;
+        let restored = backup::restore::<T>(target, &before.file, &header)
+            .await
+            .map_err(show)?;
+        expect(
+            restored.rows == before.rows,
+            "the restore put back another number of rows",
+        )?;
+        let after = backup::backup::<T>(target, file::Kind::Backup)
+            .await
+            .map_err(show)?;
+        let (a, b) = (file::rows(&before.file), file::rows(&after.file));
+        expect(
+            a.map_err(show)? == b.map_err(show)?,
+            "the restored rows differ from the backup's",
+        )?;
+        c.sample(2).await.map_err(show)?;
+        *c.taken.borrow_mut() = Some((before.file, header));
+        Ok(())
+    })
+}
+
+fn damaged_backup_is_refused<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let target = c.target;
+        let (good, header) = c.taken.borrow().clone().ok_or("no backup to damage")?;
+        let bytes = std::fs::read(&good).map_err(|e| e.to_string())?;
+        let damaged = target.settings.backup_dir().join("damaged");
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x01;
+        for (what, content) in [
+            ("flipped byte", flipped),
+            ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ] {
+            std::fs::write(&damaged, content).map_err(|e| e.to_string())?;
+            let label = |e: String| format!("a backup with a {what}: {e}");
+            let verified = async { backup::verify::<T>(&damaged, target.backend()) };
+            refused(target, ErrorKind::InvalidInput, verified)
+                .await
+                .map_err(label)?;
+            // Without that verification first, the restore itself refuses the file as it
+            // opens it, and changes nothing.
+            let restored = backup::restore::<T>(target, &damaged, &header);
+            refused(target, ErrorKind::InvalidInput, restored)
+                .await
+                .map_err(label)?;
         }
-        Location::Server(server) => {
-            suite
-                .case(
-                    "cleanup drops the database and its roles and leaves nothing behind",
-                    async {
-                        let r = cleanup::run(target).await.map_err(show)?;
-                        expect(
-                            r.dropped.len() == 3,
-                            &format!("cleanup dropped {:?}", r.dropped),
-                        )?;
-                        let left = server::leftovers(target, server).await.map_err(show)?;
-                        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))?;
-                        let file = secrets::app_file(&target.settings, target.exe);
-                        expect(!file.exists(), "cleanup left the app secrets file behind")
-                    },
-                )
-                .await;
-        }
-    }
+        std::fs::remove_file(&damaged).map_err(|e| e.to_string())
+    })
+}
+
+fn retention_keeps_the_newest<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let target = c.target;
+        let dir = target.settings.backup_dir();
+        let newest = backup::backup::<T>(target, file::Kind::Backup)
+            .await
+            .map_err(show)?;
+        let removed = backup::retention(target, T::NAME, file::Kind::Backup, 1);
+        expect(!removed.is_empty(), "retention removed nothing")?;
+        let left = file::list(&dir, &backup::series(T::NAME, &target.location)).map_err(show)?;
+        let regular: Vec<_> = left
+            .iter()
+            .filter(|e| e.kind == file::Kind::Backup)
+            .collect();
+        expect(
+            regular.len() == 1 && regular[0].path == newest.file,
+            "retention did not keep exactly the newest backup",
+        )?;
+        expect(
+            left.iter().any(|e| e.kind == file::Kind::Safety),
+            "retention of backups removed the safety backups",
+        )
+    })
 }
 
 /// `--serve` on ephemeral loopback ports: a sample request over the line protocol (as JSON,
 /// the form every task's arguments serialize to) and one over HTTP, then a graceful stop.
-async fn serve_case<T: Task>(suite: &mut Suite, target: &Target, run: &str) {
+fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    suite
-        .case(
-            "--serve answers sample requests over the line protocol and HTTP, then stops",
+    let (target, run) = (c.target, c.run.as_str());
+    Box::pin(async {
+        let fresh = Target::resolve(&target.settings, T::NAME).map_err(show)?;
+        let task_settings = target
+            .settings
+            .task_settings::<T::Settings>()
+            .map_err(show)?;
+        let specs = ["tcp://127.0.0.1:0".to_string(), "http://127.0.0.1:0".into()];
+        let quiet = Output::silent(T::NAME);
+        let server = serve::Server::<T>::start(fresh, task_settings, &specs, &quiet)
+            .await
+            .map_err(show)?;
+        let [line_addr, http_addr] = &server.addresses()[..] else {
+            return Err("the server did not bind two listeners".into());
+        };
+        let line_addr = line_addr.trim_start_matches("tcp://").to_string();
+        let http_addr = http_addr.trim_start_matches("http://").to_string();
+        let body = |n| serde_json::to_string(&T::sample(n, run)).map_err(|e| e.to_string());
+        let (line_request, http_request) = (body(9001)?, body(9002)?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = async move {
+            let io = |e: std::io::Error| e.to_string();
+            let stream = tokio::net::TcpStream::connect(&line_addr)
+                .await
+                .map_err(io)?;
+            let (reader, mut writer) = stream.into_split();
+            writer
+                .write_all(format!("{line_request}\n").as_bytes())
+                .await
+                .map_err(io)?;
+            let mut answer = String::new();
+            tokio::io::BufReader::new(reader)
+                .read_line(&mut answer)
+                .await
+                .map_err(io)?;
+            expect(
+                answer.starts_with("{\"ok\":true"),
+                &format!("the line protocol answered {answer:?}"),
+            )?;
+            let mut stream = tokio::net::TcpStream::connect(&http_addr)
+                .await
+                .map_err(io)?;
+            let request = format!(
+                "POST /{} HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{http_request}",
+                T::VERB,
+                http_request.len()
+            );
+            stream.write_all(request.as_bytes()).await.map_err(io)?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.map_err(io)?;
+            let status = response.split(' ').nth(1).unwrap_or("");
+            expect(
+                status == "200" || status == "201",
+                &format!("HTTP answered {:?}", response.lines().next()),
+            )
+        };
+        let (checked, ()) = tokio::join!(
             async {
-                let fresh = Target::resolve(&target.settings, T::NAME).map_err(show)?;
-                let task_settings = target.settings.task_settings::<T::Settings>().map_err(show)?;
-                let specs = ["tcp://127.0.0.1:0".to_string(), "http://127.0.0.1:0".into()];
-                let quiet = Output::silent(T::NAME);
-                let server = serve::Server::<T>::start(fresh, task_settings, &specs, &quiet)
-                    .await
-                    .map_err(show)?;
-                let [line_addr, http_addr] = &server.addresses()[..] else {
-                    return Err("the server did not bind two listeners".into());
-                };
-                let line_addr = line_addr.trim_start_matches("tcp://").to_string();
-                let http_addr = http_addr.trim_start_matches("http://").to_string();
-                let body = |n| {
-                    serde_json::to_string(&T::sample(n, run)).map_err(|e| e.to_string())
-                };
-                let (line_request, http_request) = (body(9001)?, body(9002)?);
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let client = async move {
-                    let io = |e: std::io::Error| e.to_string();
-                    let stream = tokio::net::TcpStream::connect(&line_addr).await.map_err(io)?;
-                    let (reader, mut writer) = stream.into_split();
-                    writer
-                        .write_all(format!("{line_request}\n").as_bytes())
-                        .await
-                        .map_err(io)?;
-                    let mut answer = String::new();
-                    tokio::io::BufReader::new(reader)
-                        .read_line(&mut answer)
-                        .await
-                        .map_err(io)?;
-                    expect(
-                        answer.starts_with("{\"ok\":true"),
-                        &format!("the line protocol answered {answer:?}"),
-                    )?;
-                    let mut stream = tokio::net::TcpStream::connect(&http_addr).await.map_err(io)?;
-                    let request = format!(
-                        "POST /{} HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{http_request}",
-                        T::VERB,
-                        http_request.len()
-                    );
-                    stream.write_all(request.as_bytes()).await.map_err(io)?;
-                    let mut response = String::new();
-                    stream.read_to_string(&mut response).await.map_err(io)?;
-                    let status = response.split(' ').nth(1).unwrap_or("");
-                    expect(
-                        status == "200" || status == "201",
-                        &format!("HTTP answered {:?}", response.lines().next()),
-                    )
-                };
-                let (checked, ()) = tokio::join!(
-                    async {
-                        let checked = client.await;
-                        let _ = stop.send(());
-                        checked
-                    },
-                    server.run(async {
-                        let _ = stopped.await;
-                    })
-                );
+                let checked = client.await;
+                let _ = stop.send(());
                 checked
             },
-        )
-        .await;
+            server.run(async {
+                let _ = stopped.await;
+            })
+        );
+        checked
+    })
 }
 
-/// Backup and restore: a round trip, a damaged file, retention.
-async fn backup_cases<T: Task>(
-    suite: &mut Suite,
-    target: &Target,
-    task_settings: &T::Settings,
-    run: &str,
-) {
-    let quiet = Output::silent(T::NAME);
-    let attempt = |n| {
-        perform::<T>(
-            target,
-            task_settings,
-            T::sample(n, run),
-            Input::None,
-            &quiet,
-        )
-    };
-    let backend = target.backend();
-    let mut taken = None;
-    suite
-        .case(
-            "a restore puts back every row and column of a backup, and later requests succeed",
-            async {
-                let before = backup::backup::<T>(target, file::Kind::Backup)
-                    .await
-                    .map_err(show)?;
-                expect(before.rows > 0, "the backup holds no rows")?;
-                attempt(2).await.map_err(show)?;
-                let header = backup::verify::<T>(&before.file, backend).map_err(show)?;
-                let restored = backup::restore::<T>(target, &before.file, &header)
-                    .await
-                    .map_err(show)?;
-                expect(
-                    restored.rows == before.rows,
-                    "the restore put back another number of rows",
-                )?;
-                let after = backup::backup::<T>(target, file::Kind::Backup)
-                    .await
-                    .map_err(show)?;
-                let (a, b) = (file::rows(&before.file), file::rows(&after.file));
-                expect(
-                    a.map_err(show)? == b.map_err(show)?,
-                    "the restored rows differ from the backup's",
-                )?;
-                attempt(2).await.map_err(show)?;
-                taken = Some((before.file, header));
-                Ok(())
-            },
-        )
-        .await;
-    suite
-        .case(
-            "a damaged or truncated backup is refused and the data is left as it was",
-            async {
-                let (good, header) = taken.as_ref().ok_or("no backup to damage")?;
-                let bytes = std::fs::read(good).map_err(|e| e.to_string())?;
-                let dir = target.settings.backup_dir();
-                let damaged = dir.join("damaged");
-                let mut flipped = bytes.clone();
-                flipped[bytes.len() / 2] ^= 0x01;
-                for (what, content) in [
-                    ("flipped byte", flipped),
-                    ("truncated", bytes[..bytes.len() / 2].to_vec()),
-                ] {
-                    std::fs::write(&damaged, content).map_err(|e| e.to_string())?;
-                    let label = |e: String| format!("a backup with a {what}: {e}");
-                    let verified = async { backup::verify::<T>(&damaged, backend) };
-                    refused(target, ErrorKind::InvalidInput, verified)
-                        .await
-                        .map_err(label)?;
-                    // Without that verification first, the restore itself refuses the file as
-                    // it opens it, and changes nothing.
-                    let restored = backup::restore::<T>(target, &damaged, header);
-                    refused(target, ErrorKind::InvalidInput, restored)
-                        .await
-                        .map_err(label)?;
-                }
-                std::fs::remove_file(&damaged).map_err(|e| e.to_string())
-            },
-        )
-        .await;
-    suite
-        .case(
-            "retention keeps the newest backups and removes the older ones",
-            async {
-                let dir = target.settings.backup_dir();
-                let newest = backup::backup::<T>(target, file::Kind::Backup)
-                    .await
-                    .map_err(show)?;
-                let removed = backup::retention(target, T::NAME, file::Kind::Backup, 1);
-                expect(!removed.is_empty(), "retention removed nothing")?;
-                let left =
-                    file::list(&dir, &backup::series(T::NAME, &target.location)).map_err(show)?;
-                let regular: Vec<_> = left
-                    .iter()
-                    .filter(|e| e.kind == file::Kind::Backup)
-                    .collect();
-                expect(
-                    regular.len() == 1 && regular[0].path == newest.file,
-                    "retention did not keep exactly the newest backup",
-                )?;
-                expect(
-                    left.iter().any(|e| e.kind == file::Kind::Safety),
-                    "retention of backups removed the safety backups",
-                )
-            },
-        )
-        .await;
+fn cleanup_removes_the_file<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let r = cleanup::run(c.target).await.map_err(show)?;
+        expect(!r.removed.is_empty(), "cleanup removed nothing")?;
+        let path = c
+            .target
+            .location
+            .file()
+            .ok_or("the database is not a file")?;
+        let dir = path.parent().unwrap_or(path);
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))
+    })
+}
+
+fn cleanup_drops_everything<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let target = c.target;
+        let r = cleanup::run(target).await.map_err(show)?;
+        expect(
+            r.dropped.len() == 3,
+            &format!("cleanup dropped {:?}", r.dropped),
+        )?;
+        let left = target.location.leftovers(target).await.map_err(show)?;
+        expect(left.is_empty(), &format!("cleanup left {left:?} behind"))?;
+        let file = secrets::app_file(&target.settings, target.exe);
+        expect(!file.exists(), "cleanup left the app secrets file behind")
+    })
 }
 
 /// The quoted name of the first of the task's tables.

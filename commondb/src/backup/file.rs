@@ -651,7 +651,7 @@ fn check_tables(header: &Header, path: &Path) -> Result<()> {
     };
     let named = |name: &str| format!("\"{}\"", name.escape_default());
     for (i, table) in header.tables.iter().enumerate() {
-        if crate::db::schema::quote_identifier(&table.name).is_err() {
+        if crate::db::backend::check_identifier(&table.name).is_err() {
             return Err(refuse(format!(
                 "table {}, which is not a valid SQL identifier",
                 named(&table.name)
@@ -664,7 +664,7 @@ fn check_tables(header: &Header, path: &Path) -> Result<()> {
             return Err(refuse(format!("table {} without columns", table.name)));
         }
         for (j, column) in table.columns.iter().enumerate() {
-            if crate::db::schema::quote_identifier(column).is_err() {
+            if crate::db::backend::check_identifier(column).is_err() {
                 return Err(refuse(format!(
                     "column {}.{}, which is not a valid SQL identifier",
                     table.name,

@@ -8,12 +8,15 @@
 //! A restore first checks the file ([`verify`]: its format, its checksum over the compressed
 //! bytes, executable, schema version) and that its tables and columns fit the schema, then
 //! takes a safety backup of the data it is about to replace, then replaces every task table's
-//! rows in one transaction ([`crate::db::dump::restore`]), which commits only once the reader
+//! rows in one transaction ([`load::restore`]), which commits only once the reader
 //! found the content's structure, row counts and checksum right. Until that transaction
 //! commits, the database is as it was; a kill at any point leaves it so. A restore refused
 //! after the safety backup was taken removes it again.
 
+mod dump;
+mod field;
 pub mod file;
+mod load;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,13 +25,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::Backend;
-use crate::db::dump::{self, Restored, Snapshot};
 use crate::db::schema::{self, SchemaState};
-use crate::db::sqlite::DirLock;
-use crate::db::{self, Conn, Location, Migrations, Target, server};
+use crate::db::{Conn, Location, Migrations, Target};
 use crate::error::{Error, Result};
 use crate::task::Task;
+use dump::Snapshot;
 use file::{Header, Kind, Reader, TableInfo, Writer};
+use load::Restored;
 
 /// What a backup wrote, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -157,21 +160,7 @@ fn keep(target: &Target) -> Result<usize> {
 /// Opens the database for reading a backup: as the backup role on a server. A database that
 /// does not exist or was never set up has nothing to back up.
 async fn connect_reader(target: &Target, migrations: &Migrations) -> Result<Conn> {
-    let mut conn = match &target.location {
-        Location::Sqlite(path) if !path.exists() => {
-            return Err(Error::config(format!(
-                "database {} does not exist: there is nothing to back up",
-                path.display()
-            ))
-            .hint("run --self-setup (or the task) first, or check database_url"));
-        }
-        Location::Sqlite(_) => db::connect(target).await?,
-        Location::Server(s) => {
-            server::app_options(target, s, true)?
-                .connect(&target.settings)
-                .await?
-        }
-    };
+    let mut conn = target.location.connect_reader(target).await?;
     if schema::check(&mut conn, migrations).await? == SchemaState::Missing {
         let _ = conn.close().await;
         return Err(Error::config(format!(
@@ -340,7 +329,7 @@ pub(crate) async fn restore<T: Task>(
 ) -> Result<RestoreReport> {
     let replace = async |conn: &mut Conn| -> Result<(Vec<Restored>, PathBuf)> {
         let targets = dump::tables(conn).await?;
-        dump::check_fits(&header.tables, &targets)?;
+        load::check_fits(&header.tables, &targets)?;
         // Opened before any retention runs: an open file survives its own removal.
         let mut reader = Reader::open(path)?;
         let safety = async || backup_unpruned::<T>(target, Kind::Safety).await;
@@ -348,26 +337,13 @@ pub(crate) async fn restore<T: Task>(
             let _ = std::fs::remove_file(&safety.file);
         };
         let (restored, safety) =
-            dump::restore(conn, &mut reader, &targets, safety, unneeded).await?;
+            load::restore(conn, &mut reader, &targets, safety, unneeded).await?;
         Ok((restored, safety.file))
     };
-    let (tables, safety_backup) = match &target.location {
-        Location::Sqlite(path) => {
-            // First use sets the embedded database up, as the task mode would (under the
-            // directory lock, so it is taken only after).
-            let (mut conn, _) = db::open(target, T::MIGRATIONS).await?;
-            let _lock = DirLock::of_database(path, &target.settings).await?;
-            let result = replace(&mut conn).await;
-            conn.close_after(result).await?
-        }
-        Location::Server(s) => {
-            server::as_admin_on_database(target, s, async |conn: &mut Conn| {
-                schema::require_current(conn, T::MIGRATIONS, &target.location).await?;
-                replace(conn).await
-            })
-            .await?
-        }
-    };
+    let (tables, safety_backup) = target
+        .location
+        .as_owner(target, T::MIGRATIONS, replace)
+        .await?;
     // Only now, with the restore committed, may older safety backups go.
     retention(target, T::NAME, Kind::Safety, keep(target)?);
     Ok(RestoreReport {
@@ -385,6 +361,7 @@ pub(crate) async fn restore<T: Task>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db;
     use crate::error::ErrorKind;
     use crate::testing::{self, Notes, NotesV2};
 

@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::sqlite::{self, DirLock};
-use super::{Backend, Location, Target, server};
+use super::backend::options::admin_options;
+use super::backend::sqlite::{self, DirLock};
+use super::backend::{Conn, MARKER_TABLE, ServerDialect, ServerOptions};
+use super::roles::{Names, as_admin};
+use super::schema;
+use super::{Backend, Target};
 use crate::error::{Error, Result};
-use crate::secrets;
+use crate::interrupt;
+use crate::secrets::{self, AppSecrets};
 
 /// What cleanup removed, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -23,18 +28,14 @@ pub struct CleanupReport {
     pub dropped: Vec<String>,
     /// On a server: what was left because setup did not create it.
     pub kept: Vec<String>,
+    /// Whether the database itself is gone (its file, or the database on the server).
+    #[serde(skip)]
+    pub(crate) database_removed: bool,
 }
 
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database_removed = match self.backend {
-            Backend::Sqlite => !self.removed.is_empty(),
-            _ => self
-                .dropped
-                .iter()
-                .any(|item| item.starts_with("database ")),
-        };
-        if database_removed {
+        if self.database_removed {
             write!(f, "removed the database {}", self.database)?;
         } else if !self.dropped.is_empty() || !self.removed.is_empty() {
             write!(f, "cleaned up {}; the database stays", self.database)?;
@@ -59,55 +60,57 @@ impl fmt::Display for CleanupReport {
 /// What cleanup would remove, for the confirmation prompt; on SQLite, checked to be a database.
 /// Empty when there is nothing to remove.
 pub(crate) fn plan(target: &Target) -> Result<Vec<String>> {
-    match &target.location {
-        Location::Sqlite(path) => {
-            if path.exists() && !sqlite::is_database_file(path)? {
-                return Err(Error::config(format!(
-                    "{} is not a SQLite database, so cleanup will not remove it",
-                    path.display()
-                ))
-                .hint("check database_url: it must name the executable's own database file"));
-            }
-            Ok(sqlite::existing_files(path)
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect())
-        }
-        Location::Server(s) => {
-            let names = server::Names::new(s, &target.settings)?;
-            Ok(vec![
-                format!(
-                    "database {} on {} (if setup created it)",
-                    names.database,
-                    s.endpoint()
-                ),
-                format!(
-                    "roles {} and {} (those setup created)",
-                    names.app, names.backup
-                ),
-                format!(
-                    "{} (the roles' credentials)",
-                    secrets::app_file(&target.settings, target.exe).display()
-                ),
-            ])
-        }
+    target.location.cleanup_plan(target)
+}
+
+/// What cleanup would remove from SQLite: the database file, checked to be one, and its side
+/// files.
+pub(crate) fn sqlite_plan(path: &Path) -> Result<Vec<String>> {
+    if path.exists() && !sqlite::is_database_file(path)? {
+        return Err(Error::config(format!(
+            "{} is not a SQLite database, so cleanup will not remove it",
+            path.display()
+        ))
+        .hint("check database_url: it must name the executable's own database file"));
     }
+    Ok(sqlite::existing_files(path)
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect())
+}
+
+/// What cleanup would drop on a server.
+pub(crate) fn server_plan(target: &Target, s: &ServerOptions) -> Result<Vec<String>> {
+    let names = Names::new(s, &target.settings)?;
+    Ok(vec![
+        format!(
+            "database {} on {} (if setup created it)",
+            names.database,
+            s.endpoint()
+        ),
+        format!(
+            "roles {} and {} (those setup created)",
+            names.app, names.backup
+        ),
+        format!(
+            "{} (the roles' credentials)",
+            secrets::app_file(&target.settings, target.exe).display()
+        ),
+    ])
 }
 
 /// Removes the database and what setup created with it.
 pub(crate) async fn run(target: &Target) -> Result<CleanupReport> {
-    match &target.location {
-        Location::Sqlite(path) => cleanup_sqlite(target, path).await,
-        Location::Server(s) => server::cleanup(target, s).await,
-    }
+    target.location.cleanup(target).await
 }
 
-async fn cleanup_sqlite(target: &Target, path: &Path) -> Result<CleanupReport> {
+/// `--self-cleanup` on SQLite.
+pub(crate) async fn sqlite(target: &Target, path: &Path) -> Result<CleanupReport> {
     let mut removed = Vec::new();
     if sqlite::dir_of(path).is_dir() {
         // Under the setup lock, so that a concurrent setup never sees half a database.
         let _lock = DirLock::of_database(path, &target.settings).await?;
-        plan(target)?;
+        sqlite_plan(path)?;
         for file in sqlite::existing_files(path) {
             match std::fs::remove_file(&file) {
                 Ok(()) => removed.push(file),
@@ -125,8 +128,169 @@ async fn cleanup_sqlite(target: &Target, path: &Path) -> Result<CleanupReport> {
     Ok(CleanupReport {
         backend: Backend::Sqlite,
         database: target.location.to_string(),
+        database_removed: !removed.is_empty(),
         removed,
         dropped: Vec::new(),
         kept: Vec::new(),
     })
+}
+
+/// `--self-cleanup` on a server: drops what setup recorded as created, and nothing else.
+pub(crate) async fn server(target: &Target, server: &ServerOptions) -> Result<CleanupReport> {
+    let names = Names::new(server, &target.settings)?;
+    let secrets_file = secrets::app_file(&target.settings, target.exe);
+    let display = server.display();
+    let known = secrets::load::<AppSecrets>(&secrets_file)?
+        .filter(|k| k.database.as_deref() == Some(&display))
+        .unwrap_or_default();
+    let mut report = as_admin(target, server, async |admin, admin_options| {
+        cleanup_locked(target, server, &names, &known, admin, admin_options).await
+    })
+    .await?;
+    // The app's credentials for this database are of no use once its roles are gone.
+    interrupt::check()?;
+    if known.database.is_some() && std::fs::remove_file(&secrets_file).is_ok() {
+        report.removed.push(secrets_file);
+    }
+    Ok(report)
+}
+
+/// Drops the roles first and the database last: while the database stands, its
+/// `_commondb_setup` table still says which roles are ours, so a cleanup killed at any point is
+/// finished by the next one.
+async fn cleanup_locked(
+    target: &Target,
+    server: &ServerOptions,
+    names: &Names,
+    journal: &AppSecrets,
+    admin: &mut Conn,
+    admin_options: &ServerOptions,
+) -> Result<CleanupReport> {
+    let d = server.dialect();
+    let mut report = CleanupReport {
+        backend: server.backend(),
+        database: server.display(),
+        removed: Vec::new(),
+        dropped: Vec::new(),
+        kept: Vec::new(),
+        database_removed: false,
+    };
+    let db_exists = admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        > 0;
+    let items = [
+        "database".to_string(),
+        format!("role:{}", names.app),
+        format!("role:{}", names.backup),
+    ];
+    let mut db = None;
+    // What _commondb_setup records as created.
+    let mut recorded = Vec::new();
+    if db_exists {
+        let mut conn = admin_options
+            .with_database(&names.database)
+            .connect(&target.settings)
+            .await?;
+        if schema::table_exists(&mut conn, MARKER_TABLE).await? {
+            for item in &items {
+                if conn.marker(item).await? == Some(true) {
+                    recorded.push(item.as_str());
+                }
+            }
+        } else if !journal.is_pending("database") {
+            let _ = conn.close().await;
+            return Err(Error::config(format!(
+                "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
+                names.database
+            ))
+            .hint("check database_url; cleanup drops only what --self-setup created"));
+        }
+        db = Some(conn);
+    }
+    // Ours: recorded as created in the database, or on the journal of an interrupted setup.
+    let ours = |item: &str| journal.is_pending(item) || recorded.contains(&item);
+    let database_ours = db_exists && ours("database");
+    for role in [&names.app, &names.backup] {
+        interrupt::check()?;
+        let item = format!("role:{role}");
+        if !ours(&item) {
+            report
+                .kept
+                .push(format!("role {role} (setup did not create it)"));
+            continue;
+        }
+        if admin.count_named(d.role_exists(), role).await? == 0 {
+            continue;
+        }
+        if let (Some(conn), Some(revoke)) = (db.as_mut(), d.revoke_in_database(&d.quote(role))) {
+            // What the role was granted in the database must go before the role can.
+            conn.exec(revoke).await?;
+        }
+        admin.exec(d.drop_role(&d.quote(role))).await?;
+        report.dropped.push(format!("role {role}"));
+    }
+    if let Some(conn) = db {
+        conn.close().await?;
+    }
+    interrupt::check()?;
+    if database_ours {
+        drop_database(admin, d, &names.database).await?;
+        report.dropped.push(format!("database {}", names.database));
+        report.database_removed = true;
+    } else if db_exists {
+        report.kept.push(format!(
+            "database {} (setup did not create it)",
+            names.database
+        ));
+    }
+    Ok(report)
+}
+
+async fn drop_database(admin: &mut Conn, d: &dyn ServerDialect, name: &str) -> Result<()> {
+    if let Some(sessions) = d.other_sessions() {
+        for id in admin.ids_named(sessions, name).await? {
+            // A session may end by itself meanwhile; that is what we want anyway.
+            let _ = admin.exec(d.kill_session(id)).await;
+        }
+    }
+    admin.exec(d.drop_database(&d.quote(name))).await
+}
+
+/// Drops a scratch database and roles whatever their records say: the self-test made them, with
+/// names no one else uses.
+pub(crate) async fn drop_scratch(target: &Target, server: &ServerOptions) -> Result<()> {
+    let names = Names::new(server, &target.settings)?;
+    as_admin(target, server, async |admin, _| {
+        let d = server.dialect();
+        drop_database(admin, d, &names.database).await?;
+        for role in [&names.app, &names.backup] {
+            admin.exec(d.drop_role(&d.quote(role))).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Whether the database and the roles of `target` exist on the server (self-test checks).
+pub(crate) async fn leftovers(target: &Target, server: &ServerOptions) -> Result<Vec<String>> {
+    let names = Names::new(server, &target.settings)?;
+    let admin_options = admin_options(&target.settings, server)?;
+    let mut admin = admin_options.connect(&target.settings).await?;
+    let d = server.dialect();
+    let mut left = Vec::new();
+    if admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        > 0
+    {
+        left.push(format!("database {}", names.database));
+    }
+    for role in [&names.app, &names.backup] {
+        if admin.count_named(d.role_exists(), role).await? > 0 {
+            left.push(format!("role {role}"));
+        }
+    }
+    admin.close().await?;
+    Ok(left)
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 use sqlx::migrate::Migrator;
 
+use super::backend::check_identifier;
 use super::{Backend, Conn, Location, on_conn};
 use crate::error::{Error, Result};
 
@@ -33,11 +34,7 @@ pub struct Migrations {
 impl Migrations {
     /// The migrator for `backend`.
     pub(crate) fn for_backend(&self, backend: Backend) -> &Migrator {
-        match backend {
-            Backend::Sqlite => &self.sqlite,
-            Backend::Postgres => &self.postgres,
-            Backend::MySql => &self.mysql,
-        }
+        backend.pick(&self.sqlite, &self.postgres, &self.mysql)
     }
 }
 
@@ -118,37 +115,14 @@ pub(crate) fn refusal(state: SchemaState, migrator: &Migrator, location: &Locati
 pub(crate) const APPLIED_SUMMARY: &str =
     "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
 
-/// Runs [`APPLIED_SUMMARY`].
-///
-/// On a server this is sent as a simple (unprepared) query: one round trip instead of two, on
-/// the path of every task.
+/// Runs [`APPLIED_SUMMARY`] ([`Conn::applied_summary`]).
 pub(crate) async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
-    use sqlx::Row;
-    let sql = APPLIED_SUMMARY;
-    Ok(match conn {
-        Conn::Sqlite(c) => sqlx::query_as(sql).fetch_one(&mut *c).await?,
-        Conn::Postgres(c) => {
-            let row = sqlx::raw_sql(sql).fetch_one(&mut *c).await?;
-            (row.try_get(0)?, row.try_get(1)?)
-        }
-        Conn::MySql(c) => {
-            let row = sqlx::raw_sql(sql).fetch_one(&mut *c).await?;
-            (row.try_get(0)?, row.try_get(1)?)
-        }
-    })
+    conn.applied_summary().await
 }
 
 /// Whether the current database (schema, on PostgreSQL) has table `name`.
 pub(crate) async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
-    let sql = match conn {
-        Conn::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
-        Conn::Postgres(_) => {
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
-        }
-        Conn::MySql(_) => {
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
-        }
-    };
+    let sql = conn.backend().dialect().table_exists();
     Ok(conn.count_named(sql, name).await? > 0)
 }
 
@@ -232,20 +206,14 @@ pub(crate) async fn migrate(
 }
 
 /// The tables the task owns (all but the bookkeeping tables), in name order, each name checked
-/// by [`quote_identifier`]'s pattern.
+/// by [`check_identifier`].
 pub(crate) async fn task_tables(conn: &mut Conn) -> Result<Vec<String>> {
-    let list: &'static str = match conn {
-        Conn::Sqlite(_) => {
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-        }
-        Conn::Postgres(_) => super::dialect::Dialect::tables(&super::dialect::Postgres),
-        Conn::MySql(_) => super::dialect::Dialect::tables(&super::dialect::MySql),
-    };
+    let list = conn.backend().dialect().tables();
     conn.strings(list)
         .await?
         .into_iter()
         .filter(|t| !t.starts_with("_sqlx") && !t.starts_with("_commondb"))
-        .map(|t| quote_identifier(&t).map(|_| t))
+        .map(|t| check_identifier(&t).map(|_| t))
         .collect()
 }
 
@@ -256,7 +224,7 @@ pub(crate) async fn row_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
     count_rows(conn, tables).await
 }
 
-/// The row count of each of `tables` (names checked by [`quote_identifier`]).
+/// The row count of each of `tables` (names checked by [`check_identifier`]).
 pub(crate) async fn count_rows(
     conn: &mut Conn,
     tables: impl IntoIterator<Item = String>,
@@ -269,46 +237,4 @@ pub(crate) async fn count_rows(
         counts.push((table, n));
     }
     Ok(counts)
-}
-
-/// Checks an identifier against a strict pattern before it goes into SQL: ASCII letters,
-/// digits and `_`, not starting with a digit, at most 63 characters (PostgreSQL's limit).
-/// Returns it double-quoted (the callers that need backticks quote it themselves).
-pub(crate) fn quote_identifier(name: &str) -> Result<String> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err(Error::config(format!(
-            "\"{}\" is not a valid SQL identifier",
-            name.escape_default()
-        ))
-        .hint("use 1 to 63 ASCII letters, digits and _, not starting with a digit"));
-    }
-    Ok(format!("\"{name}\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_validated_before_quoting() {
-        assert_eq!(quote_identifier("users").unwrap(), "\"users\"");
-        assert_eq!(quote_identifier("_a1").unwrap(), "\"_a1\"");
-        for bad in [
-            "",
-            "1abc",
-            "a-b",
-            "a\"b",
-            "a`b",
-            "a b",
-            "x;drop table y",
-            "é",
-            &"a".repeat(64),
-        ] {
-            assert!(quote_identifier(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -1,15 +1,33 @@
-//! `--self-setup`: create what the task needs, idempotently, under a lock.
+//! `--self-setup`: create what the task needs, idempotently, under a lock: on SQLite a private
+//! file under the directory lock; on a server the database and its roles, with an
+//! administrator's rights, under the server-wide lock.
+//!
+//! How cleanup knows what setup created on a server: setup records it in the `_commondb_setup`
+//! table of the database (`database` created or found, `role:<name>` created or found).
+//! Cleanup drops a database only if it is recorded as created, a role only if recorded as
+//! created, and refuses a database without that table.
+//!
+//! How a kill at any point is survived: before a step creates the database or a role (or gives
+//! a role a password), setup writes it to its journal, the `pending` list of the app secrets
+//! file, with the password; the list is emptied once `_commondb_setup` records the step. The
+//! next setup takes what the journal names as its own and makes the server match the file;
+//! cleanup drops it too.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::backend::sqlite::{self, DirLock};
+use super::backend::{
+    Conn, MARKER_TABLE, ServerDialect, ServerOptions, check_identifier, generate_password,
+};
+use super::roles::{Names, as_admin};
 use super::schema::{self, MigrationInfo, SchemaState};
-use super::sqlite::{self, DirLock};
-use super::{Backend, Conn, Location, Migrations, Target, server};
+use super::{Backend, Migrations, Target};
 use crate::error::{Error, Result};
-use crate::secrets;
+use crate::interrupt;
+use crate::secrets::{self, AppSecrets, Credentials};
 
 /// What setup did, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -119,13 +137,11 @@ impl fmt::Display for SetupReport {
 /// roles too) and applies the pending migrations. Safe to run many times and from many
 /// processes at once.
 pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<SetupReport> {
-    match &target.location {
-        Location::Sqlite(path) => setup_sqlite(target, path, migrations).await,
-        Location::Server(s) => server::setup(target, s, migrations).await,
-    }
+    target.location.setup(target, migrations).await
 }
 
-async fn setup_sqlite(
+/// `--self-setup` on SQLite.
+pub(crate) async fn sqlite(
     target: &Target,
     path: &Path,
     migrations: &Migrations,
@@ -159,4 +175,233 @@ async fn setup_sqlite(
         secrets_file: None,
         secrets_written: false,
     })
+}
+
+/// `--self-setup` on a server.
+pub(crate) async fn server(
+    target: &Target,
+    server: &ServerOptions,
+    migrations: &Migrations,
+) -> Result<SetupReport> {
+    let names = Names::new(server, &target.settings)?;
+    as_admin(target, server, async |admin, admin_options| {
+        setup_locked(target, server, &names, admin, admin_options, migrations).await
+    })
+    .await
+}
+
+async fn setup_locked(
+    target: &Target,
+    server: &ServerOptions,
+    names: &Names,
+    admin: &mut Conn,
+    admin_options: &ServerOptions,
+    migrations: &Migrations,
+) -> Result<SetupReport> {
+    let settings = &target.settings;
+    let d = server.dialect();
+    let db_q = d.quote(&names.database);
+    let display = server.display();
+    let mut journal = Journal::open(secrets::app_file(settings, target.exe), &display)?;
+
+    interrupt::check()?;
+    let created = admin
+        .count_named(d.database_exists(), &names.database)
+        .await?
+        == 0;
+    if created {
+        journal.begin("database")?;
+        if let Err(e) = admin.exec(d.create_database(&db_q)).await {
+            // Not ours after all (made meanwhile by someone else, or refused): say so.
+            journal.forget("database")?;
+            return Err(e);
+        }
+    }
+    let mut db = admin_options
+        .with_database(&names.database)
+        .connect(settings)
+        .await?;
+    db.exec(d.marker_table().to_string()).await?;
+    // A database the journal names was created by a setup interrupted before it could say so.
+    db.exec(d.mark("database", created || journal.is_pending("database")))
+        .await?;
+    let ours = db.marker("database").await? == Some(true);
+
+    let app = ensure_role(admin, &mut db, d, &names.app, false, &mut journal).await?;
+    let backup = ensure_role(admin, &mut db, d, &names.backup, true, &mut journal).await?;
+
+    interrupt::check()?;
+    let applied: Vec<MigrationInfo> = schema::migrate(&mut db, migrations).await?;
+    let tables: Vec<String> = db
+        .strings(d.tables())
+        .await?
+        .into_iter()
+        .filter(|t| t != MARKER_TABLE && t != "_sqlx_migrations")
+        .map(|t| check_identifier(&t).map(|_| d.quote(&t)))
+        .collect::<Result<_>>()?;
+    for grant in d.grants(
+        &db_q,
+        &tables,
+        &d.quote(&names.app),
+        &d.quote(&names.backup),
+        ours,
+    ) {
+        db.exec(grant).await?;
+    }
+    let SchemaState::Current { version } = schema::check(&mut db, migrations).await? else {
+        return Err(Error::internal(
+            "after applying the migrations the schema still differs from this program's",
+        ));
+    };
+    db.close().await?;
+    // Everything is recorded in the database now: the journal is done.
+    journal.finish()?;
+    Ok(SetupReport {
+        backend: server.backend(),
+        database: display,
+        created,
+        applied,
+        schema_version: version,
+        secrets_dir: settings.secrets_dir.clone(),
+        roles: vec![app, backup],
+        secrets_file: Some(journal.file),
+        secrets_written: journal.written,
+    })
+}
+
+/// Setup's journal, kept in the app secrets file beside the credentials it is about: each step
+/// that creates or changes something on the server is written down (with the password it will
+/// set) before it acts, and the list is emptied once the database records everything. A setup
+/// killed between two statements thus leaves a file saying what may exist and is ours.
+struct Journal {
+    file: std::path::PathBuf,
+    secrets: AppSecrets,
+    /// Whether the file on disk is missing or holds another database's credentials.
+    stale: bool,
+    /// Whether this run wrote the file.
+    written: bool,
+}
+
+impl Journal {
+    /// The journal for `database`; credentials recorded for another database are of no use
+    /// here (setup replaces them, as it always has), a `serve_token` is kept.
+    fn open(file: std::path::PathBuf, database: &str) -> Result<Journal> {
+        let mut secrets = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
+        let stale = secrets.database.as_deref() != Some(database);
+        if stale {
+            secrets = AppSecrets {
+                database: Some(database.to_string()),
+                serve_token: secrets.serve_token.take(),
+                ..AppSecrets::default()
+            };
+        }
+        Ok(Journal {
+            file,
+            secrets,
+            stale,
+            written: false,
+        })
+    }
+
+    fn is_pending(&self, item: &str) -> bool {
+        self.secrets.is_pending(item)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        secrets::write(&self.file, &self.secrets.to_toml())?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// Writes down that `item` is about to be created or changed.
+    fn begin(&mut self, item: &str) -> Result<()> {
+        if !self.is_pending(item) {
+            self.secrets.pending.push(item.to_string());
+        }
+        self.save()
+    }
+
+    /// Takes `item` off the list (it was not created after all).
+    fn forget(&mut self, item: &str) -> Result<()> {
+        self.secrets.pending.retain(|p| p != item);
+        self.save()
+    }
+
+    /// Empties the list; writes the file if anything is to change in it (what is on disk is
+    /// what `open` read, or what `save` last wrote).
+    fn finish(&mut self) -> Result<()> {
+        let changes = self.stale || !self.secrets.pending.is_empty();
+        self.secrets.pending.clear();
+        if changes {
+            self.stale = false;
+            self.save()?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure login role `name` exists, is marked as ours if setup made it, and has the
+/// password the secrets file holds. The file's password is written (with the role on the
+/// journal) before the server is told it, so no kill can leave a role whose password no one
+/// knows.
+async fn ensure_role(
+    admin: &mut Conn,
+    db: &mut Conn,
+    d: &dyn ServerDialect,
+    name: &str,
+    backup: bool,
+    journal: &mut Journal,
+) -> Result<RoleReport> {
+    interrupt::check()?;
+    let quoted = d.quote(name);
+    let item = format!("role:{name}");
+    let exists = admin.count_named(d.role_exists(), name).await? > 0;
+    let database = journal.secrets.database.clone().unwrap_or_default();
+    let known = journal
+        .secrets
+        .for_role(&database, name, backup)
+        .map(|c| c.password.clone());
+    let report = RoleReport {
+        name: name.to_string(),
+        created: !exists,
+    };
+    if exists && !journal.is_pending(&item) {
+        db.exec(d.mark(&item, false)).await?;
+        if known.is_some() {
+            return Ok(report);
+        }
+        // The role is there but its password is not in the secrets file: if setup made the
+        // role, it may give it a new one; a role someone else made is not ours to change.
+        if db.marker(&item).await? != Some(true) {
+            return Err(Error::config(format!(
+                "role {name} already exists, setup did not create it, and its password is not in {}",
+                journal.file.display()
+            ))
+            .hint("write its user and password to that file ([app] or [backup] table), or set app_role / backup_role to a new name"));
+        }
+    }
+    // From here the file's password is the one the server must have: record it first.
+    let password = match known {
+        Some(p) => p,
+        None => generate_password()?,
+    };
+    let creds = Some(Credentials {
+        user: name.to_string(),
+        password: password.clone(),
+    });
+    if backup {
+        journal.secrets.backup = creds;
+    } else {
+        journal.secrets.app = creds;
+    }
+    journal.begin(&item)?;
+    let verifier = d.verifier(&password)?;
+    if exists {
+        admin.exec(d.set_password(&quoted, &verifier)).await?;
+    } else {
+        admin.exec(d.create_role(&quoted, &verifier)).await?;
+    }
+    // On the journal means setup made it (or was giving its own role a new password).
+    db.exec(d.mark(&item, true)).await?;
+    Ok(report)
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::schema::{self, MigrationInfo};
-use super::{Backend, Location, Migrations, Target};
+use super::{Backend, Migrations, Target};
 use crate::error::{ErrorKind, Result};
 
 /// How the database's schema compares with the binary's.
@@ -154,10 +154,8 @@ pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<Stat
         problem: None,
         problem_kind: None,
     };
-    if let Location::Sqlite(path) = &target.location
-        && !path.exists()
-    {
-        report.problem = Some(format!("{} does not exist", path.display()));
+    if let Some(missing) = target.location.missing() {
+        report.problem = Some(missing);
         return Ok(report);
     }
     let mut conn = match super::connect(target).await {

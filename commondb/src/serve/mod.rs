@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Settings;
-use crate::db::{self, Backend, Location, Target, schema};
+use crate::db::{self, Target, schema};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::task::Task;
@@ -88,22 +88,18 @@ impl<T: Task> Server<T> {
                 return Err(Error::config("serve.pool_size must be at least 1"));
             }
             (Some(n), _) => n as usize,
-            (None, Backend::Sqlite) => 1,
-            (None, _) => 16,
+            (None, backend) => backend.dialect().default_pool_size(),
         };
         match db::open(&target, T::MIGRATIONS).await {
             Ok((mut conn, setup)) => {
                 if let Some(report) = setup {
                     out.note(report.summary());
                 }
-                // `open` checked SQLite's schema; a server's is checked now too, so that a
-                // database that needs setup is refused at start, not per request.
-                let checked = match &target.location {
-                    Location::Server(_) => {
-                        schema::require_current(&mut conn, T::MIGRATIONS, &target.location).await
-                    }
-                    Location::Sqlite(_) => Ok(()),
-                };
+                // On a server `open` does not look at the schema (a task checks it in the round
+                // trip that begins); it is checked now, so that a database that needs setup is
+                // refused at start, not per request. (SQLite's, set up by `open`, passes.)
+                let checked =
+                    schema::require_current(&mut conn, T::MIGRATIONS, &target.location).await;
                 conn.close_after(checked).await?;
             }
             Err(e) if e.kind() == ErrorKind::Unavailable => out.note(format_args!(
@@ -123,7 +119,7 @@ impl<T: Task> Server<T> {
         let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
         let (stage, phase) = watch::channel(Stage::Running);
         let phase = Phase(phase);
-        let group_commit = target.backend() == Backend::Sqlite && T::SINGLE_STATEMENT;
+        let group_commit = target.backend().dialect().one_writer() && T::SINGLE_STATEMENT;
         let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
         let batch = group_commit.then(|| batch::Batch::start(Arc::clone(&pool), phase.clone()));
         let service = Arc::new(Service::new(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::db::{self, Backend, Conn, Migrations, Target, Tx};
+use crate::db::{self, Conn, Migrations, Target, Tx};
 use crate::error::{Error, Result};
 
 /// How long a pooled server connection goes without re-checking the schema: the service checks
@@ -86,19 +86,8 @@ impl Pool {
         // own commit), so the server bounds it: past the request timeout it fails, having
         // written nothing.
         let timeout_ms = self.target.settings.serve.request_timeout_ms;
-        match conn.backend() {
-            Backend::Postgres => {
-                conn.exec(format!("SET statement_timeout = {timeout_ms}"))
-                    .await?
-            }
-            Backend::MySql => {
-                let secs = timeout_ms.div_ceil(1000).max(1);
-                conn.exec(format!(
-                    "SET SESSION innodb_lock_wait_timeout = {secs}, lock_wait_timeout = {secs}"
-                ))
-                .await?;
-            }
-            Backend::Sqlite => {}
+        if let Some(sql) = conn.backend().dialect().statement_timeout(timeout_ms) {
+            conn.exec(sql).await?;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(conn)

@@ -1,4 +1,5 @@
-//! The embedded default: a SQLite file, private to its owner, in WAL mode.
+//! The embedded default: a SQLite file, private to its owner, in WAL mode; its dialect, and how
+//! backups read its dynamically typed values.
 
 use std::fs;
 use std::io::Read;
@@ -6,10 +7,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sqlx::ConnectOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{ConnectOptions, Row, TypeInfo, ValueRef};
 
 use super::Location;
+use super::dialect::Dialect;
+use super::rows::{Kind, Line};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
@@ -208,6 +211,107 @@ impl DirLock {
             ))),
         }
     }
+}
+
+/// SQLite's SQL.
+pub(crate) struct Sqlite;
+
+impl Dialect for Sqlite {
+    fn quote_char(&self) -> char {
+        '"'
+    }
+    fn begin(&self) -> &'static str {
+        // The write lock at once, so concurrent writers queue on the busy timeout instead of
+        // failing when a read would have to be upgraded to a write.
+        "BEGIN IMMEDIATE"
+    }
+    fn begin_snapshot(&self) -> &'static [&'static str] {
+        &["BEGIN"]
+    }
+    fn begin_restore(&self, _tables: &[String]) -> Vec<String> {
+        // The write lock, at once; readers of the WAL go on.
+        vec!["BEGIN IMMEDIATE".into()]
+    }
+    fn tables(&self) -> &'static str {
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    }
+    fn table_exists(&self) -> &'static str {
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+    }
+    fn statement_timeout(&self, _timeout_ms: u64) -> Option<String> {
+        // A statement waits for the lock at most busy_timeout_ms; it has no other limit.
+        None
+    }
+    fn default_pool_size(&self) -> usize {
+        1
+    }
+    fn one_writer(&self) -> bool {
+        true
+    }
+    fn over_sockets(&self) -> bool {
+        false
+    }
+}
+
+/// The kind of a column by its declared type's affinity, as SQLite decides it; restore converts
+/// values for it as for the servers' columns. Backups read SQLite's values by their own storage
+/// class whatever the column says.
+pub(super) fn kind_of(type_name: &str) -> Kind {
+    let t = type_name.to_ascii_uppercase();
+    if t.contains("INT") {
+        Kind::Int64
+    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|a| t.contains(a)) {
+        Kind::Text
+    } else if ["REAL", "FLOA", "DOUB"].iter().any(|a| t.contains(a)) {
+        Kind::Float64
+    } else {
+        Kind::Dynamic
+    }
+}
+
+/// Encodes a row by each value's own storage class, whatever its column says.
+pub(super) fn encode_row(
+    row: &SqliteRow,
+    kinds: &[Kind],
+    table: &str,
+    mut line: Line,
+) -> Result<()> {
+    for i in 0..kinds.len() {
+        line.start(i);
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            line.json(&())?;
+            continue;
+        }
+        match raw.type_info().name() {
+            "INTEGER" => line.json(&row.try_get_unchecked::<i64, _>(i)?)?,
+            "REAL" => line.float(row.try_get_unchecked::<f64, _>(i)?, table)?,
+            "BLOB" => line.bytes(&row.try_get_unchecked::<Vec<u8>, _>(i)?)?,
+            _ => line.json(&row.try_get_unchecked::<&str, _>(i)?)?,
+        }
+    }
+    line.end();
+    Ok(())
+}
+
+/// The `AUTOINCREMENT` key of `table`, if the restored keys took its counter to the end.
+pub(super) async fn exhausted_key(c: &mut SqliteConnection, table: &str) -> Result<Option<String>> {
+    let counters: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    if counters == 0 {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT name FROM pragma_table_info(?1) WHERE pk = 1 \
+         AND (SELECT seq FROM sqlite_sequence WHERE name = ?1) >= 9223372036854775807",
+    )
+    .bind(table)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The values of a backup's rows on their way into a database: parsed from a row's JSON without
-//! a copy of its text where none is needed, then turned into what each target column takes,
-//! PostgreSQL's binary `COPY` fields or bound parameters.
+//! a copy of its text where none is needed, then turned into what each target column takes (a
+//! [`Bound`] value, which the backend seam writes as a binary `COPY` field or binds as a
+//! parameter).
 //!
 //! A value converts to a column's [`Kind`] the way the database's own text input would take
 //! it (a number into a text column is its digits, `"42"` into an integer column is 42), so
@@ -11,10 +12,13 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::dump::Kind;
+#[cfg(test)]
+use crate::db::backend::postgres;
+use crate::db::backend::postgres::pg_micros;
+use crate::db::backend::rows::{Bound, Kind};
 use crate::error::{Error, Result};
 
 /// One value of a backup row.
@@ -120,65 +124,6 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
-/// A value converted for its target column, as every backend gets it: PostgreSQL through
-/// binary `COPY`, SQLite and MySQL/MariaDB as a bound parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Bound<'a> {
-    Null,
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Bool(bool),
-    Text(Cow<'a, str>),
-    Bytes(Vec<u8>),
-    Time(NaiveDateTime),
-}
-
-impl Bound<'_> {
-    /// About how many bytes the value adds to a statement.
-    pub(crate) fn size(&self) -> usize {
-        match self {
-            Bound::Text(s) => s.len() + 8,
-            Bound::Bytes(b) => b.len() + 8,
-            _ => 8,
-        }
-    }
-
-    /// The value, owning its text: a batch outlives the line it was read from.
-    pub(crate) fn into_owned(self) -> Bound<'static> {
-        match self {
-            Bound::Null => Bound::Null,
-            Bound::I64(v) => Bound::I64(v),
-            Bound::U64(v) => Bound::U64(v),
-            Bound::F64(v) => Bound::F64(v),
-            Bound::Bool(v) => Bound::Bool(v),
-            Bound::Text(v) => Bound::Text(Cow::Owned(v.into_owned())),
-            Bound::Bytes(v) => Bound::Bytes(v),
-            Bound::Time(v) => Bound::Time(v),
-        }
-    }
-
-    /// Appends the value as one field of PostgreSQL's binary `COPY` format (its length, then
-    /// the type's binary form) for a column of `kind`, which [`Field::value`] converted it for.
-    pub(crate) fn copy_binary(&self, kind: Kind, out: &mut Vec<u8>) {
-        match (self, kind) {
-            (Bound::Null, _) => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            // In range: `Field::value` checked it.
-            (Bound::I64(v), Kind::Int16) => put(out, &(*v as i16).to_be_bytes()),
-            (Bound::I64(v), Kind::Int32) => put(out, &(*v as i32).to_be_bytes()),
-            (Bound::I64(v), _) => put(out, &v.to_be_bytes()),
-            (Bound::U64(v), _) => put(out, &v.to_be_bytes()),
-            (Bound::F64(v), Kind::Float32) => put(out, &(*v as f32).to_be_bytes()),
-            (Bound::F64(v), _) => put(out, &v.to_be_bytes()),
-            (Bound::Bool(v), _) => put(out, &[u8::from(*v)]),
-            (Bound::Text(s), _) => put(out, s.as_bytes()),
-            (Bound::Bytes(b), _) => put(out, b),
-            // In range: `Field::value` checked it.
-            (Bound::Time(t), _) => put(out, &pg_micros(*t).unwrap_or(i64::MAX).to_be_bytes()),
-        }
-    }
-}
-
 /// Where a value goes, for the message that refuses it: the table, the row's number among the
 /// table's rows in the backup (from 1), the column.
 pub(crate) struct Place<'a> {
@@ -277,8 +222,9 @@ impl Field<'_> {
     /// Appends the value as one field of PostgreSQL's binary `COPY` format for a column of
     /// `kind`: the value PostgreSQL's text input would have made of it, or an error where
     /// that input would have refused it.
+    #[cfg(test)]
     pub(crate) fn copy_binary(&self, out: &mut Vec<u8>, kind: Kind, at: &Place) -> Result<()> {
-        self.value(kind, at)?.copy_binary(kind, out);
+        postgres::copy_field(&self.value(kind, at)?, kind, out);
         Ok(())
     }
     fn integer(&self) -> Option<i64> {
@@ -384,40 +330,6 @@ fn bytea_input(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// One binary `COPY` field: its length, then its bytes.
-fn put(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// PostgreSQL's timestamps count microseconds from 2000-01-01 (UTC); `i64::MAX` and
-/// `i64::MIN` are its `infinity` and `-infinity`.
-const PG_EPOCH_SECONDS: i64 = 946_684_800;
-
-/// A PostgreSQL timestamp as a time, unless it is infinite or out of chrono's range.
-pub(crate) fn from_pg_micros(micros: i64) -> Option<DateTime<Utc>> {
-    if micros == i64::MAX || micros == i64::MIN {
-        return None;
-    }
-    micros
-        .checked_add(PG_EPOCH_SECONDS * 1_000_000)
-        .and_then(DateTime::from_timestamp_micros)
-}
-
-/// Microseconds since 2000-01-01, PostgreSQL's timestamps, rounded to the nearest (half to
-/// even) as its text input rounds a finer fraction.
-fn pg_micros(t: NaiveDateTime) -> Option<i64> {
-    let t = t.and_utc();
-    let seconds = t.timestamp().checked_sub(PG_EPOCH_SECONDS)?;
-    let nanos = i64::from(t.timestamp_subsec_nanos());
-    let (micros, rest) = (nanos / 1000, nanos % 1000);
-    let up = rest > 500 || (rest == 500 && micros % 2 == 1);
-    seconds
-        .checked_mul(1_000_000)?
-        .checked_add(micros + i64::from(up))
 }
 
 /// A timestamp as backups carry it (RFC 3339), or as SQLite or PostgreSQL's text may hold

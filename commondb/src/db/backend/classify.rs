@@ -8,7 +8,7 @@ use sqlx::mysql::MySqlDatabaseError;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::sqlite::SqliteError;
 
-use super::server::ServerOptions;
+use super::options::ServerOptions;
 use crate::error::{Error, ErrorKind};
 
 impl From<sqlx::Error> for Error {
