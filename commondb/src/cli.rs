@@ -1,5 +1,6 @@
-//! The command line every executable shares: one mode flag per call, the task's arguments, and
-//! the global options.
+//! The command line every executable shares: one mode flag per call (the flags and what each
+//! mode takes come from the table in [`crate::modes`]), the task's arguments, and the global
+//! options.
 //!
 //! The command is built from the task's `clap::Args` at run time, so `--help` shows the task's
 //! verb and arguments next to the harness's modes. Nothing else happens before parsing, so
@@ -9,35 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Args, Command};
 
+use crate::modes::{MODES, Mode, Spec};
 use crate::task::Task;
-
-/// The mode of one call: exactly one per call.
-#[derive(Debug)]
-pub(crate) enum Mode<A> {
-    /// The task itself (`--create` for `create-user`), with its arguments.
-    Task(A),
-    /// `--self-setup`.
-    Setup,
-    /// `--self-test`.
-    Test,
-    /// `--self-cleanup`, confirmed in advance with `--yes` or not.
-    Cleanup { yes: bool },
-    /// `--self-status`.
-    Status,
-    /// `--self-backup`.
-    Backup,
-    /// `--self-restore`, of `from` or the newest backup, confirmed with `--yes` or not; `from`
-    /// even if someone else could have written it with `trust_file`.
-    Restore {
-        from: Option<PathBuf>,
-        yes: bool,
-        trust_file: bool,
-    },
-    /// `--serve`, on the `--listen` addresses given (none: the configured or default ones).
-    Serve { listen: Vec<String> },
-    /// `--self-samples N`: the task's first `count` sample requests of run `run`.
-    Samples { count: u64, run: Option<String> },
-}
 
 /// A parsed command line.
 #[derive(Debug)]
@@ -50,28 +24,11 @@ pub(crate) struct Invocation<A> {
     pub performance_report: Option<Option<PathBuf>>,
 }
 
-const SETUP: &str = "self-setup";
-const TEST: &str = "self-test";
-const CLEANUP: &str = "self-cleanup";
-const STATUS: &str = "self-status";
-const BACKUP: &str = "self-backup";
-const RESTORE: &str = "self-restore";
-const SERVE: &str = "serve";
-const SAMPLES: &str = "self-samples";
-/// The most sample requests `--self-samples` prints: runmany's largest `--warmup` plus `-n`.
-const MAX_SAMPLES: u64 = 2_000_000;
-const MODES: &str = "mode";
+const MODE_GROUP: &str = "mode";
 const TASK_ARGS: &str = "task-arguments";
 
-/// The task's command.
+/// The task's command: the mode flags and what each mode takes, from [`MODES`].
 pub(crate) fn command<T: Task>() -> Command {
-    let flag = |id: &'static str, help: String| {
-        Arg::new(id)
-            .long(id)
-            .action(ArgAction::SetTrue)
-            .help(help)
-            .help_heading("Modes (exactly one)")
-    };
     let cmd = Command::new(T::NAME)
         .version(T::VERSION)
         .about(T::ABOUT)
@@ -79,151 +36,29 @@ pub(crate) fn command<T: Task>() -> Command {
         // Help and version are declared below, so that they sit with the other options.
         .disable_help_flag(true)
         .disable_version_flag(true)
-        .after_help(
-            crate::error::ErrorKind::help_line(),
-        )
-        .arg(flag(
-            T::VERB,
-            format!(
-                "{}: the task itself, with the task arguments below",
-                T::ABOUT
-            ),
-        ))
-        .arg(flag(
-            SETUP,
-            "Create the database and apply the schema (idempotent)".into(),
-        ))
-        .arg(flag(
-            TEST,
-            "Run the built-in tests on a throwaway database".into(),
-        ))
-        .arg(flag(
-            CLEANUP,
-            "Remove the database that setup made (asks first; backups are kept)".into(),
-        ))
-        .arg(flag(
-            BACKUP,
-            "Write a compressed, checksummed backup of the task's tables".into(),
-        ))
-        .arg(flag(
-            RESTORE,
-            "Replace the data with the newest backup, or --from FILE (asks first; keeps a safety backup)".into(),
-        ))
-        .arg(flag(
-            STATUS,
-            "Report the database and its schema, read-only (exit 78 if setup is needed)".into(),
-        ))
-        .arg(flag(
-            SERVE,
-            format!("Serve --{} requests on sockets until SIGTERM (line protocol and HTTP)", T::VERB),
-        ))
-        .arg(
-            Arg::new(SAMPLES)
-                .long(SAMPLES)
-                .value_name("N")
-                .value_parser(clap::value_parser!(u64).range(0..=MAX_SAMPLES))
-                .help_heading("Modes (exactly one)")
-                .help("Print the task's first N sample requests (0 to 2000000), one JSON line each (for runmany)"),
-        )
+        .after_help(crate::error::ErrorKind::help_line());
+    let modes: Vec<&'static str> = MODES.iter().map(Spec::id::<T>).collect();
+    let cmd = MODES
+        .iter()
+        .fold(cmd, |cmd, spec| cmd.arg(mode_flag::<T>(spec)))
         .group(
-            ArgGroup::new(MODES)
-                .args([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE, SAMPLES])
+            ArgGroup::new(MODE_GROUP)
+                .args(&modes)
                 .required(true)
                 .multiple(false),
         )
-        .next_help_heading("Options")
-        .arg(
-            Arg::new("help")
-                .short('h')
-                .long("help")
-                .action(ArgAction::Help)
-                .help("Print help"),
-        )
-        .arg(
-            Arg::new("version")
-                .short('V')
-                .long("version")
-                .action(ArgAction::Version)
-                .help("Print version"),
-        )
-        .arg(
-            Arg::new("json")
-                .long("json")
-                .action(ArgAction::SetTrue)
-                .help("Print the result as one JSON document on stdout"),
-        )
-        .arg(
-            Arg::new("verbose")
-                .short('v')
-                .long("verbose")
-                .action(ArgAction::Count)
-                .conflicts_with("quiet")
-                .help("Say more on stderr"),
-        )
-        .arg(
-            Arg::new("quiet")
-                .short('q')
-                .long("quiet")
-                .action(ArgAction::SetTrue)
-                .help("Print nothing on stderr but errors"),
-        )
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("Read this configuration file after the system and user ones"),
-        )
-        .arg(
-            Arg::new("performance-report")
-                .long("performance-report")
-                .value_name("PATH")
-                .num_args(0..=1)
-                .require_equals(true)
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("Append one JSON line with the time spent in each phase to PATH (default: stderr)"),
-        )
-        .arg(
-            Arg::new("yes")
-                .long("yes")
-                .action(ArgAction::SetTrue)
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, STATUS, SERVE, SAMPLES])
-                .help("Confirm --self-cleanup or --self-restore without asking"),
-        )
-        .arg(
-            Arg::new("from")
-                .long("from")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(PathBuf))
-                // Not `requires`: a flag's default value would satisfy it.
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, CLEANUP, STATUS, SERVE, SAMPLES])
-                .help("The backup --self-restore restores (default: the newest)"),
-        )
-        .arg(
-            Arg::new("trust-file")
-                .long("trust-file")
-                .action(ArgAction::SetTrue)
-                .requires("from")
-                .help("Restore --from a file another user owns or could have changed"),
-        )
-        .arg(
-            Arg::new("listen")
-                .long("listen")
-                .value_name("ADDR")
-                .action(ArgAction::Append)
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SAMPLES])
-                .help(format!(
-                    "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
-                    T::PORT
-                )),
-        )
-        .arg(
-            Arg::new("run")
-                .long("run")
-                .value_name("ID")
-                .conflicts_with_all([T::VERB, SETUP, TEST, BACKUP, RESTORE, CLEANUP, STATUS, SERVE])
-                .help("The run id --self-samples makes its samples unique to (default: a new one)"),
-        );
+        .next_help_heading("Options");
+    let cmd = common_options().into_iter().fold(cmd, Command::arg);
+    // An option of some modes is refused with every other mode.
+    let cmd = mode_options::<T>().into_iter().fold(cmd, |cmd, arg| {
+        let id = arg.get_id().as_str();
+        let others: Vec<&str> = MODES
+            .iter()
+            .filter(|spec| !spec.options.contains(&id))
+            .map(Spec::id::<T>)
+            .collect();
+        cmd.arg(arg.conflicts_with_all(others))
+    });
     let ours: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
     let cmd = T::Args::augment_args(
         cmd.next_help_heading(format!("Task arguments (with --{})", T::VERB)),
@@ -235,23 +70,119 @@ pub(crate) fn command<T: Task>() -> Command {
         .collect();
     let usage = usage(&cmd, &task_args, T::VERB);
     // The task's arguments belong to the task mode: required there, refused with the others.
-    cmd.mut_args(|a| {
-        if task_args.contains(a.get_id()) && a.is_required_set() {
-            a.required(false).required_if_eq(T::VERB, "true")
-        } else {
-            a
-        }
-    })
-    .group(ArgGroup::new(TASK_ARGS).args(&task_args).multiple(true))
-    .mut_arg(SETUP, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(TEST, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(CLEANUP, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(STATUS, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(BACKUP, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(RESTORE, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(SERVE, |a| a.conflicts_with(TASK_ARGS))
-    .mut_arg(SAMPLES, |a| a.conflicts_with(TASK_ARGS))
-    .override_usage(usage)
+    let cmd = cmd
+        .mut_args(|a| {
+            if task_args.contains(a.get_id()) && a.is_required_set() {
+                a.required(false).required_if_eq(T::VERB, "true")
+            } else {
+                a
+            }
+        })
+        .group(ArgGroup::new(TASK_ARGS).args(&task_args).multiple(true));
+    MODES
+        .iter()
+        .filter_map(|spec| spec.flag)
+        .fold(cmd, |cmd, flag| {
+            cmd.mut_arg(flag, |a| a.conflicts_with(TASK_ARGS))
+        })
+        .override_usage(usage)
+}
+
+/// A mode's flag, as [`MODES`] describes it.
+fn mode_flag<T: Task>(spec: &Spec) -> Arg {
+    let id = spec.id::<T>();
+    let help = spec
+        .help
+        .replace("{verb}", T::VERB)
+        .replace("{about}", T::ABOUT);
+    let arg = Arg::new(id)
+        .long(id)
+        .help(help)
+        .help_heading("Modes (exactly one)");
+    match spec.value {
+        None => arg.action(ArgAction::SetTrue),
+        Some((name, max)) => arg
+            .value_name(name)
+            .value_parser(clap::value_parser!(u64).range(0..=max)),
+    }
+}
+
+/// The options every mode takes.
+fn common_options() -> [Arg; 7] {
+    [
+        Arg::new("help")
+            .short('h')
+            .long("help")
+            .action(ArgAction::Help)
+            .help("Print help"),
+        Arg::new("version")
+            .short('V')
+            .long("version")
+            .action(ArgAction::Version)
+            .help("Print version"),
+        Arg::new("json")
+            .long("json")
+            .action(ArgAction::SetTrue)
+            .help("Print the result as one JSON document on stdout"),
+        Arg::new("verbose")
+            .short('v')
+            .long("verbose")
+            .action(ArgAction::Count)
+            .conflicts_with("quiet")
+            .help("Say more on stderr"),
+        Arg::new("quiet")
+            .short('q')
+            .long("quiet")
+            .action(ArgAction::SetTrue)
+            .help("Print nothing on stderr but errors"),
+        Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Read this configuration file after the system and user ones"),
+        Arg::new("performance-report")
+            .long("performance-report")
+            .value_name("PATH")
+            .num_args(0..=1)
+            .require_equals(true)
+            .value_parser(clap::value_parser!(PathBuf))
+            .help(
+                "Append one JSON line with the time spent in each phase to PATH (default: stderr)",
+            ),
+    ]
+}
+
+/// The options that only some modes take (which ones: [`Spec::options`]).
+fn mode_options<T: Task>() -> [Arg; 5] {
+    [
+        Arg::new("yes")
+            .long("yes")
+            .action(ArgAction::SetTrue)
+            .help("Confirm --self-cleanup or --self-restore without asking"),
+        // Not `requires` for --self-restore: a flag's default value would satisfy it.
+        Arg::new("from")
+            .long("from")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("The backup --self-restore restores (default: the newest)"),
+        Arg::new("trust-file")
+            .long("trust-file")
+            .action(ArgAction::SetTrue)
+            .requires("from")
+            .help("Restore --from a file another user owns or could have changed"),
+        Arg::new("listen")
+            .long("listen")
+            .value_name("ADDR")
+            .action(ArgAction::Append)
+            .help(format!(
+                "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
+                T::PORT
+            )),
+        Arg::new("run")
+            .long("run")
+            .value_name("ID")
+            .help("The run id --self-samples makes its samples unique to (default: a new one)"),
+    ]
 }
 
 /// The usage lines: the task mode with its arguments, and the self modes.
@@ -326,39 +257,7 @@ pub(crate) fn try_parse<T: Task, I: IntoIterator<Item = &'static str>>(
 }
 
 fn invocation<T: Task>(m: &ArgMatches) -> Result<Invocation<T::Args>, clap::Error> {
-    let mode = if m.get_flag(T::VERB) {
-        Mode::Task(<T::Args as clap::FromArgMatches>::from_arg_matches(m)?)
-    } else if m.get_flag(SETUP) {
-        Mode::Setup
-    } else if m.get_flag(TEST) {
-        Mode::Test
-    } else if m.get_flag(STATUS) {
-        Mode::Status
-    } else if m.get_flag(BACKUP) {
-        Mode::Backup
-    } else if let Some(count) = m.get_one::<u64>(SAMPLES) {
-        Mode::Samples {
-            count: *count,
-            run: m.get_one::<String>("run").cloned(),
-        }
-    } else if m.get_flag(SERVE) {
-        Mode::Serve {
-            listen: m
-                .get_many::<String>("listen")
-                .map(|v| v.cloned().collect())
-                .unwrap_or_default(),
-        }
-    } else if m.get_flag(RESTORE) {
-        Mode::Restore {
-            from: m.get_one::<PathBuf>("from").cloned(),
-            yes: m.get_flag("yes"),
-            trust_file: m.get_flag("trust-file"),
-        }
-    } else {
-        Mode::Cleanup {
-            yes: m.get_flag("yes"),
-        }
-    };
+    let mode = Mode::parse(m, T::VERB)?;
     let verbosity = if m.get_flag("quiet") {
         -1
     } else {

@@ -16,6 +16,7 @@ pub mod config;
 mod db;
 pub mod error;
 mod interrupt;
+mod modes;
 mod output;
 mod perf;
 mod run;

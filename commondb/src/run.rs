@@ -1,20 +1,18 @@
-//! The entry point every executable calls: parse, dispatch on the mode, map the outcome to an
-//! exit code. One `match` on [`Mode`] is the whole map of what an executable can do.
+//! The entry point every executable calls: parse, run the mode ([`crate::modes`]), map the
+//! outcome to an exit code; and what the modes share: [`perform`] (one request, as the task
+//! mode and the self-test run it), [`execute_in`] (the task's handler and its commit, shared
+//! with `--serve`) and [`block_on`].
 
 use std::future::Future;
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use crate::backup;
-use crate::cli::{self, Mode};
-use crate::config::{self, Settings, Sources};
-use crate::db::{self, Target, Tx, cleanup, setup, status};
-use crate::error::{Error, ErrorKind, Result};
-use crate::interrupt;
+use crate::cli;
+use crate::config::{self, Sources};
+use crate::db::{self, Target, Tx};
+use crate::error::{Error, Result};
+use crate::modes;
 use crate::output::Output;
 use crate::perf;
-use crate::selftest;
-use crate::serve;
 use crate::task::{Context, Input, Task};
 
 /// Runs executable `T` on the process's command line and returns its exit code.
@@ -34,7 +32,7 @@ pub fn main<T: Task>() -> ExitCode {
         .and_then(|sources| config::load(&sources))
         .and_then(|settings| {
             perf::mark("config");
-            dispatch::<T>(inv.mode, &settings, &out)
+            modes::run::<T>(inv.mode, &settings, &out)
         });
     match outcome {
         Ok(code) => {
@@ -47,143 +45,6 @@ pub fn main<T: Task>() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-fn dispatch<T: Task>(mode: Mode<T::Args>, settings: &Settings, out: &Output) -> Result<ExitCode> {
-    match mode {
-        Mode::Task(args) => {
-            let target = Target::resolve(settings, T::NAME)?;
-            out.detail(format_args!("database: {}", target.location));
-            let task_settings = settings.task_settings::<T::Settings>()?;
-            let output = block_on(
-                Drivers::for_target(&target),
-                perform::<T>(&target, &task_settings, args, Input::Stdin, out),
-            )?;
-            out.result(&output);
-        }
-        Mode::Setup => {
-            let target = Target::resolve(settings, T::NAME)?;
-            out.result(&block_on(
-                Drivers::Io,
-                interrupt::guard(
-                    "run --self-setup again to finish it, or --self-cleanup to undo it",
-                    setup::run(&target, T::MIGRATIONS),
-                ),
-            )?);
-        }
-        Mode::Test => {
-            let report = selftest::run::<T>(settings, out)?;
-            if out.json() {
-                out.result(&report);
-            } else {
-                println!("{report}");
-            }
-            if report.failed > 0 {
-                return Ok(ExitCode::from(ErrorKind::Failed.exit_code()));
-            }
-        }
-        Mode::Cleanup { yes } => {
-            let target = Target::resolve(settings, T::NAME)?;
-            let plan = cleanup::plan(&target)?;
-            if !plan.is_empty() && !yes {
-                let mut text = String::from("This removes (backups are kept):");
-                for item in &plan {
-                    text.push_str(&format!("\n  {item}"));
-                }
-                confirm(
-                    "--self-cleanup removes the database",
-                    &text,
-                    "Remove them?",
-                    "cleanup cancelled: nothing was removed",
-                )?;
-            }
-            out.result(&block_on(
-                Drivers::Io,
-                interrupt::guard(
-                    "run --self-cleanup again to finish it",
-                    cleanup::run(&target),
-                ),
-            )?);
-        }
-        Mode::Backup => {
-            let target = Target::resolve(settings, T::NAME)?;
-            out.result(&block_on(
-                Drivers::for_target(&target),
-                backup::backup::<T>(&target, backup::file::Kind::Backup),
-            )?);
-        }
-        Mode::Restore {
-            from,
-            yes,
-            trust_file,
-        } => {
-            let target = Target::resolve(settings, T::NAME)?;
-            let path = backup::choose(&target, T::NAME, from, trust_file)?;
-            // A damaged or foreign file is refused before the question and before anything.
-            let header = backup::verify::<T>(&path, target.backend())?;
-            if !yes {
-                confirm(
-                    "--self-restore replaces every row of the database",
-                    &format!(
-                        "This replaces every row of {} with the {} row(s) of\n  {} (taken {})\nA safety backup of the current data is taken first.",
-                        target.location,
-                        header.rows(),
-                        path.display(),
-                        header
-                            .created_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    "Restore it?",
-                    "restore cancelled: nothing was changed",
-                )?;
-            }
-            out.result(&block_on(
-                Drivers::for_target(&target),
-                backup::restore::<T>(&target, &path, &header),
-            )?);
-        }
-        Mode::Serve { listen } => {
-            perf::disable();
-            let target = Target::resolve(settings, T::NAME)?;
-            let task_settings = settings.task_settings::<T::Settings>()?;
-            // Every core serves sockets; requests wait on the database, not on each other.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    Error::temporary(format!("cannot start the async runtime: {e}"))
-                        .hint("the system is out of threads, file descriptors or memory")
-                })?;
-            let served = runtime.block_on(serve::main::<T>(target, task_settings, &listen, out));
-            // Not waiting for a read of stdin that will never return (`--listen stdio`).
-            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-            served?;
-        }
-        Mode::Samples { count, run } => {
-            let run = run.unwrap_or_else(selftest::run_id);
-            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            for n in 0..count {
-                let line = serve::sample_line::<T>(n, &run)?;
-                if writeln!(stdout, "{line}").is_err() {
-                    break; // a closed pipe (| head) ends the list
-                }
-            }
-            let _ = stdout.flush();
-        }
-        Mode::Status => {
-            let target = Target::resolve(settings, T::NAME)?;
-            let report = block_on(
-                Drivers::for_target(&target),
-                status::run(&target, T::MIGRATIONS),
-            )?;
-            out.result(&report);
-            if let Some(kind) = report.failure() {
-                out.note(format_args!("{}: {}", kind, report.advice()));
-                return Ok(ExitCode::from(kind.exit_code()));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one request the way the task mode does: validate, open (setting up the embedded
@@ -265,31 +126,6 @@ pub(crate) async fn execute_in<T: Task>(
                 .hint("nothing was written; try again")),
             }
         }
-    }
-}
-
-/// Asks on the terminal before a mode destroys data; without a terminal, `--yes` is needed.
-fn confirm(what: &str, text: &str, question: &str, declined: &str) -> Result<()> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(
-            Error::usage(format!("{what}, and there is no terminal to confirm on"))
-                .hint("add --yes to confirm"),
-        );
-    }
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{text}");
-    let _ = write!(stderr, "{question} [y/N] ");
-    let _ = stderr.flush();
-    // An answer longer than "yes" is no yes; reading stops there.
-    let answer = crate::task::read_line_bounded(stdin.lock(), 8).unwrap_or_default();
-    if matches!(
-        std::str::from_utf8(&answer).map(str::trim),
-        Ok("y" | "Y" | "yes" | "YES" | "Yes")
-    ) {
-        Ok(())
-    } else {
-        Err(Error::failed(declined))
     }
 }
 

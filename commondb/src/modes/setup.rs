@@ -1,0 +1,24 @@
+//! `--self-setup`: create the database, its roles and its schema (idempotent, interruptible).
+
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::db::{Target, setup};
+use crate::error::Result;
+use crate::interrupt;
+use crate::output::Output;
+use crate::run::{Drivers, block_on};
+use crate::task::Task;
+
+/// Sets the database up and prints the report.
+pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
+    let target = Target::resolve(settings, T::NAME)?;
+    out.result(&block_on(
+        Drivers::Io,
+        interrupt::guard(
+            "run --self-setup again to finish it, or --self-cleanup to undo it",
+            setup::run(&target, T::MIGRATIONS),
+        ),
+    )?);
+    Ok(ExitCode::SUCCESS)
+}
