@@ -3,10 +3,11 @@
 //! A result is printed once, as text for people or as one JSON document with `--json`. Notes
 //! (what the program did on the user's behalf) go to stderr unless `-q`; details go to stderr
 //! with `-v`. Errors always go to stderr, and with `--json` also to stdout as a JSON document so
-//! that a script reading stdout always gets one.
+//! that a script reading stdout always gets one. Long work shows a [`Progress`] bar on stderr
+//! when stderr is a terminal, and nothing when it is not.
 
 use std::fmt::Display;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
@@ -97,6 +98,72 @@ impl Output {
         eprintln!("{}: hint: {}", self.name, error.advice());
         if self.json {
             println!("{}", error.to_json());
+        }
+    }
+}
+
+/// A progress bar on stderr for work counted in rows (a backup, a restore): rows, bytes of
+/// data, rows per second and ETA. Drawn only when stderr is a terminal and `-q` was not given; otherwise it is
+/// nothing, and an update costs a branch.
+pub(crate) struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    /// How many rows pass between two updates: the bar redraws at most a few times a second
+    /// anyway, and this keeps the cost per row to a counter.
+    pub(crate) const EVERY: u64 = 4096;
+
+    /// No bar.
+    pub(crate) fn none() -> Progress {
+        Progress(None)
+    }
+
+    /// A bar for `total` rows, labelled `what` (`backup`), if the process's output shows one.
+    pub(crate) fn rows(total: u64, what: &str) -> Progress {
+        let shown =
+            INSTALLED.get().is_some_and(|o| o.verbosity >= 0) && std::io::stderr().is_terminal();
+        if !shown {
+            return Progress::none();
+        }
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{wide_bar}] {human_pos}/{human_len} rows, {msg}, ETA {eta}",
+        )
+        .map(|s| s.progress_chars("=> "));
+        let Ok(style) = style else {
+            return Progress::none();
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        )
+        .with_style(style)
+        .with_prefix(format!(
+            "{}: {what}",
+            INSTALLED.get().map_or("", |o| o.name)
+        ))
+        .with_message("0 B");
+        Progress(Some(bar))
+    }
+
+    /// `rows` rows done, `bytes` bytes of their data.
+    pub(crate) fn update(&self, rows: u64, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            let seconds = bar.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!(
+                "{}, {} rows/s",
+                indicatif::HumanBytes(bytes),
+                indicatif::HumanCount((rows as f64 / seconds) as u64)
+            ));
+            bar.set_position(rows);
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// The bar goes once the work ends, however it ends: what follows is the result or the
+    /// error, not a finished bar.
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
         }
     }
 }

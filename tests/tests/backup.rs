@@ -591,3 +591,43 @@ fn from_a_file_others_could_have_written_needs_trust_file() {
     sb.run_admin(EXE, &["--self-restore", "--yes", "--trust-file"])
         .code(2);
 }
+
+/// On a terminal, a backup and a restore show how far they got (rows, bytes, rate, ETA) and
+/// clear the bar before the result; piped, they print nothing of the kind.
+#[test]
+fn backup_and_restore_show_progress_on_a_terminal_only() {
+    let Some(sb) = set_up(Backend::Sqlite) else {
+        return;
+    };
+    // Enough rows for the bar to move: it is updated every 4096 rows.
+    sb.fill_users(10_000);
+    // script(1) runs the command on a pseudo-terminal and copies what it printed to stdout.
+    let on_terminal = |args: &str| {
+        let line = format!("stty cols 120; {} {args}", e2e::bin(EXE).display());
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_clear()
+            .envs(sb.env())
+            // A terminal that can redraw a line (without TERM, indicatif takes it for a dumb one).
+            .env("TERM", "xterm")
+            .current_dir(sb.root());
+        e2e::Run::of(cmd, None)
+    };
+    on_terminal("--self-backup")
+        .code(0)
+        .stdout_has("create-user: backup [")
+        .stdout_has("/10,000 rows")
+        .stdout_has("rows/s, ETA")
+        .stdout_has("backed up 10000 row(s)");
+    on_terminal("--self-restore --yes")
+        .code(0)
+        .stdout_has("create-user: safety backup [")
+        .stdout_has("create-user: restore [")
+        .stdout_has("restored 10000 row(s)");
+    sb.run(EXE, &["--self-backup"])
+        .code(0)
+        .never_shows("rows/s");
+    sb.run(EXE, &["--self-restore", "--yes"])
+        .code(0)
+        .never_shows("rows/s");
+}

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Backend;
 use crate::error::{Error, Result};
+use crate::output::Progress;
 
 /// The format's name, the header's first field.
 pub const FORMAT: &str = "commondb-backup";
@@ -214,6 +215,9 @@ pub struct Writer {
     blocks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     compressor: Option<std::thread::JoinHandle<io::Result<Compressed>>>,
     rows: u64,
+    /// Bytes of lines handed to the compressor so far.
+    sent: u64,
+    progress: Progress,
     dir: PathBuf,
     name: String,
 }
@@ -258,12 +262,19 @@ impl Writer {
             blocks: Some(blocks),
             compressor: Some(compressor),
             rows: 0,
+            sent: 0,
+            progress: Progress::none(),
             dir: dir.to_path_buf(),
             name,
         };
         let line = serde_json::to_vec(header).map_err(internal)?;
         writer.line(&line)?;
         Ok(writer)
+    }
+
+    /// Shows the rows written on `progress`.
+    pub(crate) fn show(&mut self, progress: Progress) {
+        self.progress = progress;
     }
 
     /// Starts the rows of `table`.
@@ -285,6 +296,10 @@ impl Writer {
         }
         self.pending.push(b'\n');
         self.rows += 1;
+        if self.rows.is_multiple_of(Progress::EVERY) {
+            let bytes = self.sent + self.pending.len() as u64;
+            self.progress.update(self.rows, bytes);
+        }
         self.flush_if_full()
     }
 
@@ -304,6 +319,7 @@ impl Writer {
     /// Hands the pending lines to the compressor.
     fn flush(&mut self) -> Result<()> {
         let block = std::mem::replace(&mut self.pending, Vec::with_capacity(BLOCK + MAX_ROW_GUESS));
+        self.sent += block.len() as u64;
         if let Some(blocks) = &self.blocks
             && blocks.send(block).is_ok()
         {
@@ -696,6 +712,9 @@ pub struct Reader {
     counts: Vec<u64>,
     current: Option<usize>,
     done: bool,
+    /// Bytes of the rows read so far, for `progress`.
+    bytes: u64,
+    progress: Progress,
 }
 
 impl Reader {
@@ -718,7 +737,14 @@ impl Reader {
             rows: 0,
             current: None,
             done: false,
+            bytes: 0,
+            progress: Progress::none(),
         })
+    }
+
+    /// Shows the rows read on `progress`.
+    pub(crate) fn show(&mut self, progress: Progress) {
+        self.progress = progress;
     }
 
     /// The header, once the file checksum held.
@@ -749,6 +775,10 @@ impl Reader {
                 };
                 self.counts[table] += 1;
                 self.rows += 1;
+                self.bytes += line.len() as u64 + 1;
+                if self.rows.is_multiple_of(Progress::EVERY) {
+                    self.progress.update(self.rows, self.bytes);
+                }
                 Ok(Item::Row(src.line()))
             }
             Some(b'{') if line.starts_with(b"{\"table\"") => {

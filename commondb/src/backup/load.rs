@@ -8,6 +8,7 @@ use crate::backup::file::{Item, Reader, TableInfo};
 use crate::db::Conn;
 use crate::db::backend::rows::{Kind, Rows, Table, TakeRow};
 use crate::error::{Error, Result};
+use crate::output::Progress;
 
 /// What was restored into one table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -72,6 +73,8 @@ pub(crate) async fn restore<S>(
             return Err(e);
         }
     };
+    // After the safety backup, whose own bar has gone by then.
+    reader.show(Progress::rows(reader.header().rows(), "restore"));
     match replace(conn, reader, targets).await {
         Ok(restored) => {
             conn.exec("COMMIT".into()).await?;

@@ -28,6 +28,7 @@ use crate::Backend;
 use crate::db::schema::{self, SchemaState};
 use crate::db::{Conn, Location, Migrations, Target};
 use crate::error::{Error, Result};
+use crate::output::Progress;
 use crate::task::Task;
 use dump::Snapshot;
 use file::{Header, Kind, Reader, TableInfo, Writer};
@@ -194,6 +195,11 @@ async fn write_backup<T: Task>(
     let dir = target.settings.backup_dir();
     let name = file::file_name(&series(T::NAME, &target.location), created_at, kind);
     let mut writer = Writer::create(&dir, name, &header)?;
+    let what = match kind {
+        Kind::Backup => "backup",
+        Kind::Safety => "safety backup",
+    };
+    writer.show(Progress::rows(header.rows(), what));
     snapshot.write_rows(&mut writer).await?;
     let (path, bytes) = writer.finish()?;
     Ok(BackupReport {

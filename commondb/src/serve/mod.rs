@@ -22,7 +22,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{self, Target, schema};
@@ -34,29 +36,52 @@ use listen::{Listener, Protocol};
 use pool::Pool;
 use service::{Service, encode_error};
 
-/// Where a shutdown has got to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// The stages of a shutdown that connections and requests wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
-    Running,
+    /// Stop accepting and reading; requests in flight go on.
     Draining,
+    /// Requests that have not reached their commit stop.
     Cut,
 }
 
-/// A view of the shutdown's stage that connections and requests wait on.
+/// The shutdown as connections and requests see it: two cancellation tokens, the drain a child
+/// of the cut, so that a cut is a drain too.
 #[derive(Clone)]
-pub(crate) struct Phase(watch::Receiver<Stage>);
+pub(crate) struct Phase {
+    drain: CancellationToken,
+    cut: CancellationToken,
+}
 
 impl Phase {
-    /// Whether the shutdown has reached `stage`.
-    pub(crate) fn is(&self, stage: Stage) -> bool {
-        *self.0.borrow() >= stage
+    fn new() -> Phase {
+        let cut = CancellationToken::new();
+        Phase {
+            drain: cut.child_token(),
+            cut,
+        }
     }
 
-    /// Returns once the shutdown reached `stage` (never, if the server is dropped first).
-    pub(crate) async fn reached(&mut self, stage: Stage) {
-        if self.0.wait_for(|s| *s >= stage).await.is_err() {
-            std::future::pending::<()>().await;
+    fn token(&self, stage: Stage) -> &CancellationToken {
+        match stage {
+            Stage::Draining => &self.drain,
+            Stage::Cut => &self.cut,
         }
+    }
+
+    /// Moves the shutdown to `stage`.
+    fn enter(&self, stage: Stage) {
+        self.token(stage).cancel();
+    }
+
+    /// Whether the shutdown has reached `stage`.
+    pub(crate) fn is(&self, stage: Stage) -> bool {
+        self.token(stage).is_cancelled()
+    }
+
+    /// Returns once the shutdown reached `stage`.
+    pub(crate) async fn reached(&mut self, stage: Stage) {
+        self.token(stage).cancelled().await;
     }
 }
 
@@ -64,7 +89,7 @@ impl Phase {
 pub(crate) struct Server<T: Task> {
     service: Arc<Service<T>>,
     listeners: Vec<Listener>,
-    stage: watch::Sender<Stage>,
+    phase: Phase,
 }
 
 impl<T: Task> Server<T> {
@@ -117,8 +142,7 @@ impl<T: Task> Server<T> {
             }
         }
         let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
-        let (stage, phase) = watch::channel(Stage::Running);
-        let phase = Phase(phase);
+        let phase = Phase::new();
         let group_commit = target.backend().dialect().one_writer() && T::SINGLE_STATEMENT;
         let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
         let batch = group_commit.then(|| batch::Batch::start(Arc::clone(&pool), phase.clone()));
@@ -126,14 +150,14 @@ impl<T: Task> Server<T> {
             pool,
             batch,
             limits,
-            phase,
+            phase.clone(),
             token,
             task_settings,
         ));
         Ok(Server {
             service,
             listeners,
-            stage,
+            phase,
         })
     }
 
@@ -148,9 +172,10 @@ impl<T: Task> Server<T> {
         let Server {
             service,
             listeners,
-            stage,
+            phase,
         } = self;
-        let (done, mut all_done) = mpsc::channel::<()>(1);
+        // Every connection runs on the tracker, so that the shutdown can wait for all of them.
+        let connections = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(service.limits.max_connections as usize));
         let mut paths = Vec::new();
         let mut accepting = tokio::task::JoinSet::new();
@@ -162,25 +187,26 @@ impl<T: Task> Server<T> {
                 Arc::clone(&service),
                 listener,
                 Arc::clone(&slots),
-                done.clone(),
+                connections.clone(),
             ));
         }
-        drop(done);
         let mut stop = std::pin::pin!(stop);
         tokio::select! {
             () = &mut stop => {}
             // Only listeners that end by themselves (stdio) finish before a stop.
             () = async { while accepting.join_next().await.is_some() {} } => {}
         }
-        let _ = stage.send(Stage::Draining);
+        phase.enter(Stage::Draining);
         // The stdio connection runs inside its accept task: the grace period covers it too.
         let grace = Duration::from_millis(service.limits.grace_ms);
         let mut finished = async || {
             while accepting.join_next().await.is_some() {}
-            let _ = all_done.recv().await;
+            // No accept loop is left to add a connection.
+            connections.close();
+            connections.wait().await;
         };
         if tokio::time::timeout(grace, finished()).await.is_err() {
-            let _ = stage.send(Stage::Cut);
+            phase.enter(Stage::Cut);
             // Requests that were cut answer at once; one that is committing gets a moment more.
             let _ = tokio::time::timeout(Duration::from_secs(5), finished()).await;
         }
@@ -210,7 +236,7 @@ async fn accept<T: Task>(
     service: Arc<Service<T>>,
     listener: Listener,
     slots: Arc<Semaphore>,
-    done: mpsc::Sender<()>,
+    connections: TaskTracker,
 ) {
     let mut phase = service.phase.clone();
     let needs_token = service.needs_token();
@@ -224,13 +250,19 @@ async fn accept<T: Task>(
                 false,
             );
             counted(&service, stdio).await;
-            drop(done);
         }
         Listener::Tcp(listener, protocol) => {
             let accept = || listener.accept();
             accept_until_drained(&mut phase, accept, |(stream, _)| {
                 let _ = stream.set_nodelay(true);
-                spawn_connection(&service, stream, protocol, needs_token, &slots, &done);
+                spawn_connection(
+                    &service,
+                    stream,
+                    protocol,
+                    needs_token,
+                    &slots,
+                    &connections,
+                );
             })
             .await;
         }
@@ -238,7 +270,7 @@ async fn accept<T: Task>(
         Listener::Unix(listener, protocol, _) => {
             let accept = || listener.accept();
             accept_until_drained(&mut phase, accept, |(stream, _)| {
-                spawn_connection(&service, stream, protocol, false, &slots, &done);
+                spawn_connection(&service, stream, protocol, false, &slots, &connections);
             })
             .await;
         }
@@ -276,19 +308,18 @@ fn spawn_connection<T: Task, S>(
     protocol: Protocol,
     needs_token: bool,
     slots: &Arc<Semaphore>,
-    done: &mpsc::Sender<()>,
+    connections: &TaskTracker,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = Arc::clone(service);
-    let done = done.clone();
     let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
         let error = Error::temporary(format!(
             "the service has {} connections open, its limit; this one is closed",
             service.limits.max_connections
         ))
         .hint("try again later, or raise serve.max_connections");
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match protocol {
                 Protocol::Line => {
                     use tokio::io::AsyncWriteExt;
@@ -298,11 +329,10 @@ fn spawn_connection<T: Task, S>(
                 }
                 Protocol::Http => http::refuse(stream, error).await,
             }
-            drop(done);
         });
         return;
     };
-    tokio::spawn(async move {
+    connections.spawn(async move {
         let connection = Arc::clone(&service);
         match protocol {
             Protocol::Line => {
@@ -315,7 +345,7 @@ fn spawn_connection<T: Task, S>(
             }
             Protocol::Http => counted(&service, http::serve(connection, stream, needs_token)).await,
         }
-        drop((slot, done));
+        drop(slot);
     });
 }
 
