@@ -184,32 +184,18 @@ async fn cleanup_locked(
         format!("role:{}", names.app),
         format!("role:{}", names.backup),
     ];
-    let mut db = None;
-    // What _commondb_setup records as created.
-    let mut recorded = Vec::new();
-    if db_exists {
-        let mut conn = admin_options
+    let (mut db, recorded) = if db_exists {
+        let db = admin_options
             .with_database(&names.database)
             .connect(&target.settings)
             .await?;
-        if schema::table_exists(&mut conn, MARKER_TABLE).await? {
-            for item in &items {
-                if conn.marker(item).await? == Some(true) {
-                    recorded.push(item.as_str());
-                }
-            }
-        } else if !journal.is_pending("database") {
-            let _ = conn.close().await;
-            return Err(Error::config(format!(
-                "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
-                names.database
-            ))
-            .hint("check database_url; cleanup drops only what --self-setup created"));
-        }
-        db = Some(conn);
-    }
+        let (db, recorded) = records(db, &items, names, journal).await?;
+        (Some(db), recorded)
+    } else {
+        (None, Vec::new())
+    };
     // Ours: recorded as created in the database, or on the journal of an interrupted setup.
-    let ours = |item: &str| journal.is_pending(item) || recorded.contains(&item);
+    let ours = |item: &str| journal.is_pending(item) || recorded.iter().any(|r| r == item);
     let database_ours = db_exists && ours("database");
     for role in [&names.app, &names.backup] {
         interrupt::check()?;
@@ -245,6 +231,33 @@ async fn cleanup_locked(
         ));
     }
     Ok(report)
+}
+
+/// Which of `items` the database's `_commondb_setup` table records as created by setup. A
+/// database without that table was not set up by commondb and is refused, unless the journal of
+/// an interrupted setup says it made it.
+async fn records(
+    mut db: Conn,
+    items: &[String],
+    names: &Names,
+    journal: &AppSecrets,
+) -> Result<(Conn, Vec<String>)> {
+    let mut recorded = Vec::new();
+    if schema::table_exists(&mut db, MARKER_TABLE).await? {
+        for item in items {
+            if db.marker(item).await? == Some(true) {
+                recorded.push(item.clone());
+            }
+        }
+    } else if !journal.is_pending("database") {
+        let _ = db.close().await;
+        return Err(Error::config(format!(
+            "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
+            names.database
+        ))
+        .hint("check database_url; cleanup drops only what --self-setup created"));
+    }
+    Ok((db, recorded))
 }
 
 async fn drop_database(admin: &mut Conn, d: &dyn ServerDialect, name: &str) -> Result<()> {
