@@ -18,6 +18,7 @@ pub mod error;
 mod interrupt;
 mod output;
 mod perf;
+pub mod protocol;
 mod run;
 pub mod secrets;
 mod selftest;
