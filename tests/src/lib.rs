@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 
+pub use commondb::protocol::Answer;
 use tempfile::TempDir;
 
 /// The path of a workspace binary, built on first use.
@@ -912,8 +913,8 @@ impl Sandbox {
         let log = std::sync::Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some((_, addrs)) = line.split_once(": ready: ") {
-                    let _ = ready_tx.send(addrs.split(' ').map(String::from).collect::<Vec<_>>());
+                if let Some(ready) = commondb::protocol::parse_ready_line(&line) {
+                    let _ = ready_tx.send(ready.addresses);
                 }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
@@ -951,7 +952,7 @@ impl Served {
 
     /// A line-protocol client on the first `tcp://` address.
     pub fn client(&self) -> LineClient {
-        LineClient::tcp(&self.address("tcp://"))
+        LineClient::tcp(&self.address(commondb::protocol::listen::TCP))
     }
 
     /// The process id.
@@ -1003,7 +1004,7 @@ impl Drop for Served {
     }
 }
 
-/// A line-protocol client: one request per line, one JSON answer per line.
+/// A line-protocol client: one request per line, one [`Answer`] per line.
 pub struct LineClient {
     reader: std::io::BufReader<Box<dyn std::io::Read + Send>>,
     writer: Box<dyn Write + Send>,
@@ -1042,26 +1043,35 @@ impl LineClient {
         self.writer.flush()
     }
 
-    /// Reads one answer; `None` when the server closed the connection.
-    pub fn recv(&mut self) -> Option<serde_json::Value> {
+    /// Reads one answer; `None` when the server closed the connection. An answer that is not
+    /// the protocol's fails the test.
+    pub fn recv(&mut self) -> Option<Answer> {
         use std::io::BufRead;
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) | Err(_) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("the answer {line:?} is not JSON: {e}")),
-            ),
+            Ok(_) => Some(answer(&line)),
         }
     }
 
     /// Sends one request line and reads its answer.
-    pub fn call(&mut self, line: &str) -> serde_json::Value {
+    pub fn call(&mut self, line: &str) -> Answer {
         self.send(format!("{line}\n").as_bytes())
             .expect("the request is sent");
         self.recv()
             .unwrap_or_else(|| panic!("no answer to {line:?}"))
     }
+}
+
+/// The answer `text` (a line, or an HTTP body), which must be the protocol's.
+pub fn answer(text: &str) -> Answer {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("the answer {text:?} is not the protocol's JSON: {e}"))
+}
+
+/// The result of an answer that succeeded; JSON `null` for one that did not.
+pub fn result(answer: &Answer) -> &serde_json::Value {
+    answer.result.as_ref().unwrap_or(&serde_json::Value::Null)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
