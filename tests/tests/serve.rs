@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commondb::protocol::listen::{HTTP, STDIO, TCP};
@@ -174,15 +174,9 @@ fn sigterm_under_load_loses_nothing_and_answers_every_request_read(backend: Back
     let addr = served.address(TCP);
     let oks = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let started = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|c| {
-            let (addr, oks, errors, started) = (
-                addr.clone(),
-                Arc::clone(&oks),
-                Arc::clone(&errors),
-                Arc::clone(&started),
-            );
+            let (addr, oks, errors) = (addr.clone(), Arc::clone(&oks), Arc::clone(&errors));
             std::thread::spawn(move || {
                 let mut client = LineClient::tcp(&addr);
                 for i in 0.. {
@@ -198,16 +192,16 @@ fn sigterm_under_load_loses_nothing_and_answers_every_request_read(backend: Back
                         }
                         None => return,
                     };
-                    started.store(true, Ordering::SeqCst);
                 }
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.load(Ordering::SeqCst) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // The SIGTERM comes once every client is under way: as many answers as a few rounds of all
+    // eight clients.
+    e2e::wait_for("the load to be under way", 30, || {
+        (oks.load(Ordering::SeqCst) + errors.load(Ordering::SeqCst) >= 40).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; stderr:\n{}", served.stderr()));
     let (code, stderr) = served.terminate();
     for client in clients {
         client.join().unwrap();
@@ -367,7 +361,9 @@ fn limits_on_connections_and_idle_time_are_kept() {
     let refused = third.recv().expect("an answer before the close");
     assert_eq!(refused.kind(), Some("temporary"), "{refused}");
     assert!(third.recv().is_none());
-    // Idle connections are closed after the idle timeout, which frees their slots.
+    // Idle connections are closed after the idle timeout, which frees their slots. This sleep is
+    // the test: the idle timeout (500 ms) must elapse for both connections, and a slot is freed
+    // just after its connection closed, which no client can see; a new client is then served.
     std::thread::sleep(Duration::from_millis(900));
     assert!(first.recv().is_none(), "an idle connection stayed open");
     assert!(is_ok(
@@ -599,10 +595,11 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
     let Some(cmd) = socket_activated(&sb, &format!("127.0.0.1:{port}"), &[&notify_env]) else {
         return;
     };
-    // The tool starts the program on the first connection, which then waits in the backlog.
+    // The tool starts the program on the first connection, which then waits in the backlog:
+    // the first client connects as soon as the tool listens.
     let first = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        LineClient::tcp(&format!("127.0.0.1:{port}")).call("--username first --email f@example.com")
+        LineClient::tcp_once_listening(&format!("127.0.0.1:{port}"))
+            .call("--username first --email f@example.com")
     });
     let served = sb.serve_command(cmd);
     assert_eq!(served.addresses, [format!("tcp://127.0.0.1:{port}")]);
@@ -674,7 +671,8 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "1500");
     sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "20000");
     sb.run(EXE, &["--self-setup"]).code(0);
-    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    // HTTP only to watch the metrics.
+    let served = sb.serve(EXE, &ANY_PORTS);
     let db = sb.database(EXE);
     // Another writer holds the database's write lock.
     let lock = WriteLock::hold(&db);
@@ -684,12 +682,20 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     running
         .send(b"--username stuck --email stuck@example.com\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The writer took it (it holds the pool's connection), so the next request waits apart.
+    served.wait_for_metric(
+        "commondb_pool_connections{executable=\"create-user\",state=\"in_use\"}",
+        1.0,
+    );
     let mut waiting = served.client();
     waiting
         .send(b"--username queued --email queued@example.com\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both were read: the drain stops only the reading of new requests.
+    served.wait_for_metric(
+        "commondb_requests_in_flight{executable=\"create-user\"}",
+        2.0,
+    );
     served.signal_term();
     let answer = waiting.recv().expect("an answer to the waiting request");
     assert_eq!(answer.kind(), Some("interrupted"), "{answer}");
@@ -807,14 +813,19 @@ fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
     let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &[]) else {
         return;
     };
-    let child = cmd
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The tool starts the program on the first connection.
-    std::thread::sleep(Duration::from_millis(300));
-    let _first = std::net::TcpStream::connect(("127.0.0.1", port));
+    // The tool starts the program on the first connection, made as soon as the tool listens.
+    let first = e2e::wait_for("systemd-socket-activate to listen", 30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    if first.is_err() {
+        let _ = child.kill();
+    }
+    let _first = first.unwrap_or_else(|e| panic!("{e}"));
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
