@@ -427,7 +427,7 @@ impl Backend {
         let msg = format!(
             "no {self:?} server answers at {host_port}: set {var} to an admin URL, or start one with scripts/dev-servers start"
         );
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
+        if ci() {
             panic!("{msg} (CI=true requires every server)");
         }
         eprintln!("SKIPPED: {msg}");
@@ -682,6 +682,29 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Whether this is CI (`CI=true`), where whatever a test needs must be there: a missing server
+/// or tool fails the test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The path of the program `tool` on `PATH`. Without it, the test is skipped with a loud line
+/// that says to install `package`, except with `CI=true`, where it fails (scripts/test installs
+/// what the tests need in CI).
+pub fn tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("{tool} is not installed (apt-get install {package})");
+        assert!(!ci(), "{msg}, and CI=true requires it");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
 }
 
 /// Makes a FIFO at `path` (as `mkfifo` does).

@@ -622,13 +622,11 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
 }
 
 /// `create-user --serve` under `systemd-socket-activate -l ADDRESS`, which binds the socket and
-/// starts the program on the first connection; `None` (after a loud line) without the tool.
+/// starts the program on the first connection; `None` (after a loud line) without the tool,
+/// except with `CI=true`, where a missing tool fails the test (scripts/test installs it).
 /// The tool passes on only the variables named with `--setenv`: the sandbox's and `extra`.
 fn socket_activated(sb: &Sandbox, address: &str, extra: &[&str]) -> Option<std::process::Command> {
-    let Ok(tool) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
-        return None;
-    };
+    let tool = e2e::tool("systemd-socket-activate", "systemd")?;
     let mut cmd = std::process::Command::new(tool);
     cmd.args(["-l", address])
         .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
@@ -649,16 +647,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
 }
 
 /// SIGTERM while requests wait behind a lock: after the grace period, a request that had not
