@@ -19,6 +19,7 @@ mod interrupt;
 mod modes;
 mod output;
 mod perf;
+pub mod protocol;
 mod run;
 pub mod secrets;
 mod selftest;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use commondb::protocol::{self, listen::TCP};
 use serde_json::Value;
 
 use report::{Record, Summary};
@@ -471,7 +472,7 @@ fn compare_serve(
         other => other.clone(),
     };
     let mut child = Command::new(exe)
-        .args(["--serve", "--listen", "tcp://127.0.0.1:0"])
+        .args(["--serve", "--listen", &format!("{TCP}127.0.0.1:0")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -481,8 +482,8 @@ fn compare_serve(
     let mut address = None;
     let mut said = String::new();
     for line in lines.by_ref().map_while(Result::ok) {
-        if let Some((_, addrs)) = line.split_once(": ready: ") {
-            address = addrs.split(' ').next().map(String::from);
+        if let Some(ready) = protocol::parse_ready_line(&line) {
+            address = ready.addresses.into_iter().next();
             break;
         }
         said.push_str(&line);

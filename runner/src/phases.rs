@@ -1,34 +1,30 @@
 //! The executables' performance reports: with `COMMONDB_PERFORMANCE_REPORT=FILE` a commondb
 //! executable appends one JSON line per run, `{"phases_us": {"start": …, "config": …, …},
-//! "since_spawn_us": …}`; the time from that line to the reap is the `exit` phase.
+//! "since_spawn_us": …}` ([`commondb::protocol::PerformanceReport`]); the time from that line
+//! to the reap is the `exit` phase.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+
+use commondb::protocol::{PerformanceReport, phase};
 
 /// The phases in `file`, plus `exit`: what `latency` has beyond the report's `since_spawn_us`.
 pub fn read(file: &Path, latency: Duration) -> BTreeMap<String, u64> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return BTreeMap::new();
     };
-    let Some(doc) = text
+    let Some(report) = text
         .lines()
         .last()
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|l| serde_json::from_str::<PerformanceReport>(l).ok())
     else {
         return BTreeMap::new();
     };
-    let mut phases: BTreeMap<String, u64> = doc["phases_us"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(since_spawn) = doc["since_spawn_us"].as_u64() {
+    let mut phases = report.phases_us;
+    if let Some(since_spawn) = report.since_spawn_us {
         let latency = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        phases.insert("exit".into(), latency.saturating_sub(since_spawn));
+        phases.insert(phase::EXIT.into(), latency.saturating_sub(since_spawn));
     }
     phases
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use commondb::protocol;
 use wait4::Wait4;
 
 use crate::fleet::Fleet;
@@ -83,11 +84,11 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
         .envs(plan.env.iter().map(|(k, v)| (k, v)));
     let perf_file: Option<PathBuf> = plan.perf_dir.map(|d| d.join(format!("{i}.jsonl")));
     if let Some(file) = &perf_file {
-        cmd.env("COMMONDB_PERFORMANCE_REPORT", file);
+        cmd.env(protocol::PERFORMANCE_REPORT_VAR, file);
     }
     let started = Instant::now();
     if perf_file.is_some() {
-        cmd.env("COMMONDB_SPAWNED_AT_NS", unix_nanos().to_string());
+        cmd.env(protocol::SPAWNED_AT_VAR, unix_nanos().to_string());
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,

@@ -37,11 +37,6 @@ pub struct Record {
     pub phases: BTreeMap<String, u64>,
 }
 
-/// The phases a commondb executable reports, in the order they run.
-const PHASE_ORDER: [&str; 8] = [
-    "start", "config", "prepare", "connect", "begin", "task", "commit", "exit",
-];
-
 impl Record {
     /// Instance `i`, failed with `error` and nothing measured yet.
     pub fn failed(i: u64, error: String) -> Record {
@@ -217,7 +212,7 @@ impl Summary {
                     .filter_map(|(k, v)| Some((k, Stats::of(v)?.p50 as u64)))
                     .collect();
                 medians.sort_by_key(|(k, _)| {
-                    PHASE_ORDER
+                    commondb::protocol::PHASES
                         .iter()
                         .position(|p| p == k)
                         .unwrap_or(usize::MAX)

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use commondb::protocol::Answer;
+use commondb::protocol::listen::{HTTP, TCP, UNIX};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,11 +38,11 @@ impl Endpoint {
                 "--serve {s:?}: the address must be HOST:PORT with a port from 1 to 65535"
             )),
         };
-        if let Some(a) = s.strip_prefix("tcp://") {
+        if let Some(a) = s.strip_prefix(TCP) {
             Ok(Endpoint::Tcp(host_port(a)?))
-        } else if let Some(a) = s.strip_prefix("http://") {
+        } else if let Some(a) = s.strip_prefix(HTTP) {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
-        } else if let Some(p) = s.strip_prefix("unix:") {
+        } else if let Some(p) = s.strip_prefix(UNIX) {
             Ok(Endpoint::Unix(PathBuf::from(p)))
         } else {
             Err(format!(
@@ -62,9 +64,9 @@ impl std::fmt::Display for Endpoint {
     /// As [`Endpoint::parse`] reads it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
-            Endpoint::Http(a) => write!(f, "http://{a}"),
-            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "{TCP}{a}"),
+            Endpoint::Http(a) => write!(f, "{HTTP}{a}"),
+            Endpoint::Unix(p) => write!(f, "{UNIX}{}", p.display()),
         }
     }
 }
@@ -175,16 +177,16 @@ async fn call(client: &mut Option<Client>, i: u64, request: &str, load: &Load) -
             record.error = e;
             *client = None;
         }
-        Some(Ok(doc)) => {
-            record.ok = doc["ok"] == serde_json::Value::Bool(true);
-            if !record.ok {
-                record.code = doc["error"]["exit_code"]
-                    .as_i64()
-                    .and_then(|c| i32::try_from(c).ok());
-                record.error = doc["error"]["message"]
-                    .as_str()
-                    .unwrap_or("an answer without ok")
-                    .to_string();
+        Some(Ok(answer)) => {
+            record.ok = answer.ok;
+            if !answer.ok {
+                match answer.error {
+                    Some(error) => {
+                        record.code = Some(i32::from(error.exit_code));
+                        record.error = error.message;
+                    }
+                    None => record.error = "a failed answer without its error".into(),
+                }
             }
         }
     }
@@ -254,7 +256,7 @@ impl Client {
         }
     }
 
-    async fn exchange(&mut self, request: &str) -> Result<serde_json::Value, String> {
+    async fn exchange(&mut self, request: &str) -> Result<Answer, String> {
         let text = match self {
             Client::Line { reader, writer, .. } => {
                 let mut line = Vec::with_capacity(request.len() + 1);
@@ -298,7 +300,8 @@ impl Client {
                 String::from_utf8_lossy(&bytes).into_owned()
             }
         };
-        serde_json::from_str(&text).map_err(|e| format!("the answer is not JSON ({e}): {text:?}"))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("the answer is not the protocol's JSON ({e}): {text:?}"))
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 
+pub use commondb::protocol::Answer;
 use tempfile::TempDir;
 
 /// The path of a workspace binary, built on first use.
@@ -426,7 +427,7 @@ impl Backend {
         let msg = format!(
             "no {self:?} server answers at {host_port}: set {var} to an admin URL, or start one with scripts/dev-servers start"
         );
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
+        if ci() {
             panic!("{msg} (CI=true requires every server)");
         }
         eprintln!("SKIPPED: {msg}");
@@ -683,6 +684,29 @@ pub fn wait_for<T>(
     }
 }
 
+/// Whether this is CI (`CI=true`), where whatever a test needs must be there: a missing server
+/// or tool fails the test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The path of the program `tool` on `PATH`. Without it, the test is skipped with a loud line
+/// that says to install `package`, except with `CI=true`, where it fails (scripts/test installs
+/// what the tests need in CI).
+pub fn tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("{tool} is not installed (apt-get install {package})");
+        assert!(!ci(), "{msg}, and CI=true requires it");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
 /// Makes a FIFO at `path` (as `mkfifo` does).
 pub fn mkfifo(path: &Path) {
     let made = Command::new("mkfifo")
@@ -887,12 +911,94 @@ pub fn concurrent_creates(sb: &Sandbox, n: usize) -> Vec<Run> {
     sb.run_concurrently("create-user", runs, &[])
 }
 
+/// What a child process writes on stderr, read line by line by a thread of its own (so that the
+/// child never blocks on a full pipe), for a test to wait on what the process says rather than
+/// on time.
+#[derive(Clone)]
+pub struct StderrLog {
+    shared: std::sync::Arc<(std::sync::Mutex<LogState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct LogState {
+    text: String,
+    /// The pipe reached its end: the process, and whatever inherited its stderr, closed it.
+    ended: bool,
+}
+
+impl StderrLog {
+    /// Starts reading `pipe`.
+    pub fn read(pipe: impl std::io::Read + Send + 'static) -> StderrLog {
+        use std::io::BufRead;
+        let log = StderrLog {
+            shared: std::sync::Arc::default(),
+        };
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            let (state, changed) = &*writer.shared;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut state = state.lock().unwrap();
+                state.text.push_str(&line);
+                state.text.push('\n');
+                changed.notify_all();
+            }
+            state.lock().unwrap().ended = true;
+            changed.notify_all();
+        });
+        log
+    }
+
+    /// Waits up to `secs` seconds for a line for which `found` gives a value; `None` if stderr
+    /// ended or the time ran out first.
+    pub fn wait_for_line<T>(
+        &self,
+        secs: u64,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Option<T> {
+        let (state, changed) = &*self.shared;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut seen = 0;
+        let mut state = state.lock().unwrap();
+        loop {
+            // Only whole lines are in the text; each is looked at once.
+            for line in state.text[seen..].lines() {
+                if let Some(value) = found(line) {
+                    return Some(value);
+                }
+            }
+            seen = state.text.len();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if state.ended || left.is_zero() {
+                return None;
+            }
+            state = changed.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
+    /// What was read so far.
+    pub fn text(&self) -> String {
+        self.shared.0.lock().unwrap().text.clone()
+    }
+
+    /// Waits (up to `secs` seconds) for the end of stderr, so that the last lines of a process
+    /// that exited are read too; then everything it said.
+    pub fn finish(&self, secs: u64) -> String {
+        let (state, changed) = &*self.shared;
+        let state = state.lock().unwrap();
+        let wait = std::time::Duration::from_secs(secs);
+        let (state, _) = changed
+            .wait_timeout_while(state, wait, |s| !s.ended)
+            .unwrap();
+        state.text.clone()
+    }
+}
+
 /// A `--serve` process, stopped (SIGKILL) when dropped unless [`Served::terminate`] stopped it.
 pub struct Served {
     child: std::process::Child,
     /// The addresses its ready line named, e.g. `tcp://127.0.0.1:40123`.
     pub addresses: Vec<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: StderrLog,
 }
 
 impl Sandbox {
@@ -901,38 +1007,26 @@ impl Sandbox {
         self.serve_command(self.command(exe, &[&["--serve"], args].concat()))
     }
 
-    /// Starts a prepared `--serve` command and waits for its ready line.
+    /// Starts a prepared `--serve` command and waits (up to 30 s) for its ready line.
     pub fn serve_command(&self, mut cmd: Command) -> Served {
-        use std::io::BufRead;
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut child = cmd.spawn().expect("the server starts");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let log = std::sync::Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some((_, addrs)) = line.split_once(": ready: ") {
-                    let _ = ready_tx.send(addrs.split(' ').map(String::from).collect::<Vec<_>>());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
+        let stderr = StderrLog::read(child.stderr.take().expect("stderr is piped"));
+        let ready = stderr.wait_for_line(30, |line| {
+            commondb::protocol::parse_ready_line(line).map(|r| r.addresses)
         });
-        match ready_rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(addresses) => Served {
+        match ready {
+            Some(addresses) => Served {
                 child,
                 addresses,
                 stderr,
             },
-            Err(_) => {
+            None => {
                 let _ = child.kill();
                 let status = child.wait();
-                std::thread::sleep(std::time::Duration::from_millis(100));
                 panic!(
                     "the server did not say it was ready ({status:?}); stderr:\n{}",
-                    stderr.lock().unwrap()
+                    stderr.finish(5)
                 );
             }
         }
@@ -951,7 +1045,25 @@ impl Served {
 
     /// A line-protocol client on the first `tcp://` address.
     pub fn client(&self) -> LineClient {
-        LineClient::tcp(&self.address("tcp://"))
+        LineClient::tcp(&self.address(commondb::protocol::listen::TCP))
+    }
+
+    /// The value of one series of the metrics (`name{labels}` exactly as the service writes
+    /// it), from the first `http://` address.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let addr = self.address(commondb::protocol::listen::HTTP);
+        let (status, text) = http(&addr, "GET", commondb::protocol::METRICS_PATH, &[], b"");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits (up to 30 s) until the metrics' `series` has `value`.
+    pub fn wait_for_metric(&self, series: &str, value: f64) {
+        wait_for(&format!("{series} to be {value}"), 30, || {
+            (self.metric(series) == Some(value)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}; stderr:\n{}", self.stderr()));
     }
 
     /// The process id.
@@ -961,7 +1073,7 @@ impl Served {
 
     /// What it printed on stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     /// Sends SIGTERM without waiting.
@@ -971,19 +1083,13 @@ impl Served {
 
     /// Waits (up to 60 s) for the process to exit; returns its exit code and stderr.
     pub fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait works") {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                return (status.code(), self.stderr());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not exit; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let exited = wait_for("the server to exit", 60, || {
+            self.child.try_wait().expect("wait works")
+        });
+        match exited {
+            // Its last lines are read once the pipe ends.
+            Ok(status) => (status.code(), self.stderr.finish(10)),
+            Err(e) => panic!("{e}; stderr:\n{}", self.stderr()),
         }
     }
 
@@ -1003,7 +1109,7 @@ impl Drop for Served {
     }
 }
 
-/// A line-protocol client: one request per line, one JSON answer per line.
+/// A line-protocol client: one request per line, one [`Answer`] per line.
 pub struct LineClient {
     reader: std::io::BufReader<Box<dyn std::io::Read + Send>>,
     writer: Box<dyn Write + Send>,
@@ -1014,6 +1120,21 @@ impl LineClient {
     pub fn tcp(addr: &str) -> LineClient {
         let stream = std::net::TcpStream::connect(addr)
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        LineClient::over_tcp(stream)
+    }
+
+    /// Connects to `host:port` as soon as something listens there, trying for up to 30 s: the
+    /// first connection to a socket that is still being set up (by `systemd-socket-activate`,
+    /// say).
+    pub fn tcp_once_listening(addr: &str) -> LineClient {
+        let stream = wait_for(&format!("something to listen on {addr}"), 30, || {
+            std::net::TcpStream::connect(addr).ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        LineClient::over_tcp(stream)
+    }
+
+    fn over_tcp(stream: std::net::TcpStream) -> LineClient {
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(60)))
@@ -1042,26 +1163,35 @@ impl LineClient {
         self.writer.flush()
     }
 
-    /// Reads one answer; `None` when the server closed the connection.
-    pub fn recv(&mut self) -> Option<serde_json::Value> {
+    /// Reads one answer; `None` when the server closed the connection. An answer that is not
+    /// the protocol's fails the test.
+    pub fn recv(&mut self) -> Option<Answer> {
         use std::io::BufRead;
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) | Err(_) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("the answer {line:?} is not JSON: {e}")),
-            ),
+            Ok(_) => Some(answer(&line)),
         }
     }
 
     /// Sends one request line and reads its answer.
-    pub fn call(&mut self, line: &str) -> serde_json::Value {
+    pub fn call(&mut self, line: &str) -> Answer {
         self.send(format!("{line}\n").as_bytes())
             .expect("the request is sent");
         self.recv()
             .unwrap_or_else(|| panic!("no answer to {line:?}"))
     }
+}
+
+/// The answer `text` (a line, or an HTTP body), which must be the protocol's.
+pub fn answer(text: &str) -> Answer {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("the answer {text:?} is not the protocol's JSON: {e}"))
+}
+
+/// The result of an answer that succeeded; JSON `null` for one that did not.
+pub fn result(answer: &Answer) -> &serde_json::Value {
+    answer.result.as_ref().unwrap_or(&serde_json::Value::Null)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.

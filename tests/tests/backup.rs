@@ -241,6 +241,10 @@ fn kill_during_a_restore_leaves_the_database_as_it_was(backend: Backend) {
     wait_for(&sb, "safety backup", |f| {
         f.ends_with("-pre-restore.jsonl.zst")
     });
+    // This sleep is the test's choice of moment: the restore's transaction has begun (the
+    // safety backup is taken inside it), and 50 ms more puts the kill among the rows it
+    // replaces, which nothing outside the restore can see on every backend. Any moment inside
+    // the transaction must leave the data as it was.
     std::thread::sleep(Duration::from_millis(50));
     child.kill().unwrap();
     let status = child.wait().unwrap();

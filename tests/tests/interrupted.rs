@@ -158,13 +158,18 @@ fn a_setup_interrupted_by_ctrl_c_stops_after_the_step_with_130(backend: Backend)
     };
     let db = sb.server();
     let lock = RolesLocked::take(db);
-    let setup = spawn_admin(&sb, &["--self-setup"]);
+    let mut setup = spawn_admin(&sb, &["--self-setup"]);
+    let log = e2e::StderrLog::read(setup.stderr.take().expect("stderr is piped"));
     wait_for_blocked(db, "CREATE");
     e2e::signal(setup.id(), rustix::process::Signal::INT);
-    std::thread::sleep(Duration::from_millis(200));
+    // The step goes on only once setup has taken the signal in, which it says (if it never
+    // does, the checks below fail).
+    let _ = log.wait_for_line(30, |l| {
+        l.contains("stopping after the current step").then_some(())
+    });
     lock.release();
     let out = setup.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = log.finish(10);
     assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
     assert!(stderr.contains("interrupted"), "stderr: {stderr}");
     assert!(
@@ -215,6 +220,8 @@ fn setups_killed_at_any_moment_are_finished_or_undone_on_postgres() {
             return;
         };
         let mut setup = spawn_admin(&sb, &["--self-setup"]);
+        // This sleep is the test: the kill lands at a moment chosen by time, not by what setup
+        // says, so that over the spread it falls between, and inside, every kind of step.
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = setup.kill();
         setup.wait().unwrap();

@@ -1,6 +1,7 @@
 //! `runmany` end to end: the real runner launching the real binaries. Its report must agree with
 //! the database: the rows written equal the successes reported, exactly.
 
+use commondb::protocol::listen::{HTTP, TCP};
 use e2e::{Backend, BackendSandbox, Run, Sandbox, on_every_backend};
 use serde_json::Value;
 
@@ -59,7 +60,7 @@ fn a_service_gets_the_same_requests_and_the_rows_match(backend: Backend) {
             "http://127.0.0.1:0",
         ],
     );
-    for (scheme, n) in [("tcp://", "300"), ("http://", "200")] {
+    for (scheme, n) in [(TCP, "300"), (HTTP, "200")] {
         let addr = format!("{scheme}{}", served.address(scheme));
         let run = runmany(&sb, &["-n", n, "-j", "8", "--serve", &addr, EXE]);
         run.code(0)
@@ -68,7 +69,7 @@ fn a_service_gets_the_same_requests_and_the_rows_match(backend: Backend) {
     }
     assert_eq!(users(&sb), 500);
     // Explicit arguments go over the line protocol, with the placeholders filled.
-    let addr = format!("tcp://{}", served.address("tcp://"));
+    let addr = format!("{TCP}{}", served.address(TCP));
     let run = runmany(
         &sb,
         &[

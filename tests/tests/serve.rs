@@ -5,11 +5,12 @@
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{Backend, BackendSandbox, LineClient, Sandbox, http, on_every_backend};
-use serde_json::Value;
+use commondb::protocol::listen::{HTTP, STDIO, TCP};
+use commondb::protocol::{AUTH, HEALTH_PATH, METRICS_PATH};
+use e2e::{Answer, Backend, BackendSandbox, LineClient, Sandbox, http, on_every_backend, result};
 
 const EXE: &str = "create-user";
 const ANY_PORTS: [&str; 4] = [
@@ -59,8 +60,8 @@ fn users(sb: &BackendSandbox) -> i64 {
     sb.count(EXE, "SELECT COUNT(*) FROM users")
 }
 
-fn is_ok(answer: &Value) -> bool {
-    answer["ok"] == Value::Bool(true)
+fn is_ok(answer: &Answer) -> bool {
+    answer.ok
 }
 
 fn a_thousand_pipelined_requests_are_answered_in_order(backend: Backend) {
@@ -78,7 +79,7 @@ fn a_thousand_pipelined_requests_are_answered_in_order(backend: Backend) {
         let answer = client.recv().expect("an answer per request");
         assert!(is_ok(&answer), "request {i}: {answer}");
         assert_eq!(
-            answer["result"]["username"],
+            result(&answer)["username"],
             format!("pp{i}"),
             "out of order"
         );
@@ -91,9 +92,9 @@ fn a_thousand_pipelined_requests_are_answered_in_order(backend: Backend) {
 fn two_hundred_concurrent_connections_are_all_served(backend: Backend) {
     let Some(sb) = set_up(backend) else { return };
     let served = sb.serve(EXE, &ANY_PORTS);
-    let addr = served.address("tcp://");
+    let addr = served.address(TCP);
     // All 200 connect first, then all send: 200 connections open at once.
-    let answers: Vec<Value> = connected_at_once(&addr, 200, |i, client| {
+    let answers: Vec<Answer> = connected_at_once(&addr, 200, |i, client| {
         client.call(&format!(
             r#"{{"username": "cc{i}", "email": "cc{i}@example.com"}}"#
         ))
@@ -113,16 +114,16 @@ fn two_hundred_concurrent_connections_are_all_served(backend: Backend) {
 fn http_answers_with_fitting_status_codes(backend: Backend) {
     let Some(sb) = set_up(backend) else { return };
     let served = sb.serve(EXE, &ANY_PORTS);
-    let addr = served.address("http://");
+    let addr = served.address(HTTP);
     let post = |body: &str| http(&addr, "POST", "/create", &[], body.as_bytes());
 
     let (status, body) = post(r#"{"username": "alice", "email": "alice@example.com"}"#);
     assert_eq!(status, 201, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["result"]["username"], "alice");
+    assert_eq!(result(&e2e::answer(&body))["username"], "alice");
     let (status, body) = post(r#"{"username": "alice", "email": "other@example.com"}"#);
     assert_eq!(status, 409, "{body}");
-    assert!(body.contains("\"exit_code\":73"), "{body}");
+    let error = e2e::answer(&body).error;
+    assert_eq!(error.map(|e| e.exit_code), Some(73), "{body}");
     let (status, body) = post(r#"{"username": "bob", "email": "not-an-address"}"#);
     assert_eq!(status, 422, "{body}");
     let (status, body) = post("{not json");
@@ -140,10 +141,10 @@ fn http_answers_with_fitting_status_codes(backend: Backend) {
 
     let (status, body) = http(&addr, "POST", "/create", &[], &vec![b' '; 70_000]);
     assert_eq!(status, 413, "{body}");
-    assert_eq!(http(&addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(&addr, "GET", HEALTH_PATH, &[], b"").0, 200);
     assert_eq!(http(&addr, "GET", "/nothing", &[], b"").0, 404);
     assert_eq!(http(&addr, "GET", "/create", &[], b"").0, 405);
-    let (status, metrics) = http(&addr, "GET", "/metrics", &[], b"");
+    let (status, metrics) = http(&addr, "GET", METRICS_PATH, &[], b"");
     assert_eq!(status, 200);
     for line in [
         "commondb_requests_total{executable=\"create-user\",outcome=\"ok\"} 2",
@@ -170,18 +171,12 @@ fn http_answers_with_fitting_status_codes(backend: Backend) {
 fn sigterm_under_load_loses_nothing_and_answers_every_request_read(backend: Backend) {
     let Some(sb) = set_up(backend) else { return };
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
-    let addr = served.address("tcp://");
+    let addr = served.address(TCP);
     let oks = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let started = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|c| {
-            let (addr, oks, errors, started) = (
-                addr.clone(),
-                Arc::clone(&oks),
-                Arc::clone(&errors),
-                Arc::clone(&started),
-            );
+            let (addr, oks, errors) = (addr.clone(), Arc::clone(&oks), Arc::clone(&errors));
             std::thread::spawn(move || {
                 let mut client = LineClient::tcp(&addr);
                 for i in 0.. {
@@ -192,21 +187,21 @@ fn sigterm_under_load_loses_nothing_and_answers_every_request_read(backend: Back
                     match client.recv() {
                         Some(answer) if is_ok(&answer) => oks.fetch_add(1, Ordering::SeqCst),
                         Some(answer) => {
-                            assert_eq!(answer["error"]["kind"], "interrupted", "{answer}");
+                            assert_eq!(answer.kind(), Some("interrupted"), "{answer}");
                             errors.fetch_add(1, Ordering::SeqCst)
                         }
                         None => return,
                     };
-                    started.store(true, Ordering::SeqCst);
                 }
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.load(Ordering::SeqCst) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // The SIGTERM comes once every client is under way: as many answers as a few rounds of all
+    // eight clients.
+    e2e::wait_for("the load to be under way", 30, || {
+        (oks.load(Ordering::SeqCst) + errors.load(Ordering::SeqCst) >= 40).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; stderr:\n{}", served.stderr()));
     let (code, stderr) = served.terminate();
     for client in clients {
         client.join().unwrap();
@@ -249,9 +244,9 @@ fn malformed_requests_are_answered_and_the_connection_stays_usable() {
     for (line, kind, says) in cases {
         client.send(line).unwrap();
         let answer = client.recv().expect("an answer");
-        assert_eq!(answer["ok"], false, "{answer}");
-        assert_eq!(answer["error"]["kind"], kind, "{answer}");
-        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(!answer.ok, "{answer}");
+        assert_eq!(answer.kind(), Some(kind), "{answer}");
+        let message = &answer.error.expect("an error").message;
         assert!(message.contains(says), "{message:?} should say {says:?}");
     }
     let answer = client.call("--create --username alice --email alice@example.com");
@@ -262,13 +257,8 @@ fn malformed_requests_are_answered_and_the_connection_stays_usable() {
     long.push(b'\n');
     let _ = client.send(&long);
     let answer = client.recv().expect("an answer to the long line");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("longer than 65536"),
-        "{answer}"
-    );
+    let error = answer.error.as_ref().expect("an error");
+    assert!(error.message.contains("longer than 65536"), "{answer}");
     assert!(client.recv().is_none(), "the connection stays open");
     // The service goes on for others.
     let answer = served
@@ -286,7 +276,7 @@ fn a_last_line_without_its_newline_is_not_executed() {
     use std::io::Read;
     let sb = Sandbox::new();
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
-    let mut stream = std::net::TcpStream::connect(served.address("tcp://")).unwrap();
+    let mut stream = std::net::TcpStream::connect(served.address(TCP)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -318,10 +308,9 @@ fn an_http_client_that_half_closes_after_its_request_gets_the_answer() {
     use std::io::Read;
     let sb = Sandbox::new();
     let served = sb.serve(EXE, &["--listen", "http://127.0.0.1:0"]);
-    let addr = served.address("http://");
-    let addr = addr.trim_start_matches("http://");
+    let addr = served.address(HTTP);
     let body = r#"{"username": "half", "email": "half@example.com"}"#;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -370,9 +359,11 @@ fn limits_on_connections_and_idle_time_are_kept() {
     ));
     let mut third = served.client();
     let refused = third.recv().expect("an answer before the close");
-    assert_eq!(refused["error"]["kind"], "temporary", "{refused}");
+    assert_eq!(refused.kind(), Some("temporary"), "{refused}");
     assert!(third.recv().is_none());
-    // Idle connections are closed after the idle timeout, which frees their slots.
+    // Idle connections are closed after the idle timeout, which frees their slots. This sleep is
+    // the test: the idle timeout (500 ms) must elapse for both connections, and a slot is freed
+    // just after its connection closed, which no client can see; a new client is then served.
     std::thread::sleep(Duration::from_millis(900));
     assert!(first.recv().is_none(), "an idle connection stayed open");
     assert!(is_ok(
@@ -408,27 +399,27 @@ fn a_non_loopback_address_needs_a_token_and_clients_must_present_it() {
         let addr = served.address(prefix);
         format!("127.0.0.1:{}", addr.rsplit_once(':').unwrap().1)
     };
-    let mut anonymous = LineClient::tcp(&port("tcp://"));
+    let mut anonymous = LineClient::tcp(&port(TCP));
     let answer = anonymous.call("--username anon --email anon@example.com");
-    assert_eq!(answer["error"]["kind"], "permission", "{answer}");
+    assert_eq!(answer.kind(), Some("permission"), "{answer}");
     assert!(anonymous.recv().is_none(), "kept a client without a token");
-    let mut wrong = LineClient::tcp(&port("tcp://"));
+    let mut wrong = LineClient::tcp(&port(TCP));
     assert_eq!(
-        wrong.call("AUTH not-the-token")["error"]["kind"],
-        "permission"
+        wrong.call(&format!("{AUTH}not-the-token")).kind(),
+        Some("permission")
     );
-    let mut client = LineClient::tcp(&port("tcp://"));
-    assert!(is_ok(&client.call(&format!("AUTH {token}"))));
+    let mut client = LineClient::tcp(&port(TCP));
+    assert!(is_ok(&client.call(&format!("{AUTH}{token}"))));
     assert!(is_ok(
         &client.call("--username alice --email alice@example.com")
     ));
 
     let body = br#"{"username": "bob", "email": "bob@example.com"}"#;
-    let (status, _) = http(&port("http://"), "POST", "/create", &[], body);
+    let (status, _) = http(&port(HTTP), "POST", "/create", &[], body);
     assert_eq!(status, 401);
     let bearer = format!("Bearer {token}");
     let (status, text) = http(
-        &port("http://"),
+        &port(HTTP),
         "POST",
         "/create",
         &[("Authorization", &bearer)],
@@ -485,15 +476,19 @@ fn stdio_serves_one_connection_and_exits() {
         .unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let answers: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    let answers: Vec<Answer> = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(e2e::answer)
         .collect();
     assert_eq!(answers.len(), 2, "{answers:?}");
     assert!(is_ok(&answers[0]));
-    assert_eq!(answers[1]["error"]["kind"], "conflict");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("ready: stdio"),
+    assert_eq!(answers[1].kind(), Some("conflict"));
+    let ready = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .find_map(commondb::protocol::parse_ready_line);
+    assert_eq!(
+        ready.map(|r| r.addresses),
+        Some(vec![STDIO.to_string()]),
         "{output:?}"
     );
 }
@@ -526,7 +521,7 @@ fn a_database_that_stops_and_comes_back_is_used_again() {
     pg.stop();
     let asked = Instant::now();
     let answer = client.call("--username during --email during@example.com");
-    assert_eq!(answer["error"]["kind"], "unavailable", "{answer}");
+    assert_eq!(answer.kind(), Some("unavailable"), "{answer}");
     assert!(
         asked.elapsed() < Duration::from_secs(4),
         "a request took {:?} to fail while the database was down",
@@ -600,10 +595,11 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
     let Some(cmd) = socket_activated(&sb, &format!("127.0.0.1:{port}"), &[&notify_env]) else {
         return;
     };
-    // The tool starts the program on the first connection, which then waits in the backlog.
+    // The tool starts the program on the first connection, which then waits in the backlog:
+    // the first client connects as soon as the tool listens.
     let first = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        LineClient::tcp(&format!("127.0.0.1:{port}")).call("--username first --email f@example.com")
+        LineClient::tcp_once_listening(&format!("127.0.0.1:{port}"))
+            .call("--username first --email f@example.com")
     });
     let served = sb.serve_command(cmd);
     assert_eq!(served.addresses, [format!("tcp://127.0.0.1:{port}")]);
@@ -626,13 +622,11 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
 }
 
 /// `create-user --serve` under `systemd-socket-activate -l ADDRESS`, which binds the socket and
-/// starts the program on the first connection; `None` (after a loud line) without the tool.
+/// starts the program on the first connection; `None` (after a loud line) without the tool,
+/// except with `CI=true`, where a missing tool fails the test (scripts/test installs it).
 /// The tool passes on only the variables named with `--setenv`: the sandbox's and `extra`.
 fn socket_activated(sb: &Sandbox, address: &str, extra: &[&str]) -> Option<std::process::Command> {
-    let Ok(tool) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
-        return None;
-    };
+    let tool = e2e::tool("systemd-socket-activate", "systemd")?;
     let mut cmd = std::process::Command::new(tool);
     cmd.args(["-l", address])
         .args(sb.env().iter().map(|(k, v)| format!("--setenv={k}={v}")))
@@ -655,16 +649,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
-}
-
 /// SIGTERM while requests wait behind a lock: after the grace period, a request that had not
 /// sent its statement is answered `interrupted`; one whose statement was running is waited for
 /// and answered with what the database said. Nothing is written, and the service exits 0.
@@ -675,7 +659,8 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "1500");
     sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "20000");
     sb.run(EXE, &["--self-setup"]).code(0);
-    let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
+    // HTTP only to watch the metrics.
+    let served = sb.serve(EXE, &ANY_PORTS);
     let db = sb.database(EXE);
     // Another writer holds the database's write lock.
     let lock = WriteLock::hold(&db);
@@ -685,18 +670,26 @@ fn requests_in_flight_at_the_cut_are_answered_and_write_nothing() {
     running
         .send(b"--username stuck --email stuck@example.com\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The writer took it (it holds the pool's connection), so the next request waits apart.
+    served.wait_for_metric(
+        "commondb_pool_connections{executable=\"create-user\",state=\"in_use\"}",
+        1.0,
+    );
     let mut waiting = served.client();
     waiting
         .send(b"--username queued --email queued@example.com\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both were read: the drain stops only the reading of new requests.
+    served.wait_for_metric(
+        "commondb_requests_in_flight{executable=\"create-user\"}",
+        2.0,
+    );
     served.signal_term();
     let answer = waiting.recv().expect("an answer to the waiting request");
-    assert_eq!(answer["error"]["kind"], "interrupted", "{answer}");
-    assert_eq!(answer["error"]["exit_code"], 130);
+    assert_eq!(answer.kind(), Some("interrupted"), "{answer}");
+    assert_eq!(answer.error.map(|e| e.exit_code), Some(130));
     let answer = running.recv().expect("an answer to the running request");
-    assert_eq!(answer["error"]["kind"], "temporary", "{answer}");
+    assert_eq!(answer.kind(), Some("temporary"), "{answer}");
     let (code, stderr) = served.wait();
     assert_eq!(code, Some(0), "{stderr}");
     lock.release();
@@ -744,7 +737,7 @@ fn a_request_past_its_timeout_is_answered_and_writes_nothing() {
     let mut client = served.client();
     let started = Instant::now();
     let answer = client.call("--username slow --email slow@example.com");
-    assert_eq!(answer["error"]["kind"], "temporary", "{answer}");
+    assert_eq!(answer.kind(), Some("temporary"), "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -769,8 +762,8 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
     let sb = Sandbox::new();
     sb.run(EXE, &["--self-setup"]).code(0);
     let served = sb.serve(EXE, &["--listen", "tcp://127.0.0.1:0"]);
-    let addr = served.address("tcp://");
-    let answers: Vec<Value> = connected_at_once(&addr, 60, |i, client| {
+    let addr = served.address(TCP);
+    let answers: Vec<Answer> = connected_at_once(&addr, 60, |i, client| {
         // Every third asks for the same username.
         let name = if i % 3 == 0 {
             "dupe".to_string()
@@ -787,7 +780,7 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
     let oks = answers.iter().filter(|a| is_ok(a)).count();
     let conflicts = answers
         .iter()
-        .filter(|a| a["error"]["kind"] == "conflict")
+        .filter(|a| a.kind() == Some("conflict"))
         .count();
     assert_eq!(oks + conflicts, 300, "other failures: {answers:?}");
     // 40 distinct names × 5, and the 20 clients sharing "dupe" write each of dupe0..dupe4 once.
@@ -808,14 +801,19 @@ fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
     let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &[]) else {
         return;
     };
-    let child = cmd
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The tool starts the program on the first connection.
-    std::thread::sleep(Duration::from_millis(300));
-    let _first = std::net::TcpStream::connect(("127.0.0.1", port));
+    // The tool starts the program on the first connection, made as soon as the tool listens.
+    let first = e2e::wait_for("systemd-socket-activate to listen", 30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    if first.is_err() {
+        let _ = child.kill();
+    }
+    let _first = first.unwrap_or_else(|e| panic!("{e}"));
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");

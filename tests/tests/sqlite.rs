@@ -287,7 +287,7 @@ fn a_misspelled_or_non_utf8_environment_variable_is_refused_naming_it() {
     let mut apart = sb.command(EXE, &create);
     apart
         .env("COMMONDB_ADMIN_URL", "postgres://admin@127.0.0.1/postgres")
-        .env("COMMONDB_SPAWNED_AT_NS", "1")
+        .env(commondb::protocol::SPAWNED_AT_VAR, "1")
         .env("COMMONDB_TASK__ARGON2_ITERATIONS", "1")
         .env("COMMONDB_SERVE__POOL_SIZE", "1");
     Run::of(apart, None).code(0);
@@ -771,7 +771,7 @@ fn a_performance_report_to_a_fifo_nobody_reads_does_not_hang_the_exit() {
             "a@example.com",
         ],
     );
-    cmd.env("COMMONDB_PERFORMANCE_REPORT", &fifo);
+    cmd.env(commondb::protocol::PERFORMANCE_REPORT_VAR, &fifo);
     // Without the fix this hangs after the commit.
     Run::within(cmd, 20).code(0);
     assert_eq!(users(&sb), 1);

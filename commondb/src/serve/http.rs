@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::Stage;
 use super::service::{Service, encode, encode_error};
 use crate::error::{Error, ErrorKind};
+use crate::protocol::{HEALTH_PATH, METRICS_PATH};
 use crate::task::Task;
 
 /// Serves one HTTP connection (keep-alive) until it closes or the service drains; a drain
@@ -114,11 +115,11 @@ async fn route<T: Task>(
             };
             answer(status, body)
         }
-        (&Method::GET, "/healthz") => match service.health().await {
+        (&Method::GET, HEALTH_PATH) => match service.health().await {
             Ok(value) => answer(StatusCode::OK, encode(Ok(value))),
             Err(e) => error(e),
         },
-        (&Method::GET, "/metrics") => {
+        (&Method::GET, METRICS_PATH) => {
             let text = service.metrics.render(T::NAME, service.pool.usage());
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
@@ -127,7 +128,7 @@ async fn route<T: Task>(
             );
             response
         }
-        _ if verb_path || path == "/healthz" || path == "/metrics" => {
+        _ if verb_path || path == HEALTH_PATH || path == METRICS_PATH => {
             let allow = if verb_path { "POST" } else { "GET" };
             let e = Error::usage(format!(
                 "{} is not allowed on {path}; use {allow}",
@@ -141,7 +142,7 @@ async fn route<T: Task>(
         }
         _ => {
             let e = Error::usage(format!("there is nothing at {path}")).hint(format!(
-                "POST /{} with a JSON body of the arguments; GET /healthz; GET /metrics",
+                "POST /{} with a JSON body of the arguments; GET {HEALTH_PATH}; GET {METRICS_PATH}",
                 T::VERB
             ));
             error_as(StatusCode::NOT_FOUND, e)

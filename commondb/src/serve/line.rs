@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use super::Stage;
 use super::service::{Service, encode, encode_error};
 use crate::error::{Error, Result};
+use crate::protocol::AUTH;
 use crate::task::Task;
 
 /// What reading one line found.
@@ -83,7 +84,7 @@ pub(crate) async fn serve<T: Task>(
 /// Checks an `AUTH <token>` line.
 fn authenticate<T: Task>(service: &Service<T>, line: &[u8]) -> Result<()> {
     let text = std::str::from_utf8(line).unwrap_or("").trim_end();
-    match text.strip_prefix("AUTH ") {
+    match text.strip_prefix(AUTH) {
         Some(token) if service.token_matches(token) => Ok(()),
         Some(_) => Err(
             Error::permission("the access token is wrong; the connection is closed")

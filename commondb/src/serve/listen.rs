@@ -10,7 +10,7 @@
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
 //!
 //! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
-//! secrets file.
+//! secrets file. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
+use crate::protocol::listen::{FORMS, HTTP, HTTP_ON, HTTP_UNIX, STDIO, SYSTEMD, TCP, UNIX};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +38,11 @@ pub(crate) enum Spec {
     Systemd(Protocol),
 }
 
-const FORMS: &str = "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd";
-
 impl Spec {
     pub(crate) fn parse(spec: &str) -> Result<Spec> {
-        let bad = |why: &str| Error::usage(format!("--listen {spec:?}: {why}")).hint(FORMS);
+        let bad = |why: &str| {
+            Error::usage(format!("--listen {spec:?}: {why}")).hint(format!("use {FORMS}"))
+        };
         // Not echoed: what precedes the @ may be a password.
         if let Some((_, address)) = spec.split_once("://")
             && address.contains('@')
@@ -53,26 +54,30 @@ impl Spec {
                 "clients present the access token instead: serve_token in the app secrets file",
             ));
         }
-        let (protocol, rest) = match spec.strip_prefix("http+") {
+        let (protocol, rest) = match spec.strip_prefix(HTTP_ON) {
             Some(rest) => (Protocol::Http, rest),
             None => (Protocol::Line, spec),
         };
-        if rest == "systemd" {
+        if rest == SYSTEMD {
             return Ok(Spec::Systemd(protocol));
         }
-        if protocol == Protocol::Line && rest == "stdio" {
+        if protocol == Protocol::Line && rest == STDIO {
             return Ok(Spec::Stdio);
         }
-        if let Some(path) = rest.strip_prefix("unix:") {
+        if let Some(path) = rest.strip_prefix(UNIX) {
             if path.is_empty() {
                 return Err(bad("the socket path is empty"));
             }
             return Ok(Spec::Unix(protocol, PathBuf::from(path)));
         }
-        let (protocol, address) = match (protocol, spec.split_once("://")) {
-            (Protocol::Line, Some(("tcp", address))) => (Protocol::Line, address),
-            (Protocol::Line, Some(("http", address))) => (Protocol::Http, address),
-            _ => return Err(bad("unknown kind of address")),
+        let (protocol, address) = match protocol {
+            // `http+` goes before unix: and systemd only; over TCP the scheme says the protocol.
+            Protocol::Http => return Err(bad("unknown kind of address")),
+            Protocol::Line => match (spec.strip_prefix(TCP), spec.strip_prefix(HTTP)) {
+                (Some(address), _) => (Protocol::Line, address),
+                (_, Some(address)) => (Protocol::Http, address),
+                _ => return Err(bad("unknown kind of address")),
+            },
         };
         let (host, port) = address
             .rsplit_once(':')
@@ -102,21 +107,21 @@ impl Listener {
         match self {
             Listener::Tcp(l, protocol) => {
                 let scheme = if *protocol == Protocol::Http {
-                    "http"
+                    HTTP
                 } else {
-                    "tcp"
+                    TCP
                 };
                 match l.local_addr() {
-                    Ok(SocketAddr::V6(a)) => format!("{scheme}://[{}]:{}", a.ip(), a.port()),
-                    Ok(a) => format!("{scheme}://{a}"),
-                    Err(_) => format!("{scheme}://?"),
+                    Ok(SocketAddr::V6(a)) => format!("{scheme}[{}]:{}", a.ip(), a.port()),
+                    Ok(a) => format!("{scheme}{a}"),
+                    Err(_) => format!("{scheme}?"),
                 }
             }
             Listener::Unix(l, protocol, _) => {
                 let prefix = if *protocol == Protocol::Http {
-                    "http+unix:"
+                    HTTP_UNIX
                 } else {
-                    "unix:"
+                    UNIX
                 };
                 let path = l
                     .local_addr()
@@ -125,7 +130,7 @@ impl Listener {
                     .unwrap_or_else(|| "?".into());
                 format!("{prefix}{path}")
             }
-            Listener::Stdio => "stdio".into(),
+            Listener::Stdio => STDIO.into(),
         }
     }
 }
@@ -398,6 +403,47 @@ mod tests {
         ] {
             let e = Spec::parse(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Usage, "{bad}");
+            assert_eq!(
+                e.hint_text(),
+                Some(
+                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd"
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    /// What the ready line names is what `--listen` takes: each bound address parses back to
+    /// the spec it was bound from (with the port bound).
+    #[tokio::test]
+    async fn bound_addresses_parse_back_to_their_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = [
+            Spec::Tcp(Protocol::Line, "127.0.0.1".into(), 0),
+            Spec::Tcp(Protocol::Http, "::1".into(), 0),
+            Spec::Unix(Protocol::Line, dir.path().join("line.sock")),
+            Spec::Unix(Protocol::Http, dir.path().join("http.sock")),
+            Spec::Stdio,
+        ];
+        let Ok(bound) = bind(&specs, &ServeSettings::default(), false).await else {
+            // Without IPv6 on loopback, IPv4 alone.
+            let bound = bind(&specs[..1], &ServeSettings::default(), false)
+                .await
+                .unwrap();
+            let address = bound[0].address();
+            assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
+            return;
+        };
+        for (spec, listener) in specs.iter().zip(&bound) {
+            let address = listener.address();
+            let parsed = Spec::parse(&address).unwrap();
+            match (spec, parsed) {
+                (Spec::Tcp(p, host, 0), Spec::Tcp(q, h, port)) => {
+                    assert_eq!((*p, host.as_str()), (q, h.as_str()), "{address}");
+                    assert_ne!(port, 0, "{address}");
+                }
+                (spec, parsed) => assert_eq!(*spec, parsed, "{address}"),
+            }
         }
     }
 

@@ -380,9 +380,11 @@ pub(crate) async fn main<T: Task>(
     let stop = crate::interrupt::signals()
         .map_err(|e| Error::internal(format!("cannot handle signals: {e}")))?;
     let server = Server::<T>::start(target, task_settings, specs, out).await?;
-    let addresses = server.addresses().join(" ");
     // Always printed (also with -q): scripts and the runner wait for it, and read the ports.
-    eprintln!("{}: ready: {addresses}", T::NAME);
+    eprintln!(
+        "{}",
+        crate::protocol::ready_line(T::NAME, &server.addresses())
+    );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     server
         .run(async {

@@ -19,6 +19,7 @@ use super::pool::Pool;
 use super::{Phase, Stage};
 use crate::config::ServeSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{Answer, AnswerError};
 use crate::secrets::{ExposeSecret, SecretString};
 use crate::task::{Context, Input, Task};
 
@@ -285,20 +286,13 @@ pub(crate) fn reusable(kind: ErrorKind) -> bool {
     )
 }
 
-/// One answer: `{"ok":true,"result":…}` or `{"ok":false,"error":{…}}`, and a newline. A result
-/// is written straight from the task's output, with no JSON tree in between.
+/// One [`Answer`] and a newline. A result is written straight from the task's output, with no
+/// JSON tree in between.
 pub(crate) fn encode<O: serde::Serialize>(result: Result<O>) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(256);
     let written = match result {
-        Ok(result) => {
-            bytes.extend_from_slice(b"{\"ok\":true,\"result\":");
-            serde_json::to_writer(&mut bytes, &result).map(|()| bytes.push(b'}'))
-        }
-        Err(e) => {
-            let mut doc = e.to_json();
-            doc["ok"] = Value::Bool(false);
-            serde_json::to_writer(&mut bytes, &doc)
-        }
+        Ok(result) => serde_json::to_writer(&mut bytes, &Answer::success(result)),
+        Err(e) => serde_json::to_writer(&mut bytes, &Answer::<()>::failure(answer_error(&e))),
     };
     if let Err(e) = written {
         return encode_error(Error::internal(format!(
@@ -312,6 +306,16 @@ pub(crate) fn encode<O: serde::Serialize>(result: Result<O>) -> Vec<u8> {
 /// An error answer.
 pub(crate) fn encode_error(e: Error) -> Vec<u8> {
     encode::<()>(Err(e))
+}
+
+/// The `error` of an answer: what `--json` says of the error in process mode.
+fn answer_error(e: &Error) -> AnswerError {
+    AnswerError {
+        exit_code: e.exit_code(),
+        hint: e.advice().to_string(),
+        kind: e.kind().as_str().to_string(),
+        message: e.message().to_string(),
+    }
 }
 
 /// Splits a request line into words: a JSON object, or arguments quoted as a POSIX shell would.
@@ -438,6 +442,29 @@ mod tests {
         assert_eq!(err["ok"], false);
         assert_eq!(err["error"]["kind"], "conflict");
         assert_eq!(err["error"]["exit_code"], 73);
+    }
+
+    /// The error answers are byte for byte what they were when they were made from the
+    /// process mode's JSON error with `"ok": false` added, for every kind, with and without a
+    /// hint, and with text that JSON must escape.
+    #[test]
+    fn error_answers_keep_their_bytes() {
+        for kind in ErrorKind::ALL {
+            for e in [
+                Error::new(kind, "it \"broke\"\n\u{7}é"),
+                Error::new(kind, "x").hint("do this\tnow"),
+            ] {
+                let mut doc = e.to_json();
+                doc["ok"] = Value::Bool(false);
+                let mut before = serde_json::to_vec(&doc).unwrap();
+                before.push(b'\n');
+                assert_eq!(
+                    String::from_utf8(encode_error(e)).unwrap(),
+                    String::from_utf8(before).unwrap(),
+                    "{kind:?}"
+                );
+            }
+        }
     }
 
     // Fuzzing (issue 12): whatever a client sends, a request line parses or is refused with an

@@ -1,0 +1,391 @@
+//! The contract between an executable and whoever runs it: a launcher such as `runmany`, a
+//! supervisor, a test, a script. It is what crosses the process boundary: the environment
+//! variables that turn the performance report on, the report's line and its phase names, the
+//! `--listen` address grammar, the `ready:` line `--serve` prints once it listens, and the JSON
+//! answer it sends for every request. Both sides use these definitions, so that a change to the
+//! contract is made once, here, and the unit tests below pin its exact bytes.
+//!
+//! This module depends on nothing else in the crate, so that a client that links `commondb`
+//! for it uses none of the rest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that turns the performance report on: the path its line is appended
+/// to (`-`: stderr).
+pub const PERFORMANCE_REPORT_VAR: &str = "COMMONDB_PERFORMANCE_REPORT";
+
+/// The environment variable in which a launcher says when it spawned the process, in
+/// nanoseconds since the Unix epoch, so that the report can include the `start` phase.
+pub const SPAWNED_AT_VAR: &str = "COMMONDB_SPAWNED_AT_NS";
+
+/// The names of the performance report's phases.
+pub mod phase {
+    /// From the spawn to `main` (reported only when the launcher set
+    /// [`super::SPAWNED_AT_VAR`]).
+    pub const START: &str = "start";
+    /// Parsing the command line and loading the settings.
+    pub const CONFIG: &str = "config";
+    /// The task's validation and the work that needs no database.
+    pub const PREPARE: &str = "prepare";
+    /// Opening the database connection.
+    pub const CONNECT: &str = "connect";
+    /// The schema check and `BEGIN`.
+    pub const BEGIN: &str = "begin";
+    /// The task's own statements.
+    pub const TASK: &str = "task";
+    /// `COMMIT`.
+    pub const COMMIT: &str = "commit";
+    /// From the report's line to the reap: measured by the launcher, never reported by the
+    /// executable.
+    pub const EXIT: &str = "exit";
+}
+
+/// Every phase, in the order they run.
+pub const PHASES: [&str; 8] = [
+    phase::START,
+    phase::CONFIG,
+    phase::PREPARE,
+    phase::CONNECT,
+    phase::BEGIN,
+    phase::TASK,
+    phase::COMMIT,
+    phase::EXIT,
+];
+
+/// One run's performance report: one JSON line.
+///
+/// The fields are declared in the order they are written (alphabetical, as the report was first
+/// written through a sorted JSON map), and every field may be missing when read, so that a
+/// launcher reads what it needs from any report line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PerformanceReport {
+    /// The executable's name.
+    pub executable: String,
+    /// `ok`, or the error's kind.
+    pub outcome: String,
+    /// Microseconds per phase ([`PHASES`]), each from the end of the one before.
+    pub phases_us: BTreeMap<String, u64>,
+    /// Microseconds from the spawn to the report, when the launcher set [`SPAWNED_AT_VAR`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_spawn_us: Option<u64>,
+    /// Microseconds from `main` to the report.
+    pub total_us: u64,
+}
+
+/// The `--listen` address grammar, as the ready line names addresses too.
+///
+/// | address           | what                                     |
+/// |-------------------|------------------------------------------|
+/// | `tcp://HOST:PORT` | the line protocol over TCP               |
+/// | `http://HOST:PORT`| HTTP/1.1 over TCP                        |
+/// | `unix:PATH`       | the line protocol on a unix socket       |
+/// | `http+unix:PATH`  | HTTP on a unix socket                    |
+/// | `stdio`           | one line-protocol connection on stdin/stdout |
+/// | `systemd`, `http+systemd` | the sockets systemd passed       |
+pub mod listen {
+    /// The line protocol over TCP: `tcp://HOST:PORT`.
+    pub const TCP: &str = "tcp://";
+    /// HTTP over TCP: `http://HOST:PORT`.
+    pub const HTTP: &str = "http://";
+    /// The line protocol on a unix socket: `unix:PATH`.
+    pub const UNIX: &str = "unix:";
+    /// Put before `unix:` or `systemd`, HTTP instead of the line protocol.
+    pub const HTTP_ON: &str = "http+";
+    /// HTTP on a unix socket: `http+unix:PATH`.
+    pub const HTTP_UNIX: &str = "http+unix:";
+    /// One line-protocol connection on stdin and stdout.
+    pub const STDIO: &str = "stdio";
+    /// The sockets systemd passed, for the line protocol.
+    pub const SYSTEMD: &str = "systemd";
+    /// The sockets systemd passed, for HTTP.
+    pub const HTTP_SYSTEMD: &str = "http+systemd";
+    /// Every form, as a usage hint says them.
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd";
+}
+
+/// What separates the executable's name from the addresses on the ready line.
+const READY: &str = ": ready: ";
+
+/// The line `--serve` prints on stderr once every listener is bound (no newline):
+/// `create-user: ready: tcp://127.0.0.1:40123 http://127.0.0.1:8080`. The addresses are in
+/// `--listen`'s grammar ([`listen`]), with the ports actually bound, separated by one space.
+pub fn ready_line(exe: &str, addresses: &[impl AsRef<str>]) -> String {
+    let mut line = format!("{exe}{READY}");
+    for (i, address) in addresses.iter().enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push_str(address.as_ref());
+    }
+    line
+}
+
+/// What a ready line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// The executable's name.
+    pub exe: String,
+    /// The bound addresses, in `--listen`'s grammar.
+    pub addresses: Vec<String>,
+}
+
+/// Reads a line of the executable's stderr (with or without its newline): the ready line's
+/// executable and addresses, or `None` for any other line. A unix socket path with a space in it
+/// cannot be told apart from two addresses, so such paths are best avoided.
+pub fn parse_ready_line(line: &str) -> Option<Ready> {
+    let (exe, addresses) = line.trim_end_matches(['\n', '\r']).split_once(READY)?;
+    Some(Ready {
+        exe: exe.to_string(),
+        addresses: addresses
+            .split(' ')
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+/// The first line of a line-protocol connection to a service that needs a token:
+/// `AUTH <token>`.
+pub const AUTH: &str = "AUTH ";
+
+/// The HTTP path that checks the database: 200 when it answers, else 503.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// The HTTP path of the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The answer to one request, the same over every protocol: one JSON document (one line on the
+/// line protocol, the body over HTTP), `{"ok":true,"result":…}` or
+/// `{"error":{"exit_code":…,"hint":…,"kind":…,"message":…},"ok":false}`.
+///
+/// `R` is the result's type: the task's output when an executable writes an answer, any JSON
+/// when a client reads one. The fields are declared in the order they are written: a result
+/// after `ok`, an error before it (both answers were first written that way, and the bytes stay
+/// the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer<R = serde_json::Value> {
+    /// Why the request failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AnswerError>,
+    /// Whether the request succeeded: for a task that writes, whether it committed.
+    pub ok: bool,
+    /// The document `--json` prints in process mode, when the request succeeded (`None` when
+    /// it was JSON `null` too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<R>,
+}
+
+/// The `error` of a failed answer: what the process would have exited with, and said.
+///
+/// The fields are declared in the order they are written (alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerError {
+    /// The exit code the process would have returned.
+    pub exit_code: u8,
+    /// What to do about it.
+    pub hint: String,
+    /// The error's kind: `usage`, `invalid_input`, `conflict`, `unavailable`, … (README, Exit
+    /// codes).
+    pub kind: String,
+    /// What failed.
+    pub message: String,
+}
+
+impl<R> Answer<R> {
+    /// A successful answer.
+    pub fn success(result: R) -> Self {
+        Answer {
+            error: None,
+            ok: true,
+            result: Some(result),
+        }
+    }
+
+    /// A failed answer.
+    pub fn failure(error: AnswerError) -> Self {
+        Answer {
+            error: Some(error),
+            ok: false,
+            result: None,
+        }
+    }
+
+    /// The error's kind, if the request failed.
+    pub fn kind(&self) -> Option<&str> {
+        self.error.as_ref().map(|e| e.kind.as_str())
+    }
+}
+
+impl<R: Serialize> fmt::Display for Answer<R> {
+    /// The answer as it is sent, without the newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_is_pinned_and_reads_back() {
+        let line = ready_line(
+            "create-user",
+            &["tcp://127.0.0.1:40123", "http://127.0.0.1:8080"],
+        );
+        assert_eq!(
+            line,
+            "create-user: ready: tcp://127.0.0.1:40123 http://127.0.0.1:8080"
+        );
+        let ready = parse_ready_line(&format!("{line}\n")).unwrap();
+        assert_eq!(ready.exe, "create-user");
+        assert_eq!(
+            ready.addresses,
+            ["tcp://127.0.0.1:40123", "http://127.0.0.1:8080"]
+        );
+        assert_eq!(
+            parse_ready_line("create-user: ready: stdio")
+                .unwrap()
+                .addresses,
+            ["stdio"]
+        );
+        for other in [
+            "create-user: stopped",
+            "create-user: first use: created the database /x",
+            "ready: tcp://127.0.0.1:1",
+            "",
+        ] {
+            assert_eq!(parse_ready_line(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn ready_lines_round_trip() {
+        let cases: [(&str, &[&str]); 5] = [
+            ("create-user", &["tcp://127.0.0.1:0"]),
+            ("x", &["unix:/run/x.sock", "http+unix:/run/y.sock", "stdio"]),
+            ("a-b.c", &["http://[::1]:8080", "tcp://10.0.0.1:7401"]),
+            ("create-user", &["stdio"]),
+            ("create-user", &[]),
+        ];
+        for (exe, addresses) in cases {
+            let ready = parse_ready_line(&ready_line(exe, addresses)).unwrap();
+            assert_eq!(ready.exe, exe);
+            assert_eq!(ready.addresses, addresses);
+        }
+    }
+
+    #[test]
+    fn answers_are_pinned_and_read_back() {
+        let ok = Answer::success(serde_json::json!({"id": 1, "username": "alice"}));
+        let text = ok.to_string();
+        assert_eq!(text, r#"{"ok":true,"result":{"id":1,"username":"alice"}}"#);
+        let read: Answer = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, ok);
+        assert_eq!(read.kind(), None);
+
+        let failed = Answer::<()>::failure(AnswerError {
+            exit_code: 73,
+            hint: "nothing was written; use a different value".into(),
+            kind: "conflict".into(),
+            message: "username \"alice\" is already taken".into(),
+        });
+        let text = failed.to_string();
+        assert_eq!(
+            text,
+            r#"{"error":{"exit_code":73,"hint":"nothing was written; use a different value","kind":"conflict","message":"username \"alice\" is already taken"},"ok":false}"#
+        );
+        let read: Answer = serde_json::from_str(&text).unwrap();
+        assert!(!read.ok);
+        assert_eq!(read.kind(), Some("conflict"));
+        assert_eq!(read.error.unwrap().exit_code, 73);
+
+        // A task whose output is JSON null still says "result".
+        assert_eq!(
+            Answer::success(()).to_string(),
+            r#"{"ok":true,"result":null}"#
+        );
+        // An answer without "ok" is no answer.
+        assert!(serde_json::from_str::<Answer>(r#"{"result":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_performance_report_is_pinned_and_reads_back() {
+        let report = PerformanceReport {
+            executable: "create-user".into(),
+            outcome: "ok".into(),
+            phases_us: [
+                (phase::START, 612),
+                (phase::CONFIG, 95),
+                (phase::COMMIT, 1400),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            since_spawn_us: Some(2650),
+            total_us: 2031,
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            text,
+            r#"{"executable":"create-user","outcome":"ok","phases_us":{"commit":1400,"config":95,"start":612},"since_spawn_us":2650,"total_us":2031}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<PerformanceReport>(&text).unwrap(),
+            report
+        );
+        // Without a spawn time there is no since_spawn_us; a launcher reads partial lines too.
+        let bare = PerformanceReport {
+            since_spawn_us: None,
+            ..report
+        };
+        assert!(
+            !serde_json::to_string(&bare)
+                .unwrap()
+                .contains("since_spawn_us")
+        );
+        let partial: PerformanceReport =
+            serde_json::from_str(r#"{"phases_us":{"task":300}}"#).unwrap();
+        assert_eq!(partial.phases_us["task"], 300);
+        assert_eq!(partial.since_spawn_us, None);
+    }
+
+    #[test]
+    fn the_phases_are_in_the_order_they_run() {
+        assert_eq!(
+            PHASES,
+            [
+                "start", "config", "prepare", "connect", "begin", "task", "commit", "exit"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_listen_forms_name_every_prefix() {
+        for prefix in [
+            listen::TCP,
+            listen::HTTP,
+            listen::UNIX,
+            listen::HTTP_UNIX,
+            listen::STDIO,
+            listen::SYSTEMD,
+            listen::HTTP_SYSTEMD,
+        ] {
+            let form = prefix.trim_end_matches(['/', ':']);
+            assert!(listen::FORMS.contains(form), "{prefix}");
+        }
+        assert_eq!(
+            listen::HTTP_UNIX,
+            format!("{}{}", listen::HTTP_ON, listen::UNIX)
+        );
+        assert_eq!(
+            listen::HTTP_SYSTEMD,
+            format!("{}{}", listen::HTTP_ON, listen::SYSTEMD)
+        );
+    }
+}
