@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Args, Command};
 
 use crate::modes::{MODES, Mode, Spec};
+use crate::protocol::flags;
 use crate::task::Task;
 
 /// A parsed command line.
@@ -170,16 +171,16 @@ fn mode_options<T: Task>() -> [Arg; 5] {
             .action(ArgAction::SetTrue)
             .requires("from")
             .help("Restore --from a file another user owns or could have changed"),
-        Arg::new("listen")
-            .long("listen")
+        Arg::new(flags::LISTEN)
+            .long(flags::LISTEN)
             .value_name("ADDR")
             .action(ArgAction::Append)
             .help(format!(
                 "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
                 T::PORT
             )),
-        Arg::new("run")
-            .long("run")
+        Arg::new(flags::RUN)
+            .long(flags::RUN)
             .value_name("ID")
             .help("The run id --self-samples makes its samples unique to (default: a new one)"),
     ]

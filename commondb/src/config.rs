@@ -199,8 +199,8 @@ impl Sources {
 /// and cleanup, and the performance report's two variables.
 const NOT_SETTINGS: [&str; 3] = [
     crate::secrets::ADMIN_URL_VAR,
-    crate::perf::REPORT_VAR,
-    crate::perf::SPAWNED_VAR,
+    crate::protocol::PERFORMANCE_REPORT_VAR,
+    crate::protocol::SPAWNED_AT_VAR,
 ];
 
 /// The environment variables that are settings: those prefixed `COMMONDB_` but

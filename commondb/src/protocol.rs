@@ -228,9 +228,50 @@ impl<R: Serialize> fmt::Display for Answer<R> {
     }
 }
 
+/// The command-line flags a launcher passes to an executable (the modes' table in `modes/`
+/// declares them with these names).
+pub mod flags {
+    /// `--self-samples N`: print the first N sample requests, one [`super::SampleLine`] each.
+    pub const SAMPLES: &str = "self-samples";
+    /// `--run ID`: the run the samples are unique to.
+    pub const RUN: &str = "run";
+    /// `--serve`: the task as a service.
+    pub const SERVE: &str = "serve";
+    /// `--listen ADDR`: where `--serve` listens (repeatable; grammar in [`super::listen`]).
+    pub const LISTEN: &str = "listen";
+}
+
+/// One line of `--self-samples`: sample request `n` as command-line words (with the verb) for
+/// process mode, and as the JSON object a service takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleLine {
+    // In this order, the one its bytes have always had (serde_json's maps sort their keys).
+    /// The words after the program name.
+    pub argv: Vec<String>,
+    /// The sample's number, from 0.
+    pub n: u64,
+    /// The request as a service takes it (a line of the line protocol, or an HTTP body).
+    pub request: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_line_keeps_its_bytes() {
+        let line = SampleLine {
+            argv: vec!["--create".into(), "--username".into(), "u1".into()],
+            n: 1,
+            request: serde_json::json!({"username": "u1"}),
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert_eq!(
+            text,
+            r#"{"argv":["--create","--username","u1"],"n":1,"request":{"username":"u1"}}"#
+        );
+        assert_eq!(serde_json::from_str::<SampleLine>(&text).unwrap(), line);
+    }
 
     #[test]
     fn the_ready_line_is_pinned_and_reads_back() {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::modes;
 use crate::output::Output;
 use crate::perf;
+use crate::protocol::phase;
 use crate::task::{Context, Input, Task};
 
 /// Runs executable `T` on the process's command line and returns its exit code.
@@ -31,7 +32,7 @@ pub fn main<T: Task>() -> ExitCode {
     let outcome = Sources::standard(T::NAME, inv.config.as_deref())
         .and_then(|sources| config::load(&sources))
         .and_then(|settings| {
-            perf::mark("config");
+            perf::mark(phase::CONFIG);
             modes::run::<T>(inv.mode, &settings, &out)
         });
     match outcome {
@@ -58,9 +59,9 @@ pub(crate) async fn perform<T: Task>(
     out: &Output,
 ) -> Result<T::Output> {
     let request = T::prepare(args, &mut Context::new(task_settings, input))?;
-    perf::mark("prepare");
+    perf::mark(phase::PREPARE);
     let (mut conn, setup) = db::open(target, T::MIGRATIONS).await?;
-    perf::mark("connect");
+    perf::mark(phase::CONNECT);
     if let Some(report) = setup {
         out.note(report.summary());
     }
@@ -72,7 +73,7 @@ pub(crate) async fn perform<T: Task>(
         let tx = conn
             .begin_with(&target.location, T::MIGRATIONS, begin)
             .await?;
-        perf::mark("begin");
+        perf::mark(phase::BEGIN);
         execute_in::<T>(tx, request, std::future::pending()).await
     }
     .await;
@@ -105,11 +106,11 @@ pub(crate) async fn execute_in<T: Task>(
             executed = &mut execute => executed,
         }
     };
-    perf::mark("task");
+    perf::mark(phase::TASK);
     match executed {
         Ok(output) => {
             tx.commit().await?;
-            perf::mark("commit");
+            perf::mark(phase::COMMIT);
             Ok(output)
         }
         Err(e) => {

@@ -643,6 +643,8 @@ fn retention_keeps_the_newest<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
 /// `--serve` on ephemeral loopback ports: a sample request over the line protocol (as JSON,
 /// the form every task's arguments serialize to) and one over HTTP, then a graceful stop.
 fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    use crate::protocol::Answer;
+    use crate::protocol::listen::{HTTP, TCP};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (target, run) = (c.target, c.run.as_str());
     Box::pin(async {
@@ -651,7 +653,7 @@ fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
             .settings
             .task_settings::<T::Settings>()
             .map_err(show)?;
-        let specs = ["tcp://127.0.0.1:0".to_string(), "http://127.0.0.1:0".into()];
+        let specs = [format!("{TCP}127.0.0.1:0"), format!("{HTTP}127.0.0.1:0")];
         let quiet = Output::silent(T::NAME);
         let server = serve::Server::<T>::start(fresh, task_settings, &specs, &quiet)
             .await
@@ -659,8 +661,8 @@ fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
         let [line_addr, http_addr] = &server.addresses()[..] else {
             return Err("the server did not bind two listeners".into());
         };
-        let line_addr = line_addr.trim_start_matches("tcp://").to_string();
-        let http_addr = http_addr.trim_start_matches("http://").to_string();
+        let line_addr = line_addr.trim_start_matches(TCP).to_string();
+        let http_addr = http_addr.trim_start_matches(HTTP).to_string();
         let body = |n| serde_json::to_string(&T::sample(n, run)).map_err(|e| e.to_string());
         let (line_request, http_request) = (body(9001)?, body(9002)?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -680,7 +682,7 @@ fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
                 .await
                 .map_err(io)?;
             expect(
-                answer.starts_with("{\"ok\":true"),
+                serde_json::from_str::<Answer>(&answer).is_ok_and(|a| a.ok),
                 &format!("the line protocol answered {answer:?}"),
             )?;
             let mut stream = tokio::net::TcpStream::connect(&http_addr)

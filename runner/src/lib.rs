@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use commondb::protocol::{self, listen::TCP};
+use commondb::protocol::{self, SampleLine, flags, listen::TCP};
 use serde_json::Value;
 
 use report::{Record, Summary};
@@ -472,7 +472,11 @@ fn compare_serve(
         other => other.clone(),
     };
     let mut child = Command::new(exe)
-        .args(["--serve", "--listen", &format!("{TCP}127.0.0.1:0")])
+        .args([
+            &format!("--{}", flags::SERVE),
+            &format!("--{}", flags::LISTEN),
+            &format!("{TCP}127.0.0.1:0"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -547,7 +551,12 @@ fn resolve(exe: &str) -> Result<PathBuf, Fatal> {
 /// The executable's first `n` sample requests of run `run`, if it is a commondb executable.
 fn samples(exe: &Path, n: u64, run: &str) -> Option<Vec<Sample>> {
     let out = Command::new(exe)
-        .args(["--self-samples", &n.to_string(), "--run", run])
+        .args([
+            &format!("--{}", flags::SAMPLES),
+            &n.to_string(),
+            &format!("--{}", flags::RUN),
+            run,
+        ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -558,15 +567,10 @@ fn samples(exe: &Path, n: u64, run: &str) -> Option<Vec<Sample>> {
     let samples: Option<Vec<Sample>> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            let doc: Value = serde_json::from_str(l).ok()?;
-            let argv = doc["argv"]
-                .as_array()?
-                .iter()
-                .map(|a| a.as_str().map(String::from))
-                .collect::<Option<Vec<String>>>()?;
+            let line: SampleLine = serde_json::from_str(l).ok()?;
             Some(Sample {
-                argv,
-                request: doc["request"].to_string(),
+                argv: line.argv,
+                request: line.request.to_string(),
             })
         })
         .collect();

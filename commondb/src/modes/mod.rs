@@ -25,6 +25,7 @@ use clap::parser::ValueSource;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::output::Output;
+use crate::protocol::flags;
 use crate::task::Task;
 
 /// One mode as the command line shows it.
@@ -45,8 +46,8 @@ pub(crate) const CLEANUP: &str = "self-cleanup";
 pub(crate) const STATUS: &str = "self-status";
 pub(crate) const BACKUP: &str = "self-backup";
 pub(crate) const RESTORE: &str = "self-restore";
-pub(crate) const SERVE: &str = "serve";
-pub(crate) const SAMPLES: &str = "self-samples";
+pub(crate) const SERVE: &str = flags::SERVE;
+pub(crate) const SAMPLES: &str = flags::SAMPLES;
 
 /// The most sample requests `--self-samples` prints: runmany's largest `--warmup` plus `-n`.
 pub(crate) const MAX_SAMPLES: u64 = 2_000_000;
@@ -99,13 +100,13 @@ pub(crate) const MODES: &[Spec] = &[
         flag: Some(SERVE),
         help: "Serve --{verb} requests on sockets until SIGTERM (line protocol and HTTP)",
         value: None,
-        options: &["listen"],
+        options: &[flags::LISTEN],
     },
     Spec {
         flag: Some(SAMPLES),
         help: "Print the task's first N sample requests (0 to 2000000), one JSON line each (for runmany)",
         value: Some(("N", MAX_SAMPLES)),
-        options: &["run"],
+        options: &[flags::RUN],
     },
 ];
 
@@ -167,13 +168,13 @@ impl<A: clap::FromArgMatches> Mode<A> {
             },
             Some(SERVE) => Mode::Serve {
                 listen: m
-                    .get_many::<String>("listen")
+                    .get_many::<String>(flags::LISTEN)
                     .map(|v| v.cloned().collect())
                     .unwrap_or_default(),
             },
             Some(_) => Mode::Samples {
                 count: m.get_one::<u64>(SAMPLES).copied().unwrap_or(0),
-                run: m.get_one::<String>("run").cloned(),
+                run: m.get_one::<String>(flags::RUN).cloned(),
             },
         })
     }

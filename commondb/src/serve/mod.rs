@@ -224,9 +224,13 @@ fn listen_specs<T: Task>(given: &[String], settings: &Settings) -> Result<Vec<Sp
     } else if !settings.serve.listen.is_empty() {
         settings.serve.listen.clone()
     } else if std::env::var_os("LISTEN_FDS").is_some() {
-        vec!["systemd".into()]
+        vec![crate::protocol::listen::SYSTEMD.into()]
     } else {
-        vec![format!("tcp://127.0.0.1:{}", T::PORT)]
+        vec![format!(
+            "{}127.0.0.1:{}",
+            crate::protocol::listen::TCP,
+            T::PORT
+        )]
     };
     specs.iter().map(|s| Spec::parse(s)).collect()
 }
@@ -357,7 +361,7 @@ async fn counted<T: Task>(service: &Service<T>, connection: impl Future<Output =
     service.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-/// Sample request `n` of run `run` as one JSON line for the runner: `{"n", "argv", "request"}`,
+/// Sample request `n` of run `run` as one JSON line for the runner ([`crate::protocol::SampleLine`]):
 /// the command-line words (with the verb) for process mode and the JSON object for a service.
 pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
     let request = serde_json::to_value(T::sample(n, run))
@@ -366,7 +370,8 @@ pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
     let argv: Vec<String> = std::iter::once(format!("--{}", T::VERB))
         .chain(words)
         .collect();
-    Ok(serde_json::json!({ "n": n, "argv": argv, "request": request }).to_string())
+    serde_json::to_string(&crate::protocol::SampleLine { argv, n, request })
+        .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))
 }
 
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`
