@@ -83,29 +83,9 @@ async fn route<T: Task>(
     let verb_path = path.strip_prefix('/') == Some(T::VERB);
     match (req.method(), path) {
         (&Method::POST, _) if verb_path => {
-            let max = service.limits.max_request_bytes;
-            let wait = Duration::from_millis(service.limits.request_timeout_ms);
-            let read = tokio::time::timeout(wait, Limited::new(req.into_body(), max).collect());
-            let body = match read.await {
-                Ok(Ok(body)) => body.to_bytes(),
-                Ok(Err(e)) if !e.is::<http_body_util::LengthLimitError>() => {
-                    return error(Error::usage(format!(
-                        "reading the request body failed: {e}"
-                    )));
-                }
-                Err(_) => {
-                    let e = Error::usage(format!(
-                        "the request body did not arrive within {} ms",
-                        wait.as_millis()
-                    ));
-                    return error_as(StatusCode::REQUEST_TIMEOUT, e);
-                }
-                Ok(Err(_)) => {
-                    let e = Error::usage(format!("the request body is longer than {max} bytes"))
-                        .hint("send a shorter body, or raise serve.max_request_bytes");
-                    let response = error_as(StatusCode::PAYLOAD_TOO_LARGE, e);
-                    return with(response, header::CONNECTION, "close");
-                }
+            let body = match read_body(service, req).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
             };
             let (body, outcome) = service.answer_json(&body).await;
             let status = match outcome {
@@ -146,6 +126,36 @@ async fn route<T: Task>(
                 T::VERB
             ));
             error_as(StatusCode::NOT_FOUND, e)
+        }
+    }
+}
+
+/// The request's body, read within the request timeout and up to the size limit; or the
+/// answer that refuses it.
+async fn read_body<T: Task>(
+    service: &Service<T>,
+    req: Request<Incoming>,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let max = service.limits.max_request_bytes;
+    let wait = Duration::from_millis(service.limits.request_timeout_ms);
+    let read = tokio::time::timeout(wait, Limited::new(req.into_body(), max).collect());
+    match read.await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if !e.is::<http_body_util::LengthLimitError>() => Err(error(Error::usage(
+            format!("reading the request body failed: {e}"),
+        ))),
+        Err(_) => {
+            let e = Error::usage(format!(
+                "the request body did not arrive within {} ms",
+                wait.as_millis()
+            ));
+            Err(error_as(StatusCode::REQUEST_TIMEOUT, e))
+        }
+        Ok(Err(_)) => {
+            let e = Error::usage(format!("the request body is longer than {max} bytes"))
+                .hint("send a shorter body, or raise serve.max_request_bytes");
+            let response = error_as(StatusCode::PAYLOAD_TOO_LARGE, e);
+            Err(with(response, header::CONNECTION, "close"))
         }
     }
 }
