@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::backup::{self, file};
 use crate::config::Settings;
-use crate::db::backend::random_bytes;
 use crate::db::backend::sqlite::DirLock;
+use crate::db::backend::{LocationKind, random_bytes};
 use crate::db::{self, Location, Target, cleanup, schema, setup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
@@ -305,13 +305,21 @@ type Outcome = std::result::Result<(), String>;
 /// A running check.
 type Checking<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
-/// Where a generic check applies: each kind of database promises something of its own (a
-/// private file; roles with the least rights).
+/// Where a generic check applies: on every database, or on one kind only (each kind promises
+/// something of its own: a private file; roles with the least rights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum On {
     Every,
-    Embedded,
-    Server,
+    Only(LocationKind),
+}
+
+impl On {
+    const EMBEDDED: On = On::Only(LocationKind::Embedded);
+    const SERVER: On = On::Only(LocationKind::Server);
+
+    fn covers(self, kind: LocationKind) -> bool {
+        self == On::Every || self == On::Only(kind)
+    }
 }
 
 /// A generic check: its name as the report shows it, where it applies, and the small function
@@ -347,12 +355,12 @@ fn checks_before<T: Task>() -> Vec<Check<T>> {
     vec![
         Check::new(
             "setup creates the database, private to its owner",
-            On::Embedded,
+            On::EMBEDDED,
             setup_creates_a_private_file,
         ),
         Check::new(
             "setup creates the database and its roles, and keeps their passwords private",
-            On::Server,
+            On::SERVER,
             setup_creates_the_roles,
         ),
         Check::new(
@@ -371,12 +379,12 @@ fn checks_before<T: Task>() -> Vec<Check<T>> {
         ),
         Check::new(
             "the app role can neither create nor drop a table",
-            On::Server,
+            On::SERVER,
             app_role_cannot_change_the_schema,
         ),
         Check::new(
             "the backup role can read the tables but not change them",
-            On::Server,
+            On::SERVER,
             backup_role_only_reads,
         ),
     ]
@@ -407,12 +415,12 @@ fn checks_after<T: Task>() -> Vec<Check<T>> {
         ),
         Check::new(
             "cleanup removes the database and leaves nothing behind",
-            On::Embedded,
+            On::EMBEDDED,
             cleanup_removes_the_file,
         ),
         Check::new(
             "cleanup drops the database and its roles and leaves nothing behind",
-            On::Server,
+            On::SERVER,
             cleanup_drops_everything,
         ),
     ]
@@ -427,12 +435,8 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
         quiet: Output::silent(T::NAME),
         taken: RefCell::new(None),
     };
-    let here = if target.location.is_embedded() {
-        On::Embedded
-    } else {
-        On::Server
-    };
-    let applies = |c: &Check<T>| c.on == On::Every || c.on == here;
+    let here = target.location.kind();
+    let applies = |c: &Check<T>| c.on.covers(here);
     for check in checks_before::<T>().iter().filter(|c| applies(c)) {
         suite.case(check.name, (check.run)(&ctx)).await;
     }

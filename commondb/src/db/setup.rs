@@ -149,14 +149,7 @@ pub(crate) async fn sqlite(
     let settings = &target.settings;
     secrets::create_private_dir(sqlite::dir_of(path))?;
     let _lock = DirLock::of_database(path, settings).await?;
-    let created = sqlite::create_file(path)?;
-    let mut sqlite = sqlite::connect(path, settings).await?;
-    // WAL lets readers run beside the one writer; the mode is stored in the file, so it is set
-    // once here and not on every connect.
-    sqlx::query("PRAGMA journal_mode = WAL")
-        .execute(&mut sqlite)
-        .await?;
-    let mut conn = Conn::Sqlite(sqlite);
+    let (mut conn, created) = sqlite::create(path, settings).await?;
     let applied = schema::migrate(&mut conn, migrations).await?;
     let SchemaState::Current { version } = schema::check(&mut conn, migrations).await? else {
         return Err(Error::internal(

@@ -92,7 +92,8 @@ async fn write<T: Task>(pool: &Pool, phase: &Phase, batch: &mut Vec<Job<T>>) {
         Err(e) => return answer_all(live, &e),
     };
     let grouped = live.len() > 1;
-    if grouped && let Err(e) = lease.conn().exec("BEGIN IMMEDIATE".into()).await {
+    let begin = lease.conn().backend().dialect().begin();
+    if grouped && let Err(e) = lease.conn().exec(begin.into()).await {
         return answer_all(live, &e);
     }
     let mut done = Vec::with_capacity(live.len());

@@ -14,6 +14,15 @@ use crate::db::setup::{self, SetupReport};
 use crate::db::{Target, roles};
 use crate::error::{Error, Result};
 
+/// The two kinds of [`Location`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A file of this user's: no roles, no administrator.
+    Embedded,
+    /// A database on a server, with its roles.
+    Server,
+}
+
 /// Where a database is.
 #[derive(Debug, Clone)]
 pub(crate) enum Location {
@@ -61,10 +70,13 @@ impl Location {
         }
     }
 
-    /// Whether this is the embedded kind (a file of this user's, no roles): the self-test
-    /// checks what each kind promises.
-    pub(crate) fn is_embedded(&self) -> bool {
-        matches!(self, Location::Sqlite(_))
+    /// Which kind of place this is: what each kind promises differs (a private file; roles
+    /// with the least rights), and the self-test checks each kind's own promises.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Location::Sqlite(_) => Kind::Embedded,
+            Location::Server(_) => Kind::Server,
+        }
     }
 
     /// The database file of the embedded kind.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use conn::{Conn, on_conn};
 pub(crate) use dialect::{Dialect, MARKER_TABLE, ServerDialect, generate_password, random_bytes};
-pub(crate) use location::Location;
+pub(crate) use location::{Kind as LocationKind, Location};
 pub(crate) use options::ServerOptions;
 pub(crate) use tx::Begin;
 pub use tx::{Param, Params, Record, Tx};

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{ConnectOptions, Row, TypeInfo, ValueRef};
 
-use super::Location;
 use super::dialect::Dialect;
 use super::rows::{Kind, Line};
+use super::{Conn, Location};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
@@ -211,6 +211,19 @@ impl DirLock {
             ))),
         }
     }
+}
+
+/// Creates the database file if it is missing (the caller holds the directory lock) and opens
+/// it in WAL mode; says whether it created it.
+pub(crate) async fn create(path: &Path, settings: &Settings) -> Result<(Conn, bool)> {
+    let created = create_file(path)?;
+    let mut conn = connect(path, settings).await?;
+    // WAL lets readers run beside the one writer; the mode is stored in the file, so it is set
+    // once here and not on every connect.
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut conn)
+        .await?;
+    Ok((Conn::Sqlite(conn), created))
 }
 
 /// SQLite's SQL.
