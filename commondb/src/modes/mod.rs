@@ -172,10 +172,18 @@ impl<A: clap::FromArgMatches> Mode<A> {
                     .map(|v| v.cloned().collect())
                     .unwrap_or_default(),
             },
-            Some(_) => Mode::Samples {
+            Some(SAMPLES) => Mode::Samples {
                 count: m.get_one::<u64>(SAMPLES).copied().unwrap_or(0),
                 run: m.get_one::<String>(flags::RUN).cloned(),
             },
+            Some(other) => {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "--{other} is in the table of modes but Mode::parse has no arm for it\n"
+                    ),
+                ));
+            }
         })
     }
 }
@@ -225,5 +233,40 @@ fn confirm(what: &str, text: &str, question: &str, declined: &str) -> Result<()>
         Ok(())
     } else {
         Err(Error::failed(declined))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NoteArgs, Notes};
+
+    #[test]
+    fn every_mode_in_the_table_parses_to_its_own_mode() {
+        for spec in MODES {
+            let id = spec.id::<Notes>();
+            let mut args = vec!["notes".to_string(), format!("--{id}")];
+            match spec.value {
+                Some(_) => args.push("1".into()),
+                None if spec.flag.is_none() => args.extend(["--text".into(), "x".into()]),
+                None => {}
+            }
+            let m = crate::cli::command::<Notes>()
+                .try_get_matches_from(&args)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let mode = Mode::<NoteArgs>::parse(&m, "add").unwrap_or_else(|e| panic!("{e}"));
+            let expected = match mode {
+                Mode::Task(_) => None,
+                Mode::Setup => Some(SETUP),
+                Mode::Test => Some(TEST),
+                Mode::Cleanup { .. } => Some(CLEANUP),
+                Mode::Status => Some(STATUS),
+                Mode::Backup => Some(BACKUP),
+                Mode::Restore { .. } => Some(RESTORE),
+                Mode::Serve { .. } => Some(SERVE),
+                Mode::Samples { .. } => Some(SAMPLES),
+            };
+            assert_eq!(expected, spec.flag, "{args:?}");
+        }
     }
 }
