@@ -26,7 +26,7 @@ pub(crate) async fn serve<T: Task>(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     needs_token: bool,
 ) {
-    let mut phase = service.phase.clone();
+    let phase = service.phase.clone();
     let handler = {
         let service = Arc::clone(&service);
         hyper::service::service_fn(move |req| {

@@ -35,7 +35,9 @@ pub(crate) async fn serve<T: Task>(
 ) {
     let mut reader = BufReader::with_capacity(16 * 1024, reader);
     let mut writer = tokio::io::BufWriter::with_capacity(16 * 1024, writer);
-    let mut phase = service.phase.clone();
+    let phase = service.phase.clone();
+    let drained = phase.reached(Stage::Draining);
+    tokio::pin!(drained);
     let idle = Duration::from_millis(service.limits.idle_timeout_ms);
     let max = service.limits.max_request_bytes;
     let mut authenticated = !needs_token;
@@ -44,7 +46,7 @@ pub(crate) async fn serve<T: Task>(
         line.clear();
         let read = tokio::select! {
             biased;
-            () = phase.reached(Stage::Draining) => break,
+            () = &mut drained => break,
             read = tokio::time::timeout(idle, read_line(&mut reader, &mut line, max)) => read,
         };
         let answer = match read {

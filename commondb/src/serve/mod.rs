@@ -79,8 +79,10 @@ impl Phase {
         self.token(stage).is_cancelled()
     }
 
-    /// Returns once the shutdown reached `stage`.
-    pub(crate) async fn reached(&mut self, stage: Stage) {
+    /// Returns once the shutdown reached `stage`. A loop that waits for it beside each of its
+    /// steps pins this future once, outside the loop: each new one registers a waiter with the
+    /// token, under the lock that every connection's waiters share.
+    pub(crate) async fn reached(&self, stage: Stage) {
         self.token(stage).cancelled().await;
     }
 }
@@ -242,7 +244,7 @@ async fn accept<T: Task>(
     slots: Arc<Semaphore>,
     connections: TaskTracker,
 ) {
-    let mut phase = service.phase.clone();
+    let phase = service.phase.clone();
     let needs_token = service.needs_token();
     match listener {
         Listener::Stdio => {
@@ -257,7 +259,7 @@ async fn accept<T: Task>(
         }
         Listener::Tcp(listener, protocol) => {
             let accept = || listener.accept();
-            accept_until_drained(&mut phase, accept, |(stream, _)| {
+            accept_until_drained(&phase, accept, |(stream, _)| {
                 let _ = stream.set_nodelay(true);
                 spawn_connection(
                     &service,
@@ -273,7 +275,7 @@ async fn accept<T: Task>(
         // The socket file's mode decides who may connect: no token.
         Listener::Unix(listener, protocol, _) => {
             let accept = || listener.accept();
-            accept_until_drained(&mut phase, accept, |(stream, _)| {
+            accept_until_drained(&phase, accept, |(stream, _)| {
                 spawn_connection(&service, stream, protocol, false, &slots, &connections);
             })
             .await;
@@ -283,14 +285,16 @@ async fn accept<T: Task>(
 
 /// Hands each accepted connection to `serve` until the drain begins.
 async fn accept_until_drained<C, F: Future<Output = std::io::Result<C>>>(
-    phase: &mut Phase,
+    phase: &Phase,
     mut accept: impl FnMut() -> F,
     mut serve: impl FnMut(C),
 ) {
+    let drained = phase.reached(Stage::Draining);
+    tokio::pin!(drained);
     loop {
         let accepted = tokio::select! {
             biased;
-            () = phase.reached(Stage::Draining) => return,
+            () = &mut drained => return,
             accepted = accept() => accepted,
         };
         match accepted {

@@ -159,7 +159,7 @@ impl<T: Task> Service<T> {
         // The request timeout and the shutdown's cut stop the request before its commit, never
         // during it (`execute_in`).
         let stop = async || {
-            let mut phase = phase.clone();
+            let phase = phase.clone();
             tokio::select! {
                 biased;
                 () = phase.reached(Stage::Cut) => cut_error(),
