@@ -208,14 +208,23 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
         Some(url) => Some(Location::parse(url)?),
         None => None,
     };
-    let suffix = hex::encode(random_bytes::<4>()?);
-    let exe: String = exe
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(10)
-        .collect();
-    let name = format!("{SCRATCH_PREFIX}{}_{suffix}", exe.to_ascii_lowercase());
-    if let Some(url) = configured.and_then(|c| c.scratch_url(&name)) {
+    let name = || -> Result<String> {
+        let suffix = hex::encode(random_bytes::<4>()?);
+        let exe: String = exe
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(10)
+            .collect();
+        Ok(format!(
+            "{SCRATCH_PREFIX}{}_{suffix}",
+            exe.to_ascii_lowercase()
+        ))
+    };
+    let url = match configured {
+        Some(configured) => configured.scratch_url(name)?,
+        None => None,
+    };
+    if let Some(url) = url {
         // Written before anything is made, for the next self-test if this one is killed.
         std::fs::write(dir.join(SCRATCH_RECORD), format!("{url}\n")).map_err(|e| {
             Error::temporary(format!("cannot write in the scratch directory: {e}"))

@@ -217,13 +217,16 @@ impl Location {
         }
     }
 
-    /// The location of a self-test's scratch database named `name` beside this one: on the
-    /// same server; `None` for the embedded kind, whose scratch file is the default in the
-    /// scratch directory.
-    pub(crate) fn scratch_url(&self, name: &str) -> Option<String> {
+    /// The location of a self-test's scratch database beside this one, on the same server,
+    /// named by `name` (asked only then); `None` for the embedded kind, whose scratch file is
+    /// the default in the scratch directory.
+    pub(crate) fn scratch_url(
+        &self,
+        name: impl FnOnce() -> Result<String>,
+    ) -> Result<Option<String>> {
         match self {
-            Location::Sqlite(_) => None,
-            Location::Server(server) => Some(server.with_database(name).display()),
+            Location::Sqlite(_) => Ok(None),
+            Location::Server(server) => Ok(Some(server.with_database(&name()?).display())),
         }
     }
 
