@@ -11,6 +11,7 @@
 //! | `usage`        | 2    | bad command line (clap uses 2 as well)                         |
 //! | `invalid_input`| 65   | the request's data is invalid (sysexits `EX_DATAERR`)          |
 //! | `no_input`     | 66   | an input file is missing or unreadable (`EX_NOINPUT`)          |
+//! | `not_found`    | 67   | what the request names does not exist (`EX_NOUSER`)            |
 //! | `unavailable`  | 69   | the database cannot be reached (`EX_UNAVAILABLE`)              |
 //! | `internal`     | 70   | a bug or a damaged database (`EX_SOFTWARE`)                    |
 //! | `conflict`     | 73   | the record already exists (`EX_CANTCREAT`)                     |
@@ -35,6 +36,8 @@ pub enum ErrorKind {
     InvalidInput,
     /// An input file (a backup to restore) does not exist or cannot be read: exit 66.
     NoInput,
+    /// What the request names does not exist (no such user): exit 67. Nothing was written.
+    NotFound,
     /// The database cannot be reached: exit 69.
     Unavailable,
     /// A bug, or a database in a state the program cannot handle: exit 70.
@@ -59,6 +62,9 @@ impl ErrorKind {
             ErrorKind::Usage => "see --help for the options and modes",
             ErrorKind::InvalidInput => "correct the value named above and try again",
             ErrorKind::NoInput => "check the path and that you can read it",
+            ErrorKind::NotFound => {
+                "check the name: nothing by that name exists, and nothing was changed"
+            }
             ErrorKind::Unavailable => {
                 "check that the database server runs and is reachable, then try again"
             }
@@ -80,6 +86,7 @@ impl ErrorKind {
             ErrorKind::Usage => "usage",
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::NoInput => "input file missing",
+            ErrorKind::NotFound => "not found",
             ErrorKind::Unavailable => "database unavailable",
             ErrorKind::Internal => "internal error",
             ErrorKind::Conflict => "already exists",
@@ -100,11 +107,12 @@ impl ErrorKind {
     }
 
     /// Every kind, in exit-code order (for documentation and tests).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Failed,
         ErrorKind::Usage,
         ErrorKind::InvalidInput,
         ErrorKind::NoInput,
+        ErrorKind::NotFound,
         ErrorKind::Unavailable,
         ErrorKind::Internal,
         ErrorKind::Conflict,
@@ -121,6 +129,7 @@ impl ErrorKind {
             ErrorKind::Usage => 2,
             ErrorKind::InvalidInput => 65,
             ErrorKind::NoInput => 66,
+            ErrorKind::NotFound => 67,
             ErrorKind::Unavailable => 69,
             ErrorKind::Internal => 70,
             ErrorKind::Conflict => 73,
@@ -138,6 +147,7 @@ impl ErrorKind {
             ErrorKind::Usage => "usage",
             ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::NoInput => "no_input",
+            ErrorKind::NotFound => "not_found",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::Conflict => "conflict",
@@ -218,6 +228,11 @@ impl Error {
     /// An input file does not exist or cannot be read (exit 66).
     pub fn no_input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NoInput, message)
+    }
+
+    /// What the request names does not exist (exit 67).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
     }
 
     /// The record already exists (exit 73).
@@ -323,7 +338,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_and_follow_sysexits() {
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
-        assert_eq!(codes, [1, 2, 65, 66, 69, 70, 73, 75, 77, 78, 130]);
+        assert_eq!(codes, [1, 2, 65, 66, 67, 69, 70, 73, 75, 77, 78, 130]);
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
     }

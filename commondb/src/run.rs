@@ -69,6 +69,7 @@ pub(crate) async fn perform<T: Task>(
         let begin = db::Begin {
             check: true,
             single: T::SINGLE_STATEMENT,
+            read_only: T::READ_ONLY,
         };
         let tx = conn
             .begin_with(&target.location, T::MIGRATIONS, begin)

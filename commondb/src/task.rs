@@ -42,6 +42,12 @@ pub trait Task: Sized + 'static {
     /// refused with an internal error (and the first has committed), so set it only for a
     /// task whose `execute` cannot run two.
     const SINGLE_STATEMENT: bool = false;
+    /// Whether the task only reads. Its transaction is then declared read-only: `BEGIN READ
+    /// ONLY` on PostgreSQL, `START TRANSACTION READ ONLY` on MySQL/MariaDB, where the server
+    /// refuses a write in it; a deferred `BEGIN` on SQLite, which takes no write lock, so that
+    /// the task never waits for writers (WAL readers see the last commit) and never makes one
+    /// wait. `--serve` never runs it through SQLite's group commit.
+    const READ_ONLY: bool = false;
 
     /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`,
     /// `from`, `listen` and the mode flags are the harness's. They are also the body of a

@@ -168,6 +168,7 @@ mod tests {
         let single = Begin {
             check: true,
             single: true,
+            read_only: false,
         };
         let mut tx = conn.begin_with(&target.location, V1, single).await.unwrap();
         tx.execute("INSERT INTO notes (text) VALUES (?)", ("a",))
@@ -198,6 +199,41 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind(), ErrorKind::Temporary, "{}", e.message());
+    }
+
+    #[tokio::test]
+    async fn a_read_only_task_neither_waits_for_a_writer_nor_makes_one_wait() {
+        let (_dir, mut settings) = testing::scratch();
+        let target = testing::target(&settings);
+        let (mut writer, _) = open(&target, V1).await.unwrap();
+        let mut held = writer.begin_task(&target.location, V1).await.unwrap();
+        held.execute("INSERT INTO notes (text) VALUES (?)", ("uncommitted",))
+            .await
+            .unwrap();
+        // A write transaction would give up after 50 ms behind the one held.
+        settings.busy_timeout_ms = 50;
+        let impatient = Target::resolve(&settings, "notes").unwrap();
+        let mut reader = connect(&impatient).await.unwrap();
+        let read_only = Begin {
+            read_only: true,
+            ..Begin::CHECKED
+        };
+        let mut tx = reader
+            .begin_with(&impatient.location, V1, read_only)
+            .await
+            .unwrap();
+        let (seen,): (i64,) = tx
+            .fetch_one("SELECT COUNT(*) FROM notes", ())
+            .await
+            .unwrap();
+        assert_eq!(
+            seen, 0,
+            "the reader sees the last commit, not the open write"
+        );
+        // The writer commits while the reader's transaction is still open.
+        held.commit().await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(reader.count("SELECT COUNT(*) FROM notes").await.unwrap(), 1);
     }
 
     #[test]

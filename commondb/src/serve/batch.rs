@@ -104,7 +104,7 @@ async fn write<T: Task>(pool: &Pool, phase: &Phase, batch: &mut Vec<Job<T>>) {
             let _ = job.reply.send(Err(e.clone()));
             continue;
         }
-        let outcome = match lease.begin(true).await {
+        let outcome = match lease.begin(true, false).await {
             Ok(mut tx) => T::execute(&mut tx, job.request).await,
             Err(e) => Err(e),
         };

@@ -174,6 +174,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Usage | ErrorKind::NoInput => StatusCode::BAD_REQUEST,
         ErrorKind::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Permission => StatusCode::FORBIDDEN,
         ErrorKind::Unavailable
         | ErrorKind::Temporary

@@ -145,7 +145,9 @@ impl<T: Task> Server<T> {
         }
         let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
         let phase = Phase::new();
-        let group_commit = target.backend().dialect().one_writer() && T::SINGLE_STATEMENT;
+        // Reads need no single writer: they run beside it on their own connections.
+        let group_commit =
+            target.backend().dialect().one_writer() && T::SINGLE_STATEMENT && !T::READ_ONLY;
         let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
         let batch = group_commit.then(|| batch::Batch::start(Arc::clone(&pool), phase.clone()));
         let service = Arc::new(Service::new(

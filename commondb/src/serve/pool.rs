@@ -116,10 +116,11 @@ pub(crate) struct Lease<'p> {
 }
 
 impl Lease<'_> {
-    /// Begins the task's transaction (`single`: [`crate::Task::SINGLE_STATEMENT`]), checking
+    /// Begins the task's transaction (`single`: [`crate::Task::SINGLE_STATEMENT`]; `read_only`:
+    /// [`crate::Task::READ_ONLY`]), checking
     /// the schema if it was not checked within [`RECHECK`], and replacing a connection that went
     /// stale while idle.
-    pub(crate) async fn begin(&mut self, single: bool) -> Result<Tx<'_>> {
+    pub(crate) async fn begin(&mut self, single: bool, read_only: bool) -> Result<Tx<'_>> {
         let pool = self.pool;
         let now = Instant::now();
         let check = self
@@ -136,7 +137,11 @@ impl Lease<'_> {
             pool.open.fetch_sub(1, Ordering::Relaxed);
             Ok(fresh)
         };
-        let begin = crate::db::Begin { check, single };
+        let begin = crate::db::Begin {
+            check,
+            single,
+            read_only,
+        };
         conn.begin_task_or_reconnect(&pool.target.location, pool.migrations, begin, reconnect)
             .await
     }

@@ -169,7 +169,7 @@ impl<T: Task> Service<T> {
         let mut lease = bounded(stop(), self.pool.acquire()).await?;
         let acquired = Instant::now();
         self.metrics.phase(Step::Acquire, acquired - prepared);
-        let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT)).await?;
+        let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT, T::READ_ONLY)).await?;
         let begun = Instant::now();
         self.metrics.phase(Step::Begin, begun - acquired);
         let result = crate::run::execute_in::<T>(tx, request, stop()).await;
@@ -282,7 +282,11 @@ pub(crate) fn timeout_error(timeout: Duration) -> Error {
 pub(crate) fn reusable(kind: ErrorKind) -> bool {
     matches!(
         kind,
-        ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Permission | ErrorKind::Failed
+        ErrorKind::InvalidInput
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict
+            | ErrorKind::Permission
+            | ErrorKind::Failed
     )
 }
 

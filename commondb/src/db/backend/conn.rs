@@ -72,7 +72,7 @@ impl Conn {
             // SQLite's schema was checked by `open`, and a single statement needs no BEGIN.
             Conn::Sqlite(_) if begin.single => Ok(self.wrap(begin)),
             Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
-                sqlx::Connection::begin_with(c, Backend::Sqlite.dialect().begin()).await?,
+                sqlx::Connection::begin_with(c, begin.statement(Backend::Sqlite.dialect())).await?,
             ))),
             server => {
                 server.start(location, migrations, begin).await?;
@@ -117,9 +117,14 @@ impl Conn {
         migrations: &Migrations,
         begin: Begin,
     ) -> Result<()> {
+        let statement = begin.statement(self.backend().dialect());
         match (begin.check, begin.single) {
-            (true, single) => self.begin_checked(location, migrations, !single).await,
-            (false, false) => self.exec(self.backend().dialect().begin().into()).await,
+            (true, false) => {
+                self.begin_checked(location, migrations, Some(statement))
+                    .await
+            }
+            (true, true) => self.begin_checked(location, migrations, None).await,
+            (false, false) => self.exec(statement.into()).await,
             (false, true) => Ok(()),
         }
     }
@@ -133,12 +138,12 @@ impl Conn {
     }
 
     /// Checks the schema on a server (setting the session on MySQL), and begins a transaction
-    /// in the same round trip if `begin_tx`.
+    /// with `begin` in the same round trip if there is one.
     async fn begin_checked(
         &mut self,
         location: &Location,
         migrations: &Migrations,
-        begin_tx: bool,
+        begin: Option<&'static str>,
     ) -> Result<()> {
         use sqlx::Row;
         const CHECK: &str = schema::APPLIED_SUMMARY;
@@ -148,9 +153,9 @@ impl Conn {
             Some(session) => format!("{session}; {CHECK}"),
             None => CHECK.to_string(),
         };
-        if begin_tx {
+        if let Some(begin) = begin {
             sql.push_str("; ");
-            sql.push_str(dialect.begin());
+            sql.push_str(begin);
         }
         let rows = on_conn!(self, c => sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *c).await.map(|rows| {
             rows.first().map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
@@ -164,7 +169,7 @@ impl Conn {
         if applied == Some(schema::embedded(migrator)) {
             return Ok(());
         }
-        if applied.is_some() && begin_tx {
+        if applied.is_some() && begin.is_some() {
             self.exec("ROLLBACK".into()).await?;
         }
         let state = schema::check(self, migrations).await?;

@@ -26,6 +26,8 @@ pub(crate) trait Dialect: Sync {
     }
     /// The statement that begins a task's write transaction.
     fn begin(&self) -> &'static str;
+    /// The statement that begins a read-only task's transaction.
+    fn begin_read_only(&self) -> &'static str;
     /// Session settings a task's connection needs before its first statement, sent in the round
     /// trip that checks the schema and begins.
     fn session(&self) -> Option<&'static str> {

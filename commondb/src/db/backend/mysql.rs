@@ -28,6 +28,9 @@ impl Dialect for MySql {
     fn begin(&self) -> &'static str {
         "START TRANSACTION"
     }
+    fn begin_read_only(&self) -> &'static str {
+        "START TRANSACTION READ ONLY"
+    }
     fn session(&self) -> Option<&'static str> {
         Some(SESSION)
     }

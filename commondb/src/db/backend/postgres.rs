@@ -27,6 +27,9 @@ impl Dialect for Postgres {
     fn begin(&self) -> &'static str {
         "BEGIN"
     }
+    fn begin_read_only(&self) -> &'static str {
+        "BEGIN READ ONLY"
+    }
     fn placeholders<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
         numbered_placeholders(sql)
     }

@@ -238,6 +238,11 @@ impl Dialect for Sqlite {
         // failing when a read would have to be upgraded to a write.
         "BEGIN IMMEDIATE"
     }
+    fn begin_read_only(&self) -> &'static str {
+        // Deferred: no lock until the first read, and in WAL mode a reader never waits for the
+        // writer, nor makes it wait.
+        "BEGIN"
+    }
     fn begin_snapshot(&self) -> &'static [&'static str] {
         &["BEGIN"]
     }

@@ -21,6 +21,19 @@ pub(crate) struct Begin {
     /// The task runs exactly one statement ([`crate::Task::SINGLE_STATEMENT`]): no `BEGIN` and
     /// no `COMMIT`, the statement commits by itself, and a second one is refused.
     pub single: bool,
+    /// The task only reads ([`crate::Task::READ_ONLY`]): a read-only transaction.
+    pub read_only: bool,
+}
+
+impl Begin {
+    /// The statement that begins this transaction on a backend with `dialect`.
+    pub(crate) fn statement(self, dialect: &dyn super::Dialect) -> &'static str {
+        if self.read_only {
+            dialect.begin_read_only()
+        } else {
+            dialect.begin()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -29,6 +42,7 @@ impl Begin {
     pub(crate) const CHECKED: Begin = Begin {
         check: true,
         single: false,
+        read_only: false,
     };
 }
 
