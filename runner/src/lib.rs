@@ -16,6 +16,7 @@
 
 pub mod fleet;
 pub mod phases;
+pub mod plot;
 pub mod processes;
 pub mod report;
 pub mod service;
@@ -78,6 +79,10 @@ struct Cli {
     /// Write every instance's record and the summary to FILE as JSON
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Draw the latency distribution (with --compare: both modes, their throughput and memory)
+    /// into FILE as SVG
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH or http://HOST:PORT
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
@@ -250,6 +255,9 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
     if let Some(path) = &cli.json {
         outcome.export(path)?;
     }
+    if let Some(path) = &cli.plot {
+        outcome.plot(path, &name)?;
+    }
     Ok(outcome.all_ok())
 }
 
@@ -274,6 +282,24 @@ impl Outcome {
         if side_by_side && let [(_, p, _), (_, s, _)] = &self.runs[..] {
             print!("{}", comparison(p, s));
         }
+    }
+
+    /// Draws the runs into the SVG file `path` (73 when it cannot be written).
+    fn plot(&self, path: &Path, name: &str) -> Result<(), Fatal> {
+        let runs: Vec<plot::Run<'_>> = self
+            .runs
+            .iter()
+            .map(|(mode, summary, records)| plot::Run {
+                mode,
+                summary,
+                records,
+            })
+            .collect();
+        let title = match &self.runs[..] {
+            [(_, s, _)] => format!("runmany: {name}, {} × {} at once", s.count, s.jobs),
+            _ => format!("runmany --compare: {name}, processes or a service?"),
+        };
+        plot::draw(path, &title, &runs).map_err(|e| Fatal(73, e))
     }
 
     fn export(&self, path: &Path) -> Result<(), Fatal> {

@@ -308,3 +308,54 @@ fn counts_jobs_and_timeouts_beyond_their_range_are_usage_errors_naming_it() {
         .code(2)
         .stderr_has("0..=2000000");
 }
+
+/// `--plot FILE.svg` draws the run: with `--compare`, both modes' latency distributions on one
+/// chart (labelled with their medians and counts), their throughput and their memory; alone,
+/// the one distribution. A file that cannot be written is refused with 73.
+#[test]
+fn plot_draws_the_distributions_throughput_and_memory_as_svg() {
+    let sb = Sandbox::new();
+    let compared = runmany(
+        &sb,
+        &[
+            "-q",
+            "-n",
+            "20",
+            "-j",
+            "2",
+            "--compare",
+            "--plot",
+            "cmp.svg",
+            EXE,
+        ],
+    );
+    compared.code(0);
+    let svg = std::fs::read_to_string(sb.root().join("cmp.svg")).expect("the plot exists");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for text in [
+        "processes or a service?",
+        "latency distribution",
+        "processes (p50 ",
+        "serve (p50 ",
+        "n = 20)",
+        "throughput (requests per second)",
+        "memory (MiB)",
+    ] {
+        assert!(svg.contains(text), "the plot lacks {text:?}");
+    }
+    // One line per mode, in its own colour (and its legend's sample).
+    for colour in ["#1F77B4", "#D62728"] {
+        let line = format!("stroke=\"{colour}\" stroke-width=\"2\"");
+        assert_eq!(svg.matches(&line).count(), 2, "{colour}");
+    }
+
+    runmany(&sb, &["-q", "-n", "10", "--plot", "one.svg", EXE]).code(0);
+    let one = std::fs::read_to_string(sb.root().join("one.svg")).expect("the plot exists");
+    assert!(one.contains("processes (p50 ") && !one.contains("serve (p50 "));
+    assert!(!one.contains("throughput (requests per second)"));
+
+    runmany(&sb, &["-q", "-n", "2", "--plot", "no/such/dir/x.svg", EXE])
+        .code(73)
+        .stderr_has("x.svg");
+}
