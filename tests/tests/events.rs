@@ -1,0 +1,135 @@
+//! `log-event`, the second domain, on SQLite, PostgreSQL and MariaDB: an executable with another
+//! shape than `create-user` (no unique key, a free-form JSON payload, a repeat that appends
+//! again) lives its whole life through the same harness, which it uses without any change:
+//! setup, the task, status, the self-test, backup and restore, `--serve`, `runmany`, cleanup.
+
+use commondb::protocol::listen::{HTTP, TCP};
+use e2e::{Backend, BackendSandbox, Run, on_every_backend};
+
+const EXE: &str = "log-event";
+
+on_every_backend!(log_event_lives_its_whole_life);
+
+fn events(sb: &BackendSandbox) -> i64 {
+    sb.count(EXE, "SELECT COUNT(*) FROM events")
+}
+
+fn log_event_lives_its_whole_life(backend: Backend) {
+    let Some(sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    sb.run_admin(EXE, &["--self-setup"])
+        .code(0)
+        .stdout_has("set up on");
+    sb.run(EXE, &["--self-status"])
+        .code(0)
+        .stdout_has("current");
+
+    // The task: an event and its payload; the same event again is a second entry.
+    let payload = r#"{"user": "alice", "from": ["10.0.0.1"]}"#;
+    sb.run(
+        EXE,
+        &["--log", "--kind", "user.login", "--payload", payload],
+    )
+    .code(0)
+    .stdout_has("logged event 1 user.login (2 field(s))");
+    let again = sb.run(
+        EXE,
+        &[
+            "--log",
+            "--kind",
+            "user.login",
+            "--payload",
+            payload,
+            "--json",
+        ],
+    );
+    again.code(0);
+    let doc = again.json();
+    assert_eq!(doc["id"], 2);
+    assert_eq!(doc["payload"]["from"][0], "10.0.0.1");
+    sb.run(EXE, &["--log", "--kind", "user.login", "--payload", "[1]"])
+        .code(65)
+        .stderr_has("must be a JSON object, not an array");
+    sb.run(EXE, &["--log", "--kind", "Bad Kind"])
+        .code(65)
+        .stderr_has("kind \"Bad Kind\" is not valid");
+    assert_eq!(events(&sb), 2, "refused requests wrote nothing");
+    assert_eq!(
+        sb.count(
+            EXE,
+            "SELECT COUNT(*) FROM events WHERE payload = '{\"from\":[\"10.0.0.1\"],\"user\":\"alice\"}'"
+        ),
+        2,
+        "the payload is stored as compact JSON"
+    );
+
+    sb.run_admin(EXE, &["--self-test"])
+        .code(0)
+        .stdout_has("0 failed");
+
+    // Backup and restore: a third event goes away again with the restore.
+    let backup = sb.run(EXE, &["--self-backup", "--json"]);
+    backup.code(0);
+    let file = backup.json()["file"].as_str().unwrap().to_string();
+    assert!(file.contains("log-event-"), "{file}");
+    sb.run(EXE, &["--log", "--kind", "later"]).code(0);
+    assert_eq!(events(&sb), 3);
+    sb.run_admin(EXE, &["--self-restore", "--yes", "--from", &file])
+        .code(0)
+        .stdout_has("restored 2 row(s)");
+    assert_eq!(events(&sb), 2);
+    // The log goes on after its restored ids.
+    sb.run(EXE, &["--log", "--kind", "after.restore"])
+        .code(0)
+        .stdout_has("logged event 4 after.restore");
+
+    // --serve: over the line protocol (words and JSON) and HTTP, with a 201 for an append.
+    let served = sb.serve(
+        EXE,
+        &[
+            "--listen",
+            &format!("{TCP}127.0.0.1:0"),
+            "--listen",
+            &format!("{HTTP}127.0.0.1:0"),
+        ],
+    );
+    let mut client = served.client();
+    let answer = client.call("--kind served.line --payload '{\"n\": 1}'");
+    assert!(answer.ok, "{answer:?}");
+    let answer = client.call(r#"{"kind": "served.json", "payload": "{\"n\": 2}"}"#);
+    assert!(answer.ok, "{answer:?}");
+    let answer = client.call("--kind served.line --payload 'nope'");
+    assert_eq!(answer.kind(), Some("invalid_input"), "{answer:?}");
+    let (status, body) = e2e::http(
+        &served.address(HTTP),
+        "POST",
+        "/log",
+        &[],
+        br#"{"kind": "served.http"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (code, _) = served.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(events(&sb), 6);
+
+    // runmany: every instance appends its own sample event.
+    Run::of(
+        sb.command("runmany", &["-q", "-n", "30", "-j", "4", EXE]),
+        None,
+    )
+    .code(0);
+    assert_eq!(events(&sb), 36);
+
+    let cleanup = sb.run_admin(EXE, &["--self-cleanup", "--yes"]);
+    cleanup.code(0).stdout_has("removed the database");
+    if backend == Backend::Sqlite {
+        assert!(!sb.database(EXE).exists());
+    } else {
+        assert!(
+            sb.server().leftovers().is_empty(),
+            "{:?}",
+            sb.server().leftovers()
+        );
+    }
+}
