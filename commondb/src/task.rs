@@ -27,8 +27,13 @@ pub trait Task: Sized + 'static {
     const ABOUT: &'static str;
     /// The mode flag that runs the task, without dashes, e.g. `create` for `--create`.
     const VERB: &'static str;
-    /// The task's migrations, one set per backend.
+    /// The task's migrations, one set per backend: its domain's.
     const MIGRATIONS: &'static Migrations;
+    /// The data the task works on. Executables of one domain share its database (on SQLite the
+    /// file `<domain>.sqlite3`), its app credentials (`<secrets_dir>/<domain>.toml`) and its
+    /// backups, and declare the same [`Task::MIGRATIONS`]: any of them sets the domain up, and
+    /// any restores a backup another took. By default each executable is a domain of its own.
+    const DOMAIN: &'static str = Self::NAME;
     /// The loopback port `--serve` listens on when nothing else is configured. The default is
     /// derived from [`Task::NAME`] (in 20000–29999), so that two executables differ; a task that
     /// users will type the port of sets its own.
@@ -82,6 +87,13 @@ pub trait Task: Sized + 'static {
     /// What repeating a sample request must do.
     fn on_repeat() -> Repeat {
         Repeat::Conflict
+    }
+
+    /// Rows a read-only task needs to find: written by its self-test, after setup and before the
+    /// sample requests, in one transaction, with the task's own SQL. Returns how many.
+    fn seed(tx: &mut Tx<'_>, run: &str) -> impl Future<Output = Result<u64>> + Send {
+        let _ = (tx, run);
+        std::future::ready(Ok(0))
     }
 
     /// The task's own self-test cases, run in order on one scratch database after the generic

@@ -1,6 +1,7 @@
-//! Events: the domain of `log-event`, an append-only log of JSON objects by kind. A second
-//! domain with another shape than users (no unique key, a free-form payload, a repeat that
-//! appends again), written with nothing but `commondb`'s public API.
+//! Events: the domain of `log-event` and `list-events`, an append-only log of JSON objects by
+//! kind. A second domain with another shape than users (no unique key, a free-form payload, a
+//! repeat that appends again, a read-only task returning many rows), written with nothing but
+//! `commondb`'s public API.
 
 use std::fmt;
 
@@ -8,8 +9,15 @@ use chrono::{DateTime, SubsecRound, Utc};
 use commondb::{Case, Error, ErrorKind, Result, Tx};
 use serde::Serialize;
 
+/// The domain's name: its executables share the database `events.sqlite3` (or the URL's), the
+/// credentials in `events.toml`, and its backups.
+pub const DOMAIN: &str = "events";
+
 /// The largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// The most events one listing returns.
+pub const MAX_LIMIT: u32 = 1000;
 
 /// What `log-event --log` takes.
 #[derive(clap::Args, Debug, Serialize)]
@@ -54,18 +62,7 @@ impl NewEvent {
     /// Checks the kind and the payload.
     pub fn new(args: &LogArgs) -> Result<NewEvent> {
         let kind = &args.kind;
-        let valid_kind = (1..=64).contains(&kind.len())
-            && kind.starts_with(|c: char| c.is_ascii_lowercase())
-            && kind
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
-        if !valid_kind {
-            let (shown, _) = commondb::error::cut(kind, 64);
-            return Err(Error::invalid_input(format!(
-                "kind \"{}\" is not valid: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter",
-                shown.escape_default()
-            )));
-        }
+        check_kind(kind)?;
         if args.payload.len() > MAX_PAYLOAD {
             return Err(Error::invalid_input(format!(
                 "the payload is {} bytes; at most {MAX_PAYLOAD} are taken",
@@ -96,6 +93,23 @@ impl NewEvent {
             created_at: Utc::now().round_subsecs(6),
         })
     }
+}
+
+/// Checks an event's kind: 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter.
+fn check_kind(kind: &str) -> Result<()> {
+    let valid = (1..=64).contains(&kind.len())
+        && kind.starts_with(|c: char| c.is_ascii_lowercase())
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+    if valid {
+        return Ok(());
+    }
+    let (shown, _) = commondb::error::cut(kind, 64);
+    Err(Error::invalid_input(format!(
+        "kind \"{}\" is not valid: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter",
+        shown.escape_default()
+    )))
 }
 
 fn kind_of(v: &serde_json::Value) -> &'static str {
@@ -151,6 +165,207 @@ pub async fn append(tx: &mut Tx<'_>, event: NewEvent) -> Result<Event> {
         payload: event.payload,
         created_at: event.created_at,
     })
+}
+
+/// What `list-events --list` takes.
+#[derive(clap::Args, Debug, Serialize)]
+pub struct ListArgs {
+    /// Only events of this kind
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only events after this id: the `next` of the previous page
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    /// At most this many events, 1 to 1000
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u32,
+}
+
+impl ListArgs {
+    /// The arguments of one listing.
+    pub fn new(kind: Option<&str>, after: Option<i64>, limit: u32) -> Self {
+        ListArgs {
+            kind: kind.map(String::from),
+            after,
+            limit,
+        }
+    }
+}
+
+/// A validated listing.
+#[derive(Debug)]
+pub struct Listing {
+    kind: Option<String>,
+    after: i64,
+    limit: u32,
+}
+
+impl Listing {
+    /// Checks the kind, the cursor and the limit.
+    pub fn new(args: &ListArgs) -> Result<Listing> {
+        if let Some(kind) = &args.kind {
+            check_kind(kind)?;
+        }
+        if !(1..=MAX_LIMIT).contains(&args.limit) {
+            return Err(Error::invalid_input(format!(
+                "--limit {} is out of range: 1 to {MAX_LIMIT}",
+                args.limit
+            ))
+            .hint("page through more with --after, the next cursor each page ends with"));
+        }
+        let after = args.after.unwrap_or(0);
+        if after < 0 {
+            return Err(Error::invalid_input(format!(
+                "--after {after} is not a cursor: ids start at 1"
+            )));
+        }
+        Ok(Listing {
+            kind: args.kind.clone(),
+            after,
+            limit: args.limit,
+        })
+    }
+}
+
+/// One page of the log, oldest first, and where the next begins.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// The events.
+    pub events: Vec<Event>,
+    /// The cursor of the next page (`--after`), if there are more events.
+    pub next: Option<i64>,
+}
+
+impl fmt::Display for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .events
+            .iter()
+            .map(|e| e.kind.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            f,
+            "{:>8}  {:<27}  {:<width$}  payload",
+            "id", "created_at", "kind"
+        )?;
+        for e in &self.events {
+            writeln!(
+                f,
+                "{:>8}  {:<27}  {:<width$}  {}",
+                e.id,
+                e.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                e.kind,
+                serde_json::Value::Object(e.payload.clone())
+            )?;
+        }
+        match self.next {
+            Some(next) => write!(
+                f,
+                "{} event(s); more with --after {next}",
+                self.events.len()
+            ),
+            None => write!(f, "{} event(s)", self.events.len()),
+        }
+    }
+}
+
+/// A row of the log as stored.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    id: i64,
+    kind: String,
+    payload: String,
+    created_at: DateTime<Utc>,
+}
+
+/// One page of the log: the events after the cursor, oldest first, at most the limit (keyset
+/// pagination: a page costs the same wherever it starts).
+pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
+    // One more than asked, to know whether a next page exists.
+    let fetch = i64::from(listing.limit) + 1;
+    let rows: Vec<Stored> = match &listing.kind {
+        Some(kind) => {
+            tx.fetch_all(
+                "SELECT id, kind, payload, created_at FROM events \
+                 WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
+                (kind.as_str(), listing.after, fetch),
+            )
+            .await?
+        }
+        None => {
+            tx.fetch_all(
+                "SELECT id, kind, payload, created_at FROM events \
+                 WHERE id > ? ORDER BY id LIMIT ?",
+                (listing.after, fetch),
+            )
+            .await?
+        }
+    };
+    let more = rows.len() > listing.limit as usize;
+    let events = rows
+        .into_iter()
+        .take(listing.limit as usize)
+        .map(|row| {
+            let payload = match serde_json::from_str(&row.payload) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => {
+                    return Err(Error::internal(format!(
+                        "event {} holds a payload that is not a JSON object",
+                        row.id
+                    )));
+                }
+            };
+            Ok(Event {
+                id: row.id,
+                kind: row.kind,
+                payload,
+                created_at: row.created_at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let next = more.then(|| events.last().map(|e| e.id)).flatten();
+    Ok(Page { events, next })
+}
+
+/// The events `list-events`' self-test reads: three of two kinds, unique to the run.
+pub async fn seed(tx: &mut Tx<'_>, run: &str) -> Result<u64> {
+    for (kind, n) in [("seed.a", 1), ("seed.a", 2), ("seed.b", 3)] {
+        let args = LogArgs::new(kind, &serde_json::json!({ "n": n, "run": run }).to_string());
+        append(tx, NewEvent::new(&args)?).await?;
+    }
+    Ok(3)
+}
+
+/// `list-events`' own self-test cases, on the seeded log.
+pub fn list_cases() -> Vec<Case<ListArgs>> {
+    vec![
+        Case::new(
+            "a kind's events are listed, a page at a time",
+            ListArgs::new(Some("seed.a"), None, 1),
+        ),
+        Case::new(
+            "a kind with no events lists none",
+            ListArgs::new(Some("never.logged"), None, 10),
+        ),
+        Case::new(
+            "a limit over 1000 is refused",
+            ListArgs::new(None, None, MAX_LIMIT + 1),
+        )
+        .fails_with(ErrorKind::InvalidInput),
+        Case::new(
+            "a negative cursor is refused",
+            ListArgs::new(None, Some(-1), 10),
+        )
+        .fails_with(ErrorKind::InvalidInput),
+        Case::new(
+            "listing writes nothing",
+            ListArgs::new(None, None, MAX_LIMIT),
+        )
+        .then_count("SELECT COUNT(*) FROM events", 3),
+    ]
 }
 
 /// `log-event`'s own self-test cases, run in order on one scratch database.
@@ -223,6 +438,21 @@ mod tests {
         let e = NewEvent::new(&LogArgs::new("k", "{ \"b\" : 1, \"a\" : [true] }")).unwrap();
         assert_eq!(e.text, r#"{"a":[true],"b":1}"#);
         assert_eq!(e.payload.len(), 2);
+    }
+
+    #[test]
+    fn listings_are_checked_before_the_database() {
+        Listing::new(&ListArgs::new(Some("a.b"), Some(7), 1)).unwrap();
+        Listing::new(&ListArgs::new(None, None, MAX_LIMIT)).unwrap();
+        for bad in [
+            ListArgs::new(Some("A"), None, 10),
+            ListArgs::new(None, None, 0),
+            ListArgs::new(None, None, MAX_LIMIT + 1),
+            ListArgs::new(None, Some(-1), 10),
+        ] {
+            let e = Listing::new(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
     }
 
     #[test]

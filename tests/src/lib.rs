@@ -16,6 +16,14 @@ use tempfile::TempDir;
 ///
 /// Cargo builds only a package's own binaries for its tests, and these live in other packages,
 /// so the harness asks cargo to build them once per test process (a no-op when they are fresh)
+/// The domain of executable `exe` (its `Task::DOMAIN`): what names its database and secrets.
+pub fn domain(exe: &str) -> &str {
+    match exe {
+        "log-event" | "list-events" => "events",
+        other => other,
+    }
+}
+
 /// and finds them beside the test executable's `deps` directory, as ripgrep's tests do.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
@@ -119,9 +127,9 @@ impl Sandbox {
         self.root().join("home/.config/commondb")
     }
 
-    /// The embedded database of executable `exe`.
+    /// The embedded database of executable `exe`: its domain's.
     pub fn database(&self, exe: &str) -> PathBuf {
-        self.data_dir().join(format!("{exe}.sqlite3"))
+        self.data_dir().join(format!("{}.sqlite3", domain(exe)))
     }
 
     /// A command for binary `exe` in this sandbox, with no stdin.
@@ -881,7 +889,7 @@ impl BackendSandbox {
 
     /// The credentials setup wrote for `role` (`app` or `backup`).
     pub fn credentials(&self, exe: &str, role: &str) -> (String, String) {
-        let file = self.sb.secrets_dir().join(format!("{exe}.toml"));
+        let file = self.sb.secrets_dir().join(format!("{}.toml", domain(exe)));
         let text =
             std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let doc: toml::Table = text.parse().expect("the secrets file is TOML");

@@ -1,20 +1,22 @@
-//! `log-event`, the second domain, on SQLite, PostgreSQL and MariaDB: an executable with another
-//! shape than `create-user` (no unique key, a free-form JSON payload, a repeat that appends
-//! again) lives its whole life through the same harness, which it uses without any change:
-//! setup, the task, status, the self-test, backup and restore, `--serve`, `runmany`, cleanup.
+//! The `events` domain on SQLite, PostgreSQL and MariaDB: `log-event` (an append-only log: no
+//! unique key, a free-form JSON payload, a repeat that appends again) and `list-events` (a
+//! read-only task returning pages of it) share one database, its credentials and its backups,
+//! and live their whole life through the same harness: setup, the tasks, status, the
+//! self-tests, backup and restore, `--serve`, `runmany`, cleanup.
 
 use commondb::protocol::listen::{HTTP, TCP};
 use e2e::{Backend, BackendSandbox, Run, on_every_backend};
 
 const EXE: &str = "log-event";
+const LIST: &str = "list-events";
 
-on_every_backend!(log_event_lives_its_whole_life);
+on_every_backend!(the_events_domain_lives_its_whole_life);
 
 fn events(sb: &BackendSandbox) -> i64 {
     sb.count(EXE, "SELECT COUNT(*) FROM events")
 }
 
-fn log_event_lives_its_whole_life(backend: Backend) {
+fn the_events_domain_lives_its_whole_life(backend: Backend) {
     let Some(sb) = BackendSandbox::new(backend) else {
         return;
     };
@@ -68,14 +70,51 @@ fn log_event_lives_its_whole_life(backend: Backend) {
         .code(0)
         .stdout_has("0 failed");
 
+    // list-events reads the same log, with no setup of its own: a page at a time, by kind.
+    let page = sb.run(
+        LIST,
+        &["--list", "--kind", "user.login", "--limit", "1", "--json"],
+    );
+    page.code(0);
+    let doc = page.json();
+    assert_eq!(doc["events"][0]["id"], 1);
+    assert_eq!(doc["events"][0]["payload"]["user"], "alice");
+    assert_eq!(doc["next"], 1);
+    let last = sb.run(
+        LIST,
+        &["--list", "--kind", "user.login", "--after", "1", "--json"],
+    );
+    last.code(0);
+    let doc = last.json();
+    assert_eq!(doc["events"][0]["id"], 2);
+    assert!(doc["next"].is_null(), "{doc}");
+    sb.run(LIST, &["--list"])
+        .code(0)
+        .stdout_has("user.login")
+        .stdout_has("2 event(s)");
+    sb.run(LIST, &["--list", "--limit", "0"])
+        .code(65)
+        .stderr_has("--limit 0 is out of range");
+    sb.run_admin(LIST, &["--self-test"])
+        .code(0)
+        .stdout_has("the rows the task reads are seeded")
+        .stdout_has("0 failed");
+    assert_eq!(
+        events(&sb),
+        2,
+        "listing and the self-test's scratch database wrote nothing here"
+    );
+
     // Backup and restore: a third event goes away again with the restore.
     let backup = sb.run(EXE, &["--self-backup", "--json"]);
     backup.code(0);
     let file = backup.json()["file"].as_str().unwrap().to_string();
-    assert!(file.contains("log-event-"), "{file}");
+    // The domain's backups, named after it.
+    assert!(file.contains("/events-"), "{file}");
     sb.run(EXE, &["--log", "--kind", "later"]).code(0);
     assert_eq!(events(&sb), 3);
-    sb.run_admin(EXE, &["--self-restore", "--yes", "--from", &file])
+    // Any executable of the domain restores its backups.
+    sb.run_admin(LIST, &["--self-restore", "--yes", "--from", &file])
         .code(0)
         .stdout_has("restored 2 row(s)");
     assert_eq!(events(&sb), 2);
@@ -112,10 +151,29 @@ fn log_event_lives_its_whole_life(backend: Backend) {
     let (code, _) = served.terminate();
     assert_eq!(code, Some(0));
     assert_eq!(events(&sb), 6);
+    let listing = sb.serve(LIST, &["--listen", &format!("{HTTP}127.0.0.1:0")]);
+    let (status, body) = e2e::http(
+        &listing.address(HTTP),
+        "POST",
+        "/list",
+        &[],
+        br#"{"kind": "served.json"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer = e2e::answer(&body);
+    assert_eq!(e2e::result(&answer)["events"][0]["kind"], "served.json");
+    listing.terminate();
 
     // runmany: every instance appends its own sample event.
     Run::of(
         sb.command("runmany", &["-q", "-n", "30", "-j", "4", EXE]),
+        None,
+    )
+    .code(0);
+    assert_eq!(events(&sb), 36);
+    // ... and every instance of list-events reads a page of them.
+    Run::of(
+        sb.command("runmany", &["-q", "-n", "30", "-j", "4", LIST]),
         None,
     )
     .code(0);

@@ -98,6 +98,10 @@ pub struct Header {
     pub format_version: u32,
     /// The executable that wrote it.
     pub executable: String,
+    /// Its domain, when that is not the executable itself: any executable of the domain may
+    /// restore it. (Absent from the backups of a domain of one, byte for byte as before.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// That executable's version.
     pub executable_version: String,
     /// The schema version of the database it was taken from.
@@ -897,6 +901,7 @@ mod tests {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             executable: "notes".into(),
+            domain: None,
             executable_version: "0.1.0".into(),
             schema_version: 1,
             backend: Backend::Sqlite,

@@ -136,7 +136,7 @@ fn size(bytes: u64) -> String {
 pub(crate) async fn backup<T: Task>(target: &Target, kind: Kind) -> Result<BackupReport> {
     let keep = keep(target)?;
     let mut report = backup_unpruned::<T>(target, kind).await?;
-    report.removed = retention(target, T::NAME, kind, keep);
+    report.removed = retention(target, T::DOMAIN, kind, keep);
     Ok(report)
 }
 
@@ -185,6 +185,7 @@ async fn write_backup<T: Task>(
         format: file::FORMAT.to_string(),
         format_version: file::FORMAT_VERSION,
         executable: T::NAME.to_string(),
+        domain: (T::DOMAIN != T::NAME).then(|| T::DOMAIN.to_string()),
         executable_version: T::VERSION.to_string(),
         schema_version: snapshot.schema_version,
         backend,
@@ -193,7 +194,7 @@ async fn write_backup<T: Task>(
         tables: snapshot.infos(),
     };
     let dir = target.settings.backup_dir();
-    let name = file::file_name(&series(T::NAME, &target.location), created_at, kind);
+    let name = file::file_name(&series(T::DOMAIN, &target.location), created_at, kind);
     let mut writer = Writer::create(&dir, name, &header)?;
     let what = match kind {
         Kind::Backup => "backup",
@@ -216,22 +217,22 @@ async fn write_backup<T: Task>(
     })
 }
 
-/// The name that the backups of `exe`'s database at `location` share: the executable's, then a
-/// short hash of the location (as shown, without credentials). So the backups of two databases
-/// of one executable never mix: the newest backup to restore and retention count only their
-/// own database's.
-pub(crate) fn series(exe: &str, location: &Location) -> String {
+/// The name that the backups of `domain`'s database at `location` share: the domain's (an
+/// executable's own name, unless it shares a domain), then a short hash of the location (as
+/// shown, without credentials). So the backups of two databases of one domain never mix: the
+/// newest backup to restore and retention count only their own database's.
+pub(crate) fn series(domain: &str, location: &Location) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(location.to_string().as_bytes());
-    format!("{exe}-{}", &hex::encode(digest)[..8])
+    format!("{domain}-{}", &hex::encode(digest)[..8])
 }
 
 /// Keeps the newest `keep` backups of `kind` of the target's database whose header reads, and
 /// removes the older ones. The newest good ones are never removed, so the only good backup
 /// never is.
-pub(crate) fn retention(target: &Target, exe: &str, kind: Kind, keep: usize) -> Vec<PathBuf> {
+pub(crate) fn retention(target: &Target, domain: &str, kind: Kind, keep: usize) -> Vec<PathBuf> {
     let dir = target.settings.backup_dir();
-    let Ok(entries) = file::list(&dir, &series(exe, &target.location)) else {
+    let Ok(entries) = file::list(&dir, &series(domain, &target.location)) else {
         return Vec::new();
     };
     let mut good = 0;
@@ -255,7 +256,7 @@ pub(crate) fn retention(target: &Target, exe: &str, kind: Kind, keep: usize) -> 
 /// `trust_file`: whoever could write it chooses what goes into the database.
 pub(crate) fn choose(
     target: &Target,
-    exe: &str,
+    domain: &str,
     from: Option<PathBuf>,
     trust_file: bool,
 ) -> Result<PathBuf> {
@@ -282,13 +283,16 @@ pub(crate) fn choose(
         return Ok(path);
     }
     let dir = target.settings.backup_dir();
-    file::list(&dir, &series(exe, &target.location))?
+    file::list(&dir, &series(domain, &target.location))?
         .into_iter()
         .find(|e| e.kind == Kind::Backup)
         .map(|e| e.path)
         .ok_or_else(|| {
-            Error::no_input(format!("there is no backup of {exe} in {}", dir.display()))
-                .hint("take one with --self-backup, or name one with --from FILE")
+            Error::no_input(format!(
+                "there is no backup of {domain} in {}",
+                dir.display()
+            ))
+            .hint("take one with --self-backup, or name one with --from FILE")
         })
 }
 
@@ -301,7 +305,9 @@ pub(crate) fn verify<T: Task>(path: &Path, backend: Backend) -> Result<Header> {
 }
 
 fn may_restore<T: Task>(path: &Path, header: Header, backend: Backend) -> Result<Header> {
-    if header.executable != T::NAME {
+    // A backup of the task's own, or of another executable of its domain: the same tables.
+    let same_domain = header.domain.as_deref() == Some(T::DOMAIN);
+    if header.executable != T::NAME && !same_domain {
         return Err(Error::invalid_input(format!(
             "{} is a backup of {}, not of {}; nothing was changed",
             path.display(),
@@ -351,7 +357,7 @@ pub(crate) async fn restore<T: Task>(
         .as_owner(target, T::MIGRATIONS, replace)
         .await?;
     // Only now, with the restore committed, may older safety backups go.
-    retention(target, T::NAME, Kind::Safety, keep(target)?);
+    retention(target, T::DOMAIN, Kind::Safety, keep(target)?);
     Ok(RestoreReport {
         file: path.to_path_buf(),
         taken_at: header.created_at,

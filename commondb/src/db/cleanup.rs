@@ -94,7 +94,7 @@ pub(crate) fn server_plan(target: &Target, s: &ServerOptions) -> Result<Vec<Stri
         ),
         format!(
             "{} (the roles' credentials)",
-            secrets::app_file(&target.settings, target.exe).display()
+            secrets::app_file(&target.settings, target.domain).display()
         ),
     ])
 }
@@ -138,7 +138,7 @@ pub(crate) async fn sqlite(target: &Target, path: &Path) -> Result<CleanupReport
 /// `--self-cleanup` on a server: drops what setup recorded as created, and nothing else.
 pub(crate) async fn server(target: &Target, server: &ServerOptions) -> Result<CleanupReport> {
     let names = Names::new(server, &target.settings)?;
-    let secrets_file = secrets::app_file(&target.settings, target.exe);
+    let secrets_file = secrets::app_file(&target.settings, target.domain);
     let display = server.display();
     let known = secrets::load::<AppSecrets>(&secrets_file)?
         .filter(|k| k.database.as_deref() == Some(&display))

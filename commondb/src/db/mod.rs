@@ -30,8 +30,9 @@ use crate::secrets::{self, AppSecrets, ExposeSecret};
 /// The database an executable works on, resolved from its settings and app secrets.
 #[derive(Debug)]
 pub(crate) struct Target {
-    /// The executable's name (it names the app secrets file and the embedded database).
-    pub exe: &'static str,
+    /// The executable's domain ([`crate::Task::DOMAIN`]): it names the app secrets file and the embedded
+    /// database.
+    pub domain: &'static str,
     /// Where the database is.
     pub location: Location,
     /// The settings it was resolved from (timeouts, durability, role names).
@@ -41,26 +42,31 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Resolves the database of executable `exe`: the app secrets file's `database_url` if it
-    /// has one, else the `database_url` setting, else a SQLite file named after the executable
-    /// in the data directory.
-    pub(crate) fn resolve(settings: &Settings, exe: &'static str) -> Result<Target> {
+    /// The database of task `T`: its domain's ([`Target::resolve`]).
+    pub(crate) fn of<T: crate::Task>(settings: &Settings) -> Result<Target> {
+        Target::resolve(settings, T::DOMAIN)
+    }
+
+    /// Resolves the database of `domain`: the domain's app secrets file's `database_url` if it
+    /// has one, else the `database_url` setting, else a SQLite file named after the domain in
+    /// the data directory.
+    pub(crate) fn resolve(settings: &Settings, domain: &'static str) -> Result<Target> {
         let secrets: AppSecrets =
-            secrets::load(&secrets::app_file(settings, exe))?.unwrap_or_default();
+            secrets::load(&secrets::app_file(settings, domain))?.unwrap_or_default();
         let location = match (&secrets.database_url, &settings.database_url) {
             (Some(url), _) => Location::parse(url.expose_secret())?,
             (None, Some(url)) if backend::options::url_has_password(url) => {
                 return Err(Error::config("database_url carries a password, and settings are no place for secrets")
                     .hint(format!(
                         "remove it from the URL: setup writes the app's credentials to {} (or put the whole URL there, chmod 600)",
-                        secrets::app_file(settings, exe).display()
+                        secrets::app_file(settings, domain).display()
                     )));
             }
             (None, Some(url)) => Location::parse(url)?,
-            (None, None) => Location::embedded(&settings.data_dir, exe),
+            (None, None) => Location::embedded(&settings.data_dir, domain),
         };
         Ok(Target {
-            exe,
+            domain,
             location,
             settings: settings.clone(),
             secrets,

@@ -135,7 +135,7 @@ pub(crate) fn app_options(
     if let Some(creds) = target.secrets.for_role(&display, role, backup) {
         return Ok(server.with_credentials(creds));
     }
-    let file = secrets::app_file(&target.settings, target.exe);
+    let file = secrets::app_file(&target.settings, target.domain);
     let now = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
     match now.for_role(&display, role, backup) {
         Some(creds) => Ok(server.with_credentials(creds)),

@@ -195,7 +195,7 @@ async fn setup_locked(
     let d = server.dialect();
     let db_q = d.quote(&names.database);
     let display = server.display();
-    let mut journal = Journal::open(secrets::app_file(settings, target.exe), &display)?;
+    let mut journal = Journal::open(secrets::app_file(settings, target.domain), &display)?;
 
     interrupt::check()?;
     let created = admin

@@ -12,7 +12,7 @@ use crate::task::Task;
 
 /// Takes a backup and prints the report.
 pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
-    let target = Target::resolve(settings, T::NAME)?;
+    let target = Target::of::<T>(settings)?;
     out.result(&block_on(
         Drivers::for_target(&target),
         backup::backup::<T>(&target, backup::file::Kind::Backup),

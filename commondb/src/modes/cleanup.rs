@@ -12,7 +12,7 @@ use crate::task::Task;
 
 /// Shows what would go, asks unless `yes`, cleans up and prints the report.
 pub(super) fn run<T: Task>(yes: bool, settings: &Settings, out: &Output) -> Result<ExitCode> {
-    let target = Target::resolve(settings, T::NAME)?;
+    let target = Target::of::<T>(settings)?;
     let plan = cleanup::plan(&target)?;
     if !plan.is_empty() && !yes {
         let mut text = String::from("This removes (backups are kept):");

@@ -19,8 +19,8 @@ pub(super) fn run<T: Task>(
     settings: &Settings,
     out: &Output,
 ) -> Result<ExitCode> {
-    let target = Target::resolve(settings, T::NAME)?;
-    let path = backup::choose(&target, T::NAME, from, trust_file)?;
+    let target = Target::of::<T>(settings)?;
+    let path = backup::choose(&target, T::DOMAIN, from, trust_file)?;
     // A damaged or foreign file is refused before the question and before anything.
     let header = backup::verify::<T>(&path, target.backend())?;
     if !yes {

@@ -17,7 +17,7 @@ pub(super) fn run<T: Task>(
     out: &Output,
 ) -> Result<ExitCode> {
     perf::disable();
-    let target = Target::resolve(settings, T::NAME)?;
+    let target = Target::of::<T>(settings)?;
     let task_settings = settings.task_settings::<T::Settings>()?;
     // Every core serves sockets; requests wait on the database, not on each other.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -11,7 +11,7 @@ use crate::task::Task;
 
 /// Prints the report; exits with the code of what is wrong, if something is.
 pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
-    let target = Target::resolve(settings, T::NAME)?;
+    let target = Target::of::<T>(settings)?;
     let report = block_on(
         Drivers::for_target(&target),
         status::run(&target, T::MIGRATIONS),

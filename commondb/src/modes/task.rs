@@ -11,7 +11,7 @@ use crate::task::{Input, Task};
 
 /// Resolves the database, runs the request through [`perform`] and prints the result.
 pub(super) fn run<T: Task>(args: T::Args, settings: &Settings, out: &Output) -> Result<ExitCode> {
-    let target = Target::resolve(settings, T::NAME)?;
+    let target = Target::of::<T>(settings)?;
     out.detail(format_args!("database: {}", target.location));
     let task_settings = settings.task_settings::<T::Settings>()?;
     let output = block_on(

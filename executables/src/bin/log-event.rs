@@ -1,6 +1,5 @@
-//! `log-event`: appends an event (a kind and a JSON object) to an append-only log. The second
-//! domain, with the same harness as `create-user` and no change to `commondb`; the domain code
-//! is in `executables::events`.
+//! `log-event`: appends an event (a kind and a JSON object) to an append-only log, the `events`
+//! domain it shares with `list-events`. The domain code is in `executables::events`.
 
 use commondb::{Case, Context, Migrations, Repeat, Result, Task, Tx};
 use executables::events::{self, Event, LogArgs, NewEvent};
@@ -17,6 +16,7 @@ impl Task for LogEvent {
         postgres: sqlx::migrate!("migrations/events/postgres"),
         mysql: sqlx::migrate!("migrations/events/mysql"),
     };
+    const DOMAIN: &'static str = events::DOMAIN;
     const PORT: u16 = 7402;
     const CREATES: bool = true;
     const SINGLE_STATEMENT: bool = true;
