@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Args, Command};
 
-use crate::modes::{MODES, Mode, Spec};
+use crate::modes::{FROM, MODES, Mode, Spec, TRUST_FILE, YES};
 use crate::protocol::flags;
 use crate::task::Task;
 
@@ -156,20 +156,20 @@ fn common_options() -> [Arg; 7] {
 /// The options that only some modes take (which ones: [`Spec::options`]).
 fn mode_options<T: Task>() -> [Arg; 5] {
     [
-        Arg::new("yes")
-            .long("yes")
+        Arg::new(YES)
+            .long(YES)
             .action(ArgAction::SetTrue)
             .help("Confirm --self-cleanup or --self-restore without asking"),
         // Not `requires` for --self-restore: a flag's default value would satisfy it.
-        Arg::new("from")
-            .long("from")
+        Arg::new(FROM)
+            .long(FROM)
             .value_name("FILE")
             .value_parser(clap::value_parser!(PathBuf))
             .help("The backup --self-restore restores (default: the newest)"),
-        Arg::new("trust-file")
-            .long("trust-file")
+        Arg::new(TRUST_FILE)
+            .long(TRUST_FILE)
             .action(ArgAction::SetTrue)
-            .requires("from")
+            .requires(FROM)
             .help("Restore --from a file another user owns or could have changed"),
         Arg::new(flags::LISTEN)
             .long(flags::LISTEN)

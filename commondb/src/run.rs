@@ -108,27 +108,11 @@ pub(crate) async fn execute_in<T: Task>(
         }
     };
     perf::mark(phase::TASK);
-    match executed {
-        Ok(output) => {
-            tx.commit().await?;
-            perf::mark(phase::COMMIT);
-            Ok(output)
-        }
-        Err(e) => {
-            // Rolled back explicitly, so that a server never holds the failed transaction
-            // until the connection closes. If that fails, the connection is in no known state:
-            // the error says so, and its kind keeps a pool from taking the connection back.
-            match tx.rollback().await {
-                Ok(()) => Err(e),
-                Err(failed) => Err(Error::unavailable(format!(
-                    "{} (and rolling back failed: {})",
-                    e.message(),
-                    failed.message()
-                ))
-                .hint("nothing was written; try again")),
-            }
-        }
+    let settled = tx.settle(executed).await;
+    if settled.is_ok() {
+        perf::mark(phase::COMMIT);
     }
+    settled
 }
 
 /// What a runtime must drive besides timers.

@@ -550,13 +550,8 @@ fn seed_rows<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
                 let mut tx = conn
                     .begin_with(&c.target.location, T::MIGRATIONS, begin)
                     .await?;
-                match T::seed(&mut tx, &c.run).await {
-                    Ok(n) => tx.commit().await.map(|()| n),
-                    Err(e) => {
-                        let _ = tx.rollback().await;
-                        Err(e)
-                    }
-                }
+                let seeded = T::seed(&mut tx, &c.run).await;
+                tx.settle(seeded).await
             }
             .await;
             conn.close_after(written).await

@@ -6,12 +6,19 @@
 use std::fmt;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use commondb::{Case, Error, ErrorKind, Result, Tx};
+use commondb::{Case, Error, ErrorKind, Migrations, Result, Tx};
 use serde::Serialize;
 
 /// The domain's name: its executables share the database `events.sqlite3` (or the URL's), the
 /// credentials in `events.toml`, and its backups.
 pub const DOMAIN: &str = "events";
+
+/// The domain's schema, declared once for all its executables.
+pub const MIGRATIONS: &Migrations = &Migrations {
+    sqlite: sqlx::migrate!("migrations/events/sqlite"),
+    postgres: sqlx::migrate!("migrations/events/postgres"),
+    mysql: sqlx::migrate!("migrations/events/mysql"),
+};
 
 /// The largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
@@ -70,22 +77,20 @@ impl NewEvent {
             ))
             .hint("log a smaller object, or a reference to where the data is"));
         }
-        let payload = match serde_json::from_str::<serde_json::Value>(&args.payload) {
-            Ok(serde_json::Value::Object(map)) => map,
-            Ok(other) => {
+        let parsed: serde_json::Value = serde_json::from_str(&args.payload)
+            .map_err(|e| Error::invalid_input(format!("the payload is not JSON: {e}")))?;
+        // Compact, whatever spacing the request had.
+        let text = parsed.to_string();
+        let payload = match parsed {
+            serde_json::Value::Object(map) => map,
+            other => {
                 return Err(Error::invalid_input(format!(
                     "the payload must be a JSON object, not {}",
                     kind_of(&other)
                 ))
                 .hint("wrap the value, e.g. {\"value\": …}"));
             }
-            Err(e) => {
-                return Err(Error::invalid_input(format!(
-                    "the payload is not JSON: {e}"
-                )));
-            }
         };
-        let text = serde_json::Value::Object(payload.clone()).to_string();
         Ok(NewEvent {
             kind: kind.clone(),
             payload,

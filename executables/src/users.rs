@@ -7,8 +7,15 @@ use std::ops::RangeInclusive;
 use argon2::password_hash::PasswordHasher;
 use chrono::{DateTime, SubsecRound, Utc};
 use commondb::secrets::{ExposeSecret, SecretString};
-use commondb::{Case, Error, ErrorKind, Result, Tx};
+use commondb::{Case, Error, ErrorKind, Migrations, Result, Tx};
 use serde::{Deserialize, Serialize};
+
+/// The domain's schema.
+pub const MIGRATIONS: &Migrations = &Migrations {
+    sqlite: sqlx::migrate!("migrations/users/sqlite"),
+    postgres: sqlx::migrate!("migrations/users/postgres"),
+    mysql: sqlx::migrate!("migrations/users/mysql"),
+};
 
 /// What `create-user --create` takes.
 #[derive(clap::Args, Debug, Serialize)]

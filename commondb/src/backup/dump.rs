@@ -44,7 +44,7 @@ impl<'c> Snapshot<'c> {
     }
 
     async fn read_catalog(conn: &mut Conn) -> Result<(Vec<Table>, Vec<u64>, i64)> {
-        let (_, schema_version) = schema::applied_summary(conn).await?;
+        let (_, schema_version) = conn.applied_summary().await?;
         let tables = tables(conn).await?;
         let counts = schema::count_rows(conn, tables.iter().map(|t| t.name.clone())).await?;
         let rows = counts

@@ -60,13 +60,13 @@ pub(crate) enum SchemaState {
 /// Compares the applied migrations with the embedded ones in one query.
 pub(crate) async fn check(conn: &mut Conn, migrations: &Migrations) -> Result<SchemaState> {
     let embedded = embedded(migrations.for_backend(conn.backend()));
-    let applied = match applied_summary(conn).await {
+    let applied = match conn.applied_summary().await {
         Ok(applied) => applied,
         Err(_) if !table_exists(conn, "_sqlx_migrations").await? => {
             return Ok(SchemaState::Missing);
         }
         // The table appeared between the two queries (a concurrent setup): ask again.
-        Err(_) => applied_summary(conn).await?,
+        Err(_) => conn.applied_summary().await?,
     };
     Ok(if applied == embedded {
         SchemaState::Current { version: applied.1 }
@@ -114,11 +114,6 @@ pub(crate) fn refusal(state: SchemaState, migrator: &Migrator, location: &Locati
 /// How many migrations were applied successfully, and the newest version: one row, two `BIGINT`s.
 pub(crate) const APPLIED_SUMMARY: &str =
     "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
-
-/// Runs [`APPLIED_SUMMARY`] ([`Conn::applied_summary`]).
-pub(crate) async fn applied_summary(conn: &mut Conn) -> Result<(i64, i64)> {
-    conn.applied_summary().await
-}
 
 /// Whether the current database (schema, on PostgreSQL) has table `name`.
 pub(crate) async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {

@@ -49,6 +49,11 @@ pub(crate) const RESTORE: &str = "self-restore";
 pub(crate) const SERVE: &str = flags::SERVE;
 pub(crate) const SAMPLES: &str = flags::SAMPLES;
 
+/// The options that only some modes take (besides [`flags::LISTEN`] and [`flags::RUN`]).
+pub(crate) const YES: &str = "yes";
+pub(crate) const FROM: &str = "from";
+pub(crate) const TRUST_FILE: &str = "trust-file";
+
 /// The most sample requests `--self-samples` prints: runmany's largest `--warmup` plus `-n`.
 pub(crate) const MAX_SAMPLES: u64 = 2_000_000;
 
@@ -76,7 +81,7 @@ pub(crate) const MODES: &[Spec] = &[
         flag: Some(CLEANUP),
         help: "Remove the database that setup made (asks first; backups are kept)",
         value: None,
-        options: &["yes"],
+        options: &[YES],
     },
     Spec {
         flag: Some(BACKUP),
@@ -88,7 +93,7 @@ pub(crate) const MODES: &[Spec] = &[
         flag: Some(RESTORE),
         help: "Replace the data with the newest backup, or --from FILE (asks first; keeps a safety backup)",
         value: None,
-        options: &["yes", "from", "trust-file"],
+        options: &[YES, FROM, TRUST_FILE],
     },
     Spec {
         flag: Some(STATUS),
@@ -157,14 +162,14 @@ impl<A: clap::FromArgMatches> Mode<A> {
             Some(SETUP) => Mode::Setup,
             Some(TEST) => Mode::Test,
             Some(CLEANUP) => Mode::Cleanup {
-                yes: m.get_flag("yes"),
+                yes: m.get_flag(YES),
             },
             Some(STATUS) => Mode::Status,
             Some(BACKUP) => Mode::Backup,
             Some(RESTORE) => Mode::Restore {
-                from: m.get_one::<PathBuf>("from").cloned(),
-                yes: m.get_flag("yes"),
-                trust_file: m.get_flag("trust-file"),
+                from: m.get_one::<PathBuf>(FROM).cloned(),
+                yes: m.get_flag(YES),
+                trust_file: m.get_flag(TRUST_FILE),
             },
             Some(SERVE) => Mode::Serve {
                 listen: m

@@ -12,11 +12,7 @@ impl Task for CreateUser {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const ABOUT: &'static str = "Create a user account";
     const VERB: &'static str = "create";
-    const MIGRATIONS: &'static Migrations = &Migrations {
-        sqlite: sqlx::migrate!("migrations/users/sqlite"),
-        postgres: sqlx::migrate!("migrations/users/postgres"),
-        mysql: sqlx::migrate!("migrations/users/mysql"),
-    };
+    const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const PORT: u16 = 7401;
     const CREATES: bool = true;
     const SINGLE_STATEMENT: bool = true;

@@ -12,11 +12,7 @@ impl Task for ListEvents {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const ABOUT: &'static str = "List the event log, a page at a time";
     const VERB: &'static str = "list";
-    const MIGRATIONS: &'static Migrations = &Migrations {
-        sqlite: sqlx::migrate!("migrations/events/sqlite"),
-        postgres: sqlx::migrate!("migrations/events/postgres"),
-        mysql: sqlx::migrate!("migrations/events/mysql"),
-    };
+    const MIGRATIONS: &'static Migrations = events::MIGRATIONS;
     const DOMAIN: &'static str = events::DOMAIN;
     const PORT: u16 = 7403;
     const READ_ONLY: bool = true;

@@ -11,11 +11,7 @@ impl Task for LogEvent {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const ABOUT: &'static str = "Append an event to the log";
     const VERB: &'static str = "log";
-    const MIGRATIONS: &'static Migrations = &Migrations {
-        sqlite: sqlx::migrate!("migrations/events/sqlite"),
-        postgres: sqlx::migrate!("migrations/events/postgres"),
-        mysql: sqlx::migrate!("migrations/events/mysql"),
-    };
+    const MIGRATIONS: &'static Migrations = events::MIGRATIONS;
     const DOMAIN: &'static str = events::DOMAIN;
     const PORT: u16 = 7402;
     const CREATES: bool = true;

@@ -202,6 +202,28 @@ impl Tx<'_> {
             .await?))
     }
 
+    /// Ends the transaction as `outcome` says: committed if it is `Ok`, else rolled back
+    /// explicitly, so that a server never holds a failed transaction until the connection
+    /// closes. If the rollback fails, the connection is in no known state: the error says so,
+    /// and its kind keeps a pool from taking the connection back.
+    pub(crate) async fn settle<O>(self, outcome: Result<O>) -> Result<O> {
+        match outcome {
+            Ok(output) => {
+                self.commit().await?;
+                Ok(output)
+            }
+            Err(e) => match self.rollback().await {
+                Ok(()) => Err(e),
+                Err(failed) => Err(Error::unavailable(format!(
+                    "{} (and rolling back failed: {})",
+                    e.message(),
+                    failed.message()
+                ))
+                .hint("nothing was written; try again")),
+            },
+        }
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self.0 {
             TxInner::Sqlite(tx) => Ok(tx.commit().await?),
