@@ -31,7 +31,7 @@ mod testing;
 pub use db::{Backend, Migrations, Param, Params, Record, Tx};
 pub use error::{Error, ErrorKind, Result};
 pub use run::main;
-pub use task::{Case, Context, Repeat, Task, default_port};
+pub use task::{Case, Context, Grant, Repeat, Right, Task, default_port};
 
 /// The `sqlx` this crate is built on, for `sqlx::migrate!` and `#[derive(sqlx::FromRow)]`.
 pub use sqlx;

@@ -4,15 +4,17 @@
 //! - `admin.toml`: the database administrator's URL (`url = "postgres://postgres:…@host/postgres"`),
 //!   read only by setup, cleanup and a server self-test; `COMMONDB_ADMIN_URL` is its environment
 //!   form;
-//! - `<executable>.toml`: the app's own credentials, written by setup on a server (`database`,
-//!   `[app]` and `[backup]` with `user` and `password`), or a whole `database_url` written by
-//!   hand; read by every mode.
+//! - `<executable>.toml`: the executable's own credentials, written by setup on a server, one
+//!   `[databases."<url>"]` table per database with its `app` and `backup` roles' `user` and
+//!   `password`; or a whole `database_url` written by hand; and the `serve_token`. Read by every
+//!   mode.
 //!
 //! A file that group or others can access, or that another user owns, is refused the way ssh
 //! refuses a private key: with the file's name and the `chmod 600` that fixes it. Values are
 //! held in [`SecretString`]s, which print as `[REDACTED]` and are wiped on drop; parse errors
 //! report a line number, never the line itself.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -28,27 +30,72 @@ use crate::error::{Error, Result};
 /// The environment variable that stands for the admin secrets file.
 pub const ADMIN_URL_VAR: &str = "COMMONDB_ADMIN_URL";
 
-/// The app's own secrets: how to reach its database with its own (least) privileges.
+/// An executable's own secrets: how it reaches its databases with its own (least) privileges.
+///
+/// Credentials are kept per database, so that one executable can be set up on several (staging
+/// and production, or SQLite and a server) without one setup overwriting another's.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, from = "RawAppSecrets")]
 pub struct AppSecrets {
     /// A database URL that may carry a password, written by hand; overrides `database_url`.
     pub database_url: Option<SecretString>,
-    /// The database the credentials below are for, as setup printed it (no credentials).
-    pub database: Option<String>,
-    /// The app role's credentials.
-    pub app: Option<Credentials>,
-    /// The backup role's credentials.
-    pub backup: Option<Credentials>,
     /// The access token `--serve` requires from clients (and needs before it binds anything but
     /// loopback): `AUTH <token>` on the line protocol, `Authorization: Bearer` over HTTP.
     pub serve_token: Option<SecretString>,
+    /// What setup wrote for each database, by the database as setup printed it (no credentials).
+    pub databases: BTreeMap<String, DatabaseSecrets>,
+}
+
+/// What setup wrote for one database: the executable's roles there, and its journal.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSecrets {
+    /// The executable's own role's credentials.
+    pub app: Option<Credentials>,
+    /// Its backup role's credentials.
+    pub backup: Option<Credentials>,
     /// Setup's journal: what it has begun to create or change on the server (`database`,
     /// `role:<name>`) and not yet recorded in the database's `_commondb_setup` table. Written
     /// before each step acts, so that a setup interrupted at any point is finished by the next
     /// setup and undone by cleanup. Empty once a setup has completed.
     #[serde(default)]
     pub pending: Vec<String>,
+}
+
+/// The file as written: the per-database tables, or the one-database layout of earlier
+/// versions (`database`, `[app]`, `[backup]`, `pending` at the top), read as its one entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppSecrets {
+    database_url: Option<SecretString>,
+    serve_token: Option<SecretString>,
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseSecrets>,
+    database: Option<String>,
+    app: Option<Credentials>,
+    backup: Option<Credentials>,
+    #[serde(default)]
+    pending: Vec<String>,
+}
+
+impl From<RawAppSecrets> for AppSecrets {
+    fn from(raw: RawAppSecrets) -> Self {
+        let mut databases = raw.databases;
+        if let Some(database) = raw.database {
+            databases
+                .entry(database)
+                .or_insert_with(|| DatabaseSecrets {
+                    app: raw.app,
+                    backup: raw.backup,
+                    pending: raw.pending,
+                });
+        }
+        AppSecrets {
+            database_url: raw.database_url,
+            serve_token: raw.serve_token,
+            databases,
+        }
+    }
 }
 
 /// A role's name and password.
@@ -61,44 +108,58 @@ pub struct Credentials {
     pub password: SecretString,
 }
 
-impl AppSecrets {
-    /// The credentials of `role` if they are recorded for `database`.
-    pub fn for_role(&self, database: &str, role: &str, backup: bool) -> Option<&Credentials> {
-        let creds = if backup { &self.backup } else { &self.app };
-        creds
-            .as_ref()
-            .filter(|c| c.user == role && self.database.as_deref() == Some(database))
-    }
-
+impl DatabaseSecrets {
     /// Whether setup's journal holds `item`.
     pub fn is_pending(&self, item: &str) -> bool {
         self.pending.iter().any(|p| p == item)
     }
+}
 
-    /// The file's text, as setup writes it: the database, the roles' credentials, the journal;
-    /// a `serve_token` the user put there is kept.
+impl AppSecrets {
+    /// The credentials of `role` if they are recorded for `database`.
+    pub fn for_role(&self, database: &str, role: &str, backup: bool) -> Option<&Credentials> {
+        let entry = self.databases.get(database)?;
+        let creds = if backup { &entry.backup } else { &entry.app };
+        creds.as_ref().filter(|c| c.user == role)
+    }
+
+    /// What setup wrote for `database` (empty if nothing).
+    pub fn database(&self, database: &str) -> DatabaseSecrets {
+        self.databases.get(database).cloned().unwrap_or_default()
+    }
+
+    /// Whether the file would hold nothing.
+    pub fn is_empty(&self) -> bool {
+        self.database_url.is_none() && self.serve_token.is_none() && self.databases.is_empty()
+    }
+
+    /// The file's text, as setup writes it: a `database_url` and `serve_token` the user put
+    /// there, then per database the roles' credentials and the journal.
     pub fn to_toml(&self) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut text = String::from(
-            "# Written by --self-setup: the credentials of the roles it created. Keep private.\n",
+            "# Written by --self-setup: the credentials of the roles it created, per database. Keep private.\n",
         );
-        if let Some(database) = &self.database {
-            text.push_str(&format!("database = {}\n", q(database)));
+        if let Some(url) = &self.database_url {
+            text.push_str(&format!("database_url = {}\n", q(url.expose_secret())));
         }
         if let Some(token) = &self.serve_token {
             text.push_str(&format!("serve_token = {}\n", q(token.expose_secret())));
         }
-        if !self.pending.is_empty() {
-            let items: Vec<String> = self.pending.iter().map(|p| q(p)).collect();
-            text.push_str(&format!("pending = [{}]\n", items.join(", ")));
-        }
-        for (table, creds) in [("app", &self.app), ("backup", &self.backup)] {
-            if let Some(c) = creds {
-                text.push_str(&format!(
-                    "\n[{table}]\nuser = {}\npassword = {}\n",
-                    q(&c.user),
-                    q(c.password.expose_secret())
-                ));
+        for (database, entry) in &self.databases {
+            text.push_str(&format!("\n[databases.{}]\n", q(database)));
+            if !entry.pending.is_empty() {
+                let items: Vec<String> = entry.pending.iter().map(|p| q(p)).collect();
+                text.push_str(&format!("pending = [{}]\n", items.join(", ")));
+            }
+            for (role, creds) in [("app", &entry.app), ("backup", &entry.backup)] {
+                if let Some(c) = creds {
+                    text.push_str(&format!(
+                        "{role} = {{ user = {}, password = {} }}\n",
+                        q(&c.user),
+                        q(c.password.expose_secret())
+                    ));
+                }
             }
         }
         text
@@ -496,19 +557,35 @@ mod tests {
             user: user.into(),
             password: SecretString::from(pw.to_string()),
         };
+        let mut databases = BTreeMap::new();
+        databases.insert(
+            "postgres://h:5432/shop".to_string(),
+            DatabaseSecrets {
+                app: Some(creds("shop_app", "p\"w'1")),
+                backup: Some(creds("shop_backup", "pw2")),
+                pending: vec!["role:shop_backup".into()],
+            },
+        );
+        databases.insert(
+            "mysql://h:3306/staging".to_string(),
+            DatabaseSecrets {
+                app: Some(creds("staging_app", "pw3")),
+                ..DatabaseSecrets::default()
+            },
+        );
         let text = AppSecrets {
-            database: Some("postgres://h:5432/shop".into()),
-            app: Some(creds("shop_app", "p\"w'1")),
-            backup: Some(creds("shop_backup", "pw2")),
             serve_token: Some(SecretString::from("t0ken-t0ken-t0ken".to_string())),
-            pending: vec!["role:shop_backup".into()],
+            databases,
             ..AppSecrets::default()
         }
         .to_toml();
         let p = dir.path().join("app.toml");
         write(&p, &text).unwrap();
         let s: AppSecrets = load(&p).unwrap().unwrap();
-        assert!(s.is_pending("role:shop_backup") && !s.is_pending("database"));
+        let shop = s.database("postgres://h:5432/shop");
+        assert!(shop.is_pending("role:shop_backup") && !shop.is_pending("database"));
+        let staging = s.for_role("mysql://h:3306/staging", "staging_app", false);
+        assert_eq!(staging.unwrap().password.expose_secret(), "pw3");
         let app = s
             .for_role("postgres://h:5432/shop", "shop_app", false)
             .unwrap();
@@ -530,6 +607,33 @@ mod tests {
         assert!(
             s.for_role("postgres://h:5432/shop", "other_app", false)
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn the_one_database_layout_of_earlier_versions_reads_as_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.toml");
+        let old = "database = \"postgres://h:5432/shop\"\nserve_token = \"t\"\n\n[app]\nuser = \"shop_app\"\npassword = \"pw\"\n";
+        write(&p, old).unwrap();
+        let s: AppSecrets = load(&p).unwrap().unwrap();
+        let app = s.for_role("postgres://h:5432/shop", "shop_app", false);
+        assert_eq!(app.unwrap().password.expose_secret(), "pw");
+        assert!(s.serve_token.is_some());
+        // Written back in the new layout, it reads the same.
+        write(&p, &s.to_toml()).unwrap();
+        let again: AppSecrets = load(&p).unwrap().unwrap();
+        assert!(
+            again
+                .for_role("postgres://h:5432/shop", "shop_app", false)
+                .is_some()
+        );
+        assert!(
+            read(&p)
+                .unwrap()
+                .unwrap()
+                .expose_secret()
+                .contains("[databases.")
         );
     }
 

@@ -24,7 +24,7 @@ use crate::output::Output;
 use crate::run::{Drivers, block_on, perform};
 use crate::secrets::{self, ExposeSecret};
 use crate::serve;
-use crate::task::{Case, Input, Repeat, Task};
+use crate::task::{Case, Input, Repeat, Right, Task};
 
 /// The outcome of one case.
 #[derive(Debug, Serialize)]
@@ -402,6 +402,11 @@ fn checks_before<T: Task>() -> Vec<Check<T>> {
             app_role_cannot_change_the_schema,
         ),
         Check::new(
+            "the app role is refused every right on the domain's tables that the task does not declare",
+            On::SERVER,
+            app_role_has_only_its_grants,
+        ),
+        Check::new(
             "the backup role can read the tables but not change them",
             On::SERVER,
             backup_role_only_reads,
@@ -539,25 +544,24 @@ fn setup_creates_the_roles<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
 
 fn seed_rows<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     Box::pin(async {
-        let seeded = async {
-            let (mut conn, _) = db::open(c.target, T::MIGRATIONS).await?;
-            let written = async {
+        // As the owner: the task's own role may hold no right to write.
+        let target = c.target;
+        let seeded = target
+            .location
+            .as_owner(target, T::MIGRATIONS, async |conn: &mut db::Conn| {
                 let begin = db::Begin {
                     check: true,
                     single: false,
                     read_only: false,
                 };
                 let mut tx = conn
-                    .begin_with(&c.target.location, T::MIGRATIONS, begin)
+                    .begin_with(&target.location, T::MIGRATIONS, begin)
                     .await?;
                 let seeded = T::seed(&mut tx, &c.run).await;
                 tx.settle(seeded).await
-            }
-            .await;
-            conn.close_after(written).await
-        }
-        .await
-        .map_err(show)?;
+            })
+            .await
+            .map_err(show)?;
         expect(seeded > 0, "the task's seed wrote no row")
     })
 }
@@ -587,6 +591,43 @@ fn app_role_cannot_change_the_schema<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking
         let table = first_table(&mut app).await?;
         denied(&mut app, "CREATE TABLE commondb_self_test (id INT)".into()).await?;
         denied(&mut app, format!("DROP TABLE {table}")).await?;
+        app.close().await.map_err(show)
+    })
+}
+
+fn app_role_has_only_its_grants<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
+    Box::pin(async {
+        let target = c.target;
+        // The backup role reads every table: it describes them.
+        let mut reader = target.location.connect_reader(target).await.map_err(show)?;
+        let names = schema::row_counts(&mut reader)
+            .await
+            .map_err(show)?
+            .into_iter()
+            .map(|(table, _)| table)
+            .collect();
+        let tables = reader.describe(names).await.map_err(show)?;
+        reader.close().await.map_err(show)?;
+        let mut app = db::connect(target).await.map_err(show)?;
+        let backend = target.backend();
+        for table in &tables {
+            let declared = T::GRANTS
+                .iter()
+                .find(|g| g.table == table.name)
+                .map_or(&[][..], |g| g.rights);
+            let t = backend.quote(&table.name);
+            let column = table.columns.first().ok_or("a table without columns")?;
+            let col = backend.quote(&column.name);
+            for right in Right::ALL.into_iter().filter(|r| !declared.contains(r)) {
+                let sql = match right {
+                    Right::Select => format!("SELECT COUNT(*) FROM {t}"),
+                    Right::Insert => format!("INSERT INTO {t} SELECT * FROM {t} WHERE 1 = 0"),
+                    Right::Update => format!("UPDATE {t} SET {col} = {col} WHERE 1 = 0"),
+                    Right::Delete => format!("DELETE FROM {t} WHERE 1 = 0"),
+                };
+                denied(&mut app, sql).await?;
+            }
+        }
         app.close().await.map_err(show)
     })
 }
@@ -793,7 +834,7 @@ fn cleanup_drops_everything<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
         )?;
         let left = target.location.leftovers(target).await.map_err(show)?;
         expect(left.is_empty(), &format!("cleanup left {left:?} behind"))?;
-        let file = secrets::app_file(&target.settings, target.domain);
+        let file = secrets::app_file(&target.settings, target.exe);
         expect(!file.exists(), "cleanup left the app secrets file behind")
     })
 }
@@ -906,6 +947,7 @@ mod tests {
         const ABOUT: &'static str = "Notes with wrong expectations";
         const VERB: &'static str = "add";
         const MIGRATIONS: &'static Migrations = testing::V1;
+        const GRANTS: &'static [crate::Grant] = Notes::GRANTS;
         type Args = NoteArgs;
         type Request = String;
         type Output = i64;

@@ -53,6 +53,12 @@ pub trait Task: Sized + 'static {
     /// the task never waits for writers (WAL readers see the last commit) and never makes one
     /// wait. `--serve` never runs it through SQLite's group commit.
     const READ_ONLY: bool = false;
+    /// The rights the task needs, per table of its domain: on PostgreSQL and MySQL/MariaDB,
+    /// setup gives the executable a role of its own with exactly these grants (and read on the
+    /// migrations table), and nothing else; the self-test proves every other right is refused.
+    /// Note that PostgreSQL needs `SELECT` for `INSERT … RETURNING` ([`Tx::insert`]) and for
+    /// an `UPDATE` or `DELETE` with a `WHERE`. SQLite has no roles: its file is the user's.
+    const GRANTS: &'static [Grant];
 
     /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`,
     /// `from`, `listen` and the mode flags are the harness's. They are also the body of a
@@ -103,9 +109,58 @@ pub trait Task: Sized + 'static {
     }
 }
 
+/// A right on a table, as SQL grants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Read rows.
+    Select,
+    /// Add rows.
+    Insert,
+    /// Change rows.
+    Update,
+    /// Remove rows.
+    Delete,
+}
+
+impl Right {
+    /// Every right, in the order SQL lists them.
+    pub const ALL: [Right; 4] = [Right::Select, Right::Insert, Right::Update, Right::Delete];
+
+    /// The right's SQL keyword.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Right::Select => "SELECT",
+            Right::Insert => "INSERT",
+            Right::Update => "UPDATE",
+            Right::Delete => "DELETE",
+        }
+    }
+}
+
+/// The rights a task needs on one table of its domain ([`Task::GRANTS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    /// The table.
+    pub table: &'static str,
+    /// What the task does with it.
+    pub rights: &'static [Right],
+}
+
+impl Grant {
+    /// `rights` on `table`.
+    pub const fn on(table: &'static str, rights: &'static [Right]) -> Grant {
+        Grant { table, rights }
+    }
+}
+
 /// A port in 20000–29999 derived from `name` (FNV-1a), the default of [`Task::PORT`].
 pub const fn default_port(name: &str) -> u16 {
-    let bytes = name.as_bytes();
+    20_000 + (fnv1a(name) % 10_000) as u16
+}
+
+/// The 32-bit FNV-1a hash of `text`: short, stable names derived from longer ones.
+pub(crate) const fn fnv1a(text: &str) -> u32 {
+    let bytes = text.as_bytes();
     let mut hash: u32 = 0x811c_9dc5;
     let mut i = 0;
     while i < bytes.len() {
@@ -113,7 +168,7 @@ pub const fn default_port(name: &str) -> u16 {
         hash = hash.wrapping_mul(0x0100_0193);
         i += 1;
     }
-    20_000 + (hash % 10_000) as u16
+    hash
 }
 
 /// What happens when the same sample request runs twice.

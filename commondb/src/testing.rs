@@ -7,7 +7,7 @@ use tempfile::TempDir;
 use crate::config::{Settings, Synchronous};
 use crate::db::{Migrations, Target, Tx};
 use crate::error::{Error, Result};
-use crate::task::{Case, Context, Task};
+use crate::task::{Case, Context, Grant, Right, Task};
 
 pub(crate) const V1: &Migrations = &Migrations {
     sqlite: sqlx::migrate!("testdata/notes/v1/sqlite"),
@@ -50,6 +50,7 @@ impl Task for Notes {
     const ABOUT: &'static str = "Add a note";
     const VERB: &'static str = "add";
     const MIGRATIONS: &'static Migrations = V1;
+    const GRANTS: &'static [Grant] = &[Grant::on("notes", &[Right::Select, Right::Insert])];
     type Args = NoteArgs;
     type Request = String;
     type Output = i64;
@@ -97,6 +98,7 @@ impl Task for NotesV2 {
     const ABOUT: &'static str = Notes::ABOUT;
     const VERB: &'static str = Notes::VERB;
     const MIGRATIONS: &'static Migrations = V2;
+    const GRANTS: &'static [Grant] = Notes::GRANTS;
     type Args = NoteArgs;
     type Request = String;
     type Output = i64;
@@ -157,5 +159,5 @@ pub(crate) fn settings_in(dir: &Path) -> Settings {
 }
 
 pub(crate) fn target(settings: &Settings) -> Target {
-    Target::resolve(settings, Notes::NAME).unwrap()
+    Target::of::<Notes>(settings).unwrap()
 }

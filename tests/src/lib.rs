@@ -449,8 +449,8 @@ pub struct ServerDb {
     pub backend: Backend,
     /// The administrator's URL.
     pub admin_url: String,
-    /// The database's name; the roles are `<name>_app`, `<name>_backup` and, where a test
-    /// makes one, the administrator `<name>_adm`.
+    /// The database's name; the roles are `<name>_<executable>`, `<name>_<executable>_backup`
+    /// and, where a test makes one, the administrator `<name>_adm`.
     pub name: String,
 }
 
@@ -536,49 +536,49 @@ impl ServerDb {
         })
     }
 
+    /// The roles on the server whose names start with this database's name (every role setup
+    /// derives from it, and the test's administrator).
+    pub fn roles(&self) -> Vec<String> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT rolname::TEXT FROM pg_roles WHERE rolname LIKE '{}\\_%'",
+            _ => "SELECT CAST(user AS CHAR) FROM mysql.user WHERE user LIKE '{}\\_%'",
+        }
+        .replace("{}", &self.name);
+        block_on(async { self.admin_connect(None).await?.strings(&sql).await })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// The database or roles of this name still on the server.
     pub fn leftovers(&self) -> Vec<String> {
-        let (dbs, roles) = match self.backend {
-            Backend::Postgres => (
-                "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
-                "SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('{}_app', '{}_backup', '{}_adm')",
-            ),
-            _ => (
-                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{}'",
-                "SELECT COUNT(*) FROM mysql.user WHERE user IN ('{}_app', '{}_backup', '{}_adm')",
-            ),
+        let dbs = match self.backend {
+            Backend::Postgres => "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
+            _ => "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{}'",
         };
-        let count = |template: &str| {
-            let sql = template.replace("{}", &self.name);
-            block_on(async { self.admin_connect(None).await?.count(&sql).await }).unwrap_or(-1)
-        };
+        let sql = dbs.replace("{}", &self.name);
+        let count =
+            block_on(async { self.admin_connect(None).await?.count(&sql).await }).unwrap_or(-1);
         let mut left = Vec::new();
-        if count(dbs) != 0 {
+        if count != 0 {
             left.push(format!("database {}", self.name));
         }
-        if count(roles) != 0 {
-            left.push(format!("roles of {}", self.name));
-        }
+        left.extend(self.roles().into_iter().map(|r| format!("role {r}")));
         left
     }
 
     /// Drops the database and roles whatever state they are in.
     pub fn drop_all(&self) {
         let n = &self.name;
-        let statements = match self.backend {
-            Backend::Postgres => vec![
-                format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"),
-                format!("DROP ROLE IF EXISTS \"{n}_app\""),
-                format!("DROP ROLE IF EXISTS \"{n}_backup\""),
-                format!("DROP ROLE IF EXISTS \"{n}_adm\""),
-            ],
-            _ => vec![
-                format!("DROP DATABASE IF EXISTS `{n}`"),
-                format!("DROP USER IF EXISTS '{n}_app'@'%'"),
-                format!("DROP USER IF EXISTS '{n}_backup'@'%'"),
-                format!("DROP USER IF EXISTS '{n}_adm'@'%'"),
-            ],
+        let mut statements = match self.backend {
+            Backend::Postgres => vec![format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)")],
+            _ => vec![format!("DROP DATABASE IF EXISTS `{n}`")],
         };
+        let roles = std::panic::catch_unwind(|| self.roles()).unwrap_or_default();
+        for role in roles {
+            statements.push(match self.backend {
+                Backend::Postgres => format!("DROP ROLE IF EXISTS \"{role}\""),
+                _ => format!("DROP USER IF EXISTS '{role}'@'%'"),
+            });
+        }
         if let Err(e) = self.admin_exec(None, &statements) {
             eprintln!("could not drop the test database {n}: {e}");
         }
@@ -887,13 +887,14 @@ impl BackendSandbox {
         names
     }
 
-    /// The credentials setup wrote for `role` (`app` or `backup`).
+    /// The credentials setup wrote for `exe`'s `role` (`app` or `backup`) on this database.
     pub fn credentials(&self, exe: &str, role: &str) -> (String, String) {
-        let file = self.sb.secrets_dir().join(format!("{}.toml", domain(exe)));
+        let file = self.sb.secrets_dir().join(format!("{exe}.toml"));
         let text =
             std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let doc: toml::Table = text.parse().expect("the secrets file is TOML");
-        let table = doc[role].as_table().expect("a role table");
+        let entry = &doc["databases"][&self.server().url()];
+        let table = entry[role].as_table().expect("a role table");
         (
             table["user"].as_str().unwrap().to_string(),
             table["password"].as_str().unwrap().to_string(),

@@ -70,7 +70,29 @@ fn the_events_domain_lives_its_whole_life(backend: Backend) {
         .code(0)
         .stdout_has("0 failed");
 
-    // list-events reads the same log, with no setup of its own: a page at a time, by kind.
+    // list-events reads the same log. On a server it has a role of its own, made by its own
+    // setup (the schema is already there), that may only read.
+    let list_setup = sb.run_admin(LIST, &["--self-setup"]);
+    list_setup.code(0).stdout_has("no pending migrations");
+    if backend != Backend::Sqlite {
+        let db = sb.server();
+        list_setup.stdout_has(&format!("{}_list_events (created)", db.name));
+        let (user, pw) = sb.credentials(LIST, "app");
+        db.exec_as(&user, &pw, &db.name, "SELECT COUNT(*) FROM events")
+            .unwrap();
+        for forbidden in [
+            "INSERT INTO events (kind, payload, created_at) VALUES ('x', '{}', CURRENT_TIMESTAMP)",
+            "DELETE FROM events",
+            "UPDATE events SET kind = 'y'",
+            "CREATE TABLE sneaky (id INT)",
+        ] {
+            let e = db
+                .exec_as(&user, &pw, &db.name, forbidden)
+                .expect_err(forbidden);
+            assert!(e.contains("denied"), "{forbidden}: {e}");
+        }
+    }
+    // A page at a time, by kind.
     let page = sb.run(
         LIST,
         &["--list", "--kind", "user.login", "--limit", "1", "--json"],

@@ -101,11 +101,11 @@ fn poll(db: &ServerDb, sql: &str, done: impl Fn(i64) -> bool, what: &str) {
 fn roles_of(db: &ServerDb) -> String {
     match db.backend {
         Backend::Postgres => format!(
-            "SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('{0}_app', '{0}_backup')",
+            "SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('{0}_create_user', '{0}_create_user_backup')",
             db.name
         ),
         _ => format!(
-            "SELECT COUNT(*) FROM mysql.user WHERE user IN ('{0}_app', '{0}_backup')",
+            "SELECT COUNT(*) FROM mysql.user WHERE user IN ('{0}_create_user', '{0}_create_user_backup')",
             db.name
         ),
     }

@@ -44,8 +44,8 @@ fn setup_create_duplicate_invalid_cleanup_lifecycle(backend: Backend) {
         _ => {
             let name = &sb.server().name;
             setup
-                .stdout_has(&format!("role:     {name}_app (created)"))
-                .stdout_has(&format!("{name}_backup (created)"));
+                .stdout_has(&format!("role:     {name}_create_user (created)"))
+                .stdout_has(&format!("{name}_create_user_backup (created)"));
             let secrets = sb.secrets_dir().join("create-user.toml");
             assert_eq!(mode_of(&secrets), 0o600);
             assert_eq!(mode_of(&sb.secrets_dir()), 0o700);

@@ -10,8 +10,9 @@ use e2e::{Backend, BackendSandbox, Run, ServerDb, concurrent_creates, on_every_s
 const EXE: &str = "create-user";
 
 on_every_server!(
-    the_app_role_can_read_and_write_its_tables_and_nothing_more,
+    the_app_role_has_exactly_the_rights_its_task_declares,
     the_backup_role_can_only_read,
+    a_second_database_is_configured_beside_the_first,
     setup_and_cleanup_need_the_administrator_and_read_a_private_admin_file,
     the_administrators_password_never_shows,
     connection_errors_say_what_failed_and_exit_accordingly,
@@ -30,23 +31,37 @@ fn denied(result: Result<(), String>, what: &str) {
     );
 }
 
-fn the_app_role_can_read_and_write_its_tables_and_nothing_more(backend: Backend) {
+fn the_app_role_has_exactly_the_rights_its_task_declares(backend: Backend) {
     let Some(sb) = BackendSandbox::new(backend) else {
         return;
     };
     sb.run_admin(EXE, &["--self-setup"]).code(0);
     let db = sb.server();
     let (user, pw) = sb.credentials(EXE, "app");
-    assert_eq!(user, format!("{}_app", db.name));
+    assert_eq!(user, format!("{}_create_user", db.name));
     let insert = "INSERT INTO users (username, email, created_at) VALUES ('zed', 'z@example.com', CURRENT_TIMESTAMP)";
     db.exec_as(&user, &pw, &db.name, insert).unwrap();
-    db.exec_as(
-        &user,
-        &pw,
-        &db.name,
-        "DELETE FROM users WHERE username = 'zed'",
-    )
-    .unwrap();
+    db.exec_as(&user, &pw, &db.name, "SELECT * FROM users")
+        .unwrap();
+    // create-user declares SELECT and INSERT on users: nothing else.
+    denied(
+        db.exec_as(
+            &user,
+            &pw,
+            &db.name,
+            "DELETE FROM users WHERE username = 'zed'",
+        ),
+        "DELETE as create-user",
+    );
+    denied(
+        db.exec_as(
+            &user,
+            &pw,
+            &db.name,
+            "UPDATE users SET email = 'x@example.com'",
+        ),
+        "UPDATE as create-user",
+    );
     denied(
         db.exec_as(&user, &pw, &db.name, "CREATE TABLE sneaky (id INT)"),
         "CREATE TABLE",
@@ -102,7 +117,7 @@ fn the_backup_role_can_only_read(backend: Backend) {
     sb.create_user("alice", "a@example.com").code(0);
     let db = sb.server();
     let (user, pw) = sb.credentials(EXE, "backup");
-    assert_eq!(user, format!("{}_backup", db.name));
+    assert_eq!(user, format!("{}_create_user_backup", db.name));
     db.exec_as(&user, &pw, &db.name, "SELECT * FROM users")
         .unwrap();
     db.exec_as(&user, &pw, &db.name, "SELECT * FROM _sqlx_migrations")
@@ -123,6 +138,43 @@ fn the_backup_role_can_only_read(backend: Backend) {
         "DELETE as backup",
     );
     assert_eq!(sb.count(EXE, "SELECT COUNT(*) FROM users"), 1);
+}
+
+/// Staging beside production: one executable set up on two databases keeps both credentials,
+/// and cleaning one up leaves the other working.
+fn a_second_database_is_configured_beside_the_first(backend: Backend) {
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let first = sb.server().url();
+    let second = ServerDb {
+        backend,
+        admin_url: sb.server().admin_url.clone(),
+        name: format!("{}_b", sb.server().name),
+    };
+    sb.set_env("COMMONDB_DATABASE_URL", second.url());
+    sb.run_admin(EXE, &["--self-setup"])
+        .code(0)
+        .stdout_has(&format!("{}_create_user (created)", second.name));
+    sb.create_user("bob", "b@example.com").code(0);
+    sb.set_env("COMMONDB_DATABASE_URL", first.clone());
+    sb.create_user("alice", "a@example.com").code(0);
+    sb.create_user("bob", "b@example.com").code(0);
+    let text = fs::read_to_string(sb.secrets_dir().join("create-user.toml")).unwrap();
+    let doc: toml::Table = text.parse().unwrap();
+    let entries = doc["databases"].as_table().unwrap();
+    assert!(
+        entries.contains_key(&first) && entries.contains_key(&second.url()),
+        "{:?}",
+        entries.keys().collect::<Vec<_>>()
+    );
+    // Cleaning the second up takes only its entry; the first still works.
+    sb.set_env("COMMONDB_DATABASE_URL", second.url());
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+    sb.set_env("COMMONDB_DATABASE_URL", first);
+    sb.create_user("carol", "c@example.com").code(0);
+    assert_eq!(second.leftovers(), Vec::<String>::new());
 }
 
 fn setup_and_cleanup_need_the_administrator_and_read_a_private_admin_file(backend: Backend) {
@@ -220,7 +272,7 @@ fn connection_errors_say_what_failed_and_exit_accordingly(backend: Backend) {
         .stderr_has("127.0.0.1:1")
         .stderr_has("connection refused");
     // A role the server does not know: permission denied.
-    fs::write(&file, secrets.replace("_app\"", "_nobody\"")).unwrap();
+    fs::write(&file, secrets.replace("_create_user\"", "_nobody\"")).unwrap();
     sb.set_env("COMMONDB_DATABASE_URL", url.clone());
     let nobody = format!("{}_nobody", sb.server().name);
     sb.set_env("COMMONDB_APP_ROLE", nobody);
@@ -308,7 +360,7 @@ fn cleanup_drops_only_what_setup_created(backend: Backend) {
     sb.run_admin(EXE, &["--self-setup"])
         .code(0)
         .stdout_has("(exists)")
-        .stdout_has("_app (created)");
+        .stdout_has("_create_user (created)");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"])
         .code(0)
         .stdout_has("dropped role")

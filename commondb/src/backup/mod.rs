@@ -493,7 +493,7 @@ mod tests {
     async fn retention_never_counts_a_damaged_backup_as_a_good_one() {
         let (_dir, mut settings) = testing::scratch();
         settings.backup_keep = 1;
-        let target = Target::resolve(&settings, Notes::NAME).unwrap();
+        let target = Target::of::<Notes>(&settings).unwrap();
         add(&target, Notes::MIGRATIONS, "a").await;
         let good = backup::<Notes>(&target, Kind::Backup).await.unwrap();
         // A newer file that is not a readable backup does not push the good one out.
@@ -506,13 +506,10 @@ mod tests {
         let removed = retention(&target, Notes::NAME, Kind::Backup, 1);
         assert!(removed.is_empty(), "{removed:?}");
         assert!(good.file.exists());
-        let zero = Target::resolve(
-            &crate::config::Settings {
-                backup_keep: 0,
-                ..settings.clone()
-            },
-            Notes::NAME,
-        )
+        let zero = Target::of::<Notes>(&crate::config::Settings {
+            backup_keep: 0,
+            ..settings.clone()
+        })
         .unwrap();
         assert_eq!(
             backup::<Notes>(&zero, Kind::Backup)

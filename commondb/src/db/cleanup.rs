@@ -7,13 +7,13 @@ use serde::Serialize;
 
 use super::backend::options::admin_options;
 use super::backend::sqlite::{self, DirLock};
-use super::backend::{Conn, MARKER_TABLE, ServerDialect, ServerOptions};
+use super::backend::{Conn, MARKER_TABLE, ServerDialect, ServerOptions, check_identifier};
 use super::roles::{Names, as_admin};
 use super::schema;
 use super::{Backend, Target};
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::secrets::{self, AppSecrets};
+use crate::secrets::{self, AppSecrets, DatabaseSecrets};
 
 /// What cleanup removed, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +81,7 @@ pub(crate) fn sqlite_plan(path: &Path) -> Result<Vec<String>> {
 
 /// What cleanup would drop on a server.
 pub(crate) fn server_plan(target: &Target, s: &ServerOptions) -> Result<Vec<String>> {
-    let names = Names::new(s, &target.settings)?;
+    let names = Names::new(s, target)?;
     Ok(vec![
         format!(
             "database {} on {} (if setup created it)",
@@ -89,12 +89,12 @@ pub(crate) fn server_plan(target: &Target, s: &ServerOptions) -> Result<Vec<Stri
             s.endpoint()
         ),
         format!(
-            "roles {} and {} (those setup created)",
+            "roles {} and {}, and the roles of the domain's other executables (those setup created)",
             names.app, names.backup
         ),
         format!(
-            "{} (the roles' credentials)",
-            secrets::app_file(&target.settings, target.domain).display()
+            "the credentials for this database in {}",
+            secrets::app_file(&target.settings, target.exe).display()
         ),
     ])
 }
@@ -137,20 +137,35 @@ pub(crate) async fn sqlite(target: &Target, path: &Path) -> Result<CleanupReport
 
 /// `--self-cleanup` on a server: drops what setup recorded as created, and nothing else.
 pub(crate) async fn server(target: &Target, server: &ServerOptions) -> Result<CleanupReport> {
-    let names = Names::new(server, &target.settings)?;
-    let secrets_file = secrets::app_file(&target.settings, target.domain);
+    let names = Names::new(server, target)?;
+    let secrets_file = secrets::app_file(&target.settings, target.exe);
     let display = server.display();
     let known = secrets::load::<AppSecrets>(&secrets_file)?
-        .filter(|k| k.database.as_deref() == Some(&display))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .databases
+        .remove(&display);
+    let journal = known.clone().unwrap_or_default();
     let mut report = as_admin(target, server, async |admin, admin_options| {
-        cleanup_locked(target, server, &names, &known, admin, admin_options).await
+        cleanup_locked(target, server, &names, &journal, admin, admin_options).await
     })
     .await?;
-    // The app's credentials for this database are of no use once its roles are gone.
+    // The executable's credentials for this database are of no use once its roles are gone;
+    // those for other databases stay.
     interrupt::check()?;
-    if known.database.is_some() && std::fs::remove_file(&secrets_file).is_ok() {
-        report.removed.push(secrets_file);
+    if known.is_some() {
+        let mut now = secrets::load::<AppSecrets>(&secrets_file)?.unwrap_or_default();
+        now.databases.remove(&display);
+        if now.is_empty() {
+            if std::fs::remove_file(&secrets_file).is_ok() {
+                report.removed.push(secrets_file);
+            }
+        } else {
+            secrets::write(&secrets_file, &now.to_toml())?;
+            report.dropped.push(format!(
+                "the credentials for {display} from {}",
+                secrets_file.display()
+            ));
+        }
     }
     Ok(report)
 }
@@ -162,7 +177,7 @@ async fn cleanup_locked(
     target: &Target,
     server: &ServerOptions,
     names: &Names,
-    journal: &AppSecrets,
+    journal: &DatabaseSecrets,
     admin: &mut Conn,
     admin_options: &ServerOptions,
 ) -> Result<CleanupReport> {
@@ -179,26 +194,31 @@ async fn cleanup_locked(
         .count_named(d.database_exists(), &names.database)
         .await?
         > 0;
-    let items = [
-        "database".to_string(),
-        format!("role:{}", names.app),
-        format!("role:{}", names.backup),
-    ];
     let (mut db, recorded) = if db_exists {
         let db = admin_options
             .with_database(&names.database)
             .connect(&target.settings)
             .await?;
-        let (db, recorded) = records(db, &items, names, journal).await?;
+        let (db, recorded) = records(db, names, journal).await?;
         (Some(db), recorded)
     } else {
         (None, Vec::new())
     };
+    // This executable's roles, and every role a setup of the domain's executables recorded:
+    // the database goes, so none of them has anything left to do.
+    let mut roles = vec![names.app.clone(), names.backup.clone()];
+    for role in recorded.iter().filter_map(|i| i.strip_prefix("role:")) {
+        if !roles.iter().any(|r| r == role) {
+            roles.push(role.to_string());
+        }
+    }
     // Ours: recorded as created in the database, or on the journal of an interrupted setup.
     let ours = |item: &str| journal.is_pending(item) || recorded.iter().any(|r| r == item);
     let database_ours = db_exists && ours("database");
-    for role in [&names.app, &names.backup] {
+    for role in &roles {
         interrupt::check()?;
+        // Names read from the database's records go into SQL only once checked.
+        check_identifier(role)?;
         let item = format!("role:{role}");
         if !ours(&item) {
             report
@@ -233,23 +253,19 @@ async fn cleanup_locked(
     Ok(report)
 }
 
-/// Which of `items` the database's `_commondb_setup` table records as created by setup. A
-/// database without that table was not set up by commondb and is refused, unless the journal of
-/// an interrupted setup says it made it.
+/// The items the database's `_commondb_setup` table records as created by setup. A database
+/// without that table was not set up by commondb and is refused, unless the journal of an
+/// interrupted setup says it made it.
 async fn records(
     mut db: Conn,
-    items: &[String],
     names: &Names,
-    journal: &AppSecrets,
+    journal: &DatabaseSecrets,
 ) -> Result<(Conn, Vec<String>)> {
-    let mut recorded = Vec::new();
     if schema::table_exists(&mut db, MARKER_TABLE).await? {
-        for item in items {
-            if db.marker(item).await? == Some(true) {
-                recorded.push(item.clone());
-            }
-        }
-    } else if !journal.is_pending("database") {
+        let recorded = db.created_items().await?;
+        return Ok((db, recorded));
+    }
+    if !journal.is_pending("database") {
         let _ = db.close().await;
         return Err(Error::config(format!(
             "database {} was not set up by commondb (it has no {MARKER_TABLE} table), so cleanup leaves it alone",
@@ -257,7 +273,7 @@ async fn records(
         ))
         .hint("check database_url; cleanup drops only what --self-setup created"));
     }
-    Ok((db, recorded))
+    Ok((db, Vec::new()))
 }
 
 async fn drop_database(admin: &mut Conn, d: &dyn ServerDialect, name: &str) -> Result<()> {
@@ -273,7 +289,7 @@ async fn drop_database(admin: &mut Conn, d: &dyn ServerDialect, name: &str) -> R
 /// Drops a scratch database and roles whatever their records say: the self-test made them, with
 /// names no one else uses.
 pub(crate) async fn drop_scratch(target: &Target, server: &ServerOptions) -> Result<()> {
-    let names = Names::new(server, &target.settings)?;
+    let names = Names::new(server, target)?;
     as_admin(target, server, async |admin, _| {
         let d = server.dialect();
         drop_database(admin, d, &names.database).await?;
@@ -287,7 +303,7 @@ pub(crate) async fn drop_scratch(target: &Target, server: &ServerOptions) -> Res
 
 /// Whether the database and the roles of `target` exist on the server (self-test checks).
 pub(crate) async fn leftovers(target: &Target, server: &ServerOptions) -> Result<Vec<String>> {
-    let names = Names::new(server, &target.settings)?;
+    let names = Names::new(server, target)?;
     let admin_options = admin_options(&target.settings, server)?;
     let mut admin = admin_options.connect(&target.settings).await?;
     let d = server.dialect();

@@ -30,43 +30,41 @@ use crate::secrets::{self, AppSecrets, ExposeSecret};
 /// The database an executable works on, resolved from its settings and app secrets.
 #[derive(Debug)]
 pub(crate) struct Target {
-    /// The executable's domain ([`crate::Task::DOMAIN`]): it names the app secrets file and the embedded
-    /// database.
-    pub domain: &'static str,
+    /// The executable's name ([`crate::Task::NAME`]): it names its secrets file and its roles.
+    pub exe: &'static str,
+    /// The rights its role gets on a server ([`crate::Task::GRANTS`]).
+    pub grants: &'static [crate::Grant],
     /// Where the database is.
     pub location: Location,
     /// The settings it was resolved from (timeouts, durability, role names).
     pub settings: Settings,
-    /// The app secrets file as it was when the target was resolved (empty if there was none).
+    /// The executable's secrets file as it was when the target was resolved (empty if there was
+    /// none).
     pub secrets: AppSecrets,
 }
 
 impl Target {
-    /// The database of task `T`: its domain's ([`Target::resolve`]).
+    /// The database of task `T`: its secrets file's `database_url` if it has one, else the
+    /// `database_url` setting, else a SQLite file named after its domain in the data directory.
     pub(crate) fn of<T: crate::Task>(settings: &Settings) -> Result<Target> {
-        Target::resolve(settings, T::DOMAIN)
-    }
-
-    /// Resolves the database of `domain`: the domain's app secrets file's `database_url` if it
-    /// has one, else the `database_url` setting, else a SQLite file named after the domain in
-    /// the data directory.
-    pub(crate) fn resolve(settings: &Settings, domain: &'static str) -> Result<Target> {
+        let (exe, domain) = (T::NAME, T::DOMAIN);
         let secrets: AppSecrets =
-            secrets::load(&secrets::app_file(settings, domain))?.unwrap_or_default();
+            secrets::load(&secrets::app_file(settings, exe))?.unwrap_or_default();
         let location = match (&secrets.database_url, &settings.database_url) {
             (Some(url), _) => Location::parse(url.expose_secret())?,
             (None, Some(url)) if backend::options::url_has_password(url) => {
                 return Err(Error::config("database_url carries a password, and settings are no place for secrets")
                     .hint(format!(
                         "remove it from the URL: setup writes the app's credentials to {} (or put the whole URL there, chmod 600)",
-                        secrets::app_file(settings, domain).display()
+                        secrets::app_file(settings, exe).display()
                     )));
             }
             (None, Some(url)) => Location::parse(url)?,
             (None, None) => Location::embedded(&settings.data_dir, domain),
         };
         Ok(Target {
-            domain,
+            exe,
+            grants: T::GRANTS,
             location,
             settings: settings.clone(),
             secrets,
@@ -197,7 +195,7 @@ mod tests {
         let (mut holder, _) = open(&target, V1).await.unwrap();
         let _held = holder.begin_task(&target.location, V1).await.unwrap();
         settings.busy_timeout_ms = 50;
-        let impatient = Target::resolve(&settings, "notes").unwrap();
+        let impatient = Target::of::<testing::Notes>(&settings).unwrap();
         let mut conn = connect(&impatient).await.unwrap();
         let e = conn
             .begin_task(&impatient.location, V1)
@@ -218,7 +216,7 @@ mod tests {
             .unwrap();
         // A write transaction would give up after 50 ms behind the one held.
         settings.busy_timeout_ms = 50;
-        let impatient = Target::resolve(&settings, "notes").unwrap();
+        let impatient = Target::of::<testing::Notes>(&settings).unwrap();
         let mut reader = connect(&impatient).await.unwrap();
         let read_only = Begin {
             read_only: true,
@@ -274,7 +272,7 @@ mod tests {
             matches!(&testing::target(&settings).location, Location::Sqlite(p) if p.as_os_str() == "/from/secrets.db")
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Target::resolve(&settings, "notes").unwrap_err();
+        let e = Target::of::<testing::Notes>(&settings).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Permission);
         drop(dir);
     }

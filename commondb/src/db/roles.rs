@@ -20,21 +20,27 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    pub(crate) fn new(server: &ServerOptions, settings: &Settings) -> Result<Names> {
+    /// The names for `target`'s executable on `server`: the database the URL names, and the
+    /// executable's own roles, `<database>_<executable>` and `<database>_<executable>_backup`
+    /// (`-` read as `_`, shortened with a hash where the server's limit is shorter), unless
+    /// `app_role` / `backup_role` name them.
+    pub(crate) fn new(server: &ServerOptions, target: &Target) -> Result<Names> {
+        let settings = &target.settings;
         let database = server.database().ok_or_else(|| {
             Error::config("the database URL names no database")
                 .hint("end it with the database's name, e.g. postgres://127.0.0.1:5432/shop")
         })?;
         check_identifier(database)?;
-        let app = settings
-            .app_role
-            .clone()
-            .unwrap_or_else(|| format!("{database}_app"));
-        let backup = settings
-            .backup_role
-            .clone()
-            .unwrap_or_else(|| format!("{database}_backup"));
         let max = server.dialect().max_role_len();
+        let exe = target.exe.replace('-', "_");
+        let app = match &settings.app_role {
+            Some(role) => role.clone(),
+            None => derived(&format!("{database}_{exe}"), max),
+        };
+        let backup = match &settings.backup_role {
+            Some(role) => role.clone(),
+            None => derived(&format!("{database}_{exe}_backup"), max),
+        };
         for role in [&app, &backup] {
             check_identifier(role)?;
             if role.len() > max {
@@ -42,9 +48,7 @@ impl Names {
                     "role name {role} is longer than {} allows ({max} characters)",
                     server.backend().name()
                 ))
-                .hint(
-                    "set app_role and backup_role to shorter names, or use a shorter database name",
-                ));
+                .hint("set app_role and backup_role to shorter names"));
             }
         }
         if app == backup {
@@ -59,6 +63,17 @@ impl Names {
             backup,
         })
     }
+}
+
+/// `name` if it fits in `max` characters, else its start and a hash of the whole (so that two
+/// long names that share a start still differ).
+fn derived(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = crate::task::fnv1a(name);
+    // ASCII only (checked identifiers), so any byte is a character boundary.
+    format!("{}_{hash:08x}", &name[..max - 9])
 }
 
 /// The server-wide setup lock, taken by polling so that `lock_timeout_ms` is honoured.
@@ -104,7 +119,7 @@ pub(crate) async fn as_admin_on_database<T>(
     server: &ServerOptions,
     work: impl AsyncFnOnce(&mut Conn) -> Result<T>,
 ) -> Result<T> {
-    let names = Names::new(server, &target.settings)?;
+    let names = Names::new(server, target)?;
     as_admin(target, server, async |_, admin_options| {
         let mut db = admin_options
             .with_database(&names.database)
@@ -117,7 +132,7 @@ pub(crate) async fn as_admin_on_database<T>(
     .await
 }
 
-/// The options the task connects with: the app role's (or the backup role's), from the app
+/// The options the task connects with: its own role's (or its backup role's), from its
 /// secrets file as read when the target was resolved, or as it is now if setup has written it
 /// since (the self-test sets up and runs tasks in one process).
 pub(crate) fn app_options(
@@ -129,13 +144,13 @@ pub(crate) fn app_options(
         // A whole URL written by hand into the secrets file carries its own credentials.
         return Ok(server.clone());
     }
-    let names = Names::new(server, &target.settings)?;
+    let names = Names::new(server, target)?;
     let role = if backup { &names.backup } else { &names.app };
     let display = server.display();
     if let Some(creds) = target.secrets.for_role(&display, role, backup) {
         return Ok(server.with_credentials(creds));
     }
-    let file = secrets::app_file(&target.settings, target.domain);
+    let file = secrets::app_file(&target.settings, target.exe);
     let now = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
     match now.for_role(&display, role, backup) {
         Some(creds) => Ok(server.with_credentials(creds)),
@@ -154,25 +169,42 @@ mod tests {
     use crate::error::ErrorKind;
 
     #[test]
-    fn names_default_from_the_database_and_are_validated() {
-        let settings = crate::testing::settings_in(std::path::Path::new("/tmp"));
+    fn names_are_the_executables_own_and_are_validated() {
+        let (_dir, settings) = crate::testing::scratch();
+        let target = crate::testing::target(&settings);
         let pg = ServerOptions::parse("postgres://127.0.0.1:5432/shop", Backend::Postgres).unwrap();
-        let n = Names::new(&pg, &settings).unwrap();
+        let n = Names::new(&pg, &target).unwrap();
         assert_eq!(
             (n.database.as_str(), n.app.as_str(), n.backup.as_str()),
-            ("shop", "shop_app", "shop_backup")
+            ("shop", "shop_notes", "shop_notes_backup")
         );
         let bad = ServerOptions::parse("postgres://127.0.0.1:5432/shop%3Bdrop", Backend::Postgres)
             .unwrap();
         assert_eq!(
-            Names::new(&bad, &settings).unwrap_err().kind(),
+            Names::new(&bad, &target).unwrap_err().kind(),
             ErrorKind::Config
         );
-        let mut long = settings.clone();
-        long.app_role = Some("a".repeat(40));
+        // A derived name too long for MySQL is shortened, stably, and two stay apart.
+        let long = ServerOptions::parse(
+            "mysql://127.0.0.1:3306/a_rather_long_database_name",
+            Backend::MySql,
+        )
+        .unwrap();
+        let n = Names::new(&long, &target).unwrap();
+        assert!(n.app.len() <= 32 && n.backup.len() <= 32, "{n:?}");
+        assert!(n.app.starts_with("a_rather_long_") && n.app != n.backup);
+        assert_eq!(n.app, Names::new(&long, &target).unwrap().app);
+        // A configured name too long is refused, not cut.
+        let mut configured = target;
+        configured.settings.app_role = Some("a".repeat(40));
         let my = ServerOptions::parse("mysql://127.0.0.1:3306/shop", Backend::MySql).unwrap();
-        assert!(Names::new(&my, &long).unwrap_err().message().contains("32"));
+        assert!(
+            Names::new(&my, &configured)
+                .unwrap_err()
+                .message()
+                .contains("32")
+        );
         let none = ServerOptions::parse("mysql://127.0.0.1:3306/", Backend::MySql).unwrap();
-        assert!(Names::new(&none, &settings).is_err());
+        assert!(Names::new(&none, &configured).is_err());
     }
 }

@@ -27,7 +27,7 @@ use super::schema::{self, MigrationInfo, SchemaState};
 use super::{Backend, Migrations, Target};
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::secrets::{self, AppSecrets, Credentials};
+use crate::secrets::{self, AppSecrets, Credentials, DatabaseSecrets};
 
 /// What setup did, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -176,7 +176,7 @@ pub(crate) async fn server(
     server: &ServerOptions,
     migrations: &Migrations,
 ) -> Result<SetupReport> {
-    let names = Names::new(server, &target.settings)?;
+    let names = Names::new(server, target)?;
     as_admin(target, server, async |admin, admin_options| {
         setup_locked(target, server, &names, admin, admin_options, migrations).await
     })
@@ -195,7 +195,7 @@ async fn setup_locked(
     let d = server.dialect();
     let db_q = d.quote(&names.database);
     let display = server.display();
-    let mut journal = Journal::open(secrets::app_file(settings, target.domain), &display)?;
+    let mut journal = Journal::open(secrets::app_file(settings, target.exe), &display)?;
 
     interrupt::check()?;
     let created = admin
@@ -230,17 +230,8 @@ async fn setup_locked(
         .await?
         .into_iter()
         .filter(|t| t != MARKER_TABLE && t != "_sqlx_migrations")
-        .map(|t| check_identifier(&t).map(|_| d.quote(&t)))
-        .collect::<Result<_>>()?;
-    for grant in d.grants(
-        &db_q,
-        &tables,
-        &d.quote(&names.app),
-        &d.quote(&names.backup),
-        ours,
-    ) {
-        db.exec(grant).await?;
-    }
+        .collect();
+    grant(&mut db, d, target, names, &tables, ours).await?;
     let SchemaState::Current { version } = schema::check(&mut db, migrations).await? else {
         return Err(Error::internal(
             "after applying the migrations the schema still differs from this program's",
@@ -262,42 +253,107 @@ async fn setup_locked(
     })
 }
 
-/// Setup's journal, kept in the app secrets file beside the credentials it is about: each step
-/// that creates or changes something on the server is written down (with the password it will
-/// set) before it acts, and the list is emptied once the database records everything. A setup
-/// killed between two statements thus leaves a file saying what may exist and is ours.
+/// Gives the executable's role exactly the rights its task declares on `tables` (the domain's)
+/// and its backup role read on all of them, then takes away any other right the role holds
+/// there (one an earlier version declared): granted first, so a running task never lacks one.
+async fn grant(
+    db: &mut Conn,
+    d: &dyn ServerDialect,
+    target: &Target,
+    names: &Names,
+    tables: &[String],
+    created_db: bool,
+) -> Result<()> {
+    let mut rights = Vec::new();
+    for g in target.grants {
+        if !tables.iter().any(|t| t == g.table) {
+            return Err(Error::internal(format!(
+                "{} declares rights on table {}, which its domain's migrations do not create",
+                target.exe,
+                g.table.escape_default()
+            ))
+            .hint("fix the task's GRANTS: name the tables of its domain"));
+        }
+        rights.push((d.quote(g.table), g.rights));
+    }
+    let quoted: Vec<String> = tables
+        .iter()
+        .map(|t| check_identifier(t).map(|_| d.quote(t)))
+        .collect::<Result<_>>()?;
+    let (app, backup) = (d.quote(&names.app), d.quote(&names.backup));
+    let db_q = d.quote(&names.database);
+    for sql in d.grants(&db_q, &quoted, &rights, &app, &backup, created_db) {
+        db.exec(sql).await?;
+    }
+    for held in db.strings_named(d.held_rights(), &names.app).await? {
+        let Some((table, right)) = held.split_once(':') else {
+            continue;
+        };
+        let declared = |t: &str| {
+            target
+                .grants
+                .iter()
+                .any(|g| g.table == t && g.rights.iter().any(|r| r.sql() == right))
+        };
+        if declared(table) || (table == "_sqlx_migrations" && right == "SELECT") {
+            continue;
+        }
+        // Both come from the server's catalog; still, nothing unchecked goes into SQL.
+        check_identifier(table)?;
+        if !right.chars().all(|c| c.is_ascii_uppercase() || c == ' ') {
+            return Err(Error::internal(format!(
+                "the server reports an odd right {right:?}"
+            )));
+        }
+        db.exec(d.revoke(&db_q, &d.quote(table), right, &app))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Setup's journal, kept in the executable's secrets file beside the credentials it is about,
+/// in the entry of this database: each step that creates or changes something on the server is
+/// written down (with the password it will set) before it acts, and the list is emptied once
+/// the database records everything. A setup killed between two statements thus leaves a file
+/// saying what may exist and is ours. The entries of other databases are kept as they are.
 struct Journal {
     file: std::path::PathBuf,
     secrets: AppSecrets,
-    /// Whether the file on disk is missing or holds another database's credentials.
+    /// The database this setup is about, as the entry's key.
+    database: String,
+    /// Whether the file on disk has no entry for it yet.
     stale: bool,
     /// Whether this run wrote the file.
     written: bool,
 }
 
 impl Journal {
-    /// The journal for `database`; credentials recorded for another database are of no use
-    /// here (setup replaces them, as it always has), a `serve_token` is kept.
+    /// The journal for `database` in `file`.
     fn open(file: std::path::PathBuf, database: &str) -> Result<Journal> {
-        let mut secrets = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
-        let stale = secrets.database.as_deref() != Some(database);
-        if stale {
-            secrets = AppSecrets {
-                database: Some(database.to_string()),
-                serve_token: secrets.serve_token.take(),
-                ..AppSecrets::default()
-            };
-        }
+        let secrets = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
+        let stale = !secrets.databases.contains_key(database);
         Ok(Journal {
             file,
             secrets,
+            database: database.to_string(),
             stale,
             written: false,
         })
     }
 
+    /// This database's entry.
+    fn entry(&mut self) -> &mut DatabaseSecrets {
+        self.secrets
+            .databases
+            .entry(self.database.clone())
+            .or_default()
+    }
+
     fn is_pending(&self, item: &str) -> bool {
-        self.secrets.is_pending(item)
+        self.secrets
+            .databases
+            .get(&self.database)
+            .is_some_and(|e| e.is_pending(item))
     }
 
     fn save(&mut self) -> Result<()> {
@@ -309,23 +365,24 @@ impl Journal {
     /// Writes down that `item` is about to be created or changed.
     fn begin(&mut self, item: &str) -> Result<()> {
         if !self.is_pending(item) {
-            self.secrets.pending.push(item.to_string());
+            self.entry().pending.push(item.to_string());
         }
         self.save()
     }
 
     /// Takes `item` off the list (it was not created after all).
     fn forget(&mut self, item: &str) -> Result<()> {
-        self.secrets.pending.retain(|p| p != item);
+        self.entry().pending.retain(|p| p != item);
         self.save()
     }
 
     /// Empties the list; writes the file if anything is to change in it (what is on disk is
     /// what `open` read, or what `save` last wrote).
     fn finish(&mut self) -> Result<()> {
-        let changes = self.stale || !self.secrets.pending.is_empty();
-        self.secrets.pending.clear();
-        if changes {
+        let entry = self.entry();
+        let changes = !entry.pending.is_empty();
+        entry.pending.clear();
+        if changes || self.stale {
             self.stale = false;
             self.save()?;
         }
@@ -349,10 +406,9 @@ async fn ensure_role(
     let quoted = d.quote(name);
     let item = format!("role:{name}");
     let exists = admin.count_named(d.role_exists(), name).await? > 0;
-    let database = journal.secrets.database.clone().unwrap_or_default();
     let known = journal
         .secrets
-        .for_role(&database, name, backup)
+        .for_role(&journal.database, name, backup)
         .map(|c| c.password.clone());
     let report = RoleReport {
         name: name.to_string(),
@@ -370,7 +426,7 @@ async fn ensure_role(
                 "role {name} already exists, setup did not create it, and its password is not in {}",
                 journal.file.display()
             ))
-            .hint("write its user and password to that file ([app] or [backup] table), or set app_role / backup_role to a new name"));
+            .hint("write its user and password to that file (app or backup in the database's table), or set app_role / backup_role to a new name"));
         }
     }
     // From here the file's password is the one the server must have: record it first.
@@ -383,9 +439,9 @@ async fn ensure_role(
         password: password.clone(),
     });
     if backup {
-        journal.secrets.backup = creds;
+        journal.entry().backup = creds;
     } else {
-        journal.secrets.app = creds;
+        journal.entry().app = creds;
     }
     journal.begin(&item)?;
     let verifier = d.verifier(&password)?;

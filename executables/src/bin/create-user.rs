@@ -2,7 +2,7 @@
 //! cleanup, configuration, secrets, exit codes) comes from `commondb`; the domain code is in
 //! `executables::users`.
 
-use commondb::{Case, Context, Migrations, Result, Task, Tx};
+use commondb::{Case, Context, Grant, Migrations, Result, Right, Task, Tx};
 use executables::users::{self, CreateArgs, HashSettings, NewUser, User};
 
 struct CreateUser;
@@ -13,6 +13,7 @@ impl Task for CreateUser {
     const ABOUT: &'static str = "Create a user account";
     const VERB: &'static str = "create";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
+    const GRANTS: &'static [Grant] = &[Grant::on("users", &[Right::Select, Right::Insert])];
     const PORT: u16 = 7401;
     const CREATES: bool = true;
     const SINGLE_STATEMENT: bool = true;

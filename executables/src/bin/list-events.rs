@@ -2,7 +2,7 @@
 //! `events` domain, beside `log-event`: the same database, credentials and backups; its
 //! transaction is read-only, and its self-test seeds the log it reads.
 
-use commondb::{Case, Context, Migrations, Repeat, Result, Task, Tx};
+use commondb::{Case, Context, Grant, Migrations, Repeat, Result, Right, Task, Tx};
 use executables::events::{self, ListArgs, Listing, Page};
 
 struct ListEvents;
@@ -13,6 +13,7 @@ impl Task for ListEvents {
     const ABOUT: &'static str = "List the event log, a page at a time";
     const VERB: &'static str = "list";
     const MIGRATIONS: &'static Migrations = events::MIGRATIONS;
+    const GRANTS: &'static [Grant] = &[Grant::on("events", &[Right::Select])];
     const DOMAIN: &'static str = events::DOMAIN;
     const PORT: u16 = 7403;
     const READ_ONLY: bool = true;

@@ -1,7 +1,7 @@
 //! `log-event`: appends an event (a kind and a JSON object) to an append-only log, the `events`
 //! domain it shares with `list-events`. The domain code is in `executables::events`.
 
-use commondb::{Case, Context, Migrations, Repeat, Result, Task, Tx};
+use commondb::{Case, Context, Grant, Migrations, Repeat, Result, Right, Task, Tx};
 use executables::events::{self, Event, LogArgs, NewEvent};
 
 struct LogEvent;
@@ -12,6 +12,7 @@ impl Task for LogEvent {
     const ABOUT: &'static str = "Append an event to the log";
     const VERB: &'static str = "log";
     const MIGRATIONS: &'static Migrations = events::MIGRATIONS;
+    const GRANTS: &'static [Grant] = &[Grant::on("events", &[Right::Select, Right::Insert])];
     const DOMAIN: &'static str = events::DOMAIN;
     const PORT: u16 = 7402;
     const CREATES: bool = true;

@@ -218,6 +218,21 @@ impl Conn {
         Ok(on_conn!(self, c => sqlx::query_scalar(sql).fetch_all(&mut *c).await)?)
     }
 
+    /// Runs a query with one text parameter that returns a column of text.
+    pub(crate) async fn strings_named(
+        &mut self,
+        sql: &'static str,
+        name: &str,
+    ) -> Result<Vec<String>> {
+        Ok(on_conn!(self, c => sqlx::query_scalar(sql).bind(name).fetch_all(&mut *c).await)?)
+    }
+
+    /// Every item setup recorded as created (`database`, `role:<name>`), in order.
+    pub(crate) async fn created_items(&mut self) -> Result<Vec<String>> {
+        self.strings("SELECT item FROM _commondb_setup WHERE created ORDER BY item")
+            .await
+    }
+
     /// What setup recorded for `item`: created (`true`), found (`false`) or nothing.
     pub(crate) async fn marker(&mut self, item: &str) -> Result<Option<bool>> {
         let sql = self.native("SELECT created FROM _commondb_setup WHERE item = ?");

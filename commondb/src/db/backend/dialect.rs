@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result};
+use crate::task::Right;
 
 /// What differs between SQLite, PostgreSQL and MySQL/MariaDB as SQL text and as choices.
 pub(crate) trait Dialect: Sync {
@@ -97,16 +98,23 @@ pub(crate) trait ServerDialect: Dialect {
     fn revoke_in_database(&self, role: &str) -> Option<String>;
     /// Drops `role` (quoted).
     fn drop_role(&self, role: &str) -> String;
-    /// The grants that give `app` read and write on `tables`, `backup` read on them, and both
-    /// read on the migrations table; database-level rights too where the server has them.
+    /// The grants that give `app` exactly `rights` (quoted table, what on it), `backup` read
+    /// on every one of `tables`, and both read on the migrations table; database-level rights
+    /// too where the server has them.
     fn grants(
         &self,
         db: &str,
         tables: &[String],
+        rights: &[(String, &[Right])],
         app: &str,
         backup: &str,
         created_db: bool,
     ) -> Vec<String>;
+    /// One text column, `<table>:<RIGHT>`, for every table right the role named by the one
+    /// text parameter holds in the current database.
+    fn held_rights(&self) -> &'static str;
+    /// Takes `right` on `table` (quoted) away from `role` (quoted).
+    fn revoke(&self, db: &str, table: &str, right: &str, role: &str) -> String;
     /// The password as the server stores it, so that the clear text never reaches the server,
     /// its logs or its statement statistics.
     fn verifier(&self, password: &SecretString) -> Result<String>;

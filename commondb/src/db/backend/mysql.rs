@@ -11,6 +11,7 @@ use super::dialect::{Dialect, ServerDialect};
 use super::rows::{Kind, Line};
 use super::{Backend, check_identifier};
 use crate::error::Result;
+use crate::task::Right;
 
 /// The session settings of a task's connection to MySQL/MariaDB (what sqlx would send in a
 /// round trip of its own at connect): `||` concatenates, as in standard SQL and on the other
@@ -134,22 +135,34 @@ impl ServerDialect for MySql {
         &self,
         db: &str,
         tables: &[String],
+        rights: &[(String, &[Right])],
         app: &str,
         backup: &str,
         _created_db: bool,
     ) -> Vec<String> {
         let (app, backup) = (user(app), user(backup));
         let mut sql = Vec::new();
-        for t in tables {
+        for (t, rights) in rights {
+            let list: Vec<&str> = rights.iter().map(|r| r.sql()).collect();
             sql.push(format!(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON {db}.{t} TO {app}@'%'"
+                "GRANT {} ON {db}.{t} TO {app}@'%'",
+                list.join(", ")
             ));
+        }
+        for t in tables {
             sql.push(format!("GRANT SELECT ON {db}.{t} TO {backup}@'%'"));
         }
         sql.push(format!(
             "GRANT SELECT ON {db}.`_sqlx_migrations` TO {app}@'%', {backup}@'%'"
         ));
         sql
+    }
+    fn held_rights(&self) -> &'static str {
+        "SELECT CONCAT(TABLE_NAME, ':', PRIVILEGE_TYPE) FROM information_schema.TABLE_PRIVILEGES \
+         WHERE GRANTEE = CONCAT('''', ?, '''@''%''') AND TABLE_SCHEMA = DATABASE()"
+    }
+    fn revoke(&self, db: &str, table: &str, right: &str, role: &str) -> String {
+        format!("REVOKE {right} ON {db}.{table} FROM {}@'%'", user(role))
     }
     fn verifier(&self, password: &SecretString) -> Result<String> {
         Ok(mysql_native_hash(password.expose_secret()))

@@ -16,6 +16,7 @@ use super::dialect::{Dialect, ServerDialect, numbered_placeholders, random_bytes
 use super::rows::{BATCH_BYTES, Bound, Kind, Line, Rows, Sink, Table, quoted_list};
 use super::{Backend, check_identifier, classify};
 use crate::error::{Error, Result};
+use crate::task::Right;
 
 /// PostgreSQL's SQL.
 pub(crate) struct Postgres;
@@ -127,6 +128,7 @@ impl ServerDialect for Postgres {
         &self,
         db: &str,
         tables: &[String],
+        rights: &[(String, &[Right])],
         app: &str,
         backup: &str,
         created_db: bool,
@@ -140,22 +142,28 @@ impl ServerDialect for Postgres {
         sql.push(format!("GRANT CONNECT ON DATABASE {db} TO {app}, {backup}"));
         sql.push("REVOKE CREATE ON SCHEMA public FROM PUBLIC".into());
         sql.push(format!("GRANT USAGE ON SCHEMA public TO {app}, {backup}"));
+        // Identity columns need no right on their sequence: INSERT on the table is enough.
+        for (t, rights) in rights {
+            let list: Vec<&str> = rights.iter().map(|r| r.sql()).collect();
+            sql.push(format!("GRANT {} ON TABLE {t} TO {app}", list.join(", ")));
+        }
         for t in tables {
-            sql.push(format!(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {t} TO {app}"
-            ));
             sql.push(format!("GRANT SELECT ON TABLE {t} TO {backup}"));
         }
         sql.push(format!(
             "GRANT SELECT ON TABLE \"_sqlx_migrations\" TO {app}, {backup}"
         ));
         sql.push(format!(
-            "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app}"
-        ));
-        sql.push(format!(
             "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {backup}"
         ));
         sql
+    }
+    fn held_rights(&self) -> &'static str {
+        "SELECT table_name || ':' || privilege_type FROM information_schema.table_privileges \
+         WHERE grantee = $1 AND table_schema = 'public' AND table_catalog = current_database()"
+    }
+    fn revoke(&self, _db: &str, table: &str, right: &str, role: &str) -> String {
+        format!("REVOKE {right} ON TABLE {table} FROM {role}")
     }
     fn verifier(&self, password: &SecretString) -> Result<String> {
         Ok(scram_sha_256(
