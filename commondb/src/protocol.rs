@@ -233,6 +233,8 @@ impl<R: Serialize> fmt::Display for Answer<R> {
 pub mod flags {
     /// `--self-samples N`: print the first N sample requests, one [`super::SampleLine`] each.
     pub const SAMPLES: &str = "self-samples";
+    /// `--self-seed N`: write the rows the first N sample requests of `--run` need.
+    pub const SEED: &str = "self-seed";
     /// `--run ID`: the run the samples are unique to.
     pub const RUN: &str = "run";
     /// `--serve`: the task as a service.
@@ -252,6 +254,10 @@ pub struct SampleLine {
     pub n: u64,
     /// The request as a service takes it (a line of the line protocol, or an HTTP body).
     pub request: serde_json::Value,
+    /// What the process reads on its standard input (a password's line), if anything; the
+    /// request carries it as its `stdin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
 }
 
 #[cfg(test)]
@@ -264,6 +270,7 @@ mod tests {
             argv: vec!["--create".into(), "--username".into(), "u1".into()],
             n: 1,
             request: serde_json::json!({"username": "u1"}),
+            input: None,
         };
         let text = serde_json::to_string(&line).unwrap();
         assert_eq!(

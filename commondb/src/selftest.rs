@@ -304,7 +304,8 @@ impl<T: Task> Ctx<'_, T> {
 
     /// Runs sample request `n`.
     async fn sample(&self, n: u64) -> Result<()> {
-        self.attempt(T::sample(n, &self.run), Input::None).await
+        let input = T::sample_input(n, &self.run).map_or(Input::None, Input::Text);
+        self.attempt(T::sample(n, &self.run), input).await
     }
 }
 
@@ -349,6 +350,9 @@ impl<T: Task> Check<T> {
     }
 }
 
+/// How many sample requests the self-test's seed is for (it uses samples 1 and 2).
+const SEEDED_SAMPLES: u64 = 4;
+
 /// The generic checks that run before the task's own cases, in order.
 fn checks_before<T: Task>() -> Vec<Check<T>> {
     let repeat = match T::on_repeat() {
@@ -360,6 +364,11 @@ fn checks_before<T: Task>() -> Vec<Check<T>> {
         Repeat::Succeeds => Check::new("repeating sample request 1 succeeds", On::Every, |c| {
             Box::pin(async { c.sample(1).await.map_err(show) })
         }),
+        Repeat::NotFound => Check::new(
+            "repeating sample request 1 finds nothing and writes nothing",
+            On::Every,
+            |c| Box::pin(refused(c.target, ErrorKind::NotFound, c.sample(1))),
+        ),
     };
     let mut checks = vec![
         Check::new(
@@ -378,10 +387,11 @@ fn checks_before<T: Task>() -> Vec<Check<T>> {
             setup_again_changes_nothing,
         ),
     ];
-    // A read-only task finds what its domain's other tasks wrote: its seed stands in for them.
-    if T::READ_ONLY {
+    // A task that reads or changes rows finds what its domain's other tasks wrote: its seed
+    // stands in for them.
+    if T::SEEDS {
         checks.push(Check::new(
-            "the rows the task reads are seeded",
+            "the rows the samples need are seeded",
             On::Every,
             seed_rows,
         ));
@@ -473,7 +483,9 @@ async fn lifecycle<T: Task>(suite: &mut Suite, target: &Target, task_settings: &
     }
 }
 
-/// One of the task's own cases: its request, the outcome it expects, the count it checks.
+/// One of the task's own cases: the rows it is given, its request, the outcome it expects,
+/// the count it checks. The rows are written and counted as the owner: the task's own role may
+/// be allowed neither.
 async fn task_case<T: Task>(suite: &mut Suite, ctx: &Ctx<'_, T>, case: Case<T::Args>) {
     let Case {
         name,
@@ -481,24 +493,34 @@ async fn task_case<T: Task>(suite: &mut Suite, ctx: &Ctx<'_, T>, case: Case<T::A
         input,
         expect: expected,
         count,
+        given,
     } = case;
     let input = input.map_or(Input::None, |t| Input::Text(t.to_string()));
     let target = ctx.target;
+    let as_owner = async |sql: &'static str, count: bool| {
+        target
+            .location
+            .as_owner(target, T::MIGRATIONS, async |conn: &mut db::Conn| {
+                if count {
+                    conn.count(sql).await
+                } else {
+                    conn.exec(sql.to_string()).await.map(|()| 0)
+                }
+            })
+            .await
+            .map_err(show)
+    };
     suite
         .case(name, async {
+            for sql in given {
+                as_owner(sql, false).await?;
+            }
             match expected {
                 Some(kind) => refused(target, kind, ctx.attempt(args, input)).await?,
                 None => ctx.attempt(args, input).await.map_err(show)?,
             }
             if let Some((sql, n)) = count {
-                let got = async {
-                    let mut conn = db::connect(target).await?;
-                    let n = conn.count(sql).await;
-                    conn.close().await?;
-                    n
-                }
-                .await
-                .map_err(show)?;
+                let got = as_owner(sql, true).await?;
                 expect(got == n, &format!("{sql} returned {got}, expected {n}"))?;
             }
             Ok(())
@@ -544,22 +566,7 @@ fn setup_creates_the_roles<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
 
 fn seed_rows<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     Box::pin(async {
-        // As the owner: the task's own role may hold no right to write.
-        let target = c.target;
-        let seeded = target
-            .location
-            .as_owner(target, T::MIGRATIONS, async |conn: &mut db::Conn| {
-                let begin = db::Begin {
-                    check: true,
-                    single: false,
-                    read_only: false,
-                };
-                let mut tx = conn
-                    .begin_with(&target.location, T::MIGRATIONS, begin)
-                    .await?;
-                let seeded = T::seed(&mut tx, &c.run).await;
-                tx.settle(seeded).await
-            })
+        let seeded = db::seed::<T>(c.target, &c.run, SEEDED_SAMPLES)
             .await
             .map_err(show)?;
         expect(seeded > 0, "the task's seed wrote no row")
@@ -587,8 +594,13 @@ fn invalid_is_refused<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
 
 fn app_role_cannot_change_the_schema<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     Box::pin(async {
+        let (table, _) = counts(c.target)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or("no table")?;
+        let table = c.target.backend().quote(&table);
         let mut app = db::connect(c.target).await.map_err(show)?;
-        let table = first_table(&mut app).await?;
         denied(&mut app, "CREATE TABLE commondb_self_test (id INT)".into()).await?;
         denied(&mut app, format!("DROP TABLE {table}")).await?;
         app.close().await.map_err(show)
@@ -730,6 +742,25 @@ fn retention_keeps_the_newest<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     })
 }
 
+/// Two sample requests for the service, as JSON bodies with their secret input as `stdin`, of
+/// a run of their own, seeded if the task reads or changes rows.
+async fn served_samples<T: Task>(
+    target: &Target,
+    run: &str,
+) -> std::result::Result<(String, String), String> {
+    let run = format!("{run}v");
+    if T::SEEDS {
+        db::seed::<T>(target, &run, 2).await.map_err(show)?;
+    }
+    let body = |n| {
+        let line = serve::sample_line::<T>(n, &run).map_err(show)?;
+        serde_json::from_str::<crate::protocol::SampleLine>(&line)
+            .map(|l| l.request.to_string())
+            .map_err(|e| e.to_string())
+    };
+    Ok((body(0)?, body(1)?))
+}
+
 /// `--serve` on ephemeral loopback ports: a sample request over the line protocol (as JSON,
 /// the form every task's arguments serialize to) and one over HTTP, then a graceful stop.
 fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
@@ -737,7 +768,7 @@ fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
     use crate::protocol::listen::{HTTP, TCP};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (target, run) = (c.target, c.run.as_str());
-    Box::pin(async {
+    Box::pin(async move {
         let fresh = Target::of::<T>(&target.settings).map_err(show)?;
         let task_settings = target
             .settings
@@ -753,8 +784,7 @@ fn serve_answers<'a, T: Task>(c: &'a Ctx<'a, T>) -> Checking<'a> {
         };
         let line_addr = line_addr.trim_start_matches(TCP).to_string();
         let http_addr = http_addr.trim_start_matches(HTTP).to_string();
-        let body = |n| serde_json::to_string(&T::sample(n, run)).map_err(|e| e.to_string());
-        let (line_request, http_request) = (body(9001)?, body(9002)?);
+        let (line_request, http_request) = served_samples::<T>(target, run).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let client = async move {
             let io = |e: std::io::Error| e.to_string();
@@ -883,9 +913,10 @@ async fn refused<T>(
     )
 }
 
+/// Every table's row count, read as the backup role (the task's own may not read them all).
 async fn counts(target: &Target) -> std::result::Result<Vec<(String, i64)>, String> {
     async {
-        let mut conn = db::connect(target).await?;
+        let mut conn = target.location.connect_reader(target).await?;
         let counts = schema::row_counts(&mut conn).await?;
         conn.close().await?;
         Ok::<_, Error>(counts)

@@ -30,10 +30,15 @@ pub trait Task: Sized + 'static {
     /// The task's migrations, one set per backend: its domain's.
     const MIGRATIONS: &'static Migrations;
     /// The data the task works on. Executables of one domain share its database (on SQLite the
-    /// file `<domain>.sqlite3`), its app credentials (`<secrets_dir>/<domain>.toml`) and its
-    /// backups, and declare the same [`Task::MIGRATIONS`]: any of them sets the domain up, and
-    /// any restores a backup another took. By default each executable is a domain of its own.
+    /// file `<domain>.sqlite3`) and its backups, and declare the same [`Task::MIGRATIONS`]: any
+    /// of them brings the domain's schema up to date, and any restores a backup another took.
+    /// Each keeps its own role and credentials (`<secrets_dir>/<executable>.toml`). By default
+    /// each executable is a domain of its own.
     const DOMAIN: &'static str = Self::NAME;
+    /// The domains this executable belonged to in earlier versions. If the embedded database
+    /// of one is there and the domain's is not, every mode refuses to start a new, empty one
+    /// (exit 78) and says how to move the old file.
+    const FORMERLY: &'static [&'static str] = &[];
     /// The loopback port `--serve` listens on when nothing else is configured. The default is
     /// derived from [`Task::NAME`] (in 20000–29999), so that two executables differ; a task that
     /// users will type the port of sets its own.
@@ -59,6 +64,10 @@ pub trait Task: Sized + 'static {
     /// Note that PostgreSQL needs `SELECT` for `INSERT … RETURNING` ([`Tx::insert`]) and for
     /// an `UPDATE` or `DELETE` with a `WHERE`. SQLite has no roles: its file is the user's.
     const GRANTS: &'static [Grant];
+    /// Whether the sample requests need rows to exist first (a read, a change, a delete):
+    /// [`Task::seed`] writes them, in the self-test and before a `runmany` run
+    /// (`--self-seed`). Read-only tasks need them by default.
+    const SEEDS: bool = Self::READ_ONLY;
 
     /// The task's command-line arguments. The names `json`, `verbose`, `quiet`, `config`, `yes`,
     /// `from`, `listen` and the mode flags are the harness's. They are also the body of a
@@ -87,6 +96,14 @@ pub trait Task: Sized + 'static {
     /// self-test uses it, and the runner will launch it by the hundred).
     fn sample(n: u64, run: &str) -> Self::Args;
 
+    /// The secret input (a password's line) that sample request `n` of run `run` sends, if the
+    /// task reads one: runmany writes it to the process's standard input, and a service gets it
+    /// as the request's `stdin`.
+    fn sample_input(n: u64, run: &str) -> Option<String> {
+        let _ = (n, run);
+        None
+    }
+
     /// A request that the task must refuse as invalid input.
     fn invalid_sample() -> Self::Args;
 
@@ -95,10 +112,11 @@ pub trait Task: Sized + 'static {
         Repeat::Conflict
     }
 
-    /// Rows a read-only task needs to find: written by its self-test, after setup and before the
-    /// sample requests, in one transaction, with the task's own SQL. Returns how many.
-    fn seed(tx: &mut Tx<'_>, run: &str) -> impl Future<Output = Result<u64>> + Send {
-        let _ = (tx, run);
+    /// The rows that sample requests `0..count` of run `run` need to find (see
+    /// [`Task::SEEDS`]), written in one transaction with the domain's own SQL, as the database's
+    /// owner (the task's role may have no right to write). Returns how many.
+    fn seed(tx: &mut Tx<'_>, run: &str, count: u64) -> impl Future<Output = Result<u64>> + Send {
+        let _ = (tx, run, count);
         std::future::ready(Ok(0))
     }
 
@@ -178,6 +196,8 @@ pub enum Repeat {
     Conflict,
     /// The second run succeeds too (the task is idempotent).
     Succeeds,
+    /// The second run finds nothing to act on ([`ErrorKind::NotFound`]): the first removed it.
+    NotFound,
 }
 
 /// What [`Task::prepare`] may use besides the arguments: the task's settings and the input
@@ -317,6 +337,7 @@ pub struct Case<A> {
     pub(crate) input: Option<&'static str>,
     pub(crate) expect: Option<ErrorKind>,
     pub(crate) count: Option<(&'static str, i64)>,
+    pub(crate) given: Vec<&'static str>,
 }
 
 impl<A> Case<A> {
@@ -329,7 +350,16 @@ impl<A> Case<A> {
             input: None,
             expect: None,
             count: None,
+            given: Vec::new(),
         }
+    }
+
+    /// Before the request, runs `sql` (an `INSERT …` of rows the case needs) as the
+    /// database's owner; given more than once, the statements run in order.
+    #[must_use]
+    pub fn given(mut self, sql: &'static str) -> Self {
+        self.given.push(sql);
+        self
     }
 
     /// Gives the request `text` on its input.
@@ -346,7 +376,8 @@ impl<A> Case<A> {
         self
     }
 
-    /// After the request, `sql` (a `SELECT COUNT(*) …`) must return `n`.
+    /// After the request, `sql` (a `SELECT COUNT(*) …`), run as the database's owner, must
+    /// return `n`.
     #[must_use]
     pub fn then_count(mut self, sql: &'static str, n: i64) -> Self {
         self.count = Some((sql, n));

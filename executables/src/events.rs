@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::paging::Bounds;
 use chrono::{DateTime, SubsecRound, Utc};
 use commondb::{Case, Error, ErrorKind, Migrations, Result, Tx};
 use serde::Serialize;
@@ -23,8 +24,7 @@ pub const MIGRATIONS: &Migrations = &Migrations {
 /// The largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
 
-/// The most events one listing returns.
-pub const MAX_LIMIT: u32 = 1000;
+pub use crate::paging::MAX_LIMIT;
 
 /// What `log-event --log` takes.
 #[derive(clap::Args, Debug, Serialize)]
@@ -201,8 +201,7 @@ impl ListArgs {
 #[derive(Debug)]
 pub struct Listing {
     kind: Option<String>,
-    after: i64,
-    limit: u32,
+    bounds: Bounds,
 }
 
 impl Listing {
@@ -211,23 +210,9 @@ impl Listing {
         if let Some(kind) = &args.kind {
             check_kind(kind)?;
         }
-        if !(1..=MAX_LIMIT).contains(&args.limit) {
-            return Err(Error::invalid_input(format!(
-                "--limit {} is out of range: 1 to {MAX_LIMIT}",
-                args.limit
-            ))
-            .hint("page through more with --after, the next cursor each page ends with"));
-        }
-        let after = args.after.unwrap_or(0);
-        if after < 0 {
-            return Err(Error::invalid_input(format!(
-                "--after {after} is not a cursor: ids start at 1"
-            )));
-        }
         Ok(Listing {
             kind: args.kind.clone(),
-            after,
-            limit: args.limit,
+            bounds: Bounds::new(args.after, args.limit)?,
         })
     }
 }
@@ -289,14 +274,13 @@ struct Stored {
 /// One page of the log: the events after the cursor, oldest first, at most the limit (keyset
 /// pagination: a page costs the same wherever it starts).
 pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
-    // One more than asked, to know whether a next page exists.
-    let fetch = i64::from(listing.limit) + 1;
+    let (after, fetch) = (listing.bounds.after, listing.bounds.fetch());
     let rows: Vec<Stored> = match &listing.kind {
         Some(kind) => {
             tx.fetch_all(
                 "SELECT id, kind, payload, created_at FROM events \
                  WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
-                (kind.as_str(), listing.after, fetch),
+                (kind.as_str(), after, fetch),
             )
             .await?
         }
@@ -304,15 +288,14 @@ pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
             tx.fetch_all(
                 "SELECT id, kind, payload, created_at FROM events \
                  WHERE id > ? ORDER BY id LIMIT ?",
-                (listing.after, fetch),
+                (after, fetch),
             )
             .await?
         }
     };
-    let more = rows.len() > listing.limit as usize;
+    let (rows, next) = listing.bounds.page(rows, |row| row.id);
     let events = rows
         .into_iter()
-        .take(listing.limit as usize)
         .map(|row| {
             let payload = match serde_json::from_str(&row.payload) {
                 Ok(serde_json::Value::Object(map)) => map,
@@ -331,7 +314,6 @@ pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let next = more.then(|| events.last().map(|e| e.id)).flatten();
     Ok(Page { events, next })
 }
 

@@ -1,5 +1,6 @@
-//! Users: the domain of `create-user`. Validation, password hashing and storage; nothing here
-//! knows about modes, configuration or exit codes beyond the [`Error`] kinds.
+//! Users: the domain of `create-user`, `get-user`, `list-users`, `delete-user`,
+//! `set-password` and `login`. Validation, password hashing and storing a new user; nothing
+//! here knows about modes, configuration or exit codes beyond the [`Error`] kinds.
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -10,7 +11,11 @@ use commondb::secrets::{ExposeSecret, SecretString};
 use commondb::{Case, Error, ErrorKind, Migrations, Result, Tx};
 use serde::{Deserialize, Serialize};
 
-/// The domain's schema.
+/// The domain's name: its executables share the database `users.sqlite3` (or the database
+/// their URL names) and its backups.
+pub const DOMAIN: &str = "users";
+
+/// The domain's schema: `users`, and the `sessions` that `login` opens.
 pub const MIGRATIONS: &Migrations = &Migrations {
     sqlite: sqlx::migrate!("migrations/users/sqlite"),
     postgres: sqlx::migrate!("migrations/users/postgres"),
@@ -115,6 +120,12 @@ impl Username {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A name no user has (it is too short to be valid): what a lookup of an invalid name
+    /// searches for, so that it fails as an unknown name would.
+    pub fn nobody() -> Username {
+        Username(String::new())
     }
 }
 
@@ -261,6 +272,16 @@ pub struct NewUser {
 }
 
 impl NewUser {
+    /// Validates the fields and takes `password_hash` as it is (seeds share one hash).
+    pub fn hashed(username: &str, email: &str, password_hash: Option<String>) -> Result<NewUser> {
+        Ok(NewUser {
+            username: Username::parse(username)?,
+            email: Email::parse(email)?,
+            password_hash,
+            created_at: Utc::now().trunc_subsecs(6),
+        })
+    }
+
     /// Validates the fields and hashes the password, if one is given.
     pub fn new(
         username: &str,
@@ -296,19 +317,26 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-impl fmt::Display for User {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let password = if self.has_password {
+impl User {
+    /// Whether it has a password, in words.
+    pub fn password_words(&self) -> &'static str {
+        if self.has_password {
             "with a password"
         } else {
             "no password"
-        };
+        }
+    }
+}
+
+impl fmt::Display for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "created user {} <{}> (id {}, {password}) at {}",
+            "created user {} <{}> (id {}, {}) at {}",
             self.username,
             self.email,
             self.id,
+            self.password_words(),
             self.created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         )

@@ -153,6 +153,8 @@ struct Sample {
     argv: Vec<String>,
     /// The request's JSON text, for a service.
     request: String,
+    /// What the process reads on its standard input.
+    input: Option<String>,
 }
 
 impl Requests {
@@ -162,6 +164,14 @@ impl Requests {
             Requests::Samples(s) => s[i as usize].argv.clone(),
             Requests::Template(args) => args.iter().map(|a| fill(a, i, run)).collect(),
             Requests::Plain => Vec::new(),
+        }
+    }
+
+    /// What instance `i` reads on its standard input, if anything.
+    fn input(&self, i: u64) -> Option<String> {
+        match self {
+            Requests::Samples(s) => s[i as usize].input.clone(),
+            _ => None,
         }
     }
 
@@ -211,11 +221,19 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
         t => t.map(Duration::from_secs_f64),
     };
     let exe = resolve(&cli.exe)?;
+    let note = |m: String| {
+        if !cli.quiet {
+            eprintln!("runmany: {m}");
+        }
+    };
     let run_id = run_id();
     let total = cli.warmup + cli.count;
     let requests = if cli.args.is_empty() {
         match samples(&exe, total, &run_id) {
-            Some(s) => Requests::Samples(s),
+            Some(s) => {
+                seed(&exe, total, &run_id, &note)?;
+                Requests::Samples(s)
+            }
             None if cli.serve.is_some() || cli.compare => {
                 return Err(usage(format!(
                     "{} gives no sample requests (it is not a commondb executable): give its task arguments",
@@ -226,11 +244,6 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
         }
     } else {
         Requests::Template(cli.args.clone())
-    };
-    let note = |m: String| {
-        if !cli.quiet {
-            eprintln!("runmany: {m}");
-        }
     };
     let name = exe
         .file_name()
@@ -407,6 +420,7 @@ fn process_run(
         None
     };
     let argv = |i: u64| requests.argv(i, run_id);
+    let input = |i: u64| requests.input(i);
     let mut plan = processes::Plan {
         exe,
         argv: &argv,
@@ -416,6 +430,7 @@ fn process_run(
         timeout,
         perf_dir: None,
         env: &[],
+        input: &input,
     };
     if cli.warmup > 0 {
         note(format!("warming up: {} uncounted run(s)", cli.warmup));
@@ -491,10 +506,13 @@ fn compare_serve(
     use std::io::BufRead;
     let run_id = run_id();
     let requests = match requests {
-        Requests::Samples(_) => Requests::Samples(
-            samples(exe, cli.warmup + cli.count, &run_id)
-                .ok_or_else(|| usage("the executable stopped giving sample requests"))?,
-        ),
+        Requests::Samples(_) => {
+            let total = cli.warmup + cli.count;
+            let samples = samples(exe, total, &run_id)
+                .ok_or_else(|| usage("the executable stopped giving sample requests"))?;
+            seed(exe, total, &run_id, note)?;
+            Requests::Samples(samples)
+        }
         other => other.clone(),
     };
     let mut child = Command::new(exe)
@@ -597,10 +615,45 @@ fn samples(exe: &Path, n: u64, run: &str) -> Option<Vec<Sample>> {
             Some(Sample {
                 argv: line.argv,
                 request: line.request.to_string(),
+                input: line.input,
             })
         })
         .collect();
     samples.filter(|s| s.len() as u64 == n)
+}
+
+/// Has the executable write the rows its first `n` samples of run `run` need (`--self-seed`:
+/// a read, a change or a delete must find its row on a fresh database), and says so.
+fn seed(exe: &Path, n: u64, run: &str, note: &dyn Fn(String)) -> Result<(), Fatal> {
+    let out = Command::new(exe)
+        .args([
+            &format!("--{}", flags::SEED),
+            &n.to_string(),
+            &format!("--{}", flags::RUN),
+            run,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Fatal(69, format!("cannot start {}: {e}", exe.display())))?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Fatal(
+            out.status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1),
+            format!(
+                "{} --{} could not write the rows the samples need:\n{why}",
+                exe.display(),
+                flags::SEED
+            ),
+        ));
+    }
+    if !said.starts_with("nothing to seed") {
+        note(said);
+    }
+    Ok(())
 }
 
 /// A short id unique to this invocation (sample usernames must stay short).

@@ -6,7 +6,7 @@
 //! pidfd, which names the process itself and not a number that could be reused after the reap.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,6 +41,8 @@ pub struct Plan<'a> {
     pub perf_dir: Option<&'a Path>,
     /// Extra environment for every instance.
     pub env: &'a [(String, String)],
+    /// What instance `i` reads on its standard input (a password's line), if anything.
+    pub input: &'a (dyn Fn(u64) -> Option<String> + Sync),
 }
 
 /// Runs `plan.count` instances, `plan.jobs` at once; returns their records in index order.
@@ -77,8 +79,13 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
     // A group of its own, so that a timeout kills what the instance started too (a child that
     // holds its stderr open would otherwise keep the run waiting).
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let input = (plan.input)(i);
     cmd.args((plan.argv)(i))
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .envs(plan.env.iter().map(|(k, v)| (k, v)));
@@ -100,6 +107,11 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
             };
         }
     };
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // One short line: it fits the pipe, so this never waits on the instance. Dropping the
+        // pipe closes it, so the instance sees the end of its input.
+        let _ = stdin.write_all(text.as_bytes());
+    }
     let pid = child.id();
     if let Some(fleet) = fleet {
         fleet.add(pid);

@@ -12,18 +12,21 @@ use std::sync::Once;
 pub use commondb::protocol::Answer;
 use tempfile::TempDir;
 
-/// The path of a workspace binary, built on first use.
-///
-/// Cargo builds only a package's own binaries for its tests, and these live in other packages,
-/// so the harness asks cargo to build them once per test process (a no-op when they are fresh)
-/// The domain of executable `exe` (its `Task::DOMAIN`): what names its database and secrets.
+/// The domain of executable `exe` (its `Task::DOMAIN`): what names its embedded database.
 pub fn domain(exe: &str) -> &str {
     match exe {
         "log-event" | "list-events" => "events",
+        "create-user" | "get-user" | "list-users" | "delete-user" | "set-password" | "login" => {
+            "users"
+        }
         other => other,
     }
 }
 
+/// The path of a workspace binary, built on first use.
+///
+/// Cargo builds only a package's own binaries for its tests, and these live in other packages,
+/// so the harness asks cargo to build them once per test process (a no-op when they are fresh)
 /// and finds them beside the test executable's `deps` directory, as ripgrep's tests do.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
@@ -783,11 +786,17 @@ impl BackendSandbox {
 
     /// Runs `exe` with the administrator's URL in `COMMONDB_ADMIN_URL` (servers only).
     pub fn run_admin(&self, exe: &str, args: &[&str]) -> Run {
+        Run::of(self.command_admin(exe, args), None)
+    }
+
+    /// The command of `exe` with the administrator's URL in `COMMONDB_ADMIN_URL` (servers
+    /// only): what setup, restore and a seed need.
+    pub fn command_admin(&self, exe: &str, args: &[&str]) -> Command {
         let mut cmd = self.sb.command(exe, args);
         if let Some(db) = &self.server {
             cmd.env("COMMONDB_ADMIN_URL", &db.admin_url);
         }
-        Run::of(cmd, None)
+        cmd
     }
 
     /// Runs a `SELECT COUNT(*) …` in the executable's database, whatever the backend.

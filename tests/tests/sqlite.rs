@@ -431,7 +431,7 @@ fn the_per_executable_file_overrides_the_shared_one_and_data_dir_moves_the_datab
     )
     .unwrap();
     sb.create_user("alice", "a@example.com").code(0);
-    assert!(data.join("create-user.sqlite3").exists());
+    assert!(data.join("users.sqlite3").exists());
 }
 
 #[test]

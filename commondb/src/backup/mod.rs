@@ -289,7 +289,8 @@ pub(crate) fn choose(
         .map(|e| e.path)
         .ok_or_else(|| {
             Error::no_input(format!(
-                "there is no backup of {domain} in {}",
+                "there is no backup of {} (domain {domain}) in {}",
+                target.location,
                 dir.display()
             ))
             .hint("take one with --self-backup, or name one with --from FILE")

@@ -60,7 +60,11 @@ impl Target {
                     )));
             }
             (None, Some(url)) => Location::parse(url)?,
-            (None, None) => Location::embedded(&settings.data_dir, domain),
+            (None, None) => {
+                let location = Location::embedded(&settings.data_dir, domain);
+                refuse_a_new_file_beside_a_former_one(&location, settings, T::FORMERLY)?;
+                location
+            }
         };
         Ok(Target {
             exe,
@@ -83,6 +87,57 @@ pub(crate) async fn open(
     migrations: &Migrations,
 ) -> Result<(Conn, Option<setup::SetupReport>)> {
     target.location.open(target, migrations).await
+}
+
+/// An embedded database that does not exist yet while the file of a domain the executable
+/// belonged to before does: starting a new, empty one would hide the data, so this says how to
+/// move it instead (only by hand: a process of the earlier version may still have it open).
+fn refuse_a_new_file_beside_a_former_one(
+    location: &Location,
+    settings: &Settings,
+    formerly: &[&str],
+) -> Result<()> {
+    let Some(path) = location.file().filter(|p| !p.exists()) else {
+        return Ok(());
+    };
+    for former in formerly {
+        let old = Location::embedded(&settings.data_dir, former);
+        let Some(old) = old.file().filter(|p| p.exists()) else {
+            continue;
+        };
+        return Err(Error::config(format!(
+            "{} holds this executable's data from an earlier version, whose database was named after {former}; it is now {}",
+            old.display(),
+            path.display()
+        ))
+        .hint(format!(
+            "stop every process that uses it, then rename it and its -wal and -shm files: mv {} {}",
+            old.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the rows that sample requests `0..count` of run `run` need ([`crate::Task::seed`]), in
+/// one transaction, as the database's owner (on a server the administrator: the task's own role
+/// may hold no right to write); an embedded database is set up first if it is missing.
+pub(crate) async fn seed<T: crate::Task>(target: &Target, run: &str, count: u64) -> Result<u64> {
+    target
+        .location
+        .as_owner(target, T::MIGRATIONS, async |conn: &mut Conn| {
+            let begin = Begin {
+                check: true,
+                single: false,
+                read_only: false,
+            };
+            let mut tx = conn
+                .begin_with(&target.location, T::MIGRATIONS, begin)
+                .await?;
+            let seeded = T::seed(&mut tx, run, count).await;
+            tx.settle(seeded).await
+        })
+        .await
 }
 
 /// Opens `target` as the app (on a server, the app role) without looking at its schema.

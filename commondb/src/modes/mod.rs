@@ -9,6 +9,7 @@ mod backup;
 mod cleanup;
 mod restore;
 mod samples;
+mod seed;
 mod serve;
 mod setup;
 mod status;
@@ -48,6 +49,7 @@ pub(crate) const BACKUP: &str = "self-backup";
 pub(crate) const RESTORE: &str = "self-restore";
 pub(crate) const SERVE: &str = flags::SERVE;
 pub(crate) const SAMPLES: &str = flags::SAMPLES;
+pub(crate) const SEED: &str = flags::SEED;
 
 /// The options that only some modes take (besides [`flags::LISTEN`] and [`flags::RUN`]).
 pub(crate) const YES: &str = "yes";
@@ -113,6 +115,12 @@ pub(crate) const MODES: &[Spec] = &[
         value: Some(("N", MAX_SAMPLES)),
         options: &[flags::RUN],
     },
+    Spec {
+        flag: Some(SEED),
+        help: "Write the rows the first N sample requests of --run ID need, as the owner (for runmany)",
+        value: Some(("N", MAX_SAMPLES)),
+        options: &[flags::RUN],
+    },
 ];
 
 impl Spec {
@@ -148,6 +156,8 @@ pub(crate) enum Mode<A> {
     Serve { listen: Vec<String> },
     /// `--self-samples N`: the task's first `count` sample requests of run `run`.
     Samples { count: u64, run: Option<String> },
+    /// `--self-seed N`: the rows the first `count` sample requests of run `run` need.
+    Seed { count: u64, run: Option<String> },
 }
 
 impl<A: clap::FromArgMatches> Mode<A> {
@@ -179,6 +189,10 @@ impl<A: clap::FromArgMatches> Mode<A> {
             },
             Some(SAMPLES) => Mode::Samples {
                 count: m.get_one::<u64>(SAMPLES).copied().unwrap_or(0),
+                run: m.get_one::<String>(flags::RUN).cloned(),
+            },
+            Some(SEED) => Mode::Seed {
+                count: m.get_one::<u64>(SEED).copied().unwrap_or(0),
                 run: m.get_one::<String>(flags::RUN).cloned(),
             },
             Some(other) => {
@@ -213,6 +227,7 @@ pub(crate) fn run<T: Task>(
         } => restore::run::<T>(from, yes, trust_file, settings, out),
         Mode::Serve { listen } => serve::run::<T>(&listen, settings, out),
         Mode::Samples { count, run } => samples::run::<T>(count, run),
+        Mode::Seed { count, run } => seed::run::<T>(count, run, settings, out),
     }
 }
 
@@ -270,6 +285,7 @@ mod tests {
                 Mode::Restore { .. } => Some(RESTORE),
                 Mode::Serve { .. } => Some(SERVE),
                 Mode::Samples { .. } => Some(SAMPLES),
+                Mode::Seed { .. } => Some(SEED),
             };
             assert_eq!(expected, spec.flag, "{args:?}");
         }

@@ -1,5 +1,5 @@
-//! HTTP/1.1 on hyper: `POST /<verb>` with a JSON body of the arguments, `GET /healthz`,
-//! `GET /metrics`. The body of every answer is the line protocol's answer; the status says the
+//! HTTP/1.1 on hyper: `POST /<verb>` with a JSON body of the arguments (and for a read-only
+//! task `GET /<verb>?name=value&…` as well), `GET /healthz`, `GET /metrics`. The body of every answer is the line protocol's answer; the status says the
 //! outcome (201 or 200, 400, 401, 409, 413, 422, 503, …).
 
 use std::convert::Infallible;
@@ -95,6 +95,10 @@ async fn route<T: Task>(
             };
             answer(status, body)
         }
+        (&Method::GET, _) if verb_path && T::READ_ONLY => {
+            let (body, outcome) = service.answer_query(req.uri().query()).await;
+            answer(outcome.map_or(StatusCode::OK, status_of), body)
+        }
         (&Method::GET, HEALTH_PATH) => match service.health().await {
             Ok(value) => answer(StatusCode::OK, encode(Ok(value))),
             Err(e) => error(e),
@@ -109,7 +113,11 @@ async fn route<T: Task>(
             response
         }
         _ if verb_path || path == HEALTH_PATH || path == METRICS_PATH => {
-            let allow = if verb_path { "POST" } else { "GET" };
+            let allow = match (verb_path, T::READ_ONLY) {
+                (true, true) => "GET, POST",
+                (true, false) => "POST",
+                (false, _) => "GET",
+            };
             let e = Error::usage(format!(
                 "{} is not allowed on {path}; use {allow}",
                 req.method()

@@ -370,14 +370,23 @@ async fn counted<T: Task>(service: &Service<T>, connection: impl Future<Output =
 /// Sample request `n` of run `run` as one JSON line for the runner ([`crate::protocol::SampleLine`]):
 /// the command-line words (with the verb) for process mode and the JSON object for a service.
 pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
-    let request = serde_json::to_value(T::sample(n, run))
+    let mut request = serde_json::to_value(T::sample(n, run))
         .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))?;
     let (words, _) = service::words_from_json(request.clone())?;
     let argv: Vec<String> = std::iter::once(format!("--{}", T::VERB))
         .chain(words)
         .collect();
-    serde_json::to_string(&crate::protocol::SampleLine { argv, n, request })
-        .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))
+    let input = T::sample_input(n, run);
+    if let (Some(text), Some(map)) = (&input, request.as_object_mut()) {
+        map.insert("stdin".into(), text.clone().into());
+    }
+    serde_json::to_string(&crate::protocol::SampleLine {
+        argv,
+        n,
+        request,
+        input,
+    })
+    .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))
 }
 
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`

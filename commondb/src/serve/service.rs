@@ -99,6 +99,30 @@ impl<T: Task> Service<T> {
         self.answer(parsed, started).await
     }
 
+    /// Answers the query string of a `GET` (HTTP, read-only tasks): `name=value` pairs,
+    /// percent-decoded, are the arguments, as a JSON body's fields would be (a name given twice
+    /// is a list).
+    pub(crate) async fn answer_query(
+        self: &Arc<Self>,
+        query: Option<&str>,
+    ) -> (Vec<u8>, Option<ErrorKind>) {
+        let started = Instant::now();
+        let mut map = serde_json::Map::new();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let value = Value::String(value.into_owned());
+            match map.get_mut(key.as_ref()) {
+                Some(Value::Array(items)) => items.push(value),
+                Some(first) => *first = Value::Array(vec![first.take(), value]),
+                None => {
+                    map.insert(key.into_owned(), value);
+                }
+            }
+        }
+        let parsed =
+            words_from_json(Value::Object(map)).and_then(|(words, input)| self.args(words, input));
+        self.answer(parsed, started).await
+    }
+
     async fn answer(
         self: &Arc<Self>,
         parsed: Result<(T::Args, Input)>,

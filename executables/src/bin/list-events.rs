@@ -43,7 +43,7 @@ impl Task for ListEvents {
         Repeat::Succeeds
     }
 
-    async fn seed(tx: &mut Tx<'_>, run: &str) -> Result<u64> {
+    async fn seed(tx: &mut Tx<'_>, run: &str, _count: u64) -> Result<u64> {
         events::seed(tx, run).await
     }
 

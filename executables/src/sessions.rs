@@ -1,0 +1,190 @@
+//! Sessions: `login` checks a user's password and issues a session token. The token is shown
+//! once; the database keeps only its SHA-256, with an expiry.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use argon2::password_hash::PasswordVerifier;
+use argon2::password_hash::phc::PasswordHash;
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use commondb::secrets::{ExposeSecret, SecretString};
+use commondb::{Error, Result, Tx};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::users::Username;
+
+/// `login`'s `[task]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// How long a session lasts, in seconds.
+    pub session_ttl_secs: u32,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            session_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+/// The lifetimes `[task]` may set: a minute to a year.
+pub const SESSION_TTL_SECS: RangeInclusive<u32> = 60..=366 * 24 * 3600;
+
+/// The hash an unknown user's password is checked against, so that a login takes the same time
+/// whether or not the user exists: argon2id with the costs `create-user` uses by default, of a
+/// random password no one kept.
+const NOBODY: &str = "$argon2id$v=19$m=19456,t=2,p=1$gMh+Ufxb6/Cfj6Q//xnJDw$5/fJ5thMsxsCmYRmCOX4/aKnjY37aAofUO2G1oynj68";
+
+/// A login, checked as far as it can be without the database, its token drawn.
+pub struct Attempt {
+    username: Username,
+    password: SecretString,
+    token: String,
+    ttl: chrono::Duration,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attempt({})", self.username.as_str())
+    }
+}
+
+impl Attempt {
+    /// Validates the name and the settings and draws the session token.
+    pub fn new(
+        username: &str,
+        password: SecretString,
+        settings: &SessionSettings,
+    ) -> Result<Attempt> {
+        commondb::config::in_range(
+            "[task] setting session_ttl_secs",
+            settings.session_ttl_secs,
+            SESSION_TTL_SECS,
+            || "fix session_ttl_secs in the [task] table".to_string(),
+        )?;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::internal(format!("no random bytes for a token: {e}")))?;
+        Ok(Attempt {
+            // An unknown or invalid name is a wrong login like any other, not an invalid
+            // request: the answer must not tell names that exist from names that cannot.
+            username: Username::parse(username).unwrap_or_else(|_| Username::nobody()),
+            password,
+            token: hex::encode(bytes),
+            ttl: chrono::Duration::seconds(i64::from(settings.session_ttl_secs)),
+        })
+    }
+}
+
+/// A session that was opened: its token, shown once.
+#[derive(Debug, Serialize)]
+pub struct Session {
+    /// Whose.
+    pub username: String,
+    /// The token: 64 hex digits. Only its hash is stored.
+    pub token: String,
+    /// When it ends, in UTC.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Display for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "logged in as {} until {}; the session token (shown only now):",
+            self.username,
+            self.expires_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+        )?;
+        write!(f, "{}", self.token)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Credentials {
+    id: i64,
+    password_hash: Option<String>,
+}
+
+/// The one answer to a wrong username, a wrong password and a user without a password.
+fn refused() -> Error {
+    Error::permission("the username or the password is wrong")
+}
+
+/// Checks the password against the user's hash (or, for an unknown user, against [`NOBODY`],
+/// which takes as long) on the blocking pool, and on success stores the token's hash.
+pub async fn login(tx: &mut Tx<'_>, attempt: Attempt) -> Result<Session> {
+    let found: Option<Credentials> = tx
+        .fetch_optional(
+            "SELECT id, password_hash FROM users WHERE username = ?",
+            (attempt.username.as_str(),),
+        )
+        .await?;
+    let (id, hash) = match found {
+        Some(Credentials {
+            id,
+            password_hash: Some(hash),
+        }) => (Some(id), hash),
+        _ => (None, NOBODY.to_string()),
+    };
+    let password = attempt.password;
+    let matches = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(password.expose_secret().as_bytes(), &parsed)
+                .is_ok()
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
+    let Some(id) = id.filter(|_| matches) else {
+        return Err(refused());
+    };
+    let now = Utc::now().trunc_subsecs(6);
+    let expires_at = now + attempt.ttl;
+    let token_hash = hex::encode(sha2::Sha256::digest(attempt.token.as_bytes()));
+    tx.execute(
+        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        (token_hash.as_str(), id, now, expires_at),
+    )
+    .await?;
+    Ok(Session {
+        username: attempt.username.as_str().to_string(),
+        token: attempt.token,
+        expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stand_in_hash_is_argon2id_with_the_default_costs() {
+        let parsed = PasswordHash::new(NOBODY).unwrap();
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        let params = argon2::Params::try_from(&parsed).unwrap();
+        let default = argon2::Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+    }
+
+    #[test]
+    fn tokens_are_fresh_and_invalid_names_are_only_wrong_logins() {
+        let settings = SessionSettings::default();
+        let pw = || SecretString::from("x".to_string());
+        let a = Attempt::new("alice", pw(), &settings).unwrap();
+        let b = Attempt::new("alice", pw(), &settings).unwrap();
+        assert_eq!(a.token.len(), 64);
+        assert_ne!(a.token, b.token);
+        Attempt::new("Not A Name", pw(), &settings).unwrap();
+        let short = SessionSettings {
+            session_ttl_secs: 1,
+        };
+        assert!(Attempt::new("alice", pw(), &short).is_err());
+    }
+}
