@@ -24,6 +24,7 @@ mod run;
 pub mod secrets;
 mod selftest;
 mod serve;
+mod stream;
 mod task;
 #[cfg(test)]
 mod testing;
@@ -31,6 +32,7 @@ mod testing;
 pub use db::{Backend, Migrations, Param, Params, Record, Tx};
 pub use error::{Error, ErrorKind, Result};
 pub use run::main;
+pub use stream::{MAX_SERVED_ROWS, Row};
 pub use task::{Case, Context, Grant, Repeat, Right, Task, default_port};
 
 /// The `sqlx` this crate is built on, for `sqlx::migrate!` and `#[derive(sqlx::FromRow)]`.

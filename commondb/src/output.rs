@@ -78,6 +78,20 @@ impl Output {
         let _ = stdout.flush();
     }
 
+    /// Prints the summary of a task that streamed its rows to stdout (a count, the next
+    /// cursor): on stderr, as JSON with `--json`; silenced by `-q`.
+    pub fn summary<T: Serialize + Display>(&self, value: &T) {
+        if self.verbosity < 0 {
+            return;
+        }
+        if self.json {
+            let text = serde_json::to_string(value).unwrap_or_default();
+            eprintln!("{text}");
+        } else {
+            eprintln!("{}: {value}", self.name);
+        }
+    }
+
     /// Tells the user something the program did on their behalf (stderr; silenced by `-q`).
     pub fn note(&self, message: impl Display) {
         if self.verbosity >= 0 {
@@ -97,7 +111,9 @@ impl Output {
         eprintln!("{}: error: {}", self.name, error.message());
         eprintln!("{}: hint: {}", self.name, error.advice());
         if self.json {
-            println!("{}", error.to_json());
+            // A closed stdout must not turn an error into a panic.
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{}", error.to_json());
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::modes;
 use crate::output::Output;
 use crate::perf;
 use crate::protocol::phase;
+use crate::stream::RowSink;
 use crate::task::{Context, Input, Task};
 
 /// Runs executable `T` on the process's command line and returns its exit code.
@@ -57,6 +58,7 @@ pub(crate) async fn perform<T: Task>(
     args: T::Args,
     input: Input,
     out: &Output,
+    sink: &mut RowSink,
 ) -> Result<T::Output> {
     let request = T::prepare(args, &mut Context::new(task_settings, input))?;
     perf::mark(phase::PREPARE);
@@ -73,7 +75,8 @@ pub(crate) async fn perform<T: Task>(
         };
         let tx = conn
             .begin_with(&target.location, T::MIGRATIONS, begin)
-            .await?;
+            .await?
+            .with_sink(sink);
         perf::mark(phase::BEGIN);
         execute_in::<T>(tx, request, std::future::pending()).await
     }

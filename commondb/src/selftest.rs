@@ -24,6 +24,7 @@ use crate::output::Output;
 use crate::run::{Drivers, block_on, perform};
 use crate::secrets::{self, ExposeSecret};
 use crate::serve;
+use crate::stream::RowSink;
 use crate::task::{Case, Input, Repeat, Right, Task};
 
 /// The outcome of one case.
@@ -297,9 +298,17 @@ struct Ctx<'a, T: Task> {
 impl<T: Task> Ctx<'_, T> {
     /// Runs the task on `args` as process mode would.
     async fn attempt(&self, args: T::Args, input: Input) -> Result<()> {
-        perform::<T>(self.target, self.task_settings, args, input, &self.quiet)
-            .await
-            .map(drop)
+        let mut nowhere = RowSink::discard();
+        perform::<T>(
+            self.target,
+            self.task_settings,
+            args,
+            input,
+            &self.quiet,
+            &mut nowhere,
+        )
+        .await
+        .map(drop)
     }
 
     /// Runs sample request `n`.

@@ -243,7 +243,9 @@ pub async fn set_password(tx: &mut Tx<'_>, new: NewPassword) -> Result<PasswordS
     })
 }
 
-pub use crate::paging::MAX_LIMIT;
+/// The most users one listing streams (a service answers at most
+/// [`commondb::MAX_SERVED_ROWS`] at once).
+pub const MAX_LIMIT: u32 = 1_000_000_000;
 
 /// What `list-users --list` takes.
 #[derive(clap::Args, Debug, Serialize)]
@@ -260,7 +262,8 @@ pub struct ListArgs {
     /// Only users after this id: the `next` of the previous page
     #[arg(long, value_name = "ID")]
     pub after: Option<i64>,
-    /// At most this many users, 1 to 1000
+    /// At most this many users, 1 to 1000000000 (streamed: memory stays flat; over --serve at
+    /// most 10000)
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: u32,
 }
@@ -351,54 +354,52 @@ impl Listing {
             pattern,
             since,
             before,
-            bounds: Bounds::new(args.after, args.limit)?,
+            bounds: Bounds::up_to(args.after, args.limit, MAX_LIMIT)?,
         })
     }
 }
 
-/// One page of users, oldest first, and where the next begins.
+impl commondb::Row for Account {
+    const COLUMNS: &'static [&'static str] = &["id", "username", "email", "password", "created_at"];
+
+    fn cells(&self) -> Vec<String> {
+        let u = &self.0;
+        let password = if u.has_password { "yes" } else { "no" };
+        vec![
+            u.id.to_string(),
+            u.username.clone(),
+            u.email.clone(),
+            password.to_string(),
+            time(&u.created_at),
+        ]
+    }
+}
+
+/// What a listing says after its rows: how many, and where the next page begins.
 #[derive(Debug, Serialize)]
-pub struct Page {
-    /// The users.
-    pub users: Vec<Account>,
+pub struct Listed {
+    /// How many users were listed.
+    pub count: u64,
     /// The cursor of the next page (`--after`), if there are more users.
     pub next: Option<i64>,
 }
 
-impl fmt::Display for Page {
+impl fmt::Display for Listed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self.users.iter().map(|u| u.0.username.len()).max();
-        let name = name.unwrap_or(0).max("username".len());
-        let mail = self.users.iter().map(|u| u.0.email.len()).max();
-        let mail = mail.unwrap_or(0).max("email".len());
-        writeln!(
-            f,
-            "{:>8}  {:<name$}  {:<mail$}  {:<8}  created_at",
-            "id", "username", "email", "password"
-        )?;
-        for Account(u) in &self.users {
-            let password = if u.has_password { "yes" } else { "no" };
-            writeln!(
-                f,
-                "{:>8}  {:<name$}  {:<mail$}  {password:<8}  {}",
-                u.id,
-                u.username,
-                u.email,
-                time(&u.created_at)
-            )?;
-        }
         match self.next {
-            Some(next) => write!(f, "{} user(s); more with --after {next}", self.users.len()),
-            None => write!(f, "{} user(s)", self.users.len()),
+            Some(next) => write!(f, "{} user(s); more with --after {next}", self.count),
+            None => write!(f, "{} user(s)", self.count),
         }
     }
 }
 
-/// One page of the users the listing selects, by id (keyset pagination: a page costs the same
-/// wherever it starts).
-pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
-    let rows: Vec<Stored> = tx
-        .fetch_all(
+/// Streams the users the listing selects, by id (keyset pagination: a page costs the same
+/// wherever it starts), each as it is read: memory stays flat whatever the limit.
+pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Listed> {
+    let limit = u64::from(listing.bounds.limit);
+    let (mut seen, mut last, mut more) = (0u64, None, false);
+    let count = tx
+        .stream(
             "SELECT id, username, email, password_hash, created_at FROM users \
              WHERE id > ? AND username LIKE ? ESCAPE '!' AND created_at >= ? AND created_at < ? \
              ORDER BY id LIMIT ?",
@@ -409,11 +410,22 @@ pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
                 listing.before,
                 listing.bounds.fetch(),
             ),
+            |row: Stored| {
+                seen += 1;
+                // The one row past the page says that another follows.
+                if seen > limit {
+                    more = true;
+                    return Ok(None);
+                }
+                last = Some(row.id);
+                Ok(Some(Account::from(row)))
+            },
         )
         .await?;
-    let (rows, next) = listing.bounds.page(rows, |row| row.id);
-    let users = rows.into_iter().map(Account::from).collect();
-    Ok(Page { users, next })
+    Ok(Listed {
+        count,
+        next: last.filter(|_| more),
+    })
 }
 
 #[cfg(test)]

@@ -19,9 +19,15 @@ pub struct Bounds {
 impl Bounds {
     /// Checks `--after` (an id, 0 or more) and `--limit` (1 to [`MAX_LIMIT`]).
     pub fn new(after: Option<i64>, limit: u32) -> Result<Bounds> {
-        if !(1..=MAX_LIMIT).contains(&limit) {
+        Bounds::up_to(after, limit, MAX_LIMIT)
+    }
+
+    /// Checks `--after` and `--limit` (1 to `max`: a task that streams its rows may allow
+    /// more than a page it holds).
+    pub fn up_to(after: Option<i64>, limit: u32, max: u32) -> Result<Bounds> {
+        if !(1..=max).contains(&limit) {
             return Err(Error::invalid_input(format!(
-                "--limit {limit} is out of range: 1 to {MAX_LIMIT}"
+                "--limit {limit} is out of range: 1 to {max}"
             ))
             .hint("page through more with --after, the next cursor each page ends with"));
         }

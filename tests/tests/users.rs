@@ -17,7 +17,10 @@ const FAMILY: [&str; 5] = [
     "login",
 ];
 
-on_every_backend!(the_users_domain_lives_its_whole_life);
+on_every_backend!(
+    the_users_domain_lives_its_whole_life,
+    many_rows_stream_and_a_service_answers_a_bounded_page,
+);
 
 fn users(sb: &BackendSandbox) -> i64 {
     sb.count(CREATE, "SELECT COUNT(*) FROM users")
@@ -33,6 +36,13 @@ fn login(sb: &BackendSandbox, name: &str, password: &str) -> Run {
         &["--login", "--username", name, "--password-stdin", "--json"],
         &format!("{password}\n"),
     )
+}
+
+/// The JSON objects of `text`, one per line.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
 }
 
 /// As `exe`'s own role, `sql` is refused for lack of a right.
@@ -73,24 +83,35 @@ fn the_users_domain_lives_its_whole_life(backend: Backend) {
         .code(67)
         .stderr_has("there is no user \"nobody\"");
 
-    // list-users: by prefix, a page at a time.
+    // list-users: rows streamed to stdout, one JSON object per line with --json; the count and
+    // the next page's cursor on stderr.
     let page = sb.run("list-users", &["--list", "--limit", "1", "--json"]);
-    let doc = page.code(0).json();
-    assert_eq!(doc["users"][0]["username"], "alice");
-    let next = doc["next"].as_i64().expect("a next page");
-    let doc = sb
-        .run(
-            "list-users",
-            &["--list", "--after", &next.to_string(), "--json"],
-        )
-        .code(0)
-        .json();
-    assert_eq!(doc["users"][0]["username"], "bob");
-    assert!(doc["next"].is_null(), "{doc}");
-    sb.run("list-users", &["--list", "--prefix", "bo"])
-        .code(0)
-        .stdout_has("bob@example.com")
-        .stdout_has("1 user(s)");
+    page.code(0);
+    let rows = json_lines(&page.stdout);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["username"], "alice");
+    let summary: serde_json::Value = serde_json::from_str(page.stderr.trim()).unwrap();
+    assert_eq!(summary["count"], 1);
+    let next = summary["next"].as_i64().expect("a next page");
+    let rest = sb.run(
+        "list-users",
+        &["--list", "--after", &next.to_string(), "--json"],
+    );
+    rest.code(0);
+    let rows = json_lines(&rest.stdout);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["username"], "bob");
+    assert!(rest.stderr.contains(r#""next":null"#), "{}", rest.stderr);
+    // Without --json and not on a terminal: tab-separated lines, as psql -At prints them.
+    let plain = sb.run("list-users", &["--list", "--prefix", "bo"]);
+    plain.code(0).stderr_has("1 user(s)");
+    assert!(
+        plain
+            .stdout
+            .starts_with(&format!("{}\tbob\tbob@example.com\tyes\t", next + 1)),
+        "{}",
+        plain.stdout
+    );
 
     // login: the token is printed once and only its hash is stored; a wrong password and an
     // unknown user get the same answer.
@@ -185,6 +206,15 @@ fn the_users_domain_lives_its_whole_life(backend: Backend) {
     assert_eq!(status, 200);
     let (code, _) = served.terminate();
     assert_eq!(code, Some(0));
+    // A listing served: one document with the rows and the next cursor.
+    let served = sb.serve("list-users", &["--listen", &format!("{HTTP}127.0.0.1:0")]);
+    let (status, body) = e2e::http(&served.address(HTTP), "GET", "/list?limit=1", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let result = e2e::result(&e2e::answer(&body)).clone();
+    assert_eq!(result["rows"][0]["username"], "alice", "{body}");
+    assert_eq!(result["count"], 1);
+    assert!(result["next"].is_i64(), "{body}");
+    served.terminate();
     let served = sb.serve("delete-user", &["--listen", &format!("{HTTP}127.0.0.1:0")]);
     let (status, _) = e2e::http(
         &served.address(HTTP),
@@ -249,4 +279,37 @@ fn an_earlier_versions_database_file_is_moved_by_hand_never_replaced() {
     std::fs::rename(data.join("create-user.sqlite3"), data.join("users.sqlite3")).unwrap();
     sb.run("get-user", &["--get", "--username", "alice"])
         .code(0);
+}
+
+/// More rows than a service holds in one answer stream in process mode; a service refuses a
+/// page that large and says how to page instead.
+fn many_rows_stream_and_a_service_answers_a_bounded_page(backend: Backend) {
+    let Some(sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    sb.run_admin(CREATE, &["--self-setup"]).code(0);
+    sb.run_admin("list-users", &["--self-setup"]).code(0);
+    let n = commondb::MAX_SERVED_ROWS as u32 + 500;
+    sb.fill_users(n);
+    let all = sb.run("list-users", &["--list", "--limit", "20000", "--json"]);
+    all.code(0);
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert_eq!(lines.len(), n as usize);
+    let ids: Vec<i64> = json_lines(&all.stdout)
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order");
+    assert!(all.stderr.contains(r#""next":null"#), "{}", all.stderr);
+
+    let served = sb.serve("list-users", &["--listen", &format!("{HTTP}127.0.0.1:0")]);
+    let (status, body) = e2e::http(&served.address(HTTP), "GET", "/list?limit=20000", &[], b"");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("at most 10000 rows"), "{body}");
+    let (status, body) = e2e::http(&served.address(HTTP), "GET", "/list?limit=10000", &[], b"");
+    assert_eq!(status, 200);
+    let result = e2e::result(&e2e::answer(&body)).clone();
+    assert_eq!(result["rows"].as_array().unwrap().len(), 10_000);
+    assert!(result["next"].is_i64(), "a next page");
+    served.terminate();
 }

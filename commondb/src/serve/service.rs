@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args as _, Command, FromArgMatches};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::metrics::{Metrics, Step};
@@ -21,6 +22,7 @@ use crate::config::ServeSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Answer, AnswerError};
 use crate::secrets::{ExposeSecret, SecretString};
+use crate::stream::RowSink;
 use crate::task::{Context, Input, Task};
 
 /// What every connection shares.
@@ -140,8 +142,9 @@ impl<T: Task> Service<T> {
         (encode(result), outcome)
     }
 
-    /// Prepares and executes one request on a pooled connection.
-    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<T::Output> {
+    /// Prepares and executes one request on a pooled connection: the task's output, and the
+    /// rows it streamed, if it streams.
+    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Served<T::Output>> {
         /// Counts a request in flight until it ends, also when it is dropped.
         struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
         impl Drop for InFlight<'_> {
@@ -156,7 +159,11 @@ impl<T: Task> Service<T> {
         self.execute_counted(args, input).await
     }
 
-    async fn execute_counted(self: &Arc<Self>, args: T::Args, input: Input) -> Result<T::Output> {
+    async fn execute_counted(
+        self: &Arc<Self>,
+        args: T::Args,
+        input: Input,
+    ) -> Result<Served<T::Output>> {
         let started = Instant::now();
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -178,7 +185,7 @@ impl<T: Task> Service<T> {
         if let Some(batch) = &self.batch {
             let output = batch.submit(request, deadline).await;
             self.metrics.phase(Step::Execute, prepared.elapsed());
-            return output;
+            return output.map(Served::Plain);
         }
         // The request timeout and the shutdown's cut stop the request before its commit, never
         // during it (`execute_in`).
@@ -193,7 +200,9 @@ impl<T: Task> Service<T> {
         let mut lease = bounded(stop(), self.pool.acquire()).await?;
         let acquired = Instant::now();
         self.metrics.phase(Step::Acquire, acquired - prepared);
+        let mut sink = RowSink::collect();
         let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT, T::READ_ONLY)).await?;
+        let tx = tx.with_sink(&mut sink);
         let begun = Instant::now();
         self.metrics.phase(Step::Begin, begun - acquired);
         let result = crate::run::execute_in::<T>(tx, request, stop()).await;
@@ -205,7 +214,10 @@ impl<T: Task> Service<T> {
             Err(e) if e.kind() == ErrorKind::Unavailable => self.pool.forget_idle(),
             Err(_) => {}
         }
-        result
+        result.map(|output| match sink.collected() {
+            Some(rows) => Served::Rows { output, rows },
+            None => Served::Plain(output),
+        })
     }
 
     /// The task's arguments from request words, as the command line would parse them.
@@ -329,6 +341,21 @@ pub(crate) fn encode<O: serde::Serialize>(result: Result<O>) -> Vec<u8> {
     }
     bytes.push(b'\n');
     bytes
+}
+
+/// A task's answer over `--serve`: its output, with the rows it streamed beside it (the
+/// output's fields and `rows` in one object).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum Served<O> {
+    /// A task that streams nothing.
+    Plain(O),
+    /// A task that streams rows.
+    Rows {
+        #[serde(flatten)]
+        output: O,
+        rows: Vec<Value>,
+    },
 }
 
 /// An error answer.

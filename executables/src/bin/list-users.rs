@@ -1,8 +1,9 @@
-//! `list-users`: pages of users, by name prefix and creation time. A read-only task: its role
-//! may only read `users`.
+//! `list-users`: users by name prefix and creation time, streamed a row at a time (any number,
+//! in flat memory), with a cursor for the next page. A read-only task: its role may only read
+//! `users`.
 
 use commondb::{Case, Context, ErrorKind, Grant, Migrations, Repeat, Result, Right, Task, Tx};
-use executables::accounts::{self, ListArgs, Listing, MAX_LIMIT, Page};
+use executables::accounts::{self, ListArgs, Listed, Listing, MAX_LIMIT};
 use executables::users;
 
 struct ListUsers;
@@ -19,14 +20,14 @@ impl Task for ListUsers {
     const GRANTS: &'static [Grant] = &[Grant::on("users", &[Right::Select])];
     type Args = ListArgs;
     type Request = Listing;
-    type Output = Page;
+    type Output = Listed;
     type Settings = ();
 
     fn prepare(args: ListArgs, _: &mut Context<'_, ()>) -> Result<Listing> {
         Listing::new(&args)
     }
 
-    async fn execute(tx: &mut Tx<'_>, listing: Listing) -> Result<Page> {
+    async fn execute(tx: &mut Tx<'_>, listing: Listing) -> Result<Listed> {
         accounts::list(tx, listing).await
     }
 

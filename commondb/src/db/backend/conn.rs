@@ -71,7 +71,7 @@ impl Conn {
         match self {
             // SQLite's schema was checked by `open`, and a single statement needs no BEGIN.
             Conn::Sqlite(_) if begin.single => Ok(self.wrap(begin)),
-            Conn::Sqlite(c) => Ok(Tx(TxInner::Sqlite(
+            Conn::Sqlite(c) => Ok(Tx::new(TxInner::Sqlite(
                 sqlx::Connection::begin_with(c, begin.statement(Backend::Sqlite.dialect())).await?,
             ))),
             server => {
@@ -131,9 +131,9 @@ impl Conn {
 
     fn wrap(&mut self, begin: Begin) -> Tx<'_> {
         if begin.single {
-            Tx(TxInner::Single(self, Arc::default()))
+            Tx::new(TxInner::Single(self, Arc::default()))
         } else {
-            Tx(TxInner::Server(self))
+            Tx::new(TxInner::Server(self))
         }
     }
 

@@ -12,6 +12,7 @@ use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Type};
 use super::dialect::numbered_placeholders;
 use super::{Backend, Conn};
 use crate::error::{Error, Result};
+use crate::stream::{Row, RowSink};
 
 /// How a task's transaction begins.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +49,11 @@ impl Begin {
 
 /// The transaction a task's handler runs in; the harness commits it if the handler succeeds and
 /// rolls it back otherwise.
-pub struct Tx<'c>(pub(super) TxInner<'c>);
+pub struct Tx<'c> {
+    pub(super) inner: TxInner<'c>,
+    /// Where [`Tx::stream`]'s rows go (none: nowhere).
+    sink: Option<&'c mut RowSink>,
+}
 
 pub(super) enum TxInner<'c> {
     /// SQLite: sqlx's own transaction, whose BEGIN and COMMIT are one message each to sqlx's
@@ -91,10 +96,22 @@ macro_rules! on_tx {
     };
 }
 
+impl<'c> Tx<'c> {
+    pub(super) fn new(inner: TxInner<'c>) -> Tx<'c> {
+        Tx { inner, sink: None }
+    }
+
+    /// The transaction with `sink` for the rows [`Tx::stream`] sends.
+    pub(crate) fn with_sink(mut self, sink: &'c mut RowSink) -> Tx<'c> {
+        self.sink = Some(sink);
+        self
+    }
+}
+
 impl Tx<'_> {
     /// The backend, for the rare query that must be written per backend.
     pub fn backend(&self) -> Backend {
-        match &self.0 {
+        match &self.inner {
             TxInner::Sqlite(_) => Backend::Sqlite,
             TxInner::Server(conn) | TxInner::Single(conn, _) => conn.backend(),
         }
@@ -103,31 +120,14 @@ impl Tx<'_> {
     /// For a single-statement task, whether its statement was sent (then it may commit by
     /// itself at any moment, and must be waited for rather than cancelled).
     pub(crate) fn single_sent(&self) -> Option<Arc<AtomicBool>> {
-        match &self.0 {
+        match &self.inner {
             TxInner::Single(_, sent) => Some(Arc::clone(sent)),
             _ => None,
         }
     }
 
     fn executor(&mut self) -> Result<Executor<'_>> {
-        let conn = match &mut self.0 {
-            TxInner::Sqlite(tx) => return Ok(Executor::Sqlite(tx)),
-            TxInner::Server(conn) => conn,
-            TxInner::Single(conn, sent) => {
-                if sent.swap(true, Ordering::AcqRel) {
-                    return Err(Error::internal(
-                        "the task ran a second statement, but it declares SINGLE_STATEMENT",
-                    )
-                    .hint("set SINGLE_STATEMENT to false in the task: its statements need a transaction"));
-                }
-                conn
-            }
-        };
-        Ok(match &mut **conn {
-            Conn::Sqlite(c) => Executor::Sqlite(c),
-            Conn::Postgres(c) => Executor::Postgres(c),
-            Conn::MySql(c) => Executor::MySql(c),
-        })
+        self.inner.executor()
     }
 
     /// Runs a statement and returns how many rows it changed.
@@ -202,6 +202,38 @@ impl Tx<'_> {
             .await?))
     }
 
+    /// Runs a query and sends each row on as it is read, so that memory stays flat whatever
+    /// the count: `each` turns a row into what is sent (or `None` to send nothing for it, say
+    /// the one row past a page that shows another page follows). Where the rows go is the
+    /// harness's choice (stdout in process mode, the answer over `--serve`). Returns how many
+    /// rows were sent.
+    pub async fn stream<'q, R: Record, O: Row>(
+        &mut self,
+        sql: &'static str,
+        params: impl Params<'q>,
+        mut each: impl FnMut(R) -> Result<Option<O>> + Send,
+    ) -> Result<u64> {
+        use futures_util::TryStreamExt;
+        let Tx { inner, sink } = self;
+        let mut nowhere = RowSink::discard();
+        let sink: &mut RowSink = match sink {
+            Some(sink) => sink,
+            None => &mut nowhere,
+        };
+        sink.start();
+        let mut sent = 0;
+        on_tx!(inner, sql, params, |q, e| {
+            let mut rows = sqlx::query_as_with::<_, R, _>(q.0, q.1).fetch(e);
+            while let Some(row) = rows.try_next().await? {
+                if let Some(out) = each(row)? {
+                    sink.push(&out)?;
+                    sent += 1;
+                }
+            }
+        });
+        Ok(sent)
+    }
+
     /// Ends the transaction as `outcome` says: committed if it is `Ok`, else rolled back
     /// explicitly, so that a server never holds a failed transaction until the connection
     /// closes. If the rollback fails, the connection is in no known state: the error says so,
@@ -225,7 +257,7 @@ impl Tx<'_> {
     }
 
     pub(crate) async fn commit(self) -> Result<()> {
-        match self.0 {
+        match self.inner {
             TxInner::Sqlite(tx) => Ok(tx.commit().await?),
             TxInner::Server(conn) => conn.exec("COMMIT".into()).await,
             TxInner::Single(..) => Ok(()),
@@ -233,12 +265,35 @@ impl Tx<'_> {
     }
 
     pub(crate) async fn rollback(self) -> Result<()> {
-        match self.0 {
+        match self.inner {
             TxInner::Sqlite(tx) => Ok(tx.rollback().await?),
             TxInner::Server(conn) => conn.exec("ROLLBACK".into()).await,
             // The one statement failed, so it wrote nothing; there is nothing to undo.
             TxInner::Single(..) => Ok(()),
         }
+    }
+}
+
+impl TxInner<'_> {
+    fn executor(&mut self) -> Result<Executor<'_>> {
+        let conn = match self {
+            TxInner::Sqlite(tx) => return Ok(Executor::Sqlite(tx)),
+            TxInner::Server(conn) => conn,
+            TxInner::Single(conn, sent) => {
+                if sent.swap(true, Ordering::AcqRel) {
+                    return Err(Error::internal(
+                        "the task ran a second statement, but it declares SINGLE_STATEMENT",
+                    )
+                    .hint("set SINGLE_STATEMENT to false in the task: its statements need a transaction"));
+                }
+                conn
+            }
+        };
+        Ok(match &mut **conn {
+            Conn::Sqlite(c) => Executor::Sqlite(c),
+            Conn::Postgres(c) => Executor::Postgres(c),
+            Conn::MySql(c) => Executor::MySql(c),
+        })
     }
 }
 
