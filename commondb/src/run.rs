@@ -68,8 +68,22 @@ pub(crate) async fn perform<T: Task>(
         out.note(report.summary());
     }
     let output = async {
+        let request = if T::READS_FIRST {
+            let read_only = db::Begin {
+                check: true,
+                single: false,
+                read_only: true,
+            };
+            let mut tx = conn
+                .begin_with(&target.location, T::MIGRATIONS, read_only)
+                .await?;
+            let read = T::read_first(&mut tx, request).await;
+            tx.settle(read).await?
+        } else {
+            request
+        };
         let begin = db::Begin {
-            check: true,
+            check: !T::READS_FIRST,
             single: T::SINGLE_STATEMENT,
             read_only: T::READ_ONLY,
         };

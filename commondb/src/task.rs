@@ -64,6 +64,8 @@ pub trait Task: Sized + 'static {
     /// Note that PostgreSQL needs `SELECT` for `INSERT … RETURNING` ([`Tx::insert`]) and for
     /// an `UPDATE` or `DELETE` with a `WHERE`. SQLite has no roles: its file is the user's.
     const GRANTS: &'static [Grant];
+    /// Whether the task reads and computes before it writes ([`Task::read_first`]).
+    const READS_FIRST: bool = false;
     /// Whether the sample requests need rows to exist first (a read, a change, a delete):
     /// [`Task::seed`] writes them, in the self-test and before a `runmany` run
     /// (`--self-seed`). Read-only tasks need them by default.
@@ -91,6 +93,20 @@ pub trait Task: Sized + 'static {
         tx: &mut Tx<'_>,
         request: Self::Request,
     ) -> impl Future<Output = Result<Self::Output>> + Send;
+
+    /// For a task that must read and compute before it writes ([`Task::READS_FIRST`]; `login`
+    /// checks a password hash): runs before [`Task::execute`], in a read-only transaction of
+    /// its own, so that the slow part holds no write lock (on SQLite none that would make every
+    /// other writer wait), and returns the request `execute` then carries out. What it read may
+    /// change before `execute` runs: `execute` must write only if it still holds (a
+    /// compare-and-set, such as `INSERT … SELECT … WHERE password_hash = ?`).
+    fn read_first(
+        tx: &mut Tx<'_>,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Self::Request>> + Send {
+        let _ = tx;
+        std::future::ready(Ok(request))
+    }
 
     /// Sample request number `n` of the run `run`: valid, and unique per `n` and per `run` (the
     /// self-test uses it, and the runner will launch it by the hundred).

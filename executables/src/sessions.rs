@@ -1,5 +1,6 @@
-//! Sessions: `login` checks a user's password and issues a session token. The token is shown
-//! once; the database keeps only its SHA-256, with an expiry.
+//! Sessions: `login` checks a user's password ([`check`], before any write) and issues a
+//! session token ([`login`]). The token is shown once; the database keeps only its SHA-256,
+//! with an expiry.
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -38,12 +39,14 @@ pub const SESSION_TTL_SECS: RangeInclusive<u32> = 60..=366 * 24 * 3600;
 /// random password no one kept.
 const NOBODY: &str = "$argon2id$v=19$m=19456,t=2,p=1$gMh+Ufxb6/Cfj6Q//xnJDw$5/fJ5thMsxsCmYRmCOX4/aKnjY37aAofUO2G1oynj68";
 
-/// A login, checked as far as it can be without the database, its token drawn.
+/// A login, checked as far as it can be without the database, its token drawn; once its
+/// password is checked ([`check`]), the user and the hash it was checked against.
 pub struct Attempt {
     username: Username,
     password: SecretString,
     token: String,
     ttl: chrono::Duration,
+    checked: Option<(i64, String)>,
 }
 
 impl fmt::Debug for Attempt {
@@ -75,6 +78,7 @@ impl Attempt {
             password,
             token: hex::encode(bytes),
             ttl: chrono::Duration::seconds(i64::from(settings.session_ttl_secs)),
+            checked: None,
         })
     }
 }
@@ -114,8 +118,9 @@ fn refused() -> Error {
 }
 
 /// Checks the password against the user's hash (or, for an unknown user, against [`NOBODY`],
-/// which takes as long) on the blocking pool, and on success stores the token's hash.
-pub async fn login(tx: &mut Tx<'_>, attempt: Attempt) -> Result<Session> {
+/// which takes as long) on the blocking pool. Runs in a read-only transaction of its own
+/// (`READS_FIRST`): the slow hash holds no write lock.
+pub async fn check(tx: &mut Tx<'_>, mut attempt: Attempt) -> Result<Attempt> {
     let found: Option<Credentials> = tx
         .fetch_optional(
             "SELECT id, password_hash FROM users WHERE username = ?",
@@ -129,9 +134,10 @@ pub async fn login(tx: &mut Tx<'_>, attempt: Attempt) -> Result<Session> {
         }) => (Some(id), hash),
         _ => (None, NOBODY.to_string()),
     };
-    let password = attempt.password;
+    let password = attempt.password.clone();
+    let checked_hash = hash.clone();
     let matches = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
+        PasswordHash::new(&checked_hash).is_ok_and(|parsed| {
             argon2::Argon2::default()
                 .verify_password(password.expose_secret().as_bytes(), &parsed)
                 .is_ok()
@@ -139,17 +145,34 @@ pub async fn login(tx: &mut Tx<'_>, attempt: Attempt) -> Result<Session> {
     })
     .await
     .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
-    let Some(id) = id.filter(|_| matches) else {
-        return Err(refused());
-    };
+    match id.filter(|_| matches) {
+        Some(id) => {
+            attempt.checked = Some((id, hash));
+            Ok(attempt)
+        }
+        None => Err(refused()),
+    }
+}
+
+/// Opens the session of a checked attempt: stores the token's hash, if the user still has the
+/// password that was checked (else it was changed, or the user deleted, meanwhile: refused).
+pub async fn login(tx: &mut Tx<'_>, attempt: Attempt) -> Result<Session> {
+    let (id, hash) = attempt
+        .checked
+        .ok_or_else(|| Error::internal("a login reached its write before its password check"))?;
     let now = Utc::now().trunc_subsecs(6);
     let expires_at = now + attempt.ttl;
     let token_hash = hex::encode(sha2::Sha256::digest(attempt.token.as_bytes()));
-    tx.execute(
-        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-        (token_hash.as_str(), id, now, expires_at),
-    )
-    .await?;
+    let opened = tx
+        .execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
+             SELECT ?, id, ?, ? FROM users WHERE id = ? AND password_hash = ?",
+            (token_hash.as_str(), now, expires_at, id, hash.as_str()),
+        )
+        .await?;
+    if opened == 0 {
+        return Err(refused());
+    }
     Ok(Session {
         username: attempt.username.as_str().to_string(),
         token: attempt.token,

@@ -180,6 +180,11 @@ impl<T: Task> Service<T> {
         } else {
             T::prepare(args, &mut Context::new(&self.task_settings, input))?
         };
+        let request = if T::READS_FIRST {
+            self.read_first(request, deadline).await?
+        } else {
+            request
+        };
         let prepared = Instant::now();
         self.metrics.phase(Step::Prepare, started.elapsed());
         if let Some(batch) = &self.batch {
@@ -218,6 +223,43 @@ impl<T: Task> Service<T> {
             Some(rows) => Served::Rows { output, rows },
             None => Served::Plain(output),
         })
+    }
+
+    /// A task's read-first phase ([`Task::read_first`]) on a pooled connection, in a read-only
+    /// transaction of its own; counted as part of preparing the request.
+    async fn read_first(
+        &self,
+        request: T::Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<T::Request> {
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        let stop = || {
+            let phase = self.phase.clone();
+            async move {
+                tokio::select! {
+                    biased;
+                    () = phase.reached(Stage::Cut) => cut_error(),
+                    () = tokio::time::sleep_until(deadline) => timeout_error(timeout),
+                }
+            }
+        };
+        let mut lease = bounded(stop(), self.pool.acquire()).await?;
+        let result = async {
+            let mut tx = bounded(stop(), lease.begin(false, true)).await?;
+            match bounded(stop(), T::read_first(&mut tx, request)).await {
+                // Stopped part way, or the connection failed: it is dropped, not rolled back
+                // (the server rolls back), and not kept.
+                Err(e) if !reusable(e.kind()) => Err(e),
+                read => tx.settle(read).await,
+            }
+        }
+        .await;
+        match &result {
+            Ok(_) => lease.keep(),
+            Err(e) if reusable(e.kind()) => lease.keep(),
+            Err(_) => {}
+        }
+        result
     }
 
     /// The task's arguments from request words, as the command line would parse them.
