@@ -284,8 +284,12 @@ impl ListArgs {
 /// A validated listing.
 #[derive(Debug)]
 pub struct Listing {
-    /// A `LIKE` pattern, `!` its escape character.
-    pattern: String,
+    /// The usernames from this one …
+    from: String,
+    /// … to before this one: every name that starts with the prefix, and no other (names are
+    /// compared byte by byte on every backend, and `~` sorts after every character a name may
+    /// hold), so that the unique index on `username` finds them.
+    to: String,
     since: DateTime<Utc>,
     before: DateTime<Utc>,
     bounds: Bounds,
@@ -323,8 +327,8 @@ fn parse_time(flag: &str, text: &str) -> Result<DateTime<Utc>> {
 impl Listing {
     /// Checks the prefix, the times, the cursor and the limit.
     pub fn new(args: &ListArgs) -> Result<Listing> {
-        let pattern = match &args.prefix {
-            None => "%".to_string(),
+        let (from, to) = match &args.prefix {
+            None => (String::new(), "~".to_string()),
             Some(prefix) => {
                 let valid = prefix.len() <= 32
                     && prefix
@@ -337,8 +341,7 @@ impl Listing {
                     ))
                     .hint(format!("a username has {}", Username::RULE)));
                 }
-                // `_` matches any one character in LIKE: escaped, it matches itself.
-                format!("{}%", prefix.replace('_', "!_"))
+                (prefix.clone(), format!("{prefix}~"))
             }
         };
         let (first, last) = bounds();
@@ -351,7 +354,8 @@ impl Listing {
             None => last,
         };
         Ok(Listing {
-            pattern,
+            from,
+            to,
             since,
             before,
             bounds: Bounds::up_to(args.after, args.limit, MAX_LIMIT)?,
@@ -401,11 +405,12 @@ pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Listed> {
     let count = tx
         .stream(
             "SELECT id, username, email, password_hash, created_at FROM users \
-             WHERE id > ? AND username LIKE ? ESCAPE '!' AND created_at >= ? AND created_at < ? \
+             WHERE id > ? AND username >= ? AND username < ? AND created_at >= ? AND created_at < ? \
              ORDER BY id LIMIT ?",
             (
                 listing.bounds.after,
-                listing.pattern.as_str(),
+                listing.from.as_str(),
+                listing.to.as_str(),
                 listing.since,
                 listing.before,
                 listing.bounds.fetch(),
@@ -436,7 +441,9 @@ mod tests {
     #[test]
     fn listings_are_checked_before_the_database() {
         let l = Listing::new(&ListArgs::new(Some("a_b"), Some(7), 1)).unwrap();
-        assert_eq!(l.pattern, "a!_b%");
+        assert_eq!((l.from.as_str(), l.to.as_str()), ("a_b", "a_b~"));
+        // `~` sorts after every character a username may hold.
+        assert!(['a', 'z', '0', '9', '.', '_', '-'].iter().all(|c| *c < '~'));
         Listing::new(&ListArgs::new(None, None, MAX_LIMIT)).unwrap();
         for bad in [
             ListArgs::new(Some("A"), None, 10),

@@ -104,7 +104,7 @@ fn json_output_is_one_document_for_results_and_for_errors(backend: Backend) {
         .code(0)
         .json();
     assert_eq!(doc["created"], true);
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(doc["applied"][0]["description"], "users");
     assert_eq!(doc["applied"][1]["description"], "sessions");
     let expected = match backend {
@@ -211,7 +211,7 @@ fn status_reports_setup_needed_then_current_then_drift(backend: Backend) {
     let before = sb.run(EXE, &["--self-status", "--json"]);
     let doc = before.code(78).json();
     assert_eq!(doc["state"], "not_set_up");
-    assert_eq!(doc["binary_version"], 2);
+    assert_eq!(doc["binary_version"], 3);
     before.stderr_has("run --self-setup");
     if backend == Backend::Sqlite {
         assert!(!sb.database(EXE).exists(), "status created nothing");
@@ -224,7 +224,7 @@ fn status_reports_setup_needed_then_current_then_drift(backend: Backend) {
     sb.run_admin(EXE, &["--self-setup"]).code(0);
     sb.run(EXE, &["--self-status"])
         .code(0)
-        .stdout_has("version 2, binary has 2: current");
+        .stdout_has("version 3, binary has 3: current");
 
     // Someone changes an applied migration's checksum behind the binary's back.
     let drift = "UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 1";

@@ -305,7 +305,7 @@ fn a_schema_behind_the_binary_is_refused_with_the_way_out(backend: Backend) {
         .unwrap();
     sb.create_user("alice", "a@example.com")
         .code(78)
-        .stderr_has("needs version 2")
+        .stderr_has("needs version 3")
         .stderr_has("--self-setup");
     let status = sb.run(EXE, &["--self-status", "--json"]).code(78).json();
     assert_eq!(status["state"], "not_set_up");
@@ -380,7 +380,7 @@ fn concurrent_setups_create_everything_exactly_once(backend: Backend) {
     for run in &runs {
         let doc = run.code(0).json();
         created += usize::from(doc["created"] == true);
-        assert_eq!(doc["schema_version"], 2);
+        assert_eq!(doc["schema_version"], 3);
     }
     assert_eq!(created, 1, "exactly one setup created the database");
     sb.create_user("alice", "a@example.com").code(0);

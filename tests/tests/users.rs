@@ -241,7 +241,7 @@ fn the_users_domain_lives_its_whole_life(backend: Backend) {
     for exe in FAMILY {
         sb.run(exe, &["--self-status"])
             .code(0)
-            .stdout_has("version 2, binary has 2: current");
+            .stdout_has("version 3, binary has 3: current");
         let selftest = sb.run_admin(exe, &["--self-test"]);
         selftest
             .code(0)
