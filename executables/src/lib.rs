@@ -10,5 +10,6 @@
 pub mod accounts;
 pub mod events;
 pub mod paging;
+pub mod passwords;
 pub mod sessions;
 pub mod users;

@@ -5,10 +5,8 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use argon2::password_hash::PasswordVerifier;
-use argon2::password_hash::phc::PasswordHash;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
-use commondb::secrets::{ExposeSecret, SecretString};
+use commondb::secrets::SecretString;
 use commondb::{Error, Result, Tx};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -136,15 +134,10 @@ pub async fn check(tx: &mut Tx<'_>, mut attempt: Attempt) -> Result<Attempt> {
     };
     let password = attempt.password.clone();
     let checked_hash = hash.clone();
-    let matches = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&checked_hash).is_ok_and(|parsed| {
-            argon2::Argon2::default()
-                .verify_password(password.expose_secret().as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
+    let matches =
+        tokio::task::spawn_blocking(move || crate::passwords::verify(&password, &checked_hash))
+            .await
+            .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
     match id.filter(|_| matches) {
         Some(id) => {
             attempt.checked = Some((id, hash));
@@ -186,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_stand_in_hash_is_argon2id_with_the_default_costs() {
-        let parsed = PasswordHash::new(NOBODY).unwrap();
+        let parsed = argon2::password_hash::phc::PasswordHash::new(NOBODY).unwrap();
         assert_eq!(parsed.algorithm.as_str(), "argon2id");
         let params = argon2::Params::try_from(&parsed).unwrap();
         let default = argon2::Params::default();

@@ -5,9 +5,8 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use argon2::password_hash::PasswordHasher;
 use chrono::{DateTime, SubsecRound, Utc};
-use commondb::secrets::{ExposeSecret, SecretString};
+use commondb::secrets::SecretString;
 use commondb::{Case, Error, ErrorKind, Migrations, Result, Tx};
 use serde::{Deserialize, Serialize};
 
@@ -254,12 +253,7 @@ impl HashSettings {
 
 /// Hashes `password` with argon2id and a random salt, as a PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &SecretString, settings: &HashSettings) -> Result<String> {
-    let params = settings.params()?;
-    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    hasher
-        .hash_password(password.expose_secret().as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| Error::internal(format!("hashing the password failed: {e}")))
+    crate::passwords::hash(password, settings.params()?)
 }
 
 /// A user ready to be stored: validated, password hashed, timestamp taken.

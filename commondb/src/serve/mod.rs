@@ -115,7 +115,15 @@ impl<T: Task> Server<T> {
                 return Err(Error::config("serve.pool_size must be at least 1"));
             }
             (Some(n), _) => n as usize,
-            (None, backend) => backend.dialect().default_pool_size(),
+            (None, backend) => {
+                let dialect = backend.dialect();
+                // With one writer, a task that reads on the pool (a read-only task, or the
+                // read-first phase of one that checks before it writes, beside the writer) gets
+                // a connection per CPU more: readers never wait for each other.
+                let readers = dialect.one_writer() && (T::READ_ONLY || T::READS_FIRST);
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                dialect.default_pool_size() + if readers { cpus } else { 0 }
+            }
         };
         match db::open(&target, T::MIGRATIONS).await {
             Ok((mut conn, setup)) => {
