@@ -21,6 +21,10 @@ pub const PERFORMANCE_REPORT_VAR: &str = "COMMONDB_PERFORMANCE_REPORT";
 /// nanoseconds since the Unix epoch, so that the report can include the `start` phase.
 pub const SPAWNED_AT_VAR: &str = "COMMONDB_SPAWNED_AT_NS";
 
+/// Set by a supervisor (`fleet`) to its own pid: the executable then gets SIGTERM when that
+/// process dies, however it dies, and does not start at all if it is already gone.
+pub const PARENT_PID_VAR: &str = "COMMONDB_PARENT_PID";
+
 /// The names of the performance report's phases.
 pub mod phase {
     /// From the spawn to `main` (reported only when the launcher set

@@ -26,6 +26,10 @@ use crate::task::{Context, Input, Task};
 /// ```
 pub fn main<T: Task>() -> ExitCode {
     let main_at = std::time::Instant::now();
+    if let Err(e) = follow_parent() {
+        eprintln!("{}: error: {}", T::NAME, e.message());
+        return ExitCode::from(e.exit_code());
+    }
     let inv = cli::parse::<T>();
     perf::start(main_at, inv.performance_report);
     let out = Output::new(T::NAME, inv.json, inv.verbosity);
@@ -47,6 +51,30 @@ pub fn main<T: Task>() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// With [`crate::protocol::PARENT_PID_VAR`] set (by a supervisor such as `fleet`): SIGTERM when
+/// that parent dies, even by `kill -9`, so that no instance outlives its supervisor; and no
+/// start at all if it is already gone (it may have died before this process asked).
+fn follow_parent() -> Result<()> {
+    let Some(value) = std::env::var_os(crate::protocol::PARENT_PID_VAR) else {
+        return Ok(());
+    };
+    let parent: i32 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Error::usage(format!(
+            "{} is not a process id",
+            crate::protocol::PARENT_PID_VAR
+        ))
+    })?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .map_err(|e| Error::internal(format!("cannot follow the parent process: {e}")))?;
+    let now = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    if now != Some(parent) {
+        return Err(Error::unavailable(format!(
+            "the process that started this one ({parent}) is gone"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs one request the way the task mode does: validate, open (setting up the embedded

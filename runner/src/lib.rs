@@ -12,13 +12,15 @@
 //! [`processes`] runs instances (`wait4` for each child's peak RSS and CPU, a pidfd watchdog for
 //! `--timeout`), [`service`] sends requests to a `--serve` instance, [`fleet`] samples the
 //! fleet's memory, [`phases`] reads the executables' performance reports, and [`report`]
-//! turns records into the summary that is printed and exported.
+//! turns records into the summary that is printed and exported. [`runtime`] is the `fleet`
+//! binary: a family of executables run as services, supervised.
 
 pub mod fleet;
 pub mod phases;
 pub mod plot;
 pub mod processes;
 pub mod report;
+pub mod runtime;
 pub mod service;
 
 use std::io::IsTerminal;

@@ -1,0 +1,5 @@
+//! `fleet`: see `runner::runtime`.
+
+fn main() -> std::process::ExitCode {
+    runner::runtime::main()
+}

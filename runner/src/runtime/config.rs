@@ -1,0 +1,227 @@
+//! `fleet.toml`: the services of a fleet, read with `config` (and `FLEET_…` environment
+//! overrides, `__` between levels: `FLEET_SERVICES__LOGIN__SCALE=4`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The most instances of one service.
+pub const MAX_SCALE: u32 = 64;
+
+/// A fleet: its services, started in the order of their names (a service's `depends_on` first).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// The services, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// How long a stopping instance has after SIGTERM before SIGKILL, in milliseconds.
+    #[serde(default = "grace_ms")]
+    pub grace_ms: u64,
+}
+
+/// What restarts an instance that exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Whatever its exit.
+    Always,
+    /// Only an exit other than 0.
+    OnFailure,
+    /// Never (a one-shot).
+    Never,
+}
+
+/// One service: an executable run with `--serve`, `scale` times.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The executable: a path, or a name found next to `fleet` or on `PATH`.
+    pub exe: String,
+    /// How many instances.
+    #[serde(default = "one")]
+    pub scale: u32,
+    /// Where each instance listens (its `--listen` addresses; default: a free loopback port
+    /// for the line protocol and one for HTTP).
+    #[serde(default = "loopback")]
+    pub listen: Vec<String>,
+    /// Its environment, besides `fleet`'s own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Services started (and ready) before this one.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// What restarts an instance that exited.
+    #[serde(default = "always")]
+    pub restart: Restart,
+    /// The first wait before a restart, in milliseconds; it doubles with every failure in a
+    /// row, up to `backoff_max_ms`, with ±20 % jitter.
+    #[serde(default = "backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// The longest wait before a restart, in milliseconds.
+    #[serde(default = "backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// After how long up an instance counts as healthy, its failures forgotten.
+    #[serde(default = "healthy_after_ms")]
+    pub healthy_after_ms: u64,
+    /// How many failures in a row make the service `failed` (no more restarts).
+    #[serde(default = "max_failures")]
+    pub max_failures: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn loopback() -> Vec<String> {
+    vec!["tcp://127.0.0.1:0".into(), "http://127.0.0.1:0".into()]
+}
+fn always() -> Restart {
+    Restart::Always
+}
+fn backoff_initial_ms() -> u64 {
+    100
+}
+fn backoff_max_ms() -> u64 {
+    30_000
+}
+fn healthy_after_ms() -> u64 {
+    10_000
+}
+fn max_failures() -> u32 {
+    5
+}
+fn grace_ms() -> u64 {
+    10_000
+}
+
+impl Fleet {
+    /// Reads `path` (TOML) with the `FLEET_…` overrides, and checks it.
+    pub fn load(path: &Path) -> Result<Fleet, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (write one with `fleet init`)",
+                path.display()
+            )
+        })?;
+        if text.len() > 1 << 20 {
+            return Err(format!("{} is larger than 1 MiB", path.display()));
+        }
+        let fleet: Fleet = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("FLEET")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        fleet.check()?;
+        Ok(fleet)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.services.is_empty() {
+            return Err("the fleet has no services: add a [services.NAME] table".into());
+        }
+        for (name, s) in &self.services {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !valid {
+                return Err(format!(
+                    "service name {name:?} is not valid: use 1 to 64 of a-z, 0-9 and -"
+                ));
+            }
+            if !(1..=MAX_SCALE).contains(&s.scale) {
+                return Err(format!(
+                    "services.{name}.scale {} is out of range: 1 to {MAX_SCALE}",
+                    s.scale
+                ));
+            }
+            if s.backoff_initial_ms == 0 || s.backoff_max_ms < s.backoff_initial_ms {
+                return Err(format!(
+                    "services.{name}: backoff_initial_ms must be at least 1 and at most backoff_max_ms"
+                ));
+            }
+            for dep in &s.depends_on {
+                if !self.services.contains_key(dep) || dep == name {
+                    return Err(format!(
+                        "services.{name}.depends_on names {dep:?}, which is not another service"
+                    ));
+                }
+            }
+        }
+        self.order().map(drop)
+    }
+
+    /// The services in start order: each after what it depends on.
+    pub fn order(&self) -> Result<Vec<&str>, String> {
+        let mut done: Vec<&str> = Vec::new();
+        while done.len() < self.services.len() {
+            let next = self.services.iter().find(|(name, s)| {
+                !done.contains(&name.as_str())
+                    && s.depends_on.iter().all(|d| done.contains(&d.as_str()))
+            });
+            match next {
+                Some((name, _)) => done.push(name),
+                None => return Err("the services' depends_on make a cycle".into()),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Where executable `exe` is: a path as given, else beside `fleet`, else on `PATH`.
+pub fn resolve(exe: &str) -> Option<PathBuf> {
+    let given = Path::new(exe);
+    if exe.contains('/') {
+        return given.is_file().then(|| given.to_path_buf());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|me| me.parent().map(|d| d.join(exe)))
+        .filter(|p| p.is_file());
+    beside.or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(exe))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(text: &str) -> Result<Fleet, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, text).unwrap();
+        Fleet::load(&path)
+    }
+
+    #[test]
+    fn services_are_checked_and_ordered_by_their_dependencies() {
+        let f = fleet(
+            "[services.b]\nexe = \"x\"\ndepends_on = [\"c\"]\n[services.c]\nexe = \"y\"\nscale = 2\n",
+        )
+        .unwrap();
+        assert_eq!(f.order().unwrap(), ["c", "b"]);
+        assert_eq!(f.services["c"].scale, 2);
+        assert_eq!(f.services["b"].restart, Restart::Always);
+        for bad in [
+            "",
+            "[services.A]\nexe = \"x\"\n",
+            "[services.a]\nexe = \"x\"\nscale = 0\n",
+            "[services.a]\nexe = \"x\"\ndepends_on = [\"nope\"]\n",
+            "[services.a]\nexe = \"x\"\ndepends_on = [\"b\"]\n[services.b]\nexe = \"x\"\ndepends_on = [\"a\"]\n",
+            "[services.a]\nexe = \"x\"\nscael = 2\n",
+            "[services.a]\nexe = \"x\"\nrestart = \"sometimes\"\n",
+        ] {
+            assert!(fleet(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `fleet`: one command that starts a family of commondb executables as services, keeps them
+//! alive and stops them together, configured by one `fleet.toml`.
+//!
+//! `fleet init` writes a `fleet.toml` for the executables beside `fleet`; `fleet up` sets each
+//! service's database up once (`--self-setup`), starts every instance with `--serve` (each
+//! service once what it `depends_on` is ready), shows all their output interleaved and
+//! prefixed, restarts an instance that exits (exponential backoff with jitter, reset after a
+//! healthy run; too many failures in a row and the instance is `failed`), and on Ctrl-C or
+//! SIGTERM stops every instance's process group: SIGTERM, the grace period, then SIGKILL.
+
+mod config;
+mod instance;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use config::Fleet;
+use instance::Shared;
+use output::Out;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fleet",
+    version,
+    about = "Start a family of commondb executables as services, keep them alive, stop them together"
+)]
+struct Cli {
+    /// The fleet's configuration
+    #[arg(
+        long,
+        short = 'f',
+        value_name = "FILE",
+        default_value = "fleet.toml",
+        global = true
+    )]
+    file: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a fleet.toml for the commondb executables next to fleet
+    Init,
+    /// Set up and start every service in the foreground; Ctrl-C stops them all
+    Up,
+}
+
+/// Runs `fleet` on the process's command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Cmd::Init => init(&cli.file),
+        Cmd::Up => up(&cli.file),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("fleet: error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+/// Writes `file` for the commondb executables found beside `fleet` (those that answer
+/// `--self-samples 0`), each one instance, restarted always. Never overwrites.
+fn init(file: &Path) -> Result<(), Failure> {
+    if file.exists() {
+        return Err((
+            73,
+            format!("{} exists; remove it first, or edit it", file.display()),
+        ));
+    }
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|me| me.parent().map(Path::to_path_buf))
+        .ok_or((69, "cannot tell where fleet is".to_string()))?;
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| (69, format!("cannot list {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| is_commondb_executable(&dir.join(name)))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err((
+            66,
+            format!("no commondb executable next to fleet in {}", dir.display()),
+        ));
+    }
+    let mut text = String::from(
+        "# Written by `fleet init`: one service per executable. Each instance runs `EXE --serve`\n\
+         # on free loopback ports; see `fleet up`.\n",
+    );
+    for name in &names {
+        text.push_str(&format!(
+            "\n[services.{name}]\nexe = \"{name}\"\nscale = 1\nrestart = \"always\"\n"
+        ));
+    }
+    std::fs::write(file, text)
+        .map_err(|e| (73, format!("cannot write {}: {e}", file.display())))?;
+    println!(
+        "wrote {} with {} service(s): {}",
+        file.display(),
+        names.len(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+fn is_commondb_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    executable
+        && Command::new(path)
+            .args([&format!("--{}", commondb::protocol::flags::SAMPLES), "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// `fleet up` in the foreground.
+fn up(file: &Path) -> Result<(), Failure> {
+    let fleet = Fleet::load(file).map_err(|e| (78, e))?;
+    let order: Vec<String> = fleet
+        .order()
+        .map_err(|e| (78, e))?
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut exes = Vec::new();
+    for name in &order {
+        let spec = &fleet.services[name];
+        let exe = config::resolve(&spec.exe).ok_or_else(|| {
+            (
+                66,
+                format!(
+                    "services.{name}.exe {:?} was not found (as a path, next to fleet, or on PATH)",
+                    spec.exe
+                ),
+            )
+        })?;
+        exes.push(exe);
+    }
+    let started = Instant::now();
+    for (name, exe) in order.iter().zip(&exes) {
+        set_up(name, exe, &fleet.services[name])?;
+    }
+    let shared = Shared::new(Out::stdout());
+    let stop = std::thread::scope(|s| {
+        for (name, exe) in order.iter().zip(&exes) {
+            let spec = &fleet.services[name];
+            let shared = &shared;
+            let fleet = &fleet;
+            s.spawn(move || {
+                // Started once what it depends on is ready.
+                for dep in &spec.depends_on {
+                    if !shared.wait_ready(dep, fleet.services[dep].scale) {
+                        if !shared.stopping.load(Ordering::Acquire) {
+                            shared
+                                .out
+                                .note(name, &format!("not started: {dep} did not become ready"));
+                        }
+                        return;
+                    }
+                }
+                std::thread::scope(|s| {
+                    for index in 0..spec.scale {
+                        s.spawn(move || instance::supervise(shared, name, index, exe, spec));
+                    }
+                });
+            });
+        }
+        s.spawn(|| {
+            let all = order
+                .iter()
+                .all(|name| shared.wait_ready(name, fleet.services[name].scale));
+            if all {
+                shared.out.note(
+                    "fleet",
+                    &format!(
+                        "every instance is ready, {} ms after `fleet up`",
+                        started.elapsed().as_millis()
+                    ),
+                );
+            }
+        });
+        let stop = wait_for_signal();
+        shared.stopping.store(true, Ordering::Release);
+        shared.wake();
+        shared.out.note("fleet", "stopping every instance");
+        stop_all(&shared, Duration::from_millis(fleet.grace_ms));
+        stop
+    });
+    stop.map_err(|e| (71, e))
+}
+
+/// Runs `--self-setup` of service `name` once, with its environment.
+fn set_up(name: &str, exe: &Path, spec: &config::Service) -> Result<(), Failure> {
+    let out = Command::new(exe)
+        .args(["--self-setup", "-q"])
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            (
+                69,
+                format!("cannot run {} --self-setup: {e}", exe.display()),
+            )
+        })?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let code = out
+            .status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(1);
+        return Err((code, format!("{name}: --self-setup failed:\n{why}")));
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+fn wait_for_signal() -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("cannot start the signal handler: {e}"))?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        Ok(())
+    })
+}
+
+/// SIGTERM to every instance's process group; after `grace`, SIGKILL to what is left.
+fn stop_all(shared: &Shared, grace: Duration) {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let signal_all = |signal: Signal| {
+        for pid in shared.pids() {
+            if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                let _ = kill_process_group(pid, signal);
+            }
+        }
+    };
+    signal_all(Signal::TERM);
+    let deadline = Instant::now() + grace;
+    while !shared.pids().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !shared.pids().is_empty() {
+        shared
+            .out
+            .note("fleet", "the grace period is over: SIGKILL to what is left");
+        signal_all(Signal::KILL);
+    }
+}
