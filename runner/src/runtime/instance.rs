@@ -187,7 +187,9 @@ fn start(exe: &PathBuf, spec: &Service) -> std::io::Result<Child> {
         cmd.arg(format!("--{}", protocol::flags::LISTEN)).arg(addr);
     }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.envs(&spec.env)
+    // The administrator's URL is for setup, which the runtime ran: a service never gets it.
+    cmd.env_remove(commondb::secrets::ADMIN_URL_VAR)
+        .envs(&spec.env)
         .env(protocol::PARENT_PID_VAR, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
