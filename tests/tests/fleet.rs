@@ -96,7 +96,12 @@ depends_on = ["create-user"]
 
 #[test]
 fn a_family_is_started_served_restarted_and_stopped_together() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    // Setup may read the administrator's URL; no service gets it.
+    sb.set_env(
+        "COMMONDB_ADMIN_URL",
+        "postgres://postgres@127.0.0.1:1/unused",
+    );
     let mut up = Up::start(&sb, FAMILY);
     up.wait(20, "every instance is ready", |l| {
         l.starts_with("fleet: every instance is ready")
@@ -115,6 +120,14 @@ fn a_family_is_started_served_restarted_and_stopped_together() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = e2e::http(&get, "GET", "/get?username=alice", &[], b"");
     assert_eq!(status, 200, "{body}");
+    let environ = std::fs::read(format!("/proc/{reader0}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("COMMONDB_PARENT_PID="), "{environ}");
+    assert!(!environ.contains("COMMONDB_ADMIN_URL"), "{environ}");
+    // The same fleet twice is refused: nothing starts twice.
+    Run::of(sb.command("fleet", &["up"]), None)
+        .code(75)
+        .stderr_has("another fleet up is running");
 
     // An instance killed outright comes back, with a new pid, after a short backoff.
     let pid = rustix::process::Pid::from_raw(writer as i32).unwrap();

@@ -132,6 +132,8 @@ fn is_commondb_executable(path: &Path) -> bool {
 /// `fleet up` in the foreground.
 fn up(file: &Path) -> Result<(), Failure> {
     let fleet = Fleet::load(file).map_err(|e| (78, e))?;
+    // Held until the runtime exits (the kernel releases it even after a kill -9).
+    let _one_runtime = lock(file)?;
     let order: Vec<String> = fleet
         .order()
         .map_err(|e| (78, e))?
@@ -203,6 +205,24 @@ fn up(file: &Path) -> Result<(), Failure> {
         stop
     });
     stop.map_err(|e| (71, e))
+}
+
+/// An exclusive `flock` on `file` itself (no lock file to plant or leave behind): a second
+/// `fleet up` of the same fleet is refused instead of starting every service twice.
+fn lock(file: &Path) -> Result<std::fs::File, Failure> {
+    use rustix::fs::{FlockOperation, flock};
+    let held = std::fs::File::open(file)
+        .map_err(|e| (66, format!("cannot open {}: {e}", file.display())))?;
+    flock(&held, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        (
+            75,
+            format!(
+                "another fleet up is running {}: its services are up; stop it first (Ctrl-C or SIGTERM)",
+                file.display()
+            ),
+        )
+    })?;
+    Ok(held)
 }
 
 /// Runs `--self-setup` of service `name` once, with its environment.
