@@ -145,6 +145,31 @@ fn a_family_is_started_served_restarted_and_stopped_together() {
         br#"{"username": "bob", "email": "b@example.com"}"#,
     );
     assert_eq!(status, 201);
+    // `fleet ps` tells it.
+    let ps = sb.run("fleet", &["ps", "--json"]);
+    let instances = ps.code(0).json();
+    let writer_now = &instances[0];
+    assert_eq!(writer_now["service"], "create-user", "{instances}");
+    assert_eq!(writer_now["state"], "ready");
+    assert_eq!(writer_now["restarts"], 1);
+    assert_eq!(writer_now["last_exit"], "killed by signal 9");
+    assert_eq!(writer_now["pid"], again);
+    assert_eq!(instances.as_array().map(Vec::len), Some(3));
+    sb.run("fleet", &["ps"])
+        .code(0)
+        .stdout_has("get-user")
+        .stdout_has("ready");
+    // The control socket is its user's alone.
+    let dir = sb.data_dir().parent().unwrap().join("commondb/fleet");
+    let socket = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&dir), mode(&socket)), (0o700, 0o600));
 
     // SIGTERM stops every instance gracefully, and the runtime exits 0.
     up.signal(rustix::process::Signal::TERM);
@@ -194,8 +219,18 @@ exe = "get-user"
         .count();
     assert_eq!(backoffs, 3, "{log}");
     assert!(log.contains("create-user.0 | create-user: error"), "{log}");
-    up.signal(rustix::process::Signal::INT);
+    let instances = sb.run("fleet", &["ps", "--json"]).code(0).json();
+    assert_eq!(instances[0]["state"], "failed", "{instances}");
+    assert_eq!(instances[0]["restarts"], 3);
+    assert_eq!(instances[1]["state"], "ready");
+    // `fleet down` stops the rest gracefully and returns once the runtime is gone.
+    sb.run("fleet", &["down"])
+        .code(0)
+        .stdout_has("the fleet is down");
     assert_eq!(up.exit_code(), Some(0));
+    sb.run("fleet", &["ps"])
+        .code(69)
+        .stderr_has("no fleet is running");
     drop(taken);
 }
 

@@ -29,8 +29,23 @@ pub struct Shared {
     /// How many instances of each service are ready, and how many failed for good.
     ready: Mutex<Vec<(String, u32, u32)>>,
     changed: Condvar,
+    /// What `fleet ps` shows of each instance.
+    states: Mutex<Vec<State>>,
     /// Where the output goes.
     pub out: Out,
+}
+
+/// One instance as `fleet ps` shows it.
+struct State {
+    service: String,
+    index: u32,
+    pid: Option<u32>,
+    state: &'static str,
+    /// When its current process started.
+    started: Option<Instant>,
+    restarts: u32,
+    last_exit: Option<String>,
+    addresses: Vec<String>,
 }
 
 impl Shared {
@@ -41,8 +56,55 @@ impl Shared {
             pids: Mutex::new(Vec::new()),
             ready: Mutex::new(Vec::new()),
             changed: Condvar::new(),
+            states: Mutex::new(Vec::new()),
             out,
         }
+    }
+
+    /// Changes what `fleet ps` shows of instance `index` of `service`.
+    fn state(&self, service: &str, index: u32, change: impl FnOnce(&mut State)) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match states
+            .iter()
+            .position(|s| s.service == service && s.index == index)
+        {
+            Some(at) => at,
+            None => {
+                states.push(State {
+                    service: service.to_string(),
+                    index,
+                    pid: None,
+                    state: "starting",
+                    started: None,
+                    restarts: 0,
+                    last_exit: None,
+                    addresses: Vec::new(),
+                });
+                states.len() - 1
+            }
+        };
+        change(&mut states[at]);
+    }
+
+    /// Every instance as `fleet ps` shows it, in service and instance order.
+    pub fn statuses(&self) -> Vec<serde_json::Value> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.sort_by(|a, b| (&a.service, a.index).cmp(&(&b.service, b.index)));
+        states
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "service": s.service,
+                    "instance": s.index,
+                    "pid": s.pid,
+                    "state": s.state,
+                    "uptime_ms": s.started.filter(|_| s.pid.is_some()).map(|t| t.elapsed().as_millis() as u64),
+                    "restarts": s.restarts,
+                    "last_exit": s.last_exit,
+                    "addresses": s.addresses,
+                })
+            })
+            .collect()
     }
 
     fn stopping(&self) -> bool {
@@ -112,11 +174,16 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
             return;
         }
         let started = Instant::now();
+        shared.state(name, index, |s| {
+            s.state = "starting";
+            s.started = Some(started);
+        });
         let outcome = match start(exe, spec) {
-            Ok(child) => run(shared, &label, child, &mut announced, name),
+            Ok(child) => run(shared, (&label, name, index), child, &mut announced),
             Err(e) => Err(format!("cannot start {}: {e}", exe.display())),
         };
         if shared.stopping() {
+            shared.state(name, index, |s| s.state = "stopped");
             shared.out.note(&label, "stopped");
             return;
         }
@@ -131,6 +198,11 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
         shared
             .out
             .note(&label, &format!("{what} after {} ms", up.as_millis()));
+        shared.state(name, index, |s| {
+            s.last_exit = Some(what.clone());
+            s.state = "exited";
+            s.addresses.clear();
+        });
         match spec.restart {
             Restart::Never => return,
             Restart::OnFailure if success => return,
@@ -151,9 +223,14 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
             if !announced {
                 shared.count(name, 0, 1);
             }
+            shared.state(name, index, |s| s.state = "failed");
             return;
         }
         let delay = backoff(spec, failures);
+        shared.state(name, index, |s| {
+            s.state = "backoff";
+            s.restarts += 1;
+        });
         shared.out.note(
             &label,
             &format!(
@@ -210,13 +287,13 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// Watches a started instance until it exits: its output prefixed, its ready line announced.
 fn run(
     shared: &Shared,
-    label: &str,
+    (label, service, index): (&str, &str, u32),
     mut child: Child,
     announced: &mut bool,
-    service: &str,
 ) -> Result<std::process::ExitStatus, String> {
     let pid = child.id();
     shared.set_pid(label, Some(pid));
+    shared.state(service, index, |s| s.pid = Some(pid));
     if shared.stopping() {
         // The stop's signals went out before this instance was known: it gets its own.
         if let Some(pid) = i32::try_from(pid)
@@ -240,6 +317,10 @@ fn run(
                             label,
                             &format!("ready (pid {pid}): {}", ready.addresses.join(" ")),
                         );
+                        shared.state(service, index, |s| {
+                            s.state = "ready";
+                            s.addresses = ready.addresses.clone();
+                        });
                         if !*announced {
                             *announced = true;
                             shared.count(service, 1, 0);
@@ -252,6 +333,7 @@ fn run(
         child.wait()
     });
     shared.set_pid(label, None);
+    shared.state(service, index, |s| s.pid = None);
     status.map_err(|e| format!("cannot wait for it: {e}"))
 }
 

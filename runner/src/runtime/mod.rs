@@ -9,6 +9,7 @@
 //! SIGTERM stops every instance's process group: SIGTERM, the grace period, then SIGKILL.
 
 mod config;
+mod control;
 mod instance;
 mod output;
 
@@ -49,6 +50,14 @@ enum Cmd {
     Init,
     /// Set up and start every service in the foreground; Ctrl-C stops them all
     Up,
+    /// Show every instance of the running fleet: pid, state, uptime, restarts, last exit
+    Ps {
+        /// One JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running fleet gracefully, and wait until it has
+    Down,
 }
 
 /// Runs `fleet` on the process's command line.
@@ -57,6 +66,8 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Cmd::Init => init(&cli.file),
         Cmd::Up => up(&cli.file),
+        Cmd::Ps { json } => ps(&cli.file, json),
+        Cmd::Down => down(&cli.file),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +145,8 @@ fn up(file: &Path) -> Result<(), Failure> {
     let fleet = Fleet::load(file).map_err(|e| (78, e))?;
     // Held until the runtime exits (the kernel releases it even after a kill -9).
     let _one_runtime = lock(file)?;
+    let socket = control::path(file).map_err(|e| (78, e))?;
+    let listener = control::bind(&socket).map_err(|e| (73, e))?;
     let order: Vec<String> = fleet
         .order()
         .map_err(|e| (78, e))?
@@ -159,6 +172,8 @@ fn up(file: &Path) -> Result<(), Failure> {
         set_up(name, exe, &fleet.services[name])?;
     }
     let shared = Shared::new(Out::stdout());
+    // `fleet down` over the control socket.
+    let control_down = std::sync::mpsc::channel::<()>();
     let stop = std::thread::scope(|s| {
         for (name, exe) in order.iter().zip(&exes) {
             let spec = &fleet.services[name];
@@ -197,14 +212,87 @@ fn up(file: &Path) -> Result<(), Failure> {
                 );
             }
         });
-        let stop = wait_for_signal();
+        let (down, stop_asked) = std::sync::mpsc::channel();
+        {
+            let down = down.clone();
+            // Not joined: it waits for a signal that may never come.
+            std::thread::spawn(move || {
+                let _ = down.send(wait_for_signal());
+            });
+        }
+        s.spawn(|| control::serve(&listener, &shared, &control_down.0));
+        let stop = loop {
+            if let Ok(stop) = stop_asked.recv_timeout(Duration::from_millis(50)) {
+                break stop;
+            }
+            if control_down.1.try_recv().is_ok() {
+                break Ok(());
+            }
+        };
+        drop(down);
         shared.stopping.store(true, Ordering::Release);
         shared.wake();
         shared.out.note("fleet", "stopping every instance");
         stop_all(&shared, Duration::from_millis(fleet.grace_ms));
         stop
     });
+    let _ = std::fs::remove_file(&socket);
     stop.map_err(|e| (71, e))
+}
+
+/// `fleet ps`: the running fleet's instances.
+fn ps(file: &Path, json: bool) -> Result<(), Failure> {
+    let answer = control::ask(file, "ps")?;
+    let instances = answer["instances"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::Value::Array(instances));
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>8} {:>8}  {:<9} {:>9} {:>8}  {:<24} ADDRESSES",
+        "SERVICE", "INSTANCE", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
+    );
+    for i in &instances {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let uptime = i["uptime_ms"]
+            .as_u64()
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let addresses: Vec<String> = i["addresses"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<16} {:>8} {:>8}  {:<9} {:>9} {:>8}  {:<24} {}",
+            text(&i["service"]),
+            text(&i["instance"]),
+            text(&i["pid"]),
+            text(&i["state"]),
+            uptime,
+            text(&i["restarts"]),
+            text(&i["last_exit"]),
+            addresses.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `fleet down`: the running fleet stops gracefully; returns once it has (its socket is gone).
+fn down(file: &Path) -> Result<(), Failure> {
+    control::ask(file, "down")?;
+    let socket = control::path(file).map_err(|e| (78, e))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while socket.exists() {
+        if Instant::now() > deadline {
+            return Err((75, "the fleet is still stopping after 120 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("the fleet is down");
+    Ok(())
 }
 
 /// An exclusive `flock` on `file` itself (no lock file to plant or leave behind): a second
