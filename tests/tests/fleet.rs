@@ -271,3 +271,43 @@ fn init_writes_a_fleet_toml_of_the_executables_beside_it_and_up_checks_it() {
         .code(78)
         .stderr_has("scael");
 }
+
+#[test]
+fn up_d_returns_once_ready_and_down_stops_it() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.root().join("fleet.toml"), FAMILY).unwrap();
+    let up = sb.run("fleet", &["up", "-d"]);
+    up.code(0)
+        .stdout_has("running in the background")
+        .stdout_has("get-user");
+    let instances = sb.run("fleet", &["ps", "--json"]).code(0).json();
+    let create = instances[0]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix(HTTP))
+        .unwrap()
+        .to_string();
+    let (status, body) = e2e::http(
+        &create,
+        "POST",
+        "/create",
+        &[],
+        br#"{"username": "alice", "email": "a@example.com"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let pids: Vec<u32> = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap() as u32)
+        .collect();
+    // A second runtime of the same fleet is refused, and says why.
+    sb.run("fleet", &["up", "-d"])
+        .code(75)
+        .stderr_has("another fleet up is running");
+    sb.run("fleet", &["down"]).code(0);
+    for pid in pids {
+        assert!(gone_within(pid, 10), "instance {pid} outlived fleet down");
+    }
+}

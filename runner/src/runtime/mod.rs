@@ -48,8 +48,13 @@ struct Cli {
 enum Cmd {
     /// Write a fleet.toml for the commondb executables next to fleet
     Init,
-    /// Set up and start every service in the foreground; Ctrl-C stops them all
-    Up,
+    /// Set up and start every service; Ctrl-C (or `fleet down`) stops them all
+    Up {
+        /// Run in the background, its output in a private log file; return once every
+        /// instance is ready
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
     /// Show every instance of the running fleet: pid, state, uptime, restarts, last exit
     Ps {
         /// One JSON document instead of a table
@@ -65,7 +70,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Init => init(&cli.file),
-        Cmd::Up => up(&cli.file),
+        Cmd::Up { detach: false } => up(&cli.file),
+        Cmd::Up { detach: true } => detach(&cli.file),
         Cmd::Ps { json } => ps(&cli.file, json),
         Cmd::Down => down(&cli.file),
     };
@@ -238,6 +244,82 @@ fn up(file: &Path) -> Result<(), Failure> {
     });
     let _ = std::fs::remove_file(&socket);
     stop.map_err(|e| (71, e))
+}
+
+/// `fleet up -d`: the same runtime in the background (its own process group, its output
+/// appended to `<socket>.log`, mode 0600, beside the control socket); returns once every
+/// instance is ready, or with the runtime's own error if it stopped first.
+fn detach(file: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A mistake in fleet.toml is told here, not only in a log.
+    Fleet::load(file).map_err(|e| (78, e))?;
+    let socket = control::path(file).map_err(|e| (78, e))?;
+    let log_path = socket.with_extension("log");
+    if let Some(dir) = socket.parent() {
+        commondb::secrets::create_private_dir(dir).map_err(|e| (73, e.message().to_string()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&log_path)
+        .map_err(|e| (73, format!("cannot open {}: {e}", log_path.display())))?;
+    let start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    let me = std::env::current_exe().map_err(|e| (69, format!("cannot find fleet: {e}")))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| (73, format!("cannot open {}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(me);
+    cmd.arg("--file").arg(file).arg("up");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| (69, format!("cannot start fleet up: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read(&log_path)
+            .map(|b| String::from_utf8_lossy(&b[start as usize..]).into_owned())
+            .unwrap_or_default();
+        if text.contains("fleet: every instance is ready") {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let code = status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1);
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err((
+                code,
+                format!(
+                    "fleet up stopped before every instance was ready:\n{}",
+                    tail.join("\n")
+                ),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err((
+                75,
+                format!(
+                    "not every instance is ready after 120 s; see {} (fleet ps, fleet down)",
+                    log_path.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ps(file, false)?;
+    println!(
+        "fleet: running in the background (pid {}), its output in {}; `fleet down` stops it",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
 }
 
 /// `fleet ps`: the running fleet's instances.
