@@ -37,6 +37,9 @@ pub(crate) struct RowSink {
     pub(crate) used: bool,
     /// Whether stdout was closed by its reader (`| head`): the listing ends there, quietly.
     pub(crate) closed: bool,
+    /// Whether a service's answer overflowed: the statement was left part read, and its
+    /// connection must not be used again.
+    pub(crate) abandoned: bool,
 }
 
 enum To {
@@ -63,6 +66,7 @@ impl RowSink {
             to,
             used: false,
             closed: false,
+            abandoned: false,
         }
     }
 
@@ -135,6 +139,7 @@ impl RowSink {
             }
             To::Collect(rows) => {
                 if rows.len() >= MAX_SERVED_ROWS {
+                    self.abandoned = true;
                     return Err(Error::invalid_input(format!(
                         "an answer of --serve holds at most {MAX_SERVED_ROWS} rows"
                     ))
@@ -165,6 +170,10 @@ impl RowSink {
         else {
             return Ok(());
         };
+        // Nothing streamed (a task that streams no rows, or one that returns a result).
+        if columns.is_empty() {
+            return Ok(());
+        }
         let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
         for cells in chunk.iter() {
             for (w, cell) in widths.iter_mut().zip(cells) {

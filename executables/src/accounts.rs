@@ -189,7 +189,10 @@ pub async fn delete(tx: &mut Tx<'_>, username: Username) -> Result<Deleted> {
     let sessions = tx
         .execute("DELETE FROM sessions WHERE user_id = ?", (id,))
         .await?;
-    tx.execute("DELETE FROM users WHERE id = ?", (id,)).await?;
+    // Another delete of the same user may have come first: then this one found nothing.
+    if tx.execute("DELETE FROM users WHERE id = ?", (id,)).await? == 0 {
+        return Err(not_found(&username));
+    }
     Ok(Deleted {
         id,
         username: username.as_str().to_string(),

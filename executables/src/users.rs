@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 /// their URL names) and its backups.
 pub const DOMAIN: &str = "users";
 
+/// What the domain's database was named after before the domain had more executables than
+/// `create-user`: each of them declares it ([`commondb::Task::FORMERLY`]), so that none starts
+/// a new, empty `users.sqlite3` beside an old `create-user.sqlite3`.
+pub const FORMERLY: &[&str] = &["create-user"];
+
 /// The domain's schema: `users`, and the `sessions` that `login` opens.
 pub const MIGRATIONS: &Migrations = &Migrations {
     sqlite: sqlx::migrate!("migrations/users/sqlite"),

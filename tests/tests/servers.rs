@@ -361,10 +361,16 @@ fn cleanup_drops_only_what_setup_created(backend: Backend) {
         .code(0)
         .stdout_has("(exists)")
         .stdout_has("_create_user (created)");
+    sb.run_admin("get-user", &["--self-setup"]).code(0);
     sb.run_admin(EXE, &["--self-cleanup", "--yes"])
         .code(0)
         .stdout_has("dropped role")
         .stdout_has("kept database");
+    // A database that stays keeps the roles of the domain's other executables: they still work.
+    sb.run("get-user", &["--get", "--username", "nobody"])
+        .code(67);
+    sb.run_admin("get-user", &["--self-cleanup", "--yes"])
+        .code(0);
     assert_eq!(db.leftovers(), vec![format!("database {}", db.name)]);
     assert_eq!(db.admin_count("SELECT COUNT(*) FROM theirs"), 0);
 }

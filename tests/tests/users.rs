@@ -283,6 +283,10 @@ fn an_earlier_versions_database_file_is_moved_by_hand_never_replaced() {
             .stderr_has("create-user.sqlite3 holds this executable's data")
             .stderr_has("mv ");
     }
+    // Nor do the domain's other executables start one.
+    sb.run("list-users", &["--list"])
+        .code(78)
+        .stderr_has("create-user.sqlite3 holds this executable's data");
     assert!(
         !data.join("users.sqlite3").exists(),
         "no new, empty database"

@@ -213,6 +213,8 @@ impl<T: Task> Service<T> {
         let result = crate::run::execute_in::<T>(tx, request, stop()).await;
         self.metrics.phase(Step::Execute, begun.elapsed());
         match &result {
+            // A result left part read (an answer over the row limit): the connection goes.
+            Err(_) if sink.abandoned => {}
             Ok(_) => lease.keep(),
             Err(e) if reusable(e.kind()) => lease.keep(),
             // The database went away: the idle connections are as stale as this one.

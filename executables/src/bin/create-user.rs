@@ -14,8 +14,7 @@ impl Task for CreateUser {
     const VERB: &'static str = "create";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const DOMAIN: &'static str = users::DOMAIN;
-    // Its database was `create-user.sqlite3` before the users domain had other executables.
-    const FORMERLY: &'static [&'static str] = &["create-user"];
+    const FORMERLY: &'static [&'static str] = users::FORMERLY;
     const GRANTS: &'static [Grant] = &[Grant::on("users", &[Right::Select, Right::Insert])];
     const PORT: u16 = 7401;
     const CREATES: bool = true;

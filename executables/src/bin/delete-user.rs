@@ -14,6 +14,7 @@ impl Task for DeleteUser {
     const VERB: &'static str = "delete";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const DOMAIN: &'static str = users::DOMAIN;
+    const FORMERLY: &'static [&'static str] = users::FORMERLY;
     const SEEDS: bool = true;
     const GRANTS: &'static [Grant] = &[
         Grant::on("users", &[Right::Select, Right::Delete]),

@@ -14,6 +14,7 @@ impl Task for GetUser {
     const VERB: &'static str = "get";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const DOMAIN: &'static str = users::DOMAIN;
+    const FORMERLY: &'static [&'static str] = users::FORMERLY;
     const READ_ONLY: bool = true;
     const SINGLE_STATEMENT: bool = true;
     const GRANTS: &'static [Grant] = &[Grant::on("users", &[Right::Select])];

@@ -17,6 +17,7 @@ impl Task for Login {
     const VERB: &'static str = "login";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const DOMAIN: &'static str = users::DOMAIN;
+    const FORMERLY: &'static [&'static str] = users::FORMERLY;
     const SEEDS: bool = true;
     const CREATES: bool = true;
     // The argon2 check reads and takes tens of milliseconds: not under a write lock.

@@ -14,6 +14,7 @@ impl Task for SetPassword {
     const VERB: &'static str = "set";
     const MIGRATIONS: &'static Migrations = users::MIGRATIONS;
     const DOMAIN: &'static str = users::DOMAIN;
+    const FORMERLY: &'static [&'static str] = users::FORMERLY;
     const SEEDS: bool = true;
     const SINGLE_STATEMENT: bool = true;
     const GRANTS: &'static [Grant] = &[Grant::on("users", &[Right::Select, Right::Update])];

@@ -1,5 +1,6 @@
 //! `fleet.toml`: the services of a fleet, read with `config` (and `FLEET_…` environment
-//! overrides, `__` between levels: `FLEET_SERVICES__LOGIN__SCALE=4`).
+//! overrides, `__` between levels: `FLEET_SERVICES__LOGIN__SCALE=4`; a service whose name has
+//! a `-` cannot be named in a variable, whose `_` config reads as written).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,7 @@ impl Fleet {
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("FLEET")
+                    .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true),
             )
@@ -201,6 +203,36 @@ mod tests {
         let path = dir.path().join("fleet.toml");
         std::fs::write(&path, text).unwrap();
         Fleet::load(&path)
+    }
+
+    #[test]
+    fn the_environment_overrides_a_setting() {
+        // In a child process (this test binary, running the test below): setting the
+        // environment of this one would race the other tests.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "[services.login]\nexe = \"x\"\n").unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "runtime::config::tests::load_in_child",
+                "--nocapture",
+            ])
+            .env("FLEET_SERVICES__LOGIN__SCALE", "4")
+            .env("RUNNER_TEST_FLEET_TOML", &path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("scale=4"), "{text}");
+    }
+
+    /// Run by the test above in a child process with the environment it sets.
+    #[test]
+    fn load_in_child() {
+        if let Some(path) = std::env::var_os("RUNNER_TEST_FLEET_TOML") {
+            let f = Fleet::load(std::path::Path::new(&path)).unwrap();
+            println!("scale={}", f.services["login"].scale);
+        }
     }
 
     #[test]

@@ -203,10 +203,17 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
             s.state = "exited";
             s.addresses.clear();
         });
-        match spec.restart {
-            Restart::Never => return,
-            Restart::OnFailure if success => return,
-            _ => {}
+        let done = match spec.restart {
+            Restart::Never => true,
+            Restart::OnFailure => success,
+            Restart::Always => false,
+        };
+        if done {
+            // Never ready, and not coming back: what waits for it must not wait forever.
+            if !announced {
+                shared.count(name, 0, 1);
+            }
+            return;
         }
         if up >= Duration::from_millis(spec.healthy_after_ms) {
             failures = 0;
@@ -352,9 +359,8 @@ fn each_line(input: impl Read, mut f: impl FnMut(&str)) {
             Ok(_) => {}
         }
         if line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
-            // Skip the rest of an overlong line.
-            let mut rest = Vec::new();
-            let _ = reader.read_until(b'\n', &mut rest);
+            // Skip the rest of an overlong line, holding none of it.
+            let _ = reader.skip_until(b'\n');
         }
         let text = String::from_utf8_lossy(&line);
         f(text.trim_end_matches(['\n', '\r']));

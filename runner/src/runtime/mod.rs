@@ -149,9 +149,9 @@ fn is_commondb_executable(path: &Path) -> bool {
 /// `fleet up` in the foreground.
 fn up(file: &Path) -> Result<(), Failure> {
     let fleet = Fleet::load(file).map_err(|e| (78, e))?;
-    // Held until the runtime exits (the kernel releases it even after a kill -9).
-    let _one_runtime = lock(file)?;
     let socket = control::path(file).map_err(|e| (78, e))?;
+    // Held until the runtime exits (the kernel releases it even after a kill -9).
+    let _one_runtime = lock(&socket, file)?;
     let listener = control::bind(&socket).map_err(|e| (73, e))?;
     let order: Vec<String> = fleet
         .order()
@@ -377,17 +377,30 @@ fn down(file: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// An exclusive `flock` on `file` itself (no lock file to plant or leave behind): a second
-/// `fleet up` of the same fleet is refused instead of starting every service twice.
-fn lock(file: &Path) -> Result<std::fs::File, Failure> {
+/// An exclusive `flock` on the fleet's lock file, beside its control socket in the private
+/// directory (named after the fleet.toml's path, so an editor that saves by replacing the file
+/// does not make a second lock): a second `fleet up` of the same fleet is refused instead of
+/// starting every service twice.
+fn lock(socket: &Path, file: &Path) -> Result<std::fs::File, Failure> {
     use rustix::fs::{FlockOperation, flock};
-    let held = std::fs::File::open(file)
-        .map_err(|e| (66, format!("cannot open {}: {e}", file.display())))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = socket.with_extension("lock");
+    if let Some(dir) = path.parent() {
+        commondb::secrets::create_private_dir(dir).map_err(|e| (73, e.message().to_string()))?;
+    }
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(|e| (73, format!("cannot open {}: {e}", path.display())))?;
     flock(&held, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
         (
             75,
             format!(
-                "another fleet up is running {}: its services are up; stop it first (Ctrl-C or SIGTERM)",
+                "another fleet up is running {}: its services are up; stop it first (fleet down)",
                 file.display()
             ),
         )
