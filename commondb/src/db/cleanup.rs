@@ -207,17 +207,7 @@ async fn cleanup_locked(
     // Ours: recorded as created in the database, or on the journal of an interrupted setup.
     let ours = |item: &str| journal.is_pending(item) || recorded.iter().any(|r| r == item);
     let database_ours = db_exists && ours("database");
-    // This executable's roles; and when the database goes, every role a setup of the domain's
-    // executables recorded, since none of them has anything left to do. A database that stays
-    // keeps its other executables' roles: they still work there.
-    let mut roles = vec![names.app.clone(), names.backup.clone()];
-    if database_ours {
-        for role in recorded.iter().filter_map(|i| i.strip_prefix("role:")) {
-            if !roles.iter().any(|r| r == role) {
-                roles.push(role.to_string());
-            }
-        }
-    }
+    let roles = roles_to_drop(names, &recorded, database_ours);
     for role in &roles {
         interrupt::check()?;
         // Names read from the database's records go into SQL only once checked.
@@ -254,6 +244,21 @@ async fn cleanup_locked(
         ));
     }
     Ok(report)
+}
+
+/// This executable's roles; and when the database goes, every role a setup of the domain's
+/// executables recorded, since none of them has anything left to do. A database that stays
+/// keeps its other executables' roles: they still work there.
+fn roles_to_drop(names: &Names, recorded: &[String], database_goes: bool) -> Vec<String> {
+    let mut roles = vec![names.app.clone(), names.backup.clone()];
+    if database_goes {
+        for role in recorded.iter().filter_map(|i| i.strip_prefix("role:")) {
+            if !roles.iter().any(|r| r == role) {
+                roles.push(role.to_string());
+            }
+        }
+    }
+    roles
 }
 
 /// The items the database's `_commondb_setup` table records as created by setup. A database
