@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use commondb::secrets::SecretString;
@@ -11,7 +12,7 @@ use commondb::{Error, Result, Tx};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::users::Username;
+use crate::users::{HashSettings, Username};
 
 /// `login`'s `[task]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,22 +20,80 @@ use crate::users::Username;
 pub struct SessionSettings {
     /// How long a session lasts, in seconds.
     pub session_ttl_secs: u32,
+    /// The argon2 costs the users' hashes were made with (`create-user`'s and
+    /// `set-password`'s `[task]`): an unknown user's password is checked against a stand-in
+    /// hash of these costs, so that it takes as long as a known user's.
+    pub argon2_memory_kib: u32,
+    /// See `argon2_memory_kib`.
+    pub argon2_iterations: u32,
+    /// See `argon2_memory_kib`.
+    pub argon2_parallelism: u32,
 }
 
 impl Default for SessionSettings {
     fn default() -> Self {
+        let hash = HashSettings::default();
         SessionSettings {
             session_ttl_secs: 24 * 3600,
+            argon2_memory_kib: hash.argon2_memory_kib,
+            argon2_iterations: hash.argon2_iterations,
+            argon2_parallelism: hash.argon2_parallelism,
         }
     }
+}
+
+impl SessionSettings {
+    fn hash(&self) -> HashSettings {
+        HashSettings {
+            argon2_memory_kib: self.argon2_memory_kib,
+            argon2_iterations: self.argon2_iterations,
+            argon2_parallelism: self.argon2_parallelism,
+        }
+    }
+}
+
+/// The hash an unknown user's password is checked against, for `settings`' costs: [`NOBODY`]
+/// for the defaults; else a hash of a random password made with them, once per process (a
+/// service makes it once; a one-shot login pays for it whether or not the user exists).
+fn stand_in(settings: &HashSettings) -> Result<Arc<str>> {
+    /// argon2's three costs: memory in KiB, passes, lanes.
+    type Costs = (u32, u32, u32);
+    static MADE: Mutex<Option<(Costs, Arc<str>)>> = Mutex::new(None);
+    let costs = (
+        settings.argon2_memory_kib,
+        settings.argon2_iterations,
+        settings.argon2_parallelism,
+    );
+    let default = HashSettings::default();
+    let defaults = (
+        default.argon2_memory_kib,
+        default.argon2_iterations,
+        default.argon2_parallelism,
+    );
+    if costs == defaults {
+        return Ok(Arc::from(NOBODY));
+    }
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((for_costs, hash)) = &*made
+        && *for_costs == costs
+    {
+        return Ok(Arc::clone(hash));
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)
+        .map_err(|e| Error::internal(format!("no random bytes for a stand-in: {e}")))?;
+    let secret = SecretString::from(hex::encode(random));
+    let hash: Arc<str> = Arc::from(crate::passwords::hash(&secret, settings.params()?)?);
+    *made = Some((costs, Arc::clone(&hash)));
+    Ok(hash)
 }
 
 /// The lifetimes `[task]` may set: a minute to a year.
 pub const SESSION_TTL_SECS: RangeInclusive<u32> = 60..=366 * 24 * 3600;
 
-/// The hash an unknown user's password is checked against, so that a login takes the same time
-/// whether or not the user exists: argon2id with the costs `create-user` uses by default, of a
-/// random password no one kept.
+/// The hash an unknown user's password is checked against when the costs are the defaults, so
+/// that a login takes the same time whether or not the user exists: argon2id with the costs
+/// `create-user` uses by default, of a random password no one kept.
 const NOBODY: &str = "$argon2id$v=19$m=19456,t=2,p=1$gMh+Ufxb6/Cfj6Q//xnJDw$5/fJ5thMsxsCmYRmCOX4/aKnjY37aAofUO2G1oynj68";
 
 /// A login, checked as far as it can be without the database, its token drawn; once its
@@ -44,6 +103,8 @@ pub struct Attempt {
     password: SecretString,
     token: String,
     ttl: chrono::Duration,
+    /// What an unknown user's password is checked against.
+    stand_in: Arc<str>,
     checked: Option<(i64, String)>,
 }
 
@@ -76,6 +137,7 @@ impl Attempt {
             password,
             token: hex::encode(bytes),
             ttl: chrono::Duration::seconds(i64::from(settings.session_ttl_secs)),
+            stand_in: stand_in(&settings.hash())?,
             checked: None,
         })
     }
@@ -115,8 +177,8 @@ fn refused() -> Error {
     Error::permission("the username or the password is wrong")
 }
 
-/// Checks the password against the user's hash (or, for an unknown user, against [`NOBODY`],
-/// which takes as long) on the blocking pool. Runs in a read-only transaction of its own
+/// Checks the password against the user's hash (or, for an unknown user, against the stand-in
+/// of the same costs, which takes as long) on the blocking pool. Runs in a read-only transaction of its own
 /// (`READS_FIRST`): the slow hash holds no write lock.
 pub async fn check(tx: &mut Tx<'_>, mut attempt: Attempt) -> Result<Attempt> {
     let found: Option<Credentials> = tx
@@ -130,7 +192,7 @@ pub async fn check(tx: &mut Tx<'_>, mut attempt: Attempt) -> Result<Attempt> {
             id,
             password_hash: Some(hash),
         }) => (Some(id), hash),
-        _ => (None, NOBODY.to_string()),
+        _ => (None, attempt.stand_in.to_string()),
     };
     let password = attempt.password.clone();
     let checked_hash = hash.clone();
@@ -190,6 +252,21 @@ mod tests {
     }
 
     #[test]
+    fn the_stand_in_has_the_configured_costs() {
+        let default = stand_in(&HashSettings::default()).unwrap();
+        assert_eq!(&*default, NOBODY);
+        let cheap = HashSettings {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+        };
+        let made = stand_in(&cheap).unwrap();
+        assert!(made.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{made}");
+        // Made once per process for the same costs.
+        assert_eq!(made, stand_in(&cheap).unwrap());
+    }
+
+    #[test]
     fn tokens_are_fresh_and_invalid_names_are_only_wrong_logins() {
         let settings = SessionSettings::default();
         let pw = || SecretString::from("x".to_string());
@@ -200,6 +277,7 @@ mod tests {
         Attempt::new("Not A Name", pw(), &settings).unwrap();
         let short = SessionSettings {
             session_ttl_secs: 1,
+            ..SessionSettings::default()
         };
         assert!(Attempt::new("alice", pw(), &short).is_err());
     }

@@ -217,7 +217,7 @@ pub const ARGON2_PARALLELISM: RangeInclusive<u32> = 1..=64;
 
 impl HashSettings {
     /// The argon2 parameters, if every cost is within its documented range.
-    fn params(&self) -> Result<argon2::Params> {
+    pub fn params(&self) -> Result<argon2::Params> {
         let costs = [
             (
                 "argon2_memory_kib",
