@@ -25,31 +25,64 @@ static MEMORY: Memory = Memory {
     returned: Condvar::new(),
 };
 
+/// One of the buffers, reserved: returned to the others when dropped. A task may reserve one
+/// before it takes anything else (a database connection), so that it never holds that while
+/// it waits for a buffer.
+pub struct Reserved(Option<Vec<Block>>);
+
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reserved")
+    }
+}
+
+impl Reserved {
+    /// Waits for a free buffer (one per CPU exists at most). Blocks the thread: call it where
+    /// blocking is allowed (a process, `spawn_blocking`).
+    pub fn wait() -> Reserved {
+        let most = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut free = MEMORY.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(buffer) = free.0.pop() {
+                return Reserved(Some(buffer));
+            }
+            if free.1 < most {
+                free.1 += 1;
+                return Reserved(Some(Vec::new()));
+            }
+            free = MEMORY
+                .returned
+                .wait(free)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Runs `f` with `blocks` blocks of this buffer.
+    fn with<R>(&mut self, blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
+        let buffer = self.0.get_or_insert_with(Vec::new);
+        buffer.resize(blocks, Block::new());
+        f(&mut buffer[..blocks])
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.0.take() {
+            MEMORY
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(buffer);
+            MEMORY.returned.notify_one();
+        }
+    }
+}
+
 /// Runs `f` with `blocks` blocks of working memory, waiting for a buffer if one per CPU is in
 /// use. Blocks the thread: call it where blocking is allowed (a process, `spawn_blocking`).
 fn with_memory<R>(blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
-    let most = std::thread::available_parallelism().map_or(1, usize::from);
-    let lock = || MEMORY.free.lock().unwrap_or_else(|e| e.into_inner());
-    let mut free = lock();
-    let mut buffer = loop {
-        if let Some(buffer) = free.0.pop() {
-            break buffer;
-        }
-        if free.1 < most {
-            free.1 += 1;
-            break Vec::new();
-        }
-        free = MEMORY
-            .returned
-            .wait(free)
-            .unwrap_or_else(|e| e.into_inner());
-    };
-    drop(free);
-    buffer.resize(blocks, Block::new());
-    let result = f(&mut buffer[..blocks]);
-    lock().0.push(buffer);
-    MEMORY.returned.notify_one();
-    result
+    Reserved::wait().with(blocks, f)
 }
 
 /// Hashes `password` with argon2id, `params` and a random salt, as a PHC string
@@ -84,6 +117,11 @@ pub fn hash(password: &SecretString, params: Params) -> Result<String> {
 /// Whether `password` is the one `phc` (a PHC string of argon2) was made from; `false` for a
 /// string that is not one. The comparison takes the same time wherever the outputs differ.
 pub fn verify(password: &SecretString, phc: &str) -> bool {
+    verify_in(&mut Reserved::wait(), password, phc)
+}
+
+/// [`verify`] in a buffer reserved beforehand.
+pub fn verify_in(buffer: &mut Reserved, password: &SecretString, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
@@ -103,7 +141,7 @@ pub fn verify(password: &SecretString, phc: &str) -> bool {
     };
     let argon = Argon2::new(algorithm, version, params.clone());
     let mut out = vec![0u8; expected.len()];
-    let computed = with_memory(params.block_count(), |memory| {
+    let computed = buffer.with(params.block_count(), |memory| {
         argon.hash_password_into_with_memory(
             password.expose_secret().as_bytes(),
             salt.as_ref(),

@@ -12,6 +12,7 @@ use commondb::{Error, Result, Tx};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::passwords::Reserved;
 use crate::users::{HashSettings, Username};
 
 /// `login`'s `[task]` settings.
@@ -105,6 +106,9 @@ pub struct Attempt {
     ttl: chrono::Duration,
     /// What an unknown user's password is checked against.
     stand_in: Arc<str>,
+    /// The argon2 buffer the check will use, reserved before any connection is taken, so that
+    /// no login holds a connection while it waits for one.
+    buffer: Option<Reserved>,
     checked: Option<(i64, String)>,
 }
 
@@ -138,6 +142,7 @@ impl Attempt {
             token: hex::encode(bytes),
             ttl: chrono::Duration::seconds(i64::from(settings.session_ttl_secs)),
             stand_in: stand_in(&settings.hash())?,
+            buffer: Some(Reserved::wait()),
             checked: None,
         })
     }
@@ -196,10 +201,14 @@ pub async fn check(tx: &mut Tx<'_>, mut attempt: Attempt) -> Result<Attempt> {
     };
     let password = attempt.password.clone();
     let checked_hash = hash.clone();
-    let matches =
-        tokio::task::spawn_blocking(move || crate::passwords::verify(&password, &checked_hash))
-            .await
-            .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
+    // Reserved in prepare, before the connection: taken here, it is returned once the check
+    // is done.
+    let mut buffer = attempt.buffer.take().unwrap_or_else(Reserved::wait);
+    let matches = tokio::task::spawn_blocking(move || {
+        crate::passwords::verify_in(&mut buffer, &password, &checked_hash)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("checking the password failed: {e}")))?;
     match id.filter(|_| matches) {
         Some(id) => {
             attempt.checked = Some((id, hash));
@@ -270,11 +279,12 @@ mod tests {
     fn tokens_are_fresh_and_invalid_names_are_only_wrong_logins() {
         let settings = SessionSettings::default();
         let pw = || SecretString::from("x".to_string());
-        let a = Attempt::new("alice", pw(), &settings).unwrap();
-        let b = Attempt::new("alice", pw(), &settings).unwrap();
-        assert_eq!(a.token.len(), 64);
-        assert_ne!(a.token, b.token);
-        Attempt::new("Not A Name", pw(), &settings).unwrap();
+        // One at a time: each attempt holds one of the argon2 buffers until it is dropped.
+        let a = Attempt::new("alice", pw(), &settings).unwrap().token;
+        let b = Attempt::new("alice", pw(), &settings).unwrap().token;
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        drop(Attempt::new("Not A Name", pw(), &settings).unwrap());
         let short = SessionSettings {
             session_ttl_secs: 1,
             ..SessionSettings::default()
