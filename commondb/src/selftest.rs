@@ -762,10 +762,9 @@ async fn served_samples<T: Task>(
         db::seed::<T>(target, &run, 2).await.map_err(show)?;
     }
     let body = |n| {
-        let line = serve::sample_line::<T>(n, &run).map_err(show)?;
-        serde_json::from_str::<crate::protocol::SampleLine>(&line)
-            .map(|l| l.request.to_string())
-            .map_err(|e| e.to_string())
+        serve::sample::<T>(n, &run)
+            .map(|s| s.request.to_string())
+            .map_err(show)
     };
     Ok((body(0)?, body(1)?))
 }

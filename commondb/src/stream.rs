@@ -43,6 +43,9 @@ pub(crate) struct RowSink {
 }
 
 enum To {
+    /// Stdout, not opened yet: a task that streams nothing (most) costs no buffer and no
+    /// terminal check; the first row chooses the form.
+    Stdout { json: bool },
     /// One JSON object per line on stdout.
     Json(std::io::BufWriter<std::io::Stdout>),
     /// Tab-separated cells per line on stdout (not a terminal), without a header.
@@ -72,8 +75,13 @@ impl RowSink {
 
     /// The sink of process mode: stdout, as `--json` and the terminal say.
     pub(crate) fn stdout(json: bool) -> RowSink {
+        RowSink::new(To::Stdout { json })
+    }
+
+    /// Stdout in the form `--json` and the terminal say, opened for the first row.
+    fn open_stdout(json: bool) -> To {
         let out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-        RowSink::new(if json {
+        if json {
             To::Json(out)
         } else if std::io::stdout().is_terminal() {
             To::Table {
@@ -84,7 +92,7 @@ impl RowSink {
             }
         } else {
             To::Tsv(out)
-        })
+        }
     }
 
     /// The sink of a service: the rows go into the answer.
@@ -112,6 +120,9 @@ impl RowSink {
     }
 
     fn push_to<R: Row>(&mut self, row: &R) -> Result<()> {
+        if let To::Stdout { json } = self.to {
+            self.to = RowSink::open_stdout(json);
+        }
         match &mut self.to {
             To::Json(out) => {
                 serde_json::to_writer(&mut *out, row)
@@ -150,7 +161,7 @@ impl RowSink {
                 rows.push(value);
                 Ok(())
             }
-            To::Discard => Ok(()),
+            To::Stdout { .. } | To::Discard => Ok(()),
         }
     }
 
@@ -209,7 +220,7 @@ impl RowSink {
     pub(crate) fn finish(&mut self) -> Result<()> {
         let flushed = self.flush_table().and_then(|()| match &mut self.to {
             To::Json(out) | To::Tsv(out) | To::Table { out, .. } => out.flush().map_err(closed),
-            To::Collect(_) | To::Discard => Ok(()),
+            To::Stdout { .. } | To::Collect(_) | To::Discard => Ok(()),
         });
         self.note_closed(flushed)
     }

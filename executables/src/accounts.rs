@@ -403,8 +403,7 @@ impl fmt::Display for Listed {
 /// Streams the users the listing selects, by id (keyset pagination: a page costs the same
 /// wherever it starts), each as it is read: memory stays flat whatever the limit.
 pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Listed> {
-    let limit = u64::from(listing.bounds.limit);
-    let (mut seen, mut last, mut more) = (0u64, None, false);
+    let mut cut = listing.bounds.cut();
     let count = tx
         .stream(
             "SELECT id, username, email, password_hash, created_at FROM users \
@@ -418,21 +417,12 @@ pub async fn list(tx: &mut Tx<'_>, listing: Listing) -> Result<Listed> {
                 listing.before,
                 listing.bounds.fetch(),
             ),
-            |row: Stored| {
-                seen += 1;
-                // The one row past the page says that another follows.
-                if seen > limit {
-                    more = true;
-                    return Ok(None);
-                }
-                last = Some(row.id);
-                Ok(Some(Account::from(row)))
-            },
+            |row: Stored| Ok(cut.admit(row.id).then(|| Account::from(row))),
         )
         .await?;
     Ok(Listed {
         count,
-        next: last.filter(|_| more),
+        next: cut.next(),
     })
 }
 

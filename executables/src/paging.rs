@@ -47,11 +47,48 @@ impl Bounds {
 
     /// The page out of `rows` (fetched with [`Bounds::fetch`]) and the next page's cursor, if
     /// there is a next page.
-    pub fn page<T>(&self, mut rows: Vec<T>, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
-        let more = rows.len() > self.limit as usize;
-        rows.truncate(self.limit as usize);
-        let next = more.then(|| rows.last().map(&id)).flatten();
-        (rows, next)
+    pub fn page<T>(&self, rows: Vec<T>, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
+        let mut cut = self.cut();
+        let rows = rows.into_iter().filter(|row| cut.admit(id(row))).collect();
+        (rows, cut.next())
+    }
+
+    /// The same cut, a row at a time, for rows streamed as they are read.
+    pub fn cut(&self) -> Cut {
+        Cut {
+            limit: u64::from(self.limit),
+            seen: 0,
+            last: None,
+            more: false,
+        }
+    }
+}
+
+/// Which of the rows fetched with [`Bounds::fetch`] belong to the page: all but the one past
+/// it, which only says that a next page exists.
+#[derive(Debug)]
+pub struct Cut {
+    limit: u64,
+    seen: u64,
+    last: Option<i64>,
+    more: bool,
+}
+
+impl Cut {
+    /// Whether the row with id `id`, the next one read, is on the page.
+    pub fn admit(&mut self, id: i64) -> bool {
+        self.seen += 1;
+        if self.seen > self.limit {
+            self.more = true;
+            return false;
+        }
+        self.last = Some(id);
+        true
+    }
+
+    /// The next page's cursor, if rows were left past this page.
+    pub fn next(&self) -> Option<i64> {
+        self.last.filter(|_| self.more)
     }
 }
 

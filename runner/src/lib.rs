@@ -572,22 +572,7 @@ fn compare_serve(
 
 /// The executable: a path as given, else a name next to runmany's own binary, else on PATH.
 fn resolve(exe: &str) -> Result<PathBuf, Fatal> {
-    let found = if exe.contains('/') {
-        Some(PathBuf::from(exe)).filter(|p| p.is_file())
-    } else {
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|me| me.parent().map(|d| d.join(exe)))
-            .filter(|p| p.is_file());
-        beside.or_else(|| {
-            std::env::var_os("PATH").and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join(exe))
-                    .find(|p| p.is_file())
-            })
-        })
-    };
-    found.ok_or_else(|| {
+    runtime::find_executable(exe).ok_or_else(|| {
         usage(format!(
             "{exe} was not found (as a path, next to runmany, or on PATH)"
         ))

@@ -126,13 +126,8 @@ pub(crate) async fn seed<T: crate::Task>(target: &Target, run: &str, count: u64)
     target
         .location
         .as_owner(target, T::MIGRATIONS, async |conn: &mut Conn| {
-            let begin = Begin {
-                check: true,
-                single: false,
-                read_only: false,
-            };
             let mut tx = conn
-                .begin_with(&target.location, T::MIGRATIONS, begin)
+                .begin_with(&target.location, T::MIGRATIONS, Begin::CHECKED)
                 .await?;
             let seeded = T::seed(&mut tx, run, count).await;
             tx.settle(seeded).await

@@ -375,9 +375,10 @@ async fn counted<T: Task>(service: &Service<T>, connection: impl Future<Output =
     service.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-/// Sample request `n` of run `run` as one JSON line for the runner ([`crate::protocol::SampleLine`]):
-/// the command-line words (with the verb) for process mode and the JSON object for a service.
-pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
+/// Sample request `n` of run `run` ([`crate::protocol::SampleLine`]): the command-line words
+/// (with the verb) for process mode and the JSON object for a service, its secret input as
+/// the request's `stdin`.
+pub(crate) fn sample<T: Task>(n: u64, run: &str) -> Result<crate::protocol::SampleLine> {
     let mut request = serde_json::to_value(T::sample(n, run))
         .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))?;
     let (words, _) = service::words_from_json(request.clone())?;
@@ -388,13 +389,18 @@ pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
     if let (Some(text), Some(map)) = (&input, request.as_object_mut()) {
         map.insert("stdin".into(), text.clone().into());
     }
-    serde_json::to_string(&crate::protocol::SampleLine {
+    Ok(crate::protocol::SampleLine {
         argv,
         n,
         request,
         input,
     })
-    .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))
+}
+
+/// [`sample`] as one JSON line for the runner.
+pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
+    serde_json::to_string(&sample::<T>(n, run)?)
+        .map_err(|e| Error::internal(format!("sample {n} cannot be encoded: {e}")))
 }
 
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`

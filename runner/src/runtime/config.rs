@@ -177,8 +177,9 @@ impl Fleet {
     }
 }
 
-/// Where executable `exe` is: a path as given, else beside `fleet`, else on `PATH`.
-pub fn resolve(exe: &str) -> Option<PathBuf> {
+/// Where executable `exe` is: a path as given, else beside the running binary (`fleet`,
+/// `runmany`), else on `PATH`.
+pub fn find_executable(exe: &str) -> Option<PathBuf> {
     let given = Path::new(exe);
     if exe.contains('/') {
         return given.is_file().then(|| given.to_path_buf());

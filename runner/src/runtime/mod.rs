@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use config::Fleet;
+pub use config::find_executable;
 use instance::Shared;
 use output::Out;
 
@@ -162,7 +163,7 @@ fn up(file: &Path) -> Result<(), Failure> {
     let mut exes = Vec::new();
     for name in &order {
         let spec = &fleet.services[name];
-        let exe = config::resolve(&spec.exe).ok_or_else(|| {
+        let exe = config::find_executable(&spec.exe).ok_or_else(|| {
             (
                 66,
                 format!(

@@ -37,7 +37,6 @@ impl Begin {
     }
 }
 
-#[cfg(test)]
 impl Begin {
     /// A checked, explicit transaction.
     pub(crate) const CHECKED: Begin = Begin {
