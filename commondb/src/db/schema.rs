@@ -156,6 +156,10 @@ pub(crate) async fn applied(conn: &mut Conn) -> Result<Vec<Applied>> {
         .collect())
 }
 
+/// What to do when executables of two domains were pointed at one database: their migrations
+/// share its `_sqlx_migrations`.
+const OWN_DATABASE: &str = "give each domain a database of its own (database_url in <executable>.toml: README, Configuration)";
+
 /// Applies the pending migrations and returns those it applied. The caller holds the setup
 /// lock. A migration applied earlier whose checksum differs from the embedded one, or an
 /// applied version the binary does not know (the database is newer than the binary), is refused.
@@ -170,14 +174,14 @@ pub(crate) async fn migrate(
         return Err(Error::config(format!(
             "the database's schema is at version {unknown}, newer than this program's (version {newest})"
         ))
-        .hint("run a newer version of this executable against this database"));
+        .hint(format!("run a newer version of this executable against this database; or, if the database holds another domain's schema, {OWN_DATABASE}")));
     }
     let result = on_conn!(conn, c => migrator.run(&mut *c).await);
     result.map_err(|e| match e {
         sqlx::migrate::MigrateError::VersionMismatch(v) => Error::config(format!(
             "migration {v} was applied to the database with different contents than this program's"
         ))
-        .hint("the schema has drifted: restore a backup or clean up and set up again"),
+        .hint(format!("the schema has drifted (restore a backup, or clean up and set up again); or, if the database holds another domain's schema, {OWN_DATABASE}")),
         // An earlier setup was killed inside a migration on MySQL/MariaDB, whose DDL commits
         // statement by statement: part of the migration may be in place. Not a bug here, and
         // only the operator knows whether the data is worth keeping.
