@@ -311,3 +311,271 @@ fn up_d_returns_once_ready_and_down_stops_it() {
         assert!(gone_within(pid, 10), "instance {pid} outlived fleet down");
     }
 }
+
+/// How one request through the gateway went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Answered with this status.
+    Status(u16),
+    /// The gateway took no connection: the request was never sent.
+    Refused,
+    /// Taken, and closed without an answer.
+    Unanswered,
+}
+
+/// `POST /create-user` of user `name` through the gateway at `addr`, on a connection of its own.
+fn create_through(addr: &str, name: &str) -> Sent {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return Sent::Refused;
+    };
+    let body = format!(r#"{{"username":"{name}","email":"{name}@example.com"}}"#);
+    let request = format!(
+        "POST /create-user HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return Sent::Unanswered;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    match text.split(' ').nth(1).and_then(|s| s.parse().ok()) {
+        Some(status) => {
+            if status != 201 {
+                // Shown when the test fails.
+                eprintln!("{name} at {:?}: {text}", std::time::SystemTime::now());
+            }
+            Sent::Status(status)
+        }
+        None => Sent::Unanswered,
+    }
+}
+
+/// Clients sending `create-user` requests through the gateway, one at a time each, until
+/// stopped; every outcome, by request.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<Sent>>>,
+}
+
+impl Load {
+    fn start(addr: &str, clients: usize, prefix: &str) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|c| {
+                let (stop, addr, prefix) = (stop.clone(), addr.to_string(), prefix.to_string());
+                std::thread::spawn(move || {
+                    let mut sent = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = create_through(&addr, &format!("{prefix}{c}x{}", sent.len()));
+                        sent.push(outcome);
+                        if outcome == Sent::Refused {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    fn finish(self) -> Vec<Sent> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    }
+}
+
+fn count(outcomes: &[Sent], which: Sent) -> usize {
+    outcomes.iter().filter(|o| **o == which).count()
+}
+
+/// The users `prefix` names in the sandbox's users database.
+fn users_named(sb: &Sandbox, prefix: &str) -> i64 {
+    let out = sb
+        .run(
+            "list-users",
+            &["--list", "--prefix", prefix, "--limit", "1000000", "--json"],
+        )
+        .code(0)
+        .stdout
+        .clone();
+    out.lines().count() as i64
+}
+
+/// A fleet of create-user behind a gateway on a free port; the gateway's address.
+fn gateway_fleet(sb: &Sandbox, scale: u32) -> (Up, String) {
+    let up = Up::start(
+        sb,
+        &format!(
+            "[gateway]\nlisten = \"http://127.0.0.1:0\"\n\n[services.create-user]\nexe = \"create-user\"\nscale = {scale}\nbackoff_initial_ms = 50\n"
+        ),
+    );
+    let gateway = up.wait(20, "the gateway's address", |l| {
+        let rest = l.strip_prefix("fleet: gateway on http://")?;
+        let (host, rest) = rest.split_once(':')?;
+        let port = rest.split(':').next()?;
+        Some(format!("{host}:{port}"))
+    });
+    up.wait(20, "every instance is ready", |l| {
+        l.starts_with("fleet: every instance is ready")
+            .then_some(())
+    });
+    (up, gateway)
+}
+
+#[test]
+fn the_gateway_routes_by_service_and_an_instance_killed_under_load_costs_no_ok_answer() {
+    let sb = Sandbox::new();
+    let (up, gateway) = gateway_fleet(&sb, 1);
+    // Routed by path to the service's instance, as its own POST /create.
+    let (status, body) = e2e::http(
+        &gateway,
+        "POST",
+        "/create-user",
+        &[],
+        br#"{"username": "alice", "email": "a@example.com"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = e2e::http(&gateway, "POST", "/nope", &[], b"{}");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("create-user"), "{body}");
+    let (status, body) = e2e::http(&gateway, "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = e2e::http(&gateway, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"commondb_requests_total{service="create-user",instance="0",executable="create-user",outcome="ok"} 1"#)
+            && metrics.contains(r#"fleet_gateway_requests_total{service="create-user",status="201"} 1"#),
+        "{metrics}"
+    );
+
+    // Under load from 8 clients, the one instance is killed outright and comes back.
+    let (pid, _) = up.ready("create-user.0", None);
+    let load = Load::start(&gateway, 8, "k");
+    std::thread::sleep(Duration::from_millis(500));
+    e2e::signal(pid, rustix::process::Signal::KILL);
+    up.ready("create-user.0", Some(pid));
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = load.finish();
+    let ok = count(&outcomes, Sent::Status(201));
+    let unsure = count(&outcomes, Sent::Status(502));
+    // Requests that came during the gap waited for the replacement (or got 503); only those
+    // in flight in the killed instance may have been lost (502: it may have applied them).
+    let others: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Sent::Status(201 | 502 | 503)))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    assert!(ok > 50, "{ok} ok answers");
+    assert!(unsure <= 8, "{unsure} answers 502");
+    let rows = users_named(&sb, "k");
+    assert!(
+        ok as i64 <= rows && rows <= (ok + unsure) as i64,
+        "{rows} rows, {ok} answers 201, {unsure} answers 502"
+    );
+    drop(up);
+}
+
+#[test]
+fn scaling_under_load_and_down_under_load_lose_no_request() {
+    let sb = Sandbox::new();
+    let (mut up, gateway) = gateway_fleet(&sb, 1);
+    let load = Load::start(&gateway, 6, "s");
+    std::thread::sleep(Duration::from_millis(300));
+    sb.run("fleet", &["scale", "create-user=3"])
+        .code(0)
+        .stdout_has("scaled from 1 to 3");
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = sb.run("fleet", &["ps", "--json"]).code(0).json();
+    let served: Vec<u64> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["requests"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(served.len(), 3, "{ps}");
+    // Least outstanding first: the new instances take their share.
+    assert!(served.iter().all(|n| *n > 0), "{ps}");
+    sb.run("fleet", &["restart", "create-user"])
+        .code(0)
+        .stdout_has("restarted 3 instance(s)");
+    sb.run("fleet", &["scale", "create-user=1", "--json"])
+        .code(0)
+        .stdout_has(r#""ok":true"#);
+    std::thread::sleep(Duration::from_millis(300));
+    // Down while the clients still send: the gateway answers what it took, then closes.
+    sb.run("fleet", &["down"]).code(0);
+    assert_eq!(up.exit_code(), Some(0), "{}", up.out.text());
+    let outcomes = load.finish();
+    let ok = count(&outcomes, Sent::Status(201));
+    let refused = count(&outcomes, Sent::Refused);
+    let unanswered = count(&outcomes, Sent::Unanswered);
+    assert!(
+        ok + refused + unanswered == outcomes.len(),
+        "every answer was 201: {:?}\n{}",
+        outcomes
+            .iter()
+            .filter(|o| !matches!(o, Sent::Status(201) | Sent::Refused | Sent::Unanswered))
+            .collect::<Vec<_>>(),
+        up.out.text(),
+    );
+    // A connection the gateway had not read yet when it closed is closed unanswered (at most
+    // one per client), and nothing of it is applied: every row is an answer 201.
+    assert!(unanswered <= 6, "{unanswered} unanswered");
+    assert!(ok > 50, "{ok}");
+    assert_eq!(users_named(&sb, "s"), ok as i64);
+
+    // Every line is in the service's log, prefixed and stamped, after the fleet stopped.
+    let logs = sb.run("fleet", &["logs", "create-user", "-n", "100000"]);
+    let text = logs.code(0).stdout.clone();
+    for want in ["create-user.2: ready (pid ", "create-user.0: stopped"] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert!(
+        text.lines().all(|l| l
+            .split(' ')
+            .nth(1)
+            .is_some_and(|w| w.starts_with("create-user."))),
+        "{text}"
+    );
+    let all = sb.run("fleet", &["logs", "-n", "3"]);
+    let tail = all.code(0).stdout.clone();
+    assert_eq!(tail.lines().count(), 3, "{tail}");
+    sb.run("fleet", &["logs", "nope"])
+        .code(64)
+        .stderr_has("no service \"nope\"");
+}
+
+#[test]
+fn a_stopped_service_is_answered_503_until_started() {
+    let sb = Sandbox::new();
+    let (up, gateway) = gateway_fleet(&sb, 1);
+    sb.run("fleet", &["stop", "create-user"])
+        .code(0)
+        .stdout_has("stopped 1 instance(s)");
+    let (status, body) = e2e::http(&gateway, "POST", "/create-user", &[], b"{}");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no instance of create-user is ready"),
+        "{body}"
+    );
+    let (status, _) = e2e::http(&gateway, "GET", "/healthz", &[], b"");
+    assert_eq!(status, 503);
+    sb.run("fleet", &["start", "create-user"])
+        .code(0)
+        .stdout_has("started 1 instance(s)");
+    assert_eq!(create_through(&gateway, "back"), Sent::Status(201));
+    sb.run("fleet", &["scale", "nope=2"])
+        .code(70)
+        .stderr_has("there is no service \"nope\"");
+    sb.run("fleet", &["scale", "create-user"])
+        .code(64)
+        .stderr_has("SERVICE=N");
+    drop(up);
+}

@@ -20,6 +20,58 @@ pub struct Fleet {
     /// How long a stopping instance has after SIGTERM before SIGKILL, in milliseconds.
     #[serde(default = "grace_ms")]
     pub grace_ms: u64,
+    /// The HTTP entry point in front of the services (none unless configured).
+    #[serde(default)]
+    pub gateway: Option<Gateway>,
+    /// The services' log files.
+    #[serde(default)]
+    pub logs: Logs,
+}
+
+/// `[gateway]`: `POST /<service>` (and `GET` for a read task) routed to the service's ready
+/// instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// `http://HOST:PORT`; a host other than loopback needs `token_file`.
+    pub listen: String,
+    /// A file only its owner can read holding the bearer token every request must carry
+    /// (`Authorization: Bearer …`); required off loopback.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// How long a request waits for an instance that is starting (a restart, a scale-up)
+    /// before it is answered 503, in milliseconds.
+    #[serde(default = "wait_ms")]
+    pub wait_ms: u64,
+    /// The largest request body, in bytes.
+    #[serde(default = "max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// `[logs]`: every service's lines, also in `<dir>/<service>.log`, rotated by size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// The directory (relative to fleet.toml's); default `$XDG_STATE_HOME/commondb/fleet/<id>`
+    /// (`~/.local/state/…`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A log file past this size is rotated (`.1`, `.2`, …).
+    #[serde(default = "max_bytes")]
+    pub max_bytes: u64,
+    /// How many rotated files are kept.
+    #[serde(default = "keep")]
+    pub keep: u32,
+}
+
+impl Default for Logs {
+    fn default() -> Logs {
+        Logs {
+            dir: None,
+            max_bytes: max_bytes(),
+            keep: keep(),
+        }
+    }
 }
 
 /// What restarts an instance that exited.
@@ -95,6 +147,21 @@ fn max_failures() -> u32 {
 fn grace_ms() -> u64 {
     10_000
 }
+fn wait_ms() -> u64 {
+    2_000
+}
+fn max_body_bytes() -> usize {
+    1 << 20
+}
+fn max_bytes() -> u64 {
+    10 << 20
+}
+fn keep() -> u32 {
+    3
+}
+
+/// Names a service cannot take: the runtime's own label, and the gateway's own paths.
+const RESERVED: [&str; 3] = ["fleet", "healthz", "metrics"];
 
 impl Fleet {
     /// Reads `path` (TOML) with the `FLEET_…` overrides, and checks it.
@@ -138,6 +205,11 @@ impl Fleet {
                     "service name {name:?} is not valid: use 1 to 64 of a-z, 0-9 and -"
                 ));
             }
+            if RESERVED.contains(&name.as_str()) {
+                return Err(format!(
+                    "service name {name:?} is reserved (the runtime's own, or a gateway path); rename it"
+                ));
+            }
             if !(1..=MAX_SCALE).contains(&s.scale) {
                 return Err(format!(
                     "services.{name}.scale {} is out of range: 1 to {MAX_SCALE}",
@@ -157,6 +229,18 @@ impl Fleet {
                 }
             }
         }
+        if let Some(g) = &self.gateway {
+            g.address()?;
+            if g.max_body_bytes == 0 || g.max_body_bytes > 64 << 20 {
+                return Err("gateway.max_body_bytes is out of range: 1 to 67108864".into());
+            }
+            if g.wait_ms > 60_000 {
+                return Err("gateway.wait_ms is out of range: 0 to 60000".into());
+            }
+        }
+        if self.logs.max_bytes < 4096 || self.logs.keep > 100 {
+            return Err("logs: max_bytes must be at least 4096, keep at most 100".into());
+        }
         self.order().map(drop)
     }
 
@@ -174,6 +258,33 @@ impl Fleet {
             }
         }
         Ok(done)
+    }
+}
+
+impl Gateway {
+    /// Where the gateway listens, checked: `http://HOST:PORT`, with a token file off loopback.
+    pub fn address(&self) -> Result<std::net::SocketAddr, String> {
+        use std::net::ToSocketAddrs;
+        let bad = || {
+            format!(
+                "gateway.listen {:?} is not http://HOST:PORT (for instance http://127.0.0.1:8080)",
+                self.listen
+            )
+        };
+        let rest = self.listen.strip_prefix("http://").ok_or_else(bad)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let addr = rest
+            .to_socket_addrs()
+            .map_err(|_| bad())?
+            .next()
+            .ok_or_else(bad)?;
+        if !addr.ip().is_loopback() && self.token_file.is_none() {
+            return Err(format!(
+                "gateway.listen {} is not loopback: set gateway.token_file to a file only you can read, holding the bearer token clients must send",
+                self.listen
+            ));
+        }
+        Ok(addr)
     }
 }
 

@@ -5,11 +5,12 @@
 //! killed by `kill -9`), and has its output read line by line, each line prefixed with
 //! `service.instance`. Its first line, the ready line, says where it listens.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use commondb::protocol;
@@ -20,25 +21,68 @@ use super::output::Out;
 /// The longest line of an instance's output kept whole (the rest of it is dropped).
 const MAX_LINE: usize = 16 * 1024;
 
-/// What the runtime shares with its supervisors.
+/// What the runtime shares with its supervisors, its control socket and its gateway.
 pub struct Shared {
     /// Set once the fleet is stopping: no more restarts.
     pub stopping: AtomicBool,
-    /// The running instances' pids (also their process groups'), by label.
-    pids: Mutex<Vec<(String, u32)>>,
-    /// How many instances of each service are ready, and how many failed for good.
-    ready: Mutex<Vec<(String, u32, u32)>>,
-    changed: Condvar,
-    /// What `fleet ps` shows of each instance.
-    states: Mutex<Vec<State>>,
     /// Where the output goes.
     pub out: Out,
+    /// The services, by name.
+    pub services: BTreeMap<String, ServiceRt>,
+    /// How long a stopping instance has after SIGTERM before SIGKILL.
+    pub grace: Duration,
+    /// Every instance, in service and instance order.
+    instances: Mutex<Vec<Arc<Instance>>>,
+    /// Bumped at every change of an instance's state or wish; waiters wait on `changed`.
+    generation: Mutex<u64>,
+    changed: Condvar,
+    /// Told whenever an instance becomes ready (the gateway's requests waiting for one).
+    pub became_ready: tokio::sync::Notify,
+    /// How many supervisors run.
+    supervisors: AtomicUsize,
 }
 
-/// One instance as `fleet ps` shows it.
+/// A service as the runtime runs it.
+pub struct ServiceRt {
+    /// Its executable.
+    pub exe: PathBuf,
+    /// Its settings.
+    pub spec: Service,
+    /// Its task's verb: the gateway's `POST /<service>` is the instance's `POST /<verb>`.
+    pub verb: String,
+    /// Held by whichever control command (start, stop, restart, scale) changes it.
+    pub control: Mutex<()>,
+    /// Set when it was not started: what it depends on did not become ready.
+    pub abandoned: AtomicBool,
+}
+
+/// What the runtime wants of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Running (restarted by its policy).
+    Run,
+    /// Stopped, until `fleet start`.
+    Stop,
+    /// Stopped and removed (`fleet scale` down).
+    Retire,
+    /// Stopped, then started again at once (no backoff).
+    Restart,
+}
+
+/// One instance of a service.
+pub struct Instance {
+    /// Its service.
+    pub service: String,
+    /// Its number in the service, from 0.
+    pub index: u32,
+    /// The gateway's requests in flight to it.
+    pub outstanding: AtomicUsize,
+    state: Mutex<State>,
+}
+
+/// What changes of an instance.
 struct State {
-    service: String,
-    index: u32,
+    want: Want,
     pid: Option<u32>,
     state: &'static str,
     /// When its current process started.
@@ -46,146 +90,312 @@ struct State {
     restarts: u32,
     last_exit: Option<String>,
     addresses: Vec<String>,
+    /// Ready at least once, or given up on (failed, or done for good): what `depends_on`
+    /// waits for.
+    settled: bool,
+    ready_once: bool,
+}
+
+impl Instance {
+    fn new(service: &str, index: u32) -> Instance {
+        Instance {
+            service: service.to_string(),
+            index,
+            outstanding: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                want: Want::Run,
+                pid: None,
+                state: "starting",
+                started: None,
+                restarts: 0,
+                last_exit: None,
+                addresses: Vec::new(),
+                settled: false,
+                ready_once: false,
+            }),
+        }
+    }
+
+    /// `service.index`, the prefix of its lines.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.service, self.index)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid
+    }
+
+    /// What the runtime wants of it.
+    pub fn want(&self) -> Want {
+        self.lock().want
+    }
+
+    /// Its HTTP address, while it is ready and wanted running: where the gateway may send.
+    pub fn route(&self) -> Option<String> {
+        let s = self.lock();
+        if s.state != "ready" || s.want != Want::Run {
+            return None;
+        }
+        s.addresses
+            .iter()
+            .find_map(|a| a.strip_prefix(protocol::listen::HTTP))
+            .map(String::from)
+    }
+
+    /// Whether it is coming (starting, restarting, in backoff): worth a request's wait.
+    pub fn coming(&self) -> bool {
+        let s = self.lock();
+        matches!(s.want, Want::Run | Want::Restart) && s.state != "failed" && s.state != "exited"
+    }
+
+    /// `index: state`, as an error tells it.
+    pub fn brief(&self) -> String {
+        format!("{}: {}", self.index, self.lock().state)
+    }
+
+    /// Whether it is ready (and wanted running).
+    pub fn is_ready(&self) -> bool {
+        let s = self.lock();
+        s.state == "ready" && s.want == Want::Run
+    }
+
+    /// As `fleet ps` shows it (without what is asked of the instance itself).
+    pub fn status(&self) -> serde_json::Value {
+        let s = self.lock();
+        serde_json::json!({
+            "service": self.service,
+            "instance": self.index,
+            "pid": s.pid,
+            "state": s.state,
+            "uptime_ms": s.started.filter(|_| s.pid.is_some()).map(|t| t.elapsed().as_millis() as u64),
+            "restarts": s.restarts,
+            "last_exit": s.last_exit,
+            "addresses": s.addresses,
+            "outstanding": self.outstanding.load(Ordering::Relaxed),
+        })
+    }
 }
 
 impl Shared {
     /// A runtime's shared state, printing to `out`.
-    pub fn new(out: Out) -> Shared {
+    pub fn new(out: Out, services: BTreeMap<String, ServiceRt>, grace: Duration) -> Shared {
         Shared {
             stopping: AtomicBool::new(false),
-            pids: Mutex::new(Vec::new()),
-            ready: Mutex::new(Vec::new()),
-            changed: Condvar::new(),
-            states: Mutex::new(Vec::new()),
             out,
+            services,
+            grace,
+            instances: Mutex::new(Vec::new()),
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
+            became_ready: tokio::sync::Notify::new(),
+            supervisors: AtomicUsize::new(0),
         }
-    }
-
-    /// Changes what `fleet ps` shows of instance `index` of `service`.
-    fn state(&self, service: &str, index: u32, change: impl FnOnce(&mut State)) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let at = match states
-            .iter()
-            .position(|s| s.service == service && s.index == index)
-        {
-            Some(at) => at,
-            None => {
-                states.push(State {
-                    service: service.to_string(),
-                    index,
-                    pid: None,
-                    state: "starting",
-                    started: None,
-                    restarts: 0,
-                    last_exit: None,
-                    addresses: Vec::new(),
-                });
-                states.len() - 1
-            }
-        };
-        change(&mut states[at]);
-    }
-
-    /// Every instance as `fleet ps` shows it, in service and instance order.
-    pub fn statuses(&self) -> Vec<serde_json::Value> {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.sort_by(|a, b| (&a.service, a.index).cmp(&(&b.service, b.index)));
-        states
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "service": s.service,
-                    "instance": s.index,
-                    "pid": s.pid,
-                    "state": s.state,
-                    "uptime_ms": s.started.filter(|_| s.pid.is_some()).map(|t| t.elapsed().as_millis() as u64),
-                    "restarts": s.restarts,
-                    "last_exit": s.last_exit,
-                    "addresses": s.addresses,
-                })
-            })
-            .collect()
     }
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
 
-    fn set_pid(&self, label: &str, pid: Option<u32>) {
-        let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
-        pids.retain(|(l, _)| l != label);
-        if let Some(pid) = pid {
-            pids.push((label.to_string(), pid));
-        }
+    /// Changes instance `inst`, and wakes whatever waits for a change.
+    fn change(&self, inst: &Instance, f: impl FnOnce(&mut State)) {
+        f(&mut inst.lock());
+        self.wake();
     }
 
-    /// The pids of the running instances.
-    pub fn pids(&self) -> Vec<u32> {
-        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
-        pids.iter().map(|(_, p)| *p).collect()
-    }
-
-    fn count(&self, service: &str, ready: u32, failed: u32) {
-        let mut all = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        match all.iter_mut().find(|(s, _, _)| s == service) {
-            Some(entry) => {
-                entry.1 += ready;
-                entry.2 += failed;
-            }
-            None => all.push((service.to_string(), ready, failed)),
-        }
+    /// Wakes whatever waits for a change (a stop, a wish, a state).
+    pub fn wake(&self) {
+        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        *generation += 1;
         self.changed.notify_all();
     }
 
-    /// Waits until every one of `scale` instances of `service` was ready once or failed for
-    /// good, or the fleet stops; whether all were ready.
-    pub fn wait_ready(&self, service: &str, scale: u32) -> bool {
-        let mut all = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+    /// Waits until `done` holds (checked at every change, and every 100 ms) or `limit` has
+    /// passed; whether it holds.
+    pub fn wait_until(&self, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        // `Duration::MAX`: no deadline.
+        let deadline = Instant::now().checked_add(limit);
+        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let (ready, failed) = all
-                .iter()
-                .find(|(s, _, _)| s == service)
-                .map_or((0, 0), |(_, r, f)| (*r, *f));
-            if ready + failed >= scale || self.stopping() {
-                return ready >= scale;
+            if done() {
+                return true;
             }
-            all = self
+            let now = Instant::now();
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
+                return false;
+            }
+            let wait = left.min(Duration::from_millis(100));
+            generation = self
                 .changed
-                .wait_timeout(all, Duration::from_millis(100))
+                .wait_timeout(generation, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
-    /// Wakes whatever waits, for a stop.
-    pub fn wake(&self) {
-        self.changed.notify_all();
+    /// Every instance, in service and instance order.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The instances of `service`.
+    pub fn of(&self, service: &str) -> Vec<Arc<Instance>> {
+        let all = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter(|i| i.service == service)
+            .cloned()
+            .collect()
+    }
+
+    /// The pids of the running instances.
+    pub fn pids(&self) -> Vec<u32> {
+        self.instances().iter().filter_map(|i| i.pid()).collect()
+    }
+
+    /// Adds instance `index` of `service` and starts its supervisor.
+    pub fn add(self: &Arc<Shared>, service: &str, index: u32) -> Arc<Instance> {
+        let inst = Arc::new(Instance::new(service, index));
+        {
+            let mut all = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+            all.push(Arc::clone(&inst));
+            all.sort_by(|a, b| (&a.service, a.index).cmp(&(&b.service, b.index)));
+        }
+        self.supervisors.fetch_add(1, Ordering::AcqRel);
+        let shared = Arc::clone(self);
+        let supervised = Arc::clone(&inst);
+        std::thread::spawn(move || {
+            supervise(&shared, &supervised);
+            shared.supervisors.fetch_sub(1, Ordering::AcqRel);
+            shared.wake();
+        });
+        inst
+    }
+
+    fn remove(&self, inst: &Instance) {
+        let mut all = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|i| !std::ptr::eq(i.as_ref(), inst));
+    }
+
+    /// Waits until every one of the `scale` first instances of `service` was ready once or was
+    /// given up on (or the service was not started, or the fleet stops); whether all were
+    /// ready.
+    pub fn wait_ready(&self, service: &str) -> bool {
+        let svc = &self.services[service];
+        self.wait_until(Duration::MAX, || {
+            let all = self.of(service);
+            self.stopping()
+                || svc.abandoned.load(Ordering::Acquire)
+                || (all.len() as u32 >= svc.spec.scale && all.iter().all(|i| i.lock().settled))
+        });
+        let all = self.of(service);
+        !all.is_empty() && all.iter().all(|i| i.lock().ready_once)
+    }
+
+    /// Waits until no supervisor runs, up to `limit`.
+    pub fn wait_supervisors(&self, limit: Duration) -> bool {
+        self.wait_until(limit, || self.supervisors.load(Ordering::Acquire) == 0)
+    }
+
+    /// Sets what is wanted of `inst` (a `Want::Run` also forgets its failures).
+    pub fn set_want(&self, inst: &Instance, want: Want) {
+        self.change(inst, |s| s.want = want);
+    }
+
+    /// Stops `inst` gracefully, wanting `want` of it after: no new request from the gateway,
+    /// the gateway's requests in flight finished, then SIGTERM to its process group, the
+    /// grace period, SIGKILL. Returns once its process is gone.
+    pub fn stop(&self, inst: &Instance, want: Want) {
+        self.change(inst, |s| {
+            s.want = want;
+            if s.pid.is_some() {
+                s.state = "stopping";
+            }
+        });
+        let grace = self.grace;
+        self.wait_until(grace, || inst.outstanding.load(Ordering::Acquire) == 0);
+        let Some(pid) = inst.pid() else { return };
+        signal_group(pid, rustix::process::Signal::TERM);
+        if !self.wait_until(grace, || inst.pid() != Some(pid)) {
+            self.out.note(
+                &inst.label(),
+                "the grace period is over: SIGKILL to what is left",
+            );
+            signal_group(pid, rustix::process::Signal::KILL);
+            self.wait_until(Duration::from_secs(5), || inst.pid() != Some(pid));
+        }
     }
 }
 
-/// Supervises instance `index` of service `name` until the fleet stops or the instance is done
-/// (`restart` says not to start it again, or it failed too many times in a row).
-pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &Service) {
-    let label = format!("{name}.{index}");
+/// `signal` to the process group of `pid`.
+pub fn signal_group(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+/// Supervises `inst` until the fleet stops or the instance is retired: started, watched,
+/// restarted by its service's policy (with backoff), held while it is wanted stopped.
+fn supervise(shared: &Shared, inst: &Instance) {
+    let svc = &shared.services[&inst.service];
+    let spec = &svc.spec;
+    let label = inst.label();
     let mut failures = 0u32;
-    let mut announced = false;
     loop {
-        if shared.stopping() {
+        // Held while it is wanted stopped; a `fleet start` forgets its failures.
+        if inst.want() == Want::Stop {
+            shared.wait_until(Duration::MAX, || {
+                shared.stopping() || inst.want() != Want::Stop
+            });
+            failures = 0;
+        }
+        if shared.stopping() || inst.want() == Want::Retire {
+            shared.change(inst, |s| {
+                s.state = "stopped";
+                s.settled = true;
+            });
+            shared.remove(inst);
             return;
         }
+        shared.change(inst, |s| s.want = Want::Run);
         let started = Instant::now();
-        shared.state(name, index, |s| {
+        shared.change(inst, |s| {
             s.state = "starting";
             s.started = Some(started);
         });
-        let outcome = match start(exe, spec) {
-            Ok(child) => run(shared, (&label, name, index), child, &mut announced),
-            Err(e) => Err(format!("cannot start {}: {e}", exe.display())),
+        let outcome = match start(&svc.exe, spec) {
+            Ok(child) => run(shared, inst, &label, child),
+            Err(e) => Err(format!("cannot start {}: {e}", svc.exe.display())),
         };
-        if shared.stopping() {
-            shared.state(name, index, |s| s.state = "stopped");
-            shared.out.note(&label, "stopped");
-            return;
+        let want = inst.want();
+        if shared.stopping() || want != Want::Run {
+            let what = match want {
+                Want::Restart => "stopped, to restart",
+                _ => "stopped",
+            };
+            shared.out.note(&label, what);
+            shared.change(inst, |s| {
+                s.state = "stopped";
+                s.addresses.clear();
+                if want == Want::Restart {
+                    s.restarts += 1;
+                    s.want = Want::Run;
+                }
+            });
+            if want == Want::Restart {
+                failures = 0;
+            }
+            continue;
         }
         let up = started.elapsed();
         let success = outcome
@@ -198,7 +408,7 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
         shared
             .out
             .note(&label, &format!("{what} after {} ms", up.as_millis()));
-        shared.state(name, index, |s| {
+        shared.change(inst, |s| {
             s.last_exit = Some(what.clone());
             s.state = "exited";
             s.addresses.clear();
@@ -209,11 +419,12 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
             Restart::Always => false,
         };
         if done {
-            // Never ready, and not coming back: what waits for it must not wait forever.
-            if !announced {
-                shared.count(name, 0, 1);
-            }
-            return;
+            // Not coming back unless started: what waits for it must not wait forever.
+            shared.change(inst, |s| {
+                s.settled = true;
+                s.want = Want::Stop;
+            });
+            continue;
         }
         if up >= Duration::from_millis(spec.healthy_after_ms) {
             failures = 0;
@@ -223,18 +434,19 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
             shared.out.note(
                 &label,
                 &format!(
-                    "failed: {failures} failures in a row, each within {} ms of its start; not restarted (fix it, then restart the fleet)",
-                    spec.healthy_after_ms
+                    "failed: {failures} failures in a row, each within {} ms of its start; not restarted (fix it, then `fleet start {}`)",
+                    spec.healthy_after_ms, inst.service
                 ),
             );
-            if !announced {
-                shared.count(name, 0, 1);
-            }
-            shared.state(name, index, |s| s.state = "failed");
-            return;
+            shared.change(inst, |s| {
+                s.settled = true;
+                s.state = "failed";
+                s.want = Want::Stop;
+            });
+            continue;
         }
         let delay = backoff(spec, failures);
-        shared.state(name, index, |s| {
+        shared.change(inst, |s| {
             s.state = "backoff";
             s.restarts += 1;
         });
@@ -245,9 +457,10 @@ pub fn supervise(shared: &Shared, name: &str, index: u32, exe: &PathBuf, spec: &
                 delay.as_millis()
             ),
         );
-        let until = Instant::now() + delay;
-        while Instant::now() < until && !shared.stopping() {
-            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        // Cut short by a stop, or by what a control command asks.
+        shared.wait_until(delay, || shared.stopping() || inst.want() != Want::Run);
+        if inst.want() == Want::Restart {
+            shared.change(inst, |s| s.want = Want::Run);
         }
     }
 }
@@ -264,7 +477,7 @@ pub fn backoff(spec: &Service, failures: u32) -> Duration {
     Duration::from_millis(base - base / 5 + jitter)
 }
 
-fn start(exe: &PathBuf, spec: &Service) -> std::io::Result<Child> {
+fn start(exe: &std::path::Path, spec: &Service) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.arg(format!("--{}", protocol::flags::SERVE));
     for addr in &spec.listen {
@@ -294,21 +507,15 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// Watches a started instance until it exits: its output prefixed, its ready line announced.
 fn run(
     shared: &Shared,
-    (label, service, index): (&str, &str, u32),
+    inst: &Instance,
+    label: &str,
     mut child: Child,
-    announced: &mut bool,
 ) -> Result<std::process::ExitStatus, String> {
     let pid = child.id();
-    shared.set_pid(label, Some(pid));
-    shared.state(service, index, |s| s.pid = Some(pid));
-    if shared.stopping() {
+    shared.change(inst, |s| s.pid = Some(pid));
+    if shared.stopping() || inst.want() != Want::Run {
         // The stop's signals went out before this instance was known: it gets its own.
-        if let Some(pid) = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
-        }
+        signal_group(pid, rustix::process::Signal::TERM);
     }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -324,14 +531,15 @@ fn run(
                             label,
                             &format!("ready (pid {pid}): {}", ready.addresses.join(" ")),
                         );
-                        shared.state(service, index, |s| {
-                            s.state = "ready";
+                        shared.change(inst, |s| {
+                            if s.state == "starting" {
+                                s.state = "ready";
+                            }
                             s.addresses = ready.addresses.clone();
+                            s.settled = true;
+                            s.ready_once = true;
                         });
-                        if !*announced {
-                            *announced = true;
-                            shared.count(service, 1, 0);
-                        }
+                        shared.became_ready.notify_waiters();
                     }
                     None => shared.out.line(label, line),
                 });
@@ -339,8 +547,10 @@ fn run(
         }
         child.wait()
     });
-    shared.set_pid(label, None);
-    shared.state(service, index, |s| s.pid = None);
+    shared.change(inst, |s| {
+        s.pid = None;
+        s.addresses.clear();
+    });
     status.map_err(|e| format!("cannot wait for it: {e}"))
 }
 

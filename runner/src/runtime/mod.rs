@@ -7,14 +7,21 @@
 //! prefixed, restarts an instance that exits (exponential backoff with jitter, reset after a
 //! healthy run; too many failures in a row and the instance is `failed`), and on Ctrl-C or
 //! SIGTERM stops every instance's process group: SIGTERM, the grace period, then SIGKILL.
+//! With `[gateway]`, one HTTP entry point routes `POST /<service>` to the service's ready
+//! instances ([`gateway`]). `fleet ps|start|stop|restart|scale|down` control the running
+//! fleet over its control socket ([`control`]); `fleet logs` reads its log files ([`logs`]).
 
 mod config;
 mod control;
+mod gateway;
 mod instance;
+mod logs;
 mod output;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,7 +29,7 @@ use clap::{Parser, Subcommand};
 
 use config::Fleet;
 pub use config::find_executable;
-use instance::Shared;
+use instance::{ServiceRt, Shared};
 use output::Out;
 
 #[derive(Parser, Debug)]
@@ -35,7 +42,7 @@ struct Cli {
     /// The fleet's configuration
     #[arg(
         long,
-        short = 'f',
+        short = 'c',
         value_name = "FILE",
         default_value = "fleet.toml",
         global = true
@@ -62,8 +69,49 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stop the running fleet gracefully, and wait until it has
-    Down,
+    /// Stop the running fleet gracefully (the gateway's requests in flight answered first),
+    /// and wait until it has
+    Down {
+        /// Say it in JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a service's stopped (or failed) instances, and wait until they are ready
+    Start(One),
+    /// Drain and stop a service's instances; they stay stopped until `fleet start`
+    Stop(One),
+    /// Restart a service one instance at a time (each ready before the next stops)
+    Restart(One),
+    /// Change how many instances a service runs, live: SERVICE=N
+    Scale {
+        /// SERVICE=N, N from 1 to 64
+        #[arg(value_name = "SERVICE=N")]
+        what: String,
+        /// Say it in JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the fleet's log lines (each service's, or every service's merged in time order)
+    Logs {
+        /// Only this service's (`fleet` for the runtime's own lines)
+        service: Option<String>,
+        /// How many of the last lines
+        #[arg(short = 'n', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        lines: u32,
+        /// Then show new lines as they come, until interrupted
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+}
+
+/// A command on one service.
+#[derive(clap::Args, Debug)]
+struct One {
+    /// The service, as named in fleet.toml
+    service: String,
+    /// Say it in JSON
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `fleet` on the process's command line.
@@ -74,7 +122,24 @@ pub fn main() -> ExitCode {
         Cmd::Up { detach: false } => up(&cli.file),
         Cmd::Up { detach: true } => detach(&cli.file),
         Cmd::Ps { json } => ps(&cli.file, json),
-        Cmd::Down => down(&cli.file),
+        Cmd::Down { json } => down(&cli.file, json),
+        Cmd::Start(one) => command(&cli.file, &format!("start {}", one.service), one.json),
+        Cmd::Stop(one) => command(&cli.file, &format!("stop {}", one.service), one.json),
+        Cmd::Restart(one) => command(&cli.file, &format!("restart {}", one.service), one.json),
+        Cmd::Scale { what, json } => match what.split_once('=') {
+            Some((service, n)) if !service.is_empty() && !n.is_empty() => {
+                command(&cli.file, &format!("scale {service} {n}"), json)
+            }
+            _ => Err((
+                64,
+                format!("scale {what:?}: write SERVICE=N, for instance login=4"),
+            )),
+        },
+        Cmd::Logs {
+            service,
+            lines,
+            follow,
+        } => show_logs(&cli.file, service.as_deref(), lines as usize, follow),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,7 +181,8 @@ fn init(file: &Path) -> Result<(), Failure> {
     }
     let mut text = String::from(
         "# Written by `fleet init`: one service per executable. Each instance runs `EXE --serve`\n\
-         # on free loopback ports; see `fleet up`.\n",
+         # on free loopback ports; see `fleet up`. The gateway routes POST /<service> to them.\n\
+         \n[gateway]\nlisten = \"http://127.0.0.1:8080\"\n",
     );
     for name in &names {
         text.push_str(&format!(
@@ -160,7 +226,8 @@ fn up(file: &Path) -> Result<(), Failure> {
         .into_iter()
         .map(String::from)
         .collect();
-    let mut exes = Vec::new();
+    let started = Instant::now();
+    let mut services = BTreeMap::new();
     for name in &order {
         let spec = &fleet.services[name];
         let exe = config::find_executable(&spec.exe).ok_or_else(|| {
@@ -172,43 +239,66 @@ fn up(file: &Path) -> Result<(), Failure> {
                 ),
             )
         })?;
-        exes.push(exe);
+        set_up(name, &exe, spec)?;
+        let verb = verb_of(name, &exe, spec)?;
+        services.insert(
+            name.clone(),
+            ServiceRt {
+                exe,
+                spec: spec.clone(),
+                verb,
+                control: std::sync::Mutex::new(()),
+                abandoned: std::sync::atomic::AtomicBool::new(false),
+            },
+        );
     }
-    let started = Instant::now();
-    for (name, exe) in order.iter().zip(&exes) {
-        set_up(name, exe, &fleet.services[name])?;
+    let id = control::id(file).map_err(|e| (78, e))?;
+    let log_dir = logs::dir(file, &fleet.logs, &id).map_err(|e| (78, e))?;
+    let files = logs::LogFiles::open(&log_dir, &fleet.logs).map_err(|e| (73, e))?;
+    let grace = Duration::from_millis(fleet.grace_ms);
+    let shared = Arc::new(Shared::new(Out::stdout(Some(files)), services, grace));
+    // Bound before any instance starts: a port already taken is told at once.
+    let gateway = match &fleet.gateway {
+        Some(g) => Some(gateway::start(Arc::clone(&shared), g).map_err(|e| (73, e))?),
+        None => None,
+    };
+    if let Some(g) = &gateway {
+        shared.out.note(
+            "fleet",
+            &format!("gateway on http://{}: POST /<service>", g.address),
+        );
     }
-    let shared = Shared::new(Out::stdout());
-    // `fleet down` over the control socket.
-    let control_down = std::sync::mpsc::channel::<()>();
-    let stop = std::thread::scope(|s| {
-        for (name, exe) in order.iter().zip(&exes) {
-            let spec = &fleet.services[name];
-            let shared = &shared;
-            let fleet = &fleet;
-            s.spawn(move || {
-                // Started once what it depends on is ready.
-                for dep in &spec.depends_on {
-                    if !shared.wait_ready(dep, fleet.services[dep].scale) {
-                        if !shared.stopping.load(Ordering::Acquire) {
-                            shared
-                                .out
-                                .note(name, &format!("not started: {dep} did not become ready"));
-                        }
-                        return;
+    shared.out.note(
+        "fleet",
+        &format!("logs in {} (fleet logs)", log_dir.display()),
+    );
+    for name in &order {
+        let shared = Arc::clone(&shared);
+        let name = name.clone();
+        // Started once what it depends on is ready.
+        std::thread::spawn(move || {
+            let svc = &shared.services[&name];
+            for dep in &svc.spec.depends_on {
+                if !shared.wait_ready(dep) {
+                    svc.abandoned.store(true, Ordering::Release);
+                    shared.wake();
+                    if !shared.stopping.load(Ordering::Acquire) {
+                        shared
+                            .out
+                            .note(&name, &format!("not started: {dep} did not become ready"));
                     }
+                    return;
                 }
-                std::thread::scope(|s| {
-                    for index in 0..spec.scale {
-                        s.spawn(move || instance::supervise(shared, name, index, exe, spec));
-                    }
-                });
-            });
-        }
-        s.spawn(|| {
-            let all = order
-                .iter()
-                .all(|name| shared.wait_ready(name, fleet.services[name].scale));
+            }
+            for index in 0..svc.spec.scale {
+                shared.add(&name, index);
+            }
+        });
+    }
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let all = order.iter().all(|name| shared.wait_ready(name));
             if all {
                 shared.out.note(
                     "fleet",
@@ -219,32 +309,73 @@ fn up(file: &Path) -> Result<(), Failure> {
                 );
             }
         });
-        let (down, stop_asked) = std::sync::mpsc::channel();
-        {
-            let down = down.clone();
-            // Not joined: it waits for a signal that may never come.
-            std::thread::spawn(move || {
-                let _ = down.send(wait_for_signal());
-            });
+    }
+    let (stop_tx, stop_asked) = std::sync::mpsc::channel();
+    {
+        let stop_tx = stop_tx.clone();
+        // Not joined: it waits for a signal that may never come.
+        std::thread::spawn(move || {
+            let _ = stop_tx.send(wait_for_signal());
+        });
+    }
+    // `fleet down` over the control socket.
+    let (down_tx, down_asked) = std::sync::mpsc::channel::<()>();
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || control::serve(&listener, &shared, &down_tx));
+    }
+    let stop = loop {
+        if let Ok(stop) = stop_asked.recv_timeout(Duration::from_millis(50)) {
+            break stop;
         }
-        s.spawn(|| control::serve(&listener, &shared, &control_down.0));
-        let stop = loop {
-            if let Ok(stop) = stop_asked.recv_timeout(Duration::from_millis(50)) {
-                break stop;
-            }
-            if control_down.1.try_recv().is_ok() {
-                break Ok(());
-            }
-        };
-        drop(down);
-        shared.stopping.store(true, Ordering::Release);
-        shared.wake();
-        shared.out.note("fleet", "stopping every instance");
-        stop_all(&shared, Duration::from_millis(fleet.grace_ms));
-        stop
-    });
+        if down_asked.try_recv().is_ok() {
+            break Ok(());
+        }
+    };
+    drop(stop_tx);
+    shared.out.note("fleet", "stopping every instance");
+    shared.stopping.store(true, Ordering::Release);
+    shared.wake();
+    // The gateway first: no new request, those in flight answered by instances still up.
+    if let Some(g) = gateway {
+        g.drain();
+    }
+    stop_all(&shared, grace);
+    shared.wait_supervisors(Duration::from_secs(5));
     let _ = std::fs::remove_file(&socket);
     stop.map_err(|e| (71, e))
+}
+
+/// The verb of service `name`'s task (`--create` → `create`), from its first sample.
+fn verb_of(name: &str, exe: &Path, spec: &config::Service) -> Result<String, Failure> {
+    let out = Command::new(exe)
+        .args([&format!("--{}", commondb::protocol::flags::SAMPLES), "1"])
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| (69, format!("cannot run {}: {e}", exe.display())))?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let sample: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or(""))
+        .map_err(|_| {
+            (
+                69,
+                format!(
+                    "services.{name}: {} --self-samples 1 printed no sample; is it a commondb executable?",
+                    exe.display()
+                ),
+            )
+        })?;
+    sample["argv"][0]
+        .as_str()
+        .and_then(|a| a.strip_prefix("--"))
+        .map(String::from)
+        .ok_or_else(|| {
+            (
+                69,
+                format!("services.{name}: its sample names no task flag"),
+            )
+        })
 }
 
 /// `fleet up -d`: the same runtime in the background (its own process group, its output
@@ -325,17 +456,22 @@ fn detach(file: &Path) -> Result<(), Failure> {
 
 /// `fleet ps`: the running fleet's instances.
 fn ps(file: &Path, json: bool) -> Result<(), Failure> {
-    let answer = control::ask(file, "ps")?;
+    let answer = control::ask(file, "ps", Some(Duration::from_secs(10)))?;
     let instances = answer["instances"].as_array().cloned().unwrap_or_default();
     if json {
         println!("{}", serde_json::Value::Array(instances));
         return Ok(());
     }
+    print_instances(&instances);
+    Ok(())
+}
+
+fn print_instances(instances: &[serde_json::Value]) {
     println!(
-        "{:<16} {:>8} {:>8}  {:<9} {:>9} {:>8}  {:<24} ADDRESSES",
-        "SERVICE", "INSTANCE", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
+        "{:<16} {:>4} {:>8}  {:<9} {:>9} {:>8} {:>8} {:>8}  {:<24} ADDRESSES",
+        "SERVICE", "#", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "REQUESTS", "LAST EXIT"
     );
-    for i in &instances {
+    for i in instances {
         let text = |v: &serde_json::Value| match v {
             serde_json::Value::Null => "-".to_string(),
             serde_json::Value::String(s) => s.clone(),
@@ -344,38 +480,91 @@ fn ps(file: &Path, json: bool) -> Result<(), Failure> {
         let uptime = i["uptime_ms"]
             .as_u64()
             .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let rss = i["rss_kib"]
+            .as_u64()
+            .map_or("-".to_string(), |k| format!("{:.1}M", k as f64 / 1024.0));
         let addresses: Vec<String> = i["addresses"]
             .as_array()
             .map(|a| a.iter().map(text).collect())
             .unwrap_or_default();
         println!(
-            "{:<16} {:>8} {:>8}  {:<9} {:>9} {:>8}  {:<24} {}",
+            "{:<16} {:>4} {:>8}  {:<9} {:>9} {:>8} {:>8} {:>8}  {:<24} {}",
             text(&i["service"]),
             text(&i["instance"]),
             text(&i["pid"]),
             text(&i["state"]),
             uptime,
             text(&i["restarts"]),
+            rss,
+            text(&i["requests"]),
             text(&i["last_exit"]),
             addresses.join(" ")
         );
+    }
+}
+
+/// `fleet start|stop|restart|scale`: asks the running fleet, and says what it did.
+fn command(file: &Path, command: &str, json: bool) -> Result<(), Failure> {
+    let answer = control::ask(file, command, None)?;
+    if json {
+        println!("{answer}");
+    }
+    let instances = answer["instances"].as_array().cloned().unwrap_or_default();
+    if answer["ok"] != true {
+        if !json && !instances.is_empty() {
+            print_instances(&instances);
+        }
+        let why = answer["error"].as_str().unwrap_or("the fleet refused");
+        return Err((70, why.to_string()));
+    }
+    if !json {
+        println!("{}", answer["done"].as_str().unwrap_or("done"));
+        print_instances(&instances);
     }
     Ok(())
 }
 
 /// `fleet down`: the running fleet stops gracefully; returns once it has (its socket is gone).
-fn down(file: &Path) -> Result<(), Failure> {
-    control::ask(file, "down")?;
+fn down(file: &Path, json: bool) -> Result<(), Failure> {
+    control::ask(file, "down", Some(Duration::from_secs(10)))?;
     let socket = control::path(file).map_err(|e| (78, e))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
     while socket.exists() {
-        if Instant::now() > deadline {
+        if started.elapsed() > Duration::from_secs(120) {
             return Err((75, "the fleet is still stopping after 120 s".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("the fleet is down");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": true, "stopped_in_ms": started.elapsed().as_millis() as u64 })
+        );
+    } else {
+        println!("the fleet is down");
+    }
     Ok(())
+}
+
+/// `fleet logs`: from the fleet's log files (it need not be running).
+fn show_logs(file: &Path, service: Option<&str>, n: usize, follow: bool) -> Result<(), Failure> {
+    let fleet = Fleet::load(file).map_err(|e| (78, e))?;
+    if let Some(s) = service
+        && s != "fleet"
+        && !fleet.services.contains_key(s)
+    {
+        let names: Vec<&str> = fleet.services.keys().map(String::as_str).collect();
+        return Err((
+            64,
+            format!(
+                "there is no service {s:?}; the services are: {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    let id = control::id(file).map_err(|e| (78, e))?;
+    let dir = logs::dir(file, &fleet.logs, &id).map_err(|e| (78, e))?;
+    logs::show(&dir, service, n, follow).map_err(|e| (66, e))
 }
 
 /// An exclusive `flock` on the fleet's lock file, beside its control socket in the private
@@ -454,23 +643,17 @@ fn wait_for_signal() -> Result<(), String> {
 
 /// SIGTERM to every instance's process group; after `grace`, SIGKILL to what is left.
 fn stop_all(shared: &Shared, grace: Duration) {
-    use rustix::process::{Pid, Signal, kill_process_group};
-    let signal_all = |signal: Signal| {
-        for pid in shared.pids() {
-            if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-                let _ = kill_process_group(pid, signal);
-            }
-        }
-    };
-    signal_all(Signal::TERM);
-    let deadline = Instant::now() + grace;
-    while !shared.pids().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    use rustix::process::Signal;
+    for pid in shared.pids() {
+        instance::signal_group(pid, Signal::TERM);
     }
-    if !shared.pids().is_empty() {
+    if !shared.wait_until(grace, || shared.pids().is_empty()) {
         shared
             .out
             .note("fleet", "the grace period is over: SIGKILL to what is left");
-        signal_all(Signal::KILL);
+        for pid in shared.pids() {
+            instance::signal_group(pid, Signal::KILL);
+        }
+        shared.wait_until(Duration::from_secs(5), || shared.pids().is_empty());
     }
 }
