@@ -1,5 +1,5 @@
 //! What `GET /metrics` reports, in the Prometheus text format: requests by outcome, a latency
-//! histogram, the pool's connections in use and idle, client connections open, requests in
+//! histogram, one per phase of a request, the pool's connections in use and idle, client connections open, requests in
 //! flight. Plain atomics: recording a request costs a few relaxed additions.
 
 use std::fmt::Write;
@@ -28,10 +28,17 @@ pub(crate) enum Step {
 
 const PHASES: [&str; 4] = ["prepare", "acquire", "begin", "execute"];
 
+/// Upper bounds of the phase buckets, in seconds: a phase can take a few microseconds.
+const PHASE_BUCKETS: [f64; 16] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0, 10.0,
+];
+
 #[derive(Default)]
 pub(crate) struct Metrics {
     phase_micros: [AtomicU64; PHASES.len()],
     phase_count: [AtomicU64; PHASES.len()],
+    phase_buckets: [[AtomicU64; PHASE_BUCKETS.len()]; PHASES.len()],
     /// `ok` first, then one per [`ErrorKind::ALL`].
     outcomes: [AtomicU64; 1 + ErrorKind::ALL.len()],
     buckets: [AtomicU64; BUCKETS.len()],
@@ -48,6 +55,10 @@ impl Metrics {
         self.phase_micros[i]
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
         self.phase_count[i].fetch_add(1, Relaxed);
+        let seconds = took.as_secs_f64();
+        if let Some(b) = PHASE_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.phase_buckets[i][b].fetch_add(1, Relaxed);
+        }
     }
 
     /// Records one answered request.
@@ -102,15 +113,24 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP commondb_request_phase_seconds Time requests spent in each phase.\n# TYPE commondb_request_phase_seconds summary"
+            "# HELP commondb_request_phase_seconds Time requests spent in each phase.\n# TYPE commondb_request_phase_seconds histogram"
         );
         for (i, phase) in PHASES.iter().enumerate() {
+            let mut cumulative = 0;
+            for (le, n) in PHASE_BUCKETS.iter().zip(&self.phase_buckets[i]) {
+                cumulative += n.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "commondb_request_phase_seconds_bucket{{executable=\"{name}\",phase=\"{phase}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = self.phase_count[i].load(Relaxed);
             let _ = writeln!(
                 out,
-                "commondb_request_phase_seconds_sum{{executable=\"{name}\",phase=\"{phase}\"}} {}\n\
-                 commondb_request_phase_seconds_count{{executable=\"{name}\",phase=\"{phase}\"}} {}",
+                "commondb_request_phase_seconds_bucket{{executable=\"{name}\",phase=\"{phase}\",le=\"+Inf\"}} {count}\n\
+                 commondb_request_phase_seconds_sum{{executable=\"{name}\",phase=\"{phase}\"}} {}\n\
+                 commondb_request_phase_seconds_count{{executable=\"{name}\",phase=\"{phase}\"}} {count}",
                 self.phase_micros[i].load(Relaxed) as f64 / 1e6,
-                self.phase_count[i].load(Relaxed),
             );
         }
         let (in_use, idle, size) = pool;
@@ -142,6 +162,8 @@ mod tests {
         m.observe(None, Duration::from_micros(300));
         m.observe(None, Duration::from_millis(3));
         m.observe(Some(ErrorKind::Conflict), Duration::from_secs(20));
+        m.phase(Step::Prepare, Duration::from_micros(20));
+        m.phase(Step::Prepare, Duration::from_millis(2));
         let text = m.render("x", (1, 2, 3));
         for line in [
             "commondb_requests_total{executable=\"x\",outcome=\"ok\"} 2",
@@ -152,6 +174,10 @@ mod tests {
             "commondb_request_duration_seconds_bucket{executable=\"x\",le=\"+Inf\"} 3",
             "commondb_request_duration_seconds_count{executable=\"x\"} 3",
             "commondb_pool_connections{executable=\"x\",state=\"idle\"} 2",
+            "commondb_request_phase_seconds_bucket{executable=\"x\",phase=\"prepare\",le=\"0.00001\"} 0",
+            "commondb_request_phase_seconds_bucket{executable=\"x\",phase=\"prepare\",le=\"0.000025\"} 1",
+            "commondb_request_phase_seconds_bucket{executable=\"x\",phase=\"prepare\",le=\"0.0025\"} 2",
+            "commondb_request_phase_seconds_count{executable=\"x\",phase=\"prepare\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
