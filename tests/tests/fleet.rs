@@ -458,7 +458,26 @@ fn the_gateway_routes_by_service_and_an_instance_killed_under_load_costs_no_ok_a
     // Under load from 8 clients, the one instance is killed outright and comes back.
     let (pid, _) = up.ready("create-user.0", None);
     let load = Load::start(&gateway, 8, "k");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
+    // `fleet top` sees the traffic: requests per second, and the time of each phase.
+    let top = sb
+        .run(
+            "fleet",
+            &["top", "-n", "1", "--interval-ms", "500", "--json"],
+        )
+        .code(0)
+        .json();
+    let row = &top[0];
+    assert_eq!(row["service"], "create-user", "{top}");
+    assert!(row["requests_per_second"].as_f64().unwrap() > 0.0, "{top}");
+    for series in ["request", "prepare", "execute"] {
+        assert!(row[series]["p50_ms"].as_f64().unwrap() > 0.0, "{top}");
+        assert!(
+            row[series]["p99_ms"].as_f64() >= row[series]["p50_ms"].as_f64(),
+            "{top}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
     e2e::signal(pid, rustix::process::Signal::KILL);
     up.ready("create-user.0", Some(pid));
     std::thread::sleep(Duration::from_millis(500));
@@ -578,4 +597,113 @@ fn a_stopped_service_is_answered_503_until_started() {
         .code(64)
         .stderr_has("SERVICE=N");
     drop(up);
+}
+
+#[test]
+fn up_watch_restarts_a_service_whose_executable_changed_without_a_failed_request() {
+    let sb = Sandbox::new();
+    // A copy of create-user that the test replaces, as a build would.
+    let exe = sb.root().join("create-user");
+    std::fs::copy(e2e::bin("create-user"), &exe).unwrap();
+    std::fs::write(
+        sb.root().join("fleet.toml"),
+        format!(
+            "[gateway]\nlisten = \"http://127.0.0.1:0\"\n\n[services.create-user]\nexe = \"{}\"\nscale = 2\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = sb.command("fleet", &["up", "--watch"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("fleet starts");
+    let out = StderrLog::read(child.stdout.take().unwrap());
+    let up = Up { child, out };
+    let gateway = up.wait(20, "the gateway's address", |l| {
+        let rest = l.strip_prefix("fleet: gateway on http://")?;
+        let (host, rest) = rest.split_once(':')?;
+        Some(format!("{host}:{}", rest.split(':').next()?))
+    });
+    let (old0, _) = up.ready("create-user.0", None);
+    let (old1, _) = up.ready("create-user.1", None);
+    let load = Load::start(&gateway, 4, "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let next = sb.root().join(".create-user.new");
+    std::fs::copy(e2e::bin("create-user"), &next).unwrap();
+    std::fs::rename(&next, &exe).unwrap();
+    up.wait(20, "the restart", |l| {
+        (l == "create-user: restarted 2 instance(s) of create-user").then_some(())
+    });
+    let (new0, _) = up.ready("create-user.0", Some(old0));
+    let (new1, _) = up.ready("create-user.1", Some(old1));
+    assert!(new0 != old0 && new1 != old1);
+    std::thread::sleep(Duration::from_millis(200));
+    let outcomes = load.finish();
+    let ok = count(&outcomes, Sent::Status(201));
+    assert_eq!(ok, outcomes.len(), "{outcomes:?}\n{}", up.out.text());
+    assert_eq!(users_named(&sb, "w"), ok as i64);
+}
+
+#[test]
+fn export_systemd_writes_units_systemd_accepts() {
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.root().join("fleet.toml"),
+        format!(
+            "{FAMILY}\n[services.login]\nexe = \"login\"\nlisten = [\"http://127.0.0.1:9443\"]\nrestart = \"on-failure\"\nenv = {{ COMMONDB_TASK__SESSION_TTL_SECS = \"60\", ODD = \"50% $HOME \\\"x\\\"\" }}\n"
+        ),
+    )
+    .unwrap();
+    let units = sb.root().join("units");
+    sb.run("fleet", &["export", "systemd", "units", "--name", "shop"])
+        .code(0)
+        .stdout_has("systemctl enable --now shop.target");
+    let read = |name: &str| std::fs::read_to_string(units.join(name)).unwrap();
+    let target = read("shop.target");
+    assert!(
+        target.contains("Wants=create-user-setup.service create-user@0.socket get-user-setup.service get-user@0.socket get-user@1.socket login-setup.service login@0.socket"),
+        "{target}"
+    );
+    let get = read("get-user@.service");
+    assert!(
+        get.contains("After=get-user-setup.service create-user@0.service"),
+        "{get}"
+    );
+    assert!(get.contains("--serve --listen http+systemd"), "{get}");
+    let login = read("login@.service");
+    assert!(login.contains("Restart=on-failure"), "{login}");
+    assert!(
+        login.contains(r#"Environment="ODD=50%% $HOME \"x\"""#),
+        "{login}"
+    );
+    assert!(read("login@.socket").contains("ListenStream=127.0.0.1:9443\nReusePort=yes"));
+    // Never over units already there, unless asked.
+    sb.run("fleet", &["export", "systemd", "units", "--name", "shop"])
+        .code(73)
+        .stderr_has("--force");
+    sb.run(
+        "fleet",
+        &["export", "systemd", "units", "--name", "shop", "--force"],
+    )
+    .code(0);
+    sb.run("fleet", &["export", "systemd", "units", "--name", "Shop!"])
+        .code(78)
+        .stderr_has("not valid");
+    if let Some(analyze) = e2e::tool("systemd-analyze", "systemd") {
+        let out = std::process::Command::new(analyze)
+            .args(["verify", "--man=no"])
+            .args(
+                [
+                    "shop.target",
+                    "get-user@1.service",
+                    "get-user@1.socket",
+                    "get-user-setup.service",
+                    "login@0.service",
+                ]
+                .map(|u| units.join(u)),
+            )
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    }
 }

@@ -142,8 +142,19 @@ fn ps(shared: &Shared) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The requests an instance has answered, from its `/metrics` (one second at most).
+/// The requests an instance has answered, from its `/metrics`.
 fn requests_served(address: &str) -> Option<u64> {
+    Some(
+        fetch_metrics(address)?
+            .lines()
+            .filter(|l| l.starts_with("commondb_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// The `/metrics` text of the instance at `address` (one second at most, 1 MiB at most).
+pub fn fetch_metrics(address: &str) -> Option<String> {
     use std::net::{TcpStream, ToSocketAddrs};
     let addr = address.to_socket_addrs().ok()?.next()?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -156,13 +167,7 @@ fn requests_served(address: &str) -> Option<u64> {
     .ok()?;
     let mut text = String::new();
     stream.take(1 << 20).read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("commondb_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    )
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// Runs `f` on service `name` under its control lock (one command at a time per service);
@@ -238,7 +243,7 @@ fn stop(shared: &Shared, name: &str) -> Result<String, String> {
 
 /// `fleet restart`: one instance at a time, each drained, stopped, started and ready before
 /// the next; the others serve meanwhile.
-fn restart(shared: &Shared, name: &str) -> Result<String, String> {
+pub fn restart(shared: &Shared, name: &str) -> Result<String, String> {
     let all = shared.of(name);
     for inst in &all {
         let old = inst.pid();

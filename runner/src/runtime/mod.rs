@@ -13,10 +13,13 @@
 
 mod config;
 mod control;
+mod export;
 mod gateway;
 mod instance;
 mod logs;
 mod output;
+mod top;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +65,9 @@ enum Cmd {
         /// instance is ready
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Restart a service (one instance at a time) when its executable file changes
+        #[arg(long)]
+        watch: bool,
     },
     /// Show every instance of the running fleet: pid, state, uptime, restarts, last exit
     Ps {
@@ -91,6 +97,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show each service's requests per second, and the median and p99 of its requests' time
+    /// and of each phase (from the instances' metrics), every interval
+    Top {
+        /// The interval, in milliseconds
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+        interval_ms: u64,
+        /// How many reports (0: until interrupted)
+        #[arg(short = 'n', long, default_value_t = 0)]
+        count: u32,
+        /// One JSON array per report
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the fleet as systemd units (socket-activated, templated instances `name@N`)
+    Export {
+        #[command(subcommand)]
+        to: Export,
+    },
     /// Show the fleet's log lines (each service's, or every service's merged in time order)
     Logs {
         /// Only this service's (`fleet` for the runtime's own lines)
@@ -101,6 +125,22 @@ enum Cmd {
         /// Then show new lines as they come, until interrupted
         #[arg(short = 'f', long)]
         follow: bool,
+    },
+}
+
+/// What `fleet export` writes.
+#[derive(Subcommand, Debug)]
+enum Export {
+    /// Unit files into DIR: per service a setup unit, a templated service and socket; a target
+    Systemd {
+        /// Where to write them (created if need be)
+        dir: PathBuf,
+        /// The target's name: NAME.target starts the whole fleet
+        #[arg(long, default_value = "fleet")]
+        name: String,
+        /// Replace units already in DIR
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -119,8 +159,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Init => init(&cli.file),
-        Cmd::Up { detach: false } => up(&cli.file),
-        Cmd::Up { detach: true } => detach(&cli.file),
+        Cmd::Up {
+            detach: false,
+            watch,
+        } => up(&cli.file, watch),
+        Cmd::Up {
+            detach: true,
+            watch,
+        } => detach(&cli.file, watch),
         Cmd::Ps { json } => ps(&cli.file, json),
         Cmd::Down { json } => down(&cli.file, json),
         Cmd::Start(one) => command(&cli.file, &format!("start {}", one.service), one.json),
@@ -140,6 +186,14 @@ pub fn main() -> ExitCode {
             lines,
             follow,
         } => show_logs(&cli.file, service.as_deref(), lines as usize, follow),
+        Cmd::Top {
+            interval_ms,
+            count,
+            json,
+        } => top::top(&cli.file, Duration::from_millis(interval_ms), count, json),
+        Cmd::Export {
+            to: Export::Systemd { dir, name, force },
+        } => export_systemd(&cli.file, &dir, &name, force),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,7 +268,7 @@ fn is_commondb_executable(path: &Path) -> bool {
 }
 
 /// `fleet up` in the foreground.
-fn up(file: &Path) -> Result<(), Failure> {
+fn up(file: &Path, watch: bool) -> Result<(), Failure> {
     let fleet = Fleet::load(file).map_err(|e| (78, e))?;
     let socket = control::path(file).map_err(|e| (78, e))?;
     // Held until the runtime exits (the kernel releases it even after a kill -9).
@@ -310,6 +364,10 @@ fn up(file: &Path) -> Result<(), Failure> {
             }
         });
     }
+    if watch {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || watch::watch(&shared));
+    }
     let (stop_tx, stop_asked) = std::sync::mpsc::channel();
     {
         let stop_tx = stop_tx.clone();
@@ -381,7 +439,7 @@ fn verb_of(name: &str, exe: &Path, spec: &config::Service) -> Result<String, Fai
 /// `fleet up -d`: the same runtime in the background (its own process group, its output
 /// appended to `<socket>.log`, mode 0600, beside the control socket); returns once every
 /// instance is ready, or with the runtime's own error if it stopped first.
-fn detach(file: &Path) -> Result<(), Failure> {
+fn detach(file: &Path, watch: bool) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
     // A mistake in fleet.toml is told here, not only in a log.
     Fleet::load(file).map_err(|e| (78, e))?;
@@ -404,6 +462,9 @@ fn detach(file: &Path) -> Result<(), Failure> {
         .map_err(|e| (73, format!("cannot open {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(me);
     cmd.arg("--file").arg(file).arg("up");
+    if watch {
+        cmd.arg("--watch");
+    }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -543,6 +604,21 @@ fn down(file: &Path, json: bool) -> Result<(), Failure> {
     } else {
         println!("the fleet is down");
     }
+    Ok(())
+}
+
+/// `fleet export systemd`: the units, written, and how to install them.
+fn export_systemd(file: &Path, dir: &Path, name: &str, force: bool) -> Result<(), Failure> {
+    let fleet = Fleet::load(file).map_err(|e| (78, e))?;
+    let units = export::units(&fleet, file, name).map_err(|e| (78, e))?;
+    let written = export::write(dir, &units, force).map_err(|e| (73, e))?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "install: cp {}/* /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now {name}.target",
+        dir.display()
+    );
     Ok(())
 }
 
