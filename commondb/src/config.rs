@@ -197,11 +197,12 @@ impl Sources {
 /// The `COMMONDB_*` variables that are read elsewhere and are no settings:
 /// [`crate::secrets::ADMIN_URL_VAR`], the environment form of a secrets file read only by setup
 /// and cleanup, the performance report's two variables, and the supervisor's pid.
-const NOT_SETTINGS: [&str; 4] = [
+const NOT_SETTINGS: [&str; 5] = [
     crate::secrets::ADMIN_URL_VAR,
     crate::protocol::PERFORMANCE_REPORT_VAR,
     crate::protocol::SPAWNED_AT_VAR,
     crate::protocol::PARENT_PID_VAR,
+    crate::protocol::FLEET_ID_VAR,
 ];
 
 /// The environment variables that are settings: those prefixed `COMMONDB_` but

@@ -25,6 +25,10 @@ pub const SPAWNED_AT_VAR: &str = "COMMONDB_SPAWNED_AT_NS";
 /// process dies, however it dies, and does not start at all if it is already gone.
 pub const PARENT_PID_VAR: &str = "COMMONDB_PARENT_PID";
 
+/// Set by `fleet` to the id of the fleet an instance belongs to: a later `fleet up` of the same
+/// fleet finds instances an earlier runtime left behind by it.
+pub const FLEET_ID_VAR: &str = "COMMONDB_FLEET_ID";
+
 /// The names of the performance report's phases.
 pub mod phase {
     /// From the spawn to `main` (reported only when the launcher set

@@ -170,6 +170,29 @@ fn a_family_is_started_served_restarted_and_stopped_together() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode(&dir), mode(&socket)), (0o700, 0o600));
+    // Another user cannot reach it (root can reach anything: the test runs as nobody).
+    if rustix::process::geteuid().is_root()
+        && let Some(setpriv) = e2e::tool("setpriv", "util-linux")
+    {
+        let sock = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sock"))
+            .unwrap();
+        let out = std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "python3", "-c"])
+            .arg("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'ps\\n'); print(s.recv(100))")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("Permission denied"),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 
     // SIGTERM stops every instance gracefully, and the runtime exits 0.
     up.signal(rustix::process::Signal::TERM);
@@ -240,10 +263,29 @@ fn no_instance_outlives_a_runtime_killed_outright() {
     let up = Up::start(&sb, FAMILY);
     let (writer, _) = up.ready("create-user.0", None);
     let (reader, _) = up.ready("get-user.1", None);
+    // A process of this fleet that outlives the runtime (here a stand-in, which no death
+    // signal reaches) is found by the next fleet up, which starts nothing twice.
+    let environ = std::fs::read(format!("/proc/{writer}/environ")).unwrap();
+    let id = environ
+        .split(|b| *b == 0)
+        .find(|v| v.starts_with(b"COMMONDB_FLEET_ID="))
+        .map(|v| String::from_utf8_lossy(&v[18..]).to_string())
+        .expect("the instance knows its fleet");
+    let mut stray = std::process::Command::new("sleep")
+        .arg("60")
+        .env("COMMONDB_FLEET_ID", &id)
+        .spawn()
+        .unwrap();
     up.signal(rustix::process::Signal::KILL);
     for pid in [writer, reader] {
         assert!(gone_within(pid, 10), "instance {pid} outlived the fleet");
     }
+    Run::of(sb.command("fleet", &["up"]), None)
+        .code(75)
+        .stderr_has(&format!("{} (sleep)", stray.id()))
+        .stderr_has("nothing was started twice");
+    let _ = stray.kill();
+    let _ = stray.wait();
 }
 
 #[test]

@@ -102,6 +102,10 @@ pub struct Service {
     /// Its environment, besides `fleet`'s own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines (relative to fleet.toml's directory) added to `env`; what
+    /// `env` sets wins.
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
     /// Services started (and ready) before this one.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -175,7 +179,7 @@ impl Fleet {
         if text.len() > 1 << 20 {
             return Err(format!("{} is larger than 1 MiB", path.display()));
         }
-        let fleet: Fleet = config::Config::builder()
+        let mut fleet: Fleet = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("FLEET")
@@ -186,6 +190,16 @@ impl Fleet {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (name, service) in &mut fleet.services {
+            if let Some(file) = &service.env_file {
+                let vars = read_env_file(&base.join(file))
+                    .map_err(|e| format!("services.{name}.env_file: {e}"))?;
+                for (key, value) in vars {
+                    service.env.entry(key).or_insert(value);
+                }
+            }
+        }
         fleet.check()?;
         Ok(fleet)
     }
@@ -288,6 +302,76 @@ impl Gateway {
     }
 }
 
+/// The largest env_file read.
+const MAX_ENV_FILE_BYTES: u64 = 1 << 20;
+
+/// The variables of an env file: `KEY=VALUE` lines (`export ` before is allowed, a value may be
+/// quoted with `"` or `'`), blank lines and `#` comments. A file others could have written is
+/// refused: what it says runs in every instance.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        return Err(format!(
+            "{} could have been written by another user (owner {}, mode {:o}); make it yours and not writable by others (chmod go-w)",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
+    }
+    if meta.len() > MAX_ENV_FILE_BYTES {
+        return Err(format!("{} is larger than 1 MiB", path.display()));
+    }
+    let mut text = String::new();
+    file.take(MAX_ENV_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut vars = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let bad = || {
+            format!(
+                "{} line {}: not KEY=VALUE with a KEY of A-Z, a-z, 0-9 and _",
+                path.display(),
+                n + 1
+            )
+        };
+        let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        let key = key.trim();
+        let valid = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(bad());
+        }
+        let value = value.trim();
+        let unquoted = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|(a, b)| value.strip_prefix(*a)?.strip_suffix(*b))
+            .unwrap_or(value);
+        vars.push((key.to_string(), unquoted.to_string()));
+    }
+    Ok(vars)
+}
+
 /// Where executable `exe` is: a path as given, else beside the running binary (`fleet`,
 /// `runmany`), else on `PATH`.
 pub fn find_executable(exe: &str) -> Option<PathBuf> {
@@ -345,6 +429,38 @@ mod tests {
             let f = Fleet::load(std::path::Path::new(&path)).unwrap();
             println!("scale={}", f.services["login"].scale);
         }
+    }
+
+    #[test]
+    fn an_env_file_adds_to_env_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.env"),
+            "# the shop\nexport A=1\nB = \"two words\"\n\nC='3'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("fleet.toml"),
+            "[services.a]\nexe = \"x\"\nenv_file = \"app.env\"\nenv = { C = \"mine\" }\n",
+        )
+        .unwrap();
+        let f = Fleet::load(&dir.path().join("fleet.toml")).unwrap();
+        let env = &f.services["a"].env;
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "two words");
+        assert_eq!(env["C"], "mine");
+        std::fs::write(dir.path().join("app.env"), "1A=x\n").unwrap();
+        let e = Fleet::load(&dir.path().join("fleet.toml")).unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.path().join("app.env"), "A=1\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("app.env"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let e = Fleet::load(&dir.path().join("fleet.toml")).unwrap_err();
+        assert!(e.contains("another user"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Shared {
     pub became_ready: tokio::sync::Notify,
     /// How many supervisors run.
     supervisors: AtomicUsize,
+    /// The fleet's id, given to every instance ([`protocol::FLEET_ID_VAR`]).
+    pub id: String,
 }
 
 /// A service as the runtime runs it.
@@ -183,7 +185,12 @@ impl Instance {
 
 impl Shared {
     /// A runtime's shared state, printing to `out`.
-    pub fn new(out: Out, services: BTreeMap<String, ServiceRt>, grace: Duration) -> Shared {
+    pub fn new(
+        out: Out,
+        services: BTreeMap<String, ServiceRt>,
+        grace: Duration,
+        id: String,
+    ) -> Shared {
         Shared {
             stopping: AtomicBool::new(false),
             out,
@@ -194,6 +201,7 @@ impl Shared {
             changed: Condvar::new(),
             became_ready: tokio::sync::Notify::new(),
             supervisors: AtomicUsize::new(0),
+            id,
         }
     }
 
@@ -373,7 +381,7 @@ fn supervise(shared: &Shared, inst: &Instance) {
             s.state = "starting";
             s.started = Some(started);
         });
-        let outcome = match start(&svc.exe, spec) {
+        let outcome = match start(&svc.exe, spec, &shared.id) {
             Ok(child) => run(shared, inst, &label, child),
             Err(e) => Err(format!("cannot start {}: {e}", svc.exe.display())),
         };
@@ -477,7 +485,7 @@ pub fn backoff(spec: &Service, failures: u32) -> Duration {
     Duration::from_millis(base - base / 5 + jitter)
 }
 
-fn start(exe: &std::path::Path, spec: &Service) -> std::io::Result<Child> {
+fn start(exe: &std::path::Path, spec: &Service, id: &str) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.arg(format!("--{}", protocol::flags::SERVE));
     for addr in &spec.listen {
@@ -488,6 +496,7 @@ fn start(exe: &std::path::Path, spec: &Service) -> std::io::Result<Child> {
     cmd.env_remove(commondb::secrets::ADMIN_URL_VAR)
         .envs(&spec.env)
         .env(protocol::PARENT_PID_VAR, std::process::id().to_string())
+        .env(protocol::FLEET_ID_VAR, id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -280,6 +280,20 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
         .into_iter()
         .map(String::from)
         .collect();
+    let id = control::id(file).map_err(|e| (78, e))?;
+    let left = left_behind(&id);
+    if !left.is_empty() {
+        let named: Vec<String> = left.iter().map(|(pid, n)| format!("{pid} ({n})")).collect();
+        let pids: Vec<String> = left.iter().map(|(pid, _)| pid.to_string()).collect();
+        return Err((
+            75,
+            format!(
+                "processes an earlier runtime of this fleet started still run: {}; nothing was started twice. Stop them (kill {}) and run fleet up again",
+                named.join(", "),
+                pids.join(" ")
+            ),
+        ));
+    }
     let started = Instant::now();
     let mut services = BTreeMap::new();
     for name in &order {
@@ -306,11 +320,10 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
             },
         );
     }
-    let id = control::id(file).map_err(|e| (78, e))?;
     let log_dir = logs::dir(file, &fleet.logs, &id).map_err(|e| (78, e))?;
     let files = logs::LogFiles::open(&log_dir, &fleet.logs).map_err(|e| (73, e))?;
     let grace = Duration::from_millis(fleet.grace_ms);
-    let shared = Arc::new(Shared::new(Out::stdout(Some(files)), services, grace));
+    let shared = Arc::new(Shared::new(Out::stdout(Some(files)), services, grace, id));
     // Bound before any instance starts: a port already taken is told at once.
     let gateway = match &fleet.gateway {
         Some(g) => Some(gateway::start(Arc::clone(&shared), g).map_err(|e| (73, e))?),
@@ -402,6 +415,40 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
     shared.wait_supervisors(Duration::from_secs(5));
     let _ = std::fs::remove_file(&socket);
     stop.map_err(|e| (71, e))
+}
+
+/// This user's processes that carry fleet `id` in their environment: instances an earlier
+/// runtime of this fleet started and that outlived it (the caller holds the fleet's lock, so no
+/// other runtime of it runs). Their pids and names.
+fn left_behind(id: &str) -> Vec<(u32, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let mark = format!("{}={id}", commondb::protocol::FLEET_ID_VAR);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().map_or(true, |m| m.uid() != me) || pid == std::process::id() {
+            continue;
+        }
+        let mut environ = Vec::new();
+        let read = std::fs::File::open(entry.path().join("environ"))
+            .and_then(|f| f.take(1 << 20).read_to_end(&mut environ));
+        if read.is_ok() && environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, name.trim().to_string()));
+        }
+    }
+    found
 }
 
 /// The verb of service `name`'s task (`--create` → `create`), from its first sample.
