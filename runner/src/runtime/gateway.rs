@@ -11,7 +11,7 @@
 //! `GET /metrics` gathers every instance's metrics, labelled by service and instance, and the
 //! gateway's own. Off loopback every request needs `Authorization: Bearer <token>`.
 //!
-//! It runs on a tokio runtime of its own, on two threads; `fleet down` first stops it (no new
+//! It runs on a tokio runtime of its own, on half the CPUs (one event loop on two); `fleet down` first stops it (no new
 //! connection, the requests in flight answered), then the instances.
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,7 +54,7 @@ struct Gateway {
     /// Idle keep-alive connections, by instance address.
     idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
     /// Answers given, by service and status.
-    answered: Mutex<BTreeMap<(String, u16), u64>>,
+    answered: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// Turns among instances with as few requests in flight.
     turn: AtomicUsize,
 }
@@ -87,8 +87,17 @@ pub fn start(shared: Arc<Shared>, cfg: &config::Gateway) -> Result<Handle, Strin
         answered: Mutex::new(BTreeMap::new()),
         turn: AtomicUsize::new(0),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // Half the CPUs: the instances behind it need the rest. On two, one event loop measured
+    // the same throughput as two threads, with a lower p99 (scripts/bench-gateway).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
+    let mut builder = if workers > 1 {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .thread_name("fleet-gateway")
         .enable_all()
         .build()
@@ -256,9 +265,15 @@ impl Gateway {
             .forward(name, &method, &target, content_type, body)
             .await;
         let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        *answered
-            .entry((name.to_string(), response.status().as_u16()))
-            .or_default() += 1;
+        let status = response.status().as_u16();
+        // Without a new string per request: the service's map exists after its first.
+        match answered.get_mut(name) {
+            Some(by_status) => *by_status.entry(status).or_default() += 1,
+            None => {
+                answered.insert(name.to_string(), BTreeMap::from([(status, 1)]));
+            }
+        }
+        drop(answered);
         response
     }
 
@@ -320,13 +335,16 @@ impl Gateway {
             // either sees the count (and waits for the answer) or is seen here.
             instance.outstanding.fetch_add(1, Ordering::SeqCst);
             if instance.route().is_none() {
-                instance.outstanding.fetch_sub(1, Ordering::SeqCst);
-                self.shared.wake();
+                if instance.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.shared.wake();
+                }
                 continue;
             }
             let sent = self.send(&address, req).await;
-            instance.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.shared.wake();
+            // A stop waits for the last one; nothing else does.
+            if instance.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 && !instance.is_ready() {
+                self.shared.wake();
+            }
             match sent {
                 Ok((status, ct, body)) => {
                     let mut response = Response::new(Full::new(body));
@@ -460,6 +478,13 @@ impl Gateway {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Each restart leaves an address behind: those whose connections all closed go.
+        if !idle.contains_key(address) && idle.len() >= MAX_IDLE {
+            idle.retain(|_, list| {
+                list.retain(|s| !s.is_closed());
+                !list.is_empty()
+            });
+        }
         let list = idle.entry(address.to_string()).or_default();
         if list.len() < MAX_IDLE {
             list.push(sender);
@@ -515,15 +540,17 @@ impl Gateway {
             "# HELP fleet_gateway_requests_total Requests the gateway answered, by service and status.\n\
              # TYPE fleet_gateway_requests_total counter\n",
         );
-        for ((service, status), n) in self
+        for (service, by_status) in self
             .answered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            own.push_str(&format!(
-                "fleet_gateway_requests_total{{service=\"{service}\",status=\"{status}\"}} {n}\n"
-            ));
+            for (status, n) in by_status {
+                own.push_str(&format!(
+                    "fleet_gateway_requests_total{{service=\"{service}\",status=\"{status}\"}} {n}\n"
+                ));
+            }
         }
         own.push_str(
             "# HELP fleet_gateway_in_flight Requests the gateway has sent to an instance and not yet answered.\n\

@@ -295,7 +295,7 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
         ));
     }
     let started = Instant::now();
-    let mut services = BTreeMap::new();
+    let mut exes = Vec::new();
     for name in &order {
         let spec = &fleet.services[name];
         let exe = config::find_executable(&spec.exe).ok_or_else(|| {
@@ -307,14 +307,37 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
                 ),
             )
         })?;
-        set_up(name, &exe, spec)?;
-        let verb = verb_of(name, &exe, spec)?;
+        exes.push(exe);
+    }
+    // Every service's setup at once (setups of one database wait for each other on its setup
+    // lock), and its verb asked meanwhile; the first failure, in start order, is told.
+    let prepared: Vec<Result<String, Failure>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = order
+            .iter()
+            .zip(&exes)
+            .map(|(name, exe)| {
+                let spec = &fleet.services[name];
+                s.spawn(move || {
+                    set_up(name, exe, spec)?;
+                    verb_of(name, exe, spec)
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err((70, "a setup thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut services = BTreeMap::new();
+    for ((name, exe), verb) in order.iter().zip(exes).zip(prepared) {
         services.insert(
             name.clone(),
             ServiceRt {
                 exe,
-                spec: spec.clone(),
-                verb,
+                spec: fleet.services[name].clone(),
+                verb: verb?,
                 control: std::sync::Mutex::new(()),
                 abandoned: std::sync::atomic::AtomicBool::new(false),
             },
