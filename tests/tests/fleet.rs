@@ -501,15 +501,36 @@ fn the_gateway_routes_by_service_and_an_instance_killed_under_load_costs_no_ok_a
     let (pid, _) = up.ready("create-user.0", None);
     let load = Load::start(&gateway, 8, "k");
     std::thread::sleep(Duration::from_millis(300));
-    // `fleet top` sees the traffic: requests per second, and the time of each phase.
-    let top = sb
-        .run(
-            "fleet",
-            &["top", "-n", "1", "--interval-ms", "500", "--json"],
-        )
-        .code(0)
-        .json();
-    let row = &top[0];
+    // One-shot runs report their phases to the runtime, through the path it gave.
+    let fifo = up.wait(5, "where one-shot runs report", |l| {
+        l.strip_prefix("fleet: one-shot runs report to fleet top with COMMONDB_PERFORMANCE_REPORT=")
+            .map(String::from)
+    });
+    // `fleet top` sees the traffic: requests per second, and the time of each phase; and the
+    // one-shot runs of its interval.
+    let mut top = sb.command(
+        "fleet",
+        &["top", "-n", "1", "--interval-ms", "1500", "--json"],
+    );
+    let top = top.stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..3 {
+        let name = format!("oneshot{i}");
+        let mut cmd = sb.command(
+            "create-user",
+            &["--create", "--username", &name, "--email", "o@example.com"],
+        );
+        cmd.env("COMMONDB_PERFORMANCE_REPORT", &fifo);
+        Run::of(cmd, None).code(0);
+    }
+    let top = top.wait_with_output().unwrap();
+    assert!(top.status.success());
+    let top: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap();
+    let runs = &top["runs"][0];
+    assert_eq!(runs["executable"], "create-user", "{top}");
+    assert_eq!(runs["runs"], 3, "{top}");
+    assert!(runs["connect"]["p50_ms"].as_f64().unwrap() > 0.0, "{top}");
+    let row = &top["services"][0];
     assert_eq!(row["service"], "create-user", "{top}");
     assert!(row["requests_per_second"].as_f64().unwrap() > 0.0, "{top}");
     for series in ["request", "prepare", "execute"] {

@@ -2,7 +2,7 @@
 //!
 //! A unix socket in a private directory (`$XDG_RUNTIME_DIR/commondb/fleet/`, else the data
 //! directory's `commondb/fleet/`, mode 0700), itself mode 0600, named after the fleet.toml it
-//! runs: only its user reaches it. One request per connection: a line (`ps`, `down`,
+//! runs: only its user reaches it. One request per connection: a line (`ps`, `runs MS`, `down`,
 //! `start SERVICE`, `stop SERVICE`, `restart SERVICE`, `scale SERVICE N`), and one JSON
 //! document in answer (`"ok"`, and what was done or the error).
 
@@ -101,6 +101,13 @@ fn answer(stream: UnixStream, shared: &Arc<Shared>, down: &Sender<()>) {
             serde_json::json!({ "ok": false, "error": format!("reading the request failed: {e}") })
         }
         (Ok(_), ["ps"]) => serde_json::json!({ "ok": true, "instances": ps(shared) }),
+        (Ok(_), ["runs", ms]) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => serde_json::json!({
+                "ok": true,
+                "runs": shared.reports.summary(Duration::from_millis(ms)),
+            }),
+            _ => serde_json::json!({ "ok": false, "error": "runs takes a number of milliseconds" }),
+        },
         (Ok(_), ["down"]) => {
             let _ = down.send(());
             serde_json::json!({ "ok": true })
@@ -121,7 +128,7 @@ fn answer(stream: UnixStream, shared: &Arc<Shared>, down: &Sender<()>) {
             }
         },
         _ => {
-            serde_json::json!({ "ok": false, "error": "ask ps, down, start SERVICE, stop SERVICE, restart SERVICE or scale SERVICE N" })
+            serde_json::json!({ "ok": false, "error": "ask ps, runs MS, down, start SERVICE, stop SERVICE, restart SERVICE or scale SERVICE N" })
         }
     };
     let mut stream = stream;

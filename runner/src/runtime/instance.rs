@@ -42,6 +42,8 @@ pub struct Shared {
     supervisors: AtomicUsize,
     /// The fleet's id, given to every instance ([`protocol::FLEET_ID_VAR`]).
     pub id: String,
+    /// The performance reports of one-shot runs, for `fleet top`.
+    pub reports: Arc<super::reports::Reports>,
 }
 
 /// A service as the runtime runs it.
@@ -202,6 +204,7 @@ impl Shared {
             became_ready: tokio::sync::Notify::new(),
             supervisors: AtomicUsize::new(0),
             id,
+            reports: Arc::default(),
         }
     }
 

@@ -18,6 +18,7 @@ mod gateway;
 mod instance;
 mod logs;
 mod output;
+mod reports;
 mod top;
 mod watch;
 
@@ -362,6 +363,16 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
         "fleet",
         &format!("logs in {} (fleet logs)", log_dir.display()),
     );
+    let fifo = reports::fifo_path(&socket);
+    shared.reports.listen(&fifo).map_err(|e| (73, e))?;
+    shared.out.note(
+        "fleet",
+        &format!(
+            "one-shot runs report to fleet top with {}={}",
+            commondb::protocol::PERFORMANCE_REPORT_VAR,
+            fifo.display()
+        ),
+    );
     for name in &order {
         let shared = Arc::clone(&shared);
         let name = name.clone();
@@ -437,6 +448,7 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
     stop_all(&shared, grace);
     shared.wait_supervisors(Duration::from_secs(5));
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&fifo);
     stop.map_err(|e| (71, e))
 }
 

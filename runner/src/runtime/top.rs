@@ -188,10 +188,19 @@ pub fn top(file: &Path, interval: Duration, count: u32, json: bool) -> Result<()
             rows.push(row);
         }
         before = now;
+        let runs = control::ask(
+            file,
+            &format!("runs {}", (seconds * 1000.0).round() as u64),
+            Some(Duration::from_secs(10)),
+        )?;
+        let runs = runs["runs"].as_array().cloned().unwrap_or_default();
         let text = if json {
-            format!("{}\n", serde_json::Value::Array(rows))
+            format!(
+                "{}\n",
+                serde_json::json!({ "services": rows, "runs": runs })
+            )
         } else {
-            table(&rows, seconds)
+            table(&rows, seconds) + &runs_table(&runs)
         };
         // A closed output (`| head`) ends it.
         let mut stdout = std::io::stdout().lock();
@@ -232,6 +241,42 @@ fn table(rows: &[serde_json::Value], seconds: f64) -> String {
             pair("acquire"),
             pair("begin"),
             pair("execute"),
+        );
+    }
+    text.push('\n');
+    text
+}
+
+/// The one-shot runs that reported to the runtime: one line per executable, then its phases.
+fn runs_table(runs: &[serde_json::Value]) -> String {
+    if runs.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "one-shot runs (performance reports); times in ms, p50/p99\n{:<16} {:>7} {:>6} {:>6}  PHASES\n",
+        "EXECUTABLE", "RUNS/S", "RUNS", "FAILED"
+    );
+    for run in runs {
+        let phases: Vec<String> = ["total"]
+            .into_iter()
+            .chain(commondb::protocol::PHASES.iter().copied())
+            .filter_map(|p| {
+                let q = &run[p];
+                Some(format!(
+                    "{p} {:.2}/{:.2}",
+                    q["p50_ms"].as_f64()?,
+                    q["p99_ms"].as_f64()?
+                ))
+            })
+            .collect();
+        let _ = writeln!(
+            text,
+            "{:<16} {:>7.1} {:>6} {:>6}  {}",
+            run["executable"].as_str().unwrap_or("?"),
+            run["runs_per_second"].as_f64().unwrap_or(0.0),
+            run["runs"],
+            run["failed"],
+            phases.join("  ")
         );
     }
     text.push('\n');
