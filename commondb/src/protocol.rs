@@ -111,8 +111,112 @@ pub mod listen {
     pub const SYSTEMD: &str = "systemd";
     /// The sockets systemd passed, for HTTP.
     pub const HTTP_SYSTEMD: &str = "http+systemd";
+    /// Requests from a NATS server, answered in a queue group: `nats://HOST:PORT[?prefix=P]`
+    /// ([`super::nats`]).
+    pub const NATS: &str = "nats://";
     /// Every form, as a usage hint says them.
-    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd";
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd or nats://HOST:PORT[?prefix=P]";
+}
+
+/// Requests through NATS: an executable `--serve --listen nats://HOST:PORT` answers the
+/// requests published on subject `<prefix>.<executable>` (prefix `commondb` unless
+/// `?prefix=P` says otherwise), in queue group `<executable>` (each request to one of its
+/// instances), replying to the request's reply subject with the line protocol's answer. A
+/// request is the JSON object an HTTP body would be.
+pub mod nats {
+    /// The subject prefix unless the address names one.
+    pub const DEFAULT_PREFIX: &str = "commondb";
+
+    /// What a `nats://` address names: the server's `HOST:PORT`, and the subject prefix.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Address {
+        /// `HOST:PORT`.
+        pub server: String,
+        /// The subjects' first token.
+        pub prefix: String,
+    }
+
+    impl Address {
+        /// Parses `nats://HOST:PORT[?prefix=P]` (P: 1 to 64 of a-z, 0-9, `_` and `-`).
+        pub fn parse(address: &str) -> Result<Address, String> {
+            let rest = address
+                .strip_prefix(super::listen::NATS)
+                .ok_or_else(|| format!("{address:?} is not nats://HOST:PORT"))?;
+            let (server, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let server = server.trim_end_matches('/');
+            let valid_port = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid_port || server.contains('@') {
+                return Err(format!(
+                    "{address:?}: write nats://HOST:PORT with a port from 1 to 65535 (no user or password)"
+                ));
+            }
+            let mut prefix = DEFAULT_PREFIX.to_string();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("prefix", p))
+                        if (1..=64).contains(&p.len())
+                            && p.chars().all(|c| {
+                                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                            }) =>
+                    {
+                        prefix = p.to_string();
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{address:?}: the only parameter is prefix=P, P of 1 to 64 a-z, 0-9, _ and -"
+                        ));
+                    }
+                }
+            }
+            Ok(Address {
+                server: server.to_string(),
+                prefix,
+            })
+        }
+
+        /// The subject executable `exe` answers on.
+        pub fn subject(&self, exe: &str) -> String {
+            format!("{}.{exe}", self.prefix)
+        }
+    }
+
+    impl std::fmt::Display for Address {
+        /// As [`Address::parse`] reads it (the default prefix left out).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}{}", super::listen::NATS, self.server)?;
+            if self.prefix != DEFAULT_PREFIX {
+                write!(f, "?prefix={}", self.prefix)?;
+            }
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn addresses_parse_and_print_back() {
+            let a = Address::parse("nats://127.0.0.1:4222").unwrap();
+            assert_eq!(a.subject("create-user"), "commondb.create-user");
+            assert_eq!(a.to_string(), "nats://127.0.0.1:4222");
+            let b = Address::parse("nats://h:1?prefix=e2e_7").unwrap();
+            assert_eq!(b.subject("x"), "e2e_7.x");
+            assert_eq!(Address::parse(&b.to_string()).unwrap(), b);
+            for bad in [
+                "nats://h",
+                "nats://h:0",
+                "nats://u:p@h:1",
+                "nats://h:1?prefix=A.B",
+                "nats://h:1?x=1",
+                "tcp://h:1",
+            ] {
+                assert!(Address::parse(bad).is_err(), "{bad}");
+            }
+        }
+    }
 }
 
 /// What separates the executable's name from the addresses on the ready line.

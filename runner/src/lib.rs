@@ -85,7 +85,7 @@ struct Cli {
     /// into FILE as SVG
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH or http://HOST:PORT
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P]
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
     /// Run the workload as processes, then against a service runmany starts (and stops), side by side
@@ -252,7 +252,7 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
         .map_or_else(|| cli.exe.clone(), |n| n.to_string_lossy().into_owned());
     let mut outcome = Outcome::default();
     if let Some(addr) = &cli.serve {
-        let endpoint = Endpoint::parse(addr).map_err(usage)?;
+        let endpoint = Endpoint::parse(addr).map_err(usage)?.of_executable(&name);
         let server_pid = endpoint.port().and_then(listener_pid);
         let summary = serve_run(
             cli, &requests, &run_id, &endpoint, timeout, server_pid, &note,

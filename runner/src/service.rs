@@ -1,6 +1,8 @@
 //! Serve mode: the same requests sent to a running `--serve` instance over `connections`
 //! persistent client connections, each with one request outstanding at a time (a closed loop,
-//! as pgbench's clients are), over the line protocol (TCP or a unix socket) or HTTP/1.1.
+//! as pgbench's clients are), over the line protocol (TCP or a unix socket), HTTP/1.1, or as
+//! NATS requests to the executable's subject (answered by whichever instance of its queue group
+//! takes each).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commondb::protocol::Answer;
-use commondb::protocol::listen::{HTTP, TCP, UNIX};
+use commondb::protocol::listen::{HTTP, NATS, TCP, UNIX};
+use commondb::protocol::nats::Address;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -24,6 +27,9 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// HTTP/1.1, `host:port`.
     Http(String),
+    /// Requests through a NATS server, on the subject of the executable (set by
+    /// [`Endpoint::of_executable`]).
+    Nats(Address, String),
 }
 
 impl Endpoint {
@@ -44,10 +50,24 @@ impl Endpoint {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix(UNIX) {
             Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else if s.starts_with(NATS) {
+            let address = Address::parse(s).map_err(|e| format!("--serve {e}"))?;
+            Ok(Endpoint::Nats(address, String::new()))
         } else {
             Err(format!(
-                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH or http://HOST:PORT (as the service's ready line names them)"
+                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them) or nats://HOST:PORT"
             ))
+        }
+    }
+
+    /// The endpoint for executable `exe`: through NATS, its subject.
+    pub fn of_executable(self, exe: &str) -> Endpoint {
+        match self {
+            Endpoint::Nats(address, _) => {
+                let subject = address.subject(exe);
+                Endpoint::Nats(address, subject)
+            }
+            other => other,
         }
     }
 
@@ -55,7 +75,8 @@ impl Endpoint {
     pub fn port(&self) -> Option<u16> {
         match self {
             Endpoint::Tcp(a) | Endpoint::Http(a) => a.rsplit_once(':')?.1.parse().ok(),
-            Endpoint::Unix(_) => None,
+            // The broker's port is not a service's.
+            Endpoint::Unix(_) | Endpoint::Nats(..) => None,
         }
     }
 }
@@ -67,6 +88,7 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Tcp(a) => write!(f, "{TCP}{a}"),
             Endpoint::Http(a) => write!(f, "{HTTP}{a}"),
             Endpoint::Unix(p) => write!(f, "{UNIX}{}", p.display()),
+            Endpoint::Nats(address, _) => write!(f, "{address}"),
         }
     }
 }
@@ -94,8 +116,8 @@ pub struct Load {
 /// Sends the requests; returns their records in index order, or why the service could not be
 /// used at all.
 pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Record>, String> {
-    if matches!(load.endpoint, Endpoint::Http(_)) && load.verb.is_none() {
-        return Err("over HTTP the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
+    if matches!(load.endpoint, Endpoint::Http(_) | Endpoint::Nats(..)) && load.verb.is_none() {
+        return Err("over HTTP and NATS the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
     }
     // No more threads than connections: one connection is served by one thread, with no
     // wake-ups across threads between a request and its answer.
@@ -203,6 +225,10 @@ enum Client {
         authority: String,
         path: String,
     },
+    Nats {
+        client: async_nats::Client,
+        subject: String,
+    },
 }
 
 impl Client {
@@ -236,6 +262,20 @@ impl Client {
                     .map_err(refused)?;
                 let (r, w) = stream.into_split();
                 Ok(Client::line(r, w))
+            }
+            Endpoint::Nats(address, subject) => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("runmany")
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(address.server.as_str())
+                    .await
+                    .map_err(|e| {
+                        format!("cannot reach the NATS server at {}: {e}", address.server)
+                    })?;
+                Ok(Client::Nats {
+                    client,
+                    subject: subject.clone(),
+                })
             }
             Endpoint::Http(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
@@ -298,6 +338,18 @@ impl Client {
                     .map_err(|e| format!("reading the HTTP answer failed: {e}"))?
                     .to_bytes();
                 String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Client::Nats { client, subject } => {
+                let answer = client
+                    .request(subject.clone(), request.to_string().into())
+                    .await
+                    .map_err(|e| match e.kind() {
+                        async_nats::RequestErrorKind::NoResponders => format!(
+                            "no instance answers on {subject} (start one with --serve --listen nats://…)"
+                        ),
+                        _ => format!("the NATS request failed: {e}"),
+                    })?;
+                String::from_utf8_lossy(&answer.payload).into_owned()
             }
         };
         serde_json::from_str(&text)

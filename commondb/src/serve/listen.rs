@@ -8,6 +8,7 @@
 //! | `http+unix:PATH`  | HTTP on a unix socket                                         |
 //! | `stdio`           | one line-protocol connection on stdin/stdout (inetd, systemd `Accept=yes`) |
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
+//! | `nats://HOST:PORT[?prefix=P]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
 //!
 //! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
 //! secrets file. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
@@ -20,7 +21,8 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
-use crate::protocol::listen::{FORMS, HTTP, HTTP_ON, HTTP_UNIX, STDIO, SYSTEMD, TCP, UNIX};
+use crate::protocol::listen::{FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, STDIO, SYSTEMD, TCP, UNIX};
+use crate::protocol::nats::Address;
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,7 @@ pub(crate) enum Spec {
     Unix(Protocol, PathBuf),
     Stdio,
     Systemd(Protocol),
+    Nats(Address),
 }
 
 impl Spec {
@@ -53,6 +56,11 @@ impl Spec {
             .hint(
                 "clients present the access token instead: serve_token in the app secrets file",
             ));
+        }
+        if spec.starts_with(NATS) {
+            return Address::parse(spec)
+                .map(Spec::Nats)
+                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
         }
         let (protocol, rest) = match spec.strip_prefix(HTTP_ON) {
             Some(rest) => (Protocol::Http, rest),
@@ -99,6 +107,8 @@ pub(crate) enum Listener {
     /// With the path to remove on shutdown (not for a socket systemd made).
     Unix(UnixListener, Protocol, Option<PathBuf>),
     Stdio,
+    /// Subscribed on a NATS server.
+    Nats(async_nats::Client, async_nats::Subscriber, Address),
 }
 
 impl Listener {
@@ -131,6 +141,7 @@ impl Listener {
                 format!("{prefix}{path}")
             }
             Listener::Stdio => STDIO.into(),
+            Listener::Nats(_, _, address) => address.to_string(),
         }
     }
 }
@@ -141,9 +152,10 @@ pub(crate) async fn bind(
     specs: &[Spec],
     settings: &ServeSettings,
     has_token: bool,
+    exe: &str,
 ) -> Result<Vec<Listener>> {
     let mut bound = Vec::with_capacity(specs.len());
-    match bind_all(specs, settings, has_token, &mut bound).await {
+    match bind_all(specs, settings, has_token, exe, &mut bound).await {
         Ok(()) => Ok(bound),
         Err(e) => {
             for listener in &bound {
@@ -160,6 +172,7 @@ async fn bind_all(
     specs: &[Spec],
     settings: &ServeSettings,
     has_token: bool,
+    exe: &str,
     bound: &mut Vec<Listener>,
 ) -> Result<()> {
     for spec in specs {
@@ -188,6 +201,10 @@ async fn bind_all(
                 bound.push(Listener::Unix(listener, *protocol, Some(path.clone())));
             }
             Spec::Stdio => bound.push(Listener::Stdio),
+            Spec::Nats(address) => {
+                let (client, subscriber) = super::nats::subscribe(address, exe).await?;
+                bound.push(Listener::Nats(client, subscriber, address.clone()));
+            }
             Spec::Systemd(protocol) => {
                 for listener in systemd(*protocol)? {
                     // The same rule for a socket systemd bound as for one we bind.
@@ -406,7 +423,7 @@ mod tests {
             assert_eq!(
                 e.hint_text(),
                 Some(
-                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd or http+systemd"
+                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd or nats://HOST:PORT[?prefix=P]"
                 ),
                 "{bad}"
             );
@@ -425,9 +442,9 @@ mod tests {
             Spec::Unix(Protocol::Http, dir.path().join("http.sock")),
             Spec::Stdio,
         ];
-        let Ok(bound) = bind(&specs, &ServeSettings::default(), false).await else {
+        let Ok(bound) = bind(&specs, &ServeSettings::default(), false, "test").await else {
             // Without IPv6 on loopback, IPv4 alone.
-            let bound = bind(&specs[..1], &ServeSettings::default(), false)
+            let bound = bind(&specs[..1], &ServeSettings::default(), false, "test")
                 .await
                 .unwrap();
             let address = bound[0].address();
@@ -454,6 +471,7 @@ mod tests {
             &[Spec::Tcp(Protocol::Line, "0.0.0.0".into(), 0)],
             &settings,
             false,
+            "test",
         )
         .await
         .err()
@@ -465,6 +483,7 @@ mod tests {
             &[Spec::Unix(Protocol::Line, path.clone())],
             &settings,
             false,
+            "test",
         )
         .await
         .unwrap();
@@ -474,6 +493,7 @@ mod tests {
             &[Spec::Unix(Protocol::Line, path.clone())],
             &settings,
             false,
+            "test",
         )
         .await
         .err()
@@ -484,15 +504,21 @@ mod tests {
             &[Spec::Unix(Protocol::Line, path.clone())],
             &settings,
             false,
+            "test",
         )
         .await
         .unwrap();
         let file = dir.path().join("plain");
         std::fs::write(&file, "x").unwrap();
-        let e = bind(&[Spec::Unix(Protocol::Line, file)], &settings, false)
-            .await
-            .err()
-            .unwrap();
+        let e = bind(
+            &[Spec::Unix(Protocol::Line, file)],
+            &settings,
+            false,
+            "test",
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(e.message().contains("not a socket"), "{}", e.message());
     }
 }

@@ -15,6 +15,7 @@ mod http;
 mod line;
 mod listen;
 mod metrics;
+mod nats;
 mod pool;
 mod service;
 
@@ -151,7 +152,7 @@ impl<T: Task> Server<T> {
                     .hint("use a long random string, e.g. from `openssl rand -hex 32`"));
             }
         }
-        let listeners = listen::bind(&specs, &limits, token.is_some()).await?;
+        let listeners = listen::bind(&specs, &limits, token.is_some(), T::NAME).await?;
         let phase = Phase::new();
         // Reads need no single writer: they run beside it on their own connections.
         let group_commit =
@@ -281,6 +282,10 @@ async fn accept<T: Task>(
                 );
             })
             .await;
+        }
+        // The broker decides who may publish: no token.
+        Listener::Nats(client, subscriber, _) => {
+            nats::serve(Arc::clone(&service), client, subscriber, slots).await;
         }
         // The socket file's mode decides who may connect: no token.
         Listener::Unix(listener, protocol, _) => {
