@@ -88,6 +88,11 @@ struct Cli {
     /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P]
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
+    /// With --serve nats://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
+    /// the run, and stop them after; 1 to 64
+    #[arg(long, value_name = "K", requires = "serve",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: Option<u32>,
     /// Run the workload as processes, then against a service runmany starts (and stops), side by side
     #[arg(long)]
     compare: bool,
@@ -253,11 +258,33 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
     let mut outcome = Outcome::default();
     if let Some(addr) = &cli.serve {
         let endpoint = Endpoint::parse(addr).map_err(usage)?.of_executable(&name);
+        let workers = match cli.workers {
+            Some(k) if matches!(endpoint, Endpoint::Nats(..)) => {
+                let started = (0..k)
+                    .map(|_| start_serving(&exe, addr))
+                    .collect::<Result<Vec<_>, Fatal>>();
+                let started = started?;
+                note(format!(
+                    "started {k} worker(s): {} --serve --listen {addr}",
+                    exe.display()
+                ));
+                started
+            }
+            Some(_) => {
+                return Err(usage(
+                    "--workers starts workers on a broker: give --serve nats://HOST:PORT",
+                ));
+            }
+            None => Vec::new(),
+        };
         let server_pid = endpoint.port().and_then(listener_pid);
         let summary = serve_run(
             cli, &requests, &run_id, &endpoint, timeout, server_pid, &note,
-        )?;
-        outcome.add("serve", summary);
+        );
+        for (child, _) in workers {
+            stop_serving(child);
+        }
+        outcome.add("serve", summary?);
     } else {
         let summary = process_run(cli, &exe, &name, &requests, &run_id, timeout, &note)?;
         outcome.add("processes", summary);
@@ -505,7 +532,6 @@ fn compare_serve(
     timeout: Option<Duration>,
     note: &dyn Fn(String),
 ) -> Result<(Summary, Vec<Record>), Fatal> {
-    use std::io::BufRead;
     let run_id = run_id();
     let requests = match requests {
         Requests::Samples(_) => {
@@ -517,11 +543,31 @@ fn compare_serve(
         }
         other => other.clone(),
     };
+    let (child, address) = start_serving(exe, &format!("{TCP}127.0.0.1:0"))?;
+    note(format!("started {} --serve on {address}", exe.display()));
+    let endpoint = Endpoint::parse(&address).map_err(usage)?;
+    let result = serve_run(
+        cli,
+        &requests,
+        &run_id,
+        &endpoint,
+        timeout,
+        Some(child.id()),
+        note,
+    );
+    stop_serving(child);
+    result
+}
+
+/// Starts `exe --serve --listen listen` and waits for its ready line; the process and the
+/// first address it names.
+fn start_serving(exe: &Path, listen: &str) -> Result<(std::process::Child, String), Fatal> {
+    use std::io::BufRead;
     let mut child = Command::new(exe)
         .args([
             &format!("--{}", flags::SERVE),
             &format!("--{}", flags::LISTEN),
-            &format!("{TCP}127.0.0.1:0"),
+            listen,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -541,25 +587,21 @@ fn compare_serve(
     }
     // Keep draining its stderr so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    let Some(address) = address else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Fatal(
-            69,
-            format!("{} --serve did not start:\n{said}", exe.display()),
-        ));
-    };
-    note(format!("started {} --serve on {address}", exe.display()));
-    let endpoint = Endpoint::parse(&address).map_err(usage)?;
-    let result = serve_run(
-        cli,
-        &requests,
-        &run_id,
-        &endpoint,
-        timeout,
-        Some(child.id()),
-        note,
-    );
+    match address {
+        Some(address) => Ok((child, address)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Fatal(
+                69,
+                format!("{} --serve did not start:\n{said}", exe.display()),
+            ))
+        }
+    }
+}
+
+/// SIGTERM to a service runmany started, and waits for it to finish what it took.
+fn stop_serving(mut child: std::process::Child) {
     if let Some(pid) = i32::try_from(child.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -567,7 +609,6 @@ fn compare_serve(
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     let _ = child.wait();
-    result
 }
 
 /// The executable: a path as given, else a name next to runmany's own binary, else on PATH.

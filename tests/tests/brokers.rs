@@ -126,6 +126,28 @@ fn workers_on_nats_answer_runmany_once_each(backend: Backend) {
     assert_eq!(users(&sb), 1601);
     two.terminate();
 
+    // runmany starts its own workers for a run, and stops them after.
+    Run::of(
+        sb.command(
+            "runmany",
+            &[
+                "-n",
+                "200",
+                "-j",
+                "8",
+                "--serve",
+                &url,
+                "--workers",
+                "2",
+                EXE,
+            ],
+        ),
+        None,
+    )
+    .code(0)
+    .stderr_has("started 2 worker(s)")
+    .stdout_has("succeeded   200   failed 0");
+    assert_eq!(users(&sb), 1801);
     // With no worker left, runmany says so.
     Run::of(
         sb.command("runmany", &["-n", "2", "--serve", &url, EXE]),
