@@ -260,10 +260,19 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
         let endpoint = Endpoint::parse(addr).map_err(usage)?.of_executable(&name);
         let workers = match cli.workers {
             Some(k) if matches!(endpoint, Endpoint::Nats(..)) => {
-                let started = (0..k)
-                    .map(|_| start_serving(&exe, addr))
-                    .collect::<Result<Vec<_>, Fatal>>();
-                let started = started?;
+                let mut started = Vec::new();
+                for _ in 0..k {
+                    match start_serving(&exe, addr) {
+                        Ok(worker) => started.push(worker),
+                        Err(e) => {
+                            // Those already started would answer later runs: they go too.
+                            for (child, _) in started {
+                                stop_serving(child);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
                 note(format!(
                     "started {k} worker(s): {} --serve --listen {addr}",
                     exe.display()
@@ -569,6 +578,8 @@ fn start_serving(exe: &Path, listen: &str) -> Result<(std::process::Child, Strin
             &format!("--{}", flags::LISTEN),
             listen,
         ])
+        // It dies with runmany, however runmany dies.
+        .env(protocol::PARENT_PID_VAR, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

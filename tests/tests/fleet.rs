@@ -716,6 +716,17 @@ fn export_systemd_writes_units_systemd_accepts() {
         ),
     )
     .unwrap();
+    // What comes from an env file stays in it: a unit is readable by every user.
+    std::fs::write(sb.root().join("shop.env"), "SHOP_SECRET=hunter2\n").unwrap();
+    let toml = std::fs::read_to_string(sb.root().join("fleet.toml")).unwrap();
+    std::fs::write(
+        sb.root().join("fleet.toml"),
+        toml.replace(
+            "[services.get-user]\nexe = \"get-user\"",
+            "[services.get-user]\nexe = \"get-user\"\nenv_file = \"shop.env\"",
+        ),
+    )
+    .unwrap();
     let units = sb.root().join("units");
     sb.run("fleet", &["export", "systemd", "units", "--name", "shop"])
         .code(0)
@@ -732,6 +743,10 @@ fn export_systemd_writes_units_systemd_accepts() {
         "{get}"
     );
     assert!(get.contains("--serve --listen http+systemd"), "{get}");
+    assert!(
+        get.contains("EnvironmentFile=/") && get.contains("shop.env\n") && !get.contains("hunter2"),
+        "{get}"
+    );
     let login = read("login@.service");
     assert!(login.contains("Restart=on-failure"), "{login}");
     assert!(

@@ -36,6 +36,20 @@ pub(crate) async fn subscribe(
         ))
         .hint("start it (nats-server), or check the address given to --listen")
     };
+    // Anyone who can publish to the server is a client, and this client has no credentials or
+    // TLS to offer yet: a server off loopback is refused rather than trusted.
+    let host = address.server.rsplit_once(':').map_or("", |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = tokio::net::lookup_host(address.server.as_str())
+        .await
+        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    if !loopback {
+        return Err(Error::config(format!(
+            "the NATS server {host} is not on loopback, and whoever can publish there could run this task"
+        ))
+        .hint("use a NATS server on 127.0.0.1 (or reach one through a tunnel); credentials and TLS for a remote broker are not supported yet"));
+    }
     let client = async_nats::ConnectOptions::new()
         .name(exe)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -72,7 +86,7 @@ pub(crate) async fn serve<T: Task>(
                     // No more from the server; what it already sent is still answered (the
                     // stream ends after it), rather than left for the requester's timeout.
                     draining = true;
-                    let _ = subscriber.drain().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), subscriber.drain()).await;
                     continue;
                 }
                 message = subscriber.next() => message,

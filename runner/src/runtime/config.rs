@@ -106,6 +106,9 @@ pub struct Service {
     /// `env` sets wins.
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// The names `env` took from `env_file` (`fleet export systemd` leaves them in the file).
+    #[serde(skip)]
+    pub from_env_file: Vec<String>,
     /// Services started (and ready) before this one.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -193,11 +196,16 @@ impl Fleet {
         let base = path.parent().unwrap_or(Path::new("."));
         for (name, service) in &mut fleet.services {
             if let Some(file) = &service.env_file {
-                let vars = read_env_file(&base.join(file))
-                    .map_err(|e| format!("services.{name}.env_file: {e}"))?;
+                let file = base.join(file);
+                let vars =
+                    read_env_file(&file).map_err(|e| format!("services.{name}.env_file: {e}"))?;
                 for (key, value) in vars {
-                    service.env.entry(key).or_insert(value);
+                    if !service.env.contains_key(&key) {
+                        service.from_env_file.push(key.clone());
+                        service.env.insert(key, value);
+                    }
                 }
+                service.env_file = Some(std::fs::canonicalize(&file).unwrap_or(file));
             }
         }
         fleet.check()?;

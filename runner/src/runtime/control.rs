@@ -116,7 +116,7 @@ fn answer(stream: UnixStream, shared: &Arc<Shared>, down: &Sender<()>) {
             act(shared, service, |svc| match *command {
                 "start" => start(shared, svc),
                 "stop" => stop(shared, svc),
-                _ => restart(shared, svc),
+                _ => restart(shared, svc, true),
             })
         }
         (Ok(_), ["scale", service, n]) => match n.parse::<u32>() {
@@ -249,15 +249,19 @@ fn stop(shared: &Shared, name: &str) -> Result<String, String> {
 }
 
 /// `fleet restart`: one instance at a time, each drained, stopped, started and ready before
-/// the next; the others serve meanwhile.
-pub fn restart(shared: &Shared, name: &str) -> Result<String, String> {
-    let all = shared.of(name);
+/// the next; the others serve meanwhile. Instances wanted stopped are started too, unless
+/// `stopped_too` is false (a restart for a new executable leaves them stopped).
+pub fn restart(shared: &Shared, name: &str, stopped_too: bool) -> Result<String, String> {
+    let all: Vec<_> = shared
+        .of(name)
+        .into_iter()
+        .filter(|i| stopped_too || i.want() != Want::Stop)
+        .collect();
     for inst in &all {
         let old = inst.pid();
-        if old.is_some() {
+        // One in backoff starts at once; one running is drained and stopped first.
+        if !shared.start_now(inst) {
             shared.stop(inst, Want::Restart);
-        } else {
-            shared.set_want(inst, Want::Run);
         }
         ready_again(shared, inst, old)?;
     }
@@ -281,7 +285,13 @@ fn scale(shared: &Arc<Shared>, name: &str, n: u32) -> Result<String, String> {
                 s.spawn(|| shared.stop(inst, Want::Retire));
             }
         });
-        shared.wait_until(READY_WITHIN, || shared.of(name).len() as u32 == n);
+        if !shared.wait_until(READY_WITHIN, || shared.of(name).len() as u32 == n) {
+            return Err(format!(
+                "{name} still has {} instance(s) after {} s; see `fleet logs {name}`",
+                shared.of(name).len(),
+                READY_WITHIN.as_secs()
+            ));
+        }
     }
     Ok(format!("{name} scaled from {now} to {n} instance(s)"))
 }

@@ -75,7 +75,21 @@ pub fn units(fleet: &Fleet, file: &Path, name: &str) -> Result<Vec<Unit>, String
 
 /// Writes `units` into `dir` (created if need be); refuses to replace a file unless `force`.
 pub fn write(dir: &Path, units: &[Unit], force: bool) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Units go on to /etc/systemd/system as root: a directory another user could write to
+    // could have them swapped before they are copied.
+    let meta =
+        std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        return Err(format!(
+            "{} could be written by another user (owner {}, mode {:o}): choose a directory of your own, not writable by others",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
+    }
     let paths: Vec<PathBuf> = units.iter().map(|u| dir.join(&u.name)).collect();
     if !force && let Some(there) = paths.iter().find(|p| p.symlink_metadata().is_ok()) {
         return Err(format!(
@@ -87,7 +101,13 @@ pub fn write(dir: &Path, units: &[Unit], force: bool) -> Result<Vec<PathBuf>, St
         // Replaced by a rename, never written through whatever the path was.
         let tmp = dir.join(format!(".{}.tmp", unit.name));
         let _ = std::fs::remove_file(&tmp);
-        std::fs::write(&tmp, &unit.text)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, unit.text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -128,10 +148,25 @@ fn port(service: &str, spec: &Service, n: usize) -> Result<u16, String> {
     }
 }
 
-/// `Environment=` lines for the service's `env`, quoted for systemd.
+/// `Environment=` lines for the service's `env`, quoted for systemd; what came from its
+/// `env_file` stays there (it may hold secrets; a unit file is readable by every user), named by
+/// `EnvironmentFile=`.
 fn environment(service: &str, spec: &Service) -> Result<String, String> {
     let mut lines = String::new();
+    if let Some(file) = &spec.env_file {
+        // Not quoted: systemd takes the rest of the line as the path.
+        let path = file.display().to_string();
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) || !file.is_absolute() {
+            return Err(format!(
+                "services.{service}.env_file {path:?}: systemd needs an absolute path without spaces"
+            ));
+        }
+        let _ = writeln!(lines, "EnvironmentFile={}", path.replace('%', "%%"));
+    }
     for (key, value) in &spec.env {
+        if spec.from_env_file.contains(key) {
+            continue;
+        }
         let valid = key
             .chars()
             .next()

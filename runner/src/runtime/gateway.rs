@@ -35,6 +35,9 @@ use commondb::secrets::{ExposeSecret, SecretString};
 /// The largest answer passed back from an instance (a page of at most 10,000 rows fits).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
+/// How long an instance that refused or dropped a connection gets no request.
+const SHUN: Duration = Duration::from_secs(1);
+
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 64;
 
@@ -172,6 +175,31 @@ async fn serve(
         _ = stopped.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// A request of the gateway's in flight to an instance: counted while it lives, also when its
+/// future is dropped part way (a stop waits for the count to reach 0).
+struct InFlight<'a> {
+    instance: &'a Instance,
+    shared: &'a Shared,
+}
+
+impl<'a> InFlight<'a> {
+    fn count(instance: &'a Instance, shared: &'a Shared) -> InFlight<'a> {
+        instance.outstanding.fetch_add(1, Ordering::SeqCst);
+        InFlight { instance, shared }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // A stop waits for the last one; nothing else does.
+        if self.instance.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
+            && !self.instance.is_ready()
+        {
+            self.shared.wake();
+        }
+    }
 }
 
 /// How a request to an instance went wrong.
@@ -333,18 +361,12 @@ impl Gateway {
             };
             // Counted, then checked again: a stop that took it off the routes in between
             // either sees the count (and waits for the answer) or is seen here.
-            instance.outstanding.fetch_add(1, Ordering::SeqCst);
+            let counted = InFlight::count(&instance, &self.shared);
             if instance.route().is_none() {
-                if instance.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    self.shared.wake();
-                }
                 continue;
             }
             let sent = self.send(&address, req).await;
-            // A stop waits for the last one; nothing else does.
-            if instance.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 && !instance.is_ready() {
-                self.shared.wake();
-            }
+            drop(counted);
             match sent {
                 Ok((status, ct, body)) => {
                     let mut response = Response::new(Full::new(body));
@@ -357,14 +379,19 @@ impl Gateway {
                     }
                     return response;
                 }
-                Err(Failed::NotSent) => continue,
+                // Likely dying: the next requests go elsewhere until its supervisor knows.
+                Err(Failed::NotSent) => {
+                    instance.shun(SHUN);
+                    continue;
+                }
                 Err(Failed::Lost(why)) => {
+                    instance.shun(SHUN);
                     return error(
                         StatusCode::BAD_GATEWAY,
                         "unavailable",
                         69,
                         format!(
-                            "{} ended before answering ({why}): the request may or may not have been applied",
+                            "{} gave no whole answer ({why}): the request may or may not have been applied",
                             instance.label()
                         ),
                         "check before retrying a request that writes",

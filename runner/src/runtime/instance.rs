@@ -81,6 +81,9 @@ pub struct Instance {
     pub index: u32,
     /// The gateway's requests in flight to it.
     pub outstanding: AtomicUsize,
+    /// Until when the gateway leaves it alone: it refused or dropped a connection (it is
+    /// likely dying; its supervisor has not seen it yet).
+    shunned_until: Mutex<Option<Instant>>,
     state: Mutex<State>,
 }
 
@@ -106,6 +109,7 @@ impl Instance {
             service: service.to_string(),
             index,
             outstanding: AtomicUsize::new(0),
+            shunned_until: Mutex::new(None),
             state: Mutex::new(State {
                 want: Want::Run,
                 pid: None,
@@ -141,6 +145,11 @@ impl Instance {
 
     /// Its HTTP address, while it is ready and wanted running: where the gateway may send.
     pub fn route(&self) -> Option<String> {
+        let shunned = self.shunned_until.lock().unwrap_or_else(|e| e.into_inner());
+        if shunned.is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        drop(shunned);
         let s = self.lock();
         if s.state != "ready" || s.want != Want::Run {
             return None;
@@ -155,6 +164,12 @@ impl Instance {
     pub fn coming(&self) -> bool {
         let s = self.lock();
         matches!(s.want, Want::Run | Want::Restart) && s.state != "failed" && s.state != "exited"
+    }
+
+    /// Keeps the gateway's requests away for `how_long` (or until its next ready line).
+    pub fn shun(&self, how_long: Duration) {
+        *self.shunned_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + how_long);
     }
 
     /// `index: state`, as an error tells it.
@@ -320,6 +335,23 @@ impl Shared {
         self.change(inst, |s| s.want = want);
     }
 
+    /// Starts `inst` again now if it has no process: out of a stop or a failure, or cutting a
+    /// backoff short. Whether it had none.
+    pub fn start_now(&self, inst: &Instance) -> bool {
+        let mut idle = false;
+        self.change(inst, |s| {
+            if s.pid.is_none() && s.want != Want::Retire {
+                idle = true;
+                s.want = if s.want == Want::Stop {
+                    Want::Run
+                } else {
+                    Want::Restart
+                };
+            }
+        });
+        idle
+    }
+
     /// Stops `inst` gracefully, wanting `want` of it after: no new request from the gateway,
     /// the gateway's requests in flight finished, then SIGTERM to its process group, the
     /// grace period, SIGKILL. Returns once its process is gone.
@@ -378,12 +410,21 @@ fn supervise(shared: &Shared, inst: &Instance) {
             shared.remove(inst);
             return;
         }
-        shared.change(inst, |s| s.want = Want::Run);
+        // One step under the instance's lock: a stop or a retirement asked since the checks
+        // above is kept (and seen on the next turn), never overwritten.
         let started = Instant::now();
-        shared.change(inst, |s| {
-            s.state = "starting";
-            s.started = Some(started);
+        let mut go = true;
+        shared.change(inst, |s| match s.want {
+            Want::Stop | Want::Retire => go = false,
+            Want::Run | Want::Restart => {
+                s.want = Want::Run;
+                s.state = "starting";
+                s.started = Some(started);
+            }
         });
+        if !go {
+            continue;
+        }
         let outcome = match start(&svc.exe, spec, &shared.id) {
             Ok(child) => run(shared, inst, &label, child),
             Err(e) => Err(format!("cannot start {}: {e}", svc.exe.display())),
@@ -470,9 +511,6 @@ fn supervise(shared: &Shared, inst: &Instance) {
         );
         // Cut short by a stop, or by what a control command asks.
         shared.wait_until(delay, || shared.stopping() || inst.want() != Want::Run);
-        if inst.want() == Want::Restart {
-            shared.change(inst, |s| s.want = Want::Run);
-        }
     }
 }
 
@@ -543,6 +581,7 @@ fn run(
                             label,
                             &format!("ready (pid {pid}): {}", ready.addresses.join(" ")),
                         );
+                        *inst.shunned_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         shared.change(inst, |s| {
                             if s.state == "starting" {
                                 s.state = "ready";

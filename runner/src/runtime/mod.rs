@@ -555,12 +555,27 @@ fn detach(file: &Path, watch: bool) -> Result<(), Failure> {
         .spawn()
         .map_err(|e| (69, format!("cannot start fleet up: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(120);
+    // What this runtime wrote, read as it grows (never the log's earlier runs), its last
+    // 64 KiB kept for the tail an error shows.
+    let mut reader = std::fs::File::open(&log_path)
+        .map_err(|e| (73, format!("cannot read {}: {e}", log_path.display())))?;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(start))
+        .map_err(|e| (73, format!("cannot read {}: {e}", log_path.display())))?;
+    let mut text = String::new();
     loop {
-        let text = std::fs::read(&log_path)
-            .map(|b| String::from_utf8_lossy(&b[start as usize..]).into_owned())
-            .unwrap_or_default();
+        let mut more = Vec::new();
+        let _ =
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, 1 << 20), &mut more);
+        text.push_str(&String::from_utf8_lossy(&more));
         if text.contains("fleet: every instance is ready") {
             break;
+        }
+        if text.len() > 128 << 10 {
+            let cut = text.len() - (64 << 10);
+            let cut = (cut..text.len())
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(cut);
+            text.drain(..cut);
         }
         if let Ok(Some(status)) = child.try_wait() {
             let code = status

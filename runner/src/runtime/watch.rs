@@ -54,7 +54,7 @@ pub fn watch(shared: &Arc<Shared>) {
                 "its executable changed: restarting it one instance at a time",
             );
             let _one_at_a_time = svc.control.lock().unwrap_or_else(|e| e.into_inner());
-            match control::restart(shared, name) {
+            match control::restart(shared, name, false) {
                 Ok(done) => shared.out.note(name, &done),
                 Err(e) => shared.out.note(name, &format!("the restart stopped: {e}")),
             }
