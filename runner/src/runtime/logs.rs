@@ -219,36 +219,81 @@ fn read_lines(reader: &mut impl BufRead) -> Vec<String> {
     }
 }
 
+/// A log file being followed: the file open (so that its tail is still read after a rotation
+/// renamed it), its inode, and how far it was read.
+struct Followed {
+    path: PathBuf,
+    file: Option<File>,
+    inode: u64,
+    at: u64,
+}
+
+/// The whole lines appended to `file` since byte `at` (at most 1 MiB a round); `at` moves past
+/// them, a line still being written waits for the next round.
+fn appended(file: &mut File, at: &mut u64) -> Vec<String> {
+    let size = file.metadata().map_or(0, |m| m.len());
+    if size <= *at || file.seek(SeekFrom::Start(*at)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file
+        .take((size - *at).min(1 << 20))
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
+        return Vec::new();
+    };
+    *at += end as u64 + 1;
+    bytes[..end]
+        .split(|b| *b == b'\n')
+        .map(|l| {
+            String::from_utf8_lossy(&l[..l.len().min(MAX_LINE as usize)])
+                .trim_end_matches('\r')
+                .to_string()
+        })
+        .collect()
+}
+
 /// Prints what is appended to each file from where it was, every 200 ms, until the output
-/// closes; a file that shrank was rotated and is read again from its start.
-fn follow_files(mut files: Vec<(PathBuf, u64)>) {
+/// closes. When a file is rotated (its path names another inode), the rest of the old one is
+/// read through the handle still open, then the new one from its start.
+fn follow_files(files: Vec<(PathBuf, u64)>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<Followed> = files
+        .into_iter()
+        .map(|(path, at)| {
+            let file = File::open(&path).ok();
+            let inode = file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map_or(0, |m| m.ino());
+            Followed {
+                path,
+                file,
+                inode,
+                at,
+            }
+        })
+        .collect();
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let mut lines = Vec::new();
-        for (path, at) in &mut files {
-            let Ok(mut file) = File::open(&*path) else {
-                continue;
-            };
-            let size = file.metadata().map_or(0, |m| m.len());
-            if size < *at {
-                *at = 0;
-            }
-            if size == *at || file.seek(SeekFrom::Start(*at)).is_err() {
-                continue;
-            }
-            let mut reader = BufReader::new(file.take(size - *at));
-            let read = read_lines(&mut reader);
-            // Only whole lines: a line still being written waits for the next round.
-            let mut taken = 0u64;
-            for line in read {
-                taken += line.len() as u64 + 1;
-                if *at + taken > size {
-                    taken -= line.len() as u64 + 1;
-                    break;
+        for f in &mut files {
+            let now = std::fs::metadata(&f.path).map_or(0, |m| m.ino());
+            if now != f.inode || f.file.is_none() {
+                if let Some(old) = f.file.as_mut() {
+                    lines.extend(appended(old, &mut f.at));
                 }
-                lines.push(line);
+                f.file = File::open(&f.path).ok();
+                f.inode = now;
+                f.at = 0;
             }
-            *at += taken;
+            if let Some(file) = f.file.as_mut() {
+                lines.extend(appended(file, &mut f.at));
+            }
         }
         by_time(&mut lines);
         let mut stdout = std::io::stdout().lock();
@@ -266,6 +311,20 @@ fn follow_files(mut files: Vec<(PathBuf, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_whole_appended_lines_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ntwo\nhal").unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut at = 0;
+        assert_eq!(appended(&mut file, &mut at), ["one", "two"]);
+        assert_eq!(at, 8);
+        std::fs::write(&path, "one\ntwo\nhalf\n").unwrap();
+        assert_eq!(appended(&mut file, &mut at), ["half"]);
+        assert!(appended(&mut file, &mut at).is_empty());
+    }
 
     #[test]
     fn a_full_file_is_rotated_and_the_oldest_dropped() {

@@ -91,6 +91,16 @@ impl Reading {
         delta
     }
 
+    /// Adds `other`'s counts to these.
+    fn plus(&mut self, other: &Reading) {
+        for (series, buckets) in &other.buckets {
+            let mine = self.buckets.entry(series).or_default();
+            for (le, n) in buckets {
+                *mine.entry(*le).or_default() += n;
+            }
+        }
+    }
+
     fn count(&self, series: &str) -> f64 {
         self.buckets
             .get(series)
@@ -131,10 +141,13 @@ impl Reading {
     }
 }
 
-/// Reads every ready instance's metrics, per service; and how many were read.
-fn read_all(file: &Path) -> Result<BTreeMap<String, (Reading, usize)>, (u8, String)> {
+/// Each ready instance's readings, by `index/pid`.
+type Instances = BTreeMap<String, Reading>;
+
+/// Reads every ready instance's metrics, per service.
+fn read_all(file: &Path) -> Result<BTreeMap<String, Instances>, (u8, String)> {
     let answer = control::ask(file, "ps", Some(Duration::from_secs(10)))?;
-    let mut services: BTreeMap<String, (Reading, usize)> = BTreeMap::new();
+    let mut services: BTreeMap<String, Instances> = BTreeMap::new();
     for i in answer["instances"].as_array().into_iter().flatten() {
         let Some(service) = i["service"].as_str() else {
             continue;
@@ -149,8 +162,9 @@ fn read_all(file: &Path) -> Result<BTreeMap<String, (Reading, usize)>, (u8, Stri
             .flatten()
             .find_map(|a| a.as_str()?.strip_prefix(commondb::protocol::listen::HTTP));
         if let Some(text) = http.and_then(control::fetch_metrics) {
-            entry.0.add(&text);
-            entry.1 += 1;
+            let mut reading = Reading::default();
+            reading.add(&text);
+            entry.insert(format!("{}/{}", i["instance"], i["pid"]), reading);
         }
     }
     Ok(services)
@@ -167,10 +181,16 @@ pub fn top(file: &Path, interval: Duration, count: u32, json: bool) -> Result<()
         let seconds = taken.elapsed().as_secs_f64();
         taken = Instant::now();
         let mut rows = Vec::new();
-        for (service, (reading, ready)) in &now {
-            let delta = before
-                .get(service)
-                .map_or_else(|| reading.clone(), |(b, _)| reading.since(b));
+        for (service, instances) in &now {
+            let ready = instances.len();
+            // Per instance, then summed: an instance read only once (new, or restarted with
+            // its counters from zero) adds nothing to this interval rather than its history.
+            let mut delta = Reading::default();
+            for (key, reading) in instances {
+                if let Some(earlier) = before.get(service).and_then(|b| b.get(key)) {
+                    delta.plus(&reading.since(earlier));
+                }
+            }
             let mut row = serde_json::json!({
                 "service": service,
                 "ready": ready,
