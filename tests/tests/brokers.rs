@@ -49,6 +49,13 @@ fn workers_on_nats_answer_runmany_once_each(backend: Backend) {
     let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
     let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
     assert!(one.addresses.contains(&url), "{:?}", one.addresses);
+    // Its health says whether the broker is connected.
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains(&format!(r#""brokers":{{"{url}":"connected"}}"#)),
+        "{health}"
+    );
 
     let run = Run::of(
         sb.command("runmany", &["-n", "1000", "-j", "16", "--serve", &url, EXE]),

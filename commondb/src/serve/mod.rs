@@ -196,6 +196,13 @@ impl<T: Task> Server<T> {
             if let Listener::Unix(_, _, Some(path)) = &listener {
                 paths.push(path.clone());
             }
+            if let Listener::Nats(client, _, address) = &listener {
+                service
+                    .brokers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((address.to_string(), client.clone()));
+            }
             accepting.spawn(accept(
                 Arc::clone(&service),
                 listener,

@@ -37,6 +37,8 @@ pub(crate) struct Service<T: Task> {
     task_settings: T::Settings,
     /// The task's arguments, as `clap` parses them from a request (no binary name, no modes).
     command: Command,
+    /// The NATS servers it takes requests from, by address: `/healthz` tells their state.
+    pub(crate) brokers: std::sync::Mutex<Vec<(String, async_nats::Client)>>,
 }
 
 impl<T: Task> Service<T> {
@@ -65,6 +67,7 @@ impl<T: Task> Service<T> {
             token,
             task_settings,
             command,
+            brokers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -323,7 +326,26 @@ impl<T: Task> Service<T> {
                 timeout.as_millis()
             ))
         })??;
-        Ok(serde_json::json!({ "database": "up" }))
+        let brokers = self
+            .brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if brokers.is_empty() {
+            return Ok(serde_json::json!({ "database": "up" }));
+        }
+        let mut states = serde_json::Map::new();
+        for (address, client) in brokers {
+            let state = client.connection_state();
+            if state != async_nats::connection::State::Connected {
+                return Err(Error::unavailable(format!(
+                    "the NATS server at {address} is not connected ({state}): no request reaches this worker"
+                ))
+                .hint("the client reconnects by itself; check that nats-server runs"));
+            }
+            states.insert(address, "connected".into());
+        }
+        Ok(serde_json::json!({ "database": "up", "brokers": states }))
     }
 }
 
