@@ -426,17 +426,22 @@ fn check_chain(chain: &Path, dir: &Path) -> Result<()> {
 }
 
 /// Why a file is not one that only the user could have written.
-pub(crate) enum Foreign {
+pub enum Foreign {
     /// Another user owns it.
     Owner(u32),
-    /// Its group or (`by_others`) everyone may write it; `mode` is its permission bits.
-    Writable { by_others: bool, mode: u32 },
+    /// Its group or everyone may write it.
+    Writable {
+        /// Everyone may, not only its group.
+        by_others: bool,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Whether someone other than the user could have written the file `meta` describes: another
 /// owner (root counts as the user where `root_ok`), or a mode that lets group or others write.
 /// `None`: only the user (or root) could have.
-pub(crate) fn foreign(meta: &fs::Metadata, root_ok: bool) -> Option<Foreign> {
+pub fn foreign(meta: &fs::Metadata, root_ok: bool) -> Option<Foreign> {
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && !(root_ok && meta.uid() == 0) {
         return Some(Foreign::Owner(meta.uid()));

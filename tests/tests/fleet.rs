@@ -43,6 +43,15 @@ impl Up {
         })
     }
 
+    /// The gateway's `HOST:PORT`, from the line the runtime prints once it listens.
+    fn gateway(&self) -> String {
+        self.wait(20, "the gateway's address", |l| {
+            let rest = l.strip_prefix("fleet: gateway on http://")?;
+            let (host, rest) = rest.split_once(':')?;
+            Some(format!("{host}:{}", rest.split(':').next()?))
+        })
+    }
+
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
@@ -458,12 +467,7 @@ fn gateway_fleet(sb: &Sandbox, scale: u32) -> (Up, String) {
             "[gateway]\nlisten = \"http://127.0.0.1:0\"\n\n[services.create-user]\nexe = \"create-user\"\nscale = {scale}\nbackoff_initial_ms = 50\n"
         ),
     );
-    let gateway = up.wait(20, "the gateway's address", |l| {
-        let rest = l.strip_prefix("fleet: gateway on http://")?;
-        let (host, rest) = rest.split_once(':')?;
-        let port = rest.split(':').next()?;
-        Some(format!("{host}:{port}"))
-    });
+    let gateway = up.gateway();
     up.wait(20, "every instance is ready", |l| {
         l.starts_with("fleet: every instance is ready")
             .then_some(())
@@ -681,11 +685,7 @@ fn up_watch_restarts_a_service_whose_executable_changed_without_a_failed_request
     let mut child = cmd.spawn().expect("fleet starts");
     let out = StderrLog::read(child.stdout.take().unwrap());
     let up = Up { child, out };
-    let gateway = up.wait(20, "the gateway's address", |l| {
-        let rest = l.strip_prefix("fleet: gateway on http://")?;
-        let (host, rest) = rest.split_once(':')?;
-        Some(format!("{host}:{}", rest.split(':').next()?))
-    });
+    let gateway = up.gateway();
     let (old0, _) = up.ready("create-user.0", None);
     let (old1, _) = up.ready("create-user.1", None);
     let load = Load::start(&gateway, 4, "w");

@@ -217,12 +217,7 @@ impl Fleet {
             return Err("the fleet has no services: add a [services.NAME] table".into());
         }
         for (name, s) in &self.services {
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !valid {
+            if !valid_name(name) {
                 return Err(format!(
                     "service name {name:?} is not valid: use 1 to 64 of a-z, 0-9 and -"
                 ));
@@ -310,6 +305,22 @@ impl Gateway {
     }
 }
 
+/// Whether `name` can name a service (or `fleet export`'s target): 1 to 64 of a-z, 0-9 and -.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Whether `key` can name an environment variable: a letter or `_`, then letters, digits, `_`.
+pub fn valid_env_name(key: &str) -> bool {
+    key.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The largest env_file read.
 const MAX_ENV_FILE_BYTES: u64 = 1 << 20;
 
@@ -330,8 +341,7 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+    if commondb::secrets::foreign(&meta, true).is_some() {
         return Err(format!(
             "{} could have been written by another user (owner {}, mode {:o}); make it yours and not writable by others (chmod go-w)",
             path.display(),
@@ -362,12 +372,7 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
         };
         let (key, value) = line.split_once('=').ok_or_else(bad)?;
         let key = key.trim();
-        let valid = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !valid_env_name(key) {
             return Err(bad());
         }
         let value = value.trim();

@@ -35,17 +35,10 @@ pub fn id(file: &Path) -> Result<String, String> {
 /// The socket of the fleet that `file` describes.
 pub fn path(file: &Path) -> Result<PathBuf, String> {
     let id = id(file)?;
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_DATA_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+    let dirs = directories::ProjectDirs::from("", "", "commondb")
         .ok_or("neither XDG_RUNTIME_DIR nor HOME is set: no place for the control socket")?;
-    Ok(base.join("commondb/fleet").join(format!("{id}.sock")))
+    let base = dirs.runtime_dir().unwrap_or(dirs.data_dir());
+    Ok(base.join("fleet").join(format!("{id}.sock")))
 }
 
 /// Binds the socket at `path`, in a private directory, mode 0600. A socket left there by a

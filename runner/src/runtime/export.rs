@@ -81,8 +81,7 @@ pub fn write(dir: &Path, units: &[Unit], force: bool) -> Result<Vec<PathBuf>, St
     // could have them swapped before they are copied.
     let meta =
         std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-    let me = rustix::process::geteuid().as_raw();
-    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+    if commondb::secrets::foreign(&meta, true).is_some() {
         return Err(format!(
             "{} could be written by another user (owner {}, mode {:o}): choose a directory of your own, not writable by others",
             dir.display(),
@@ -115,12 +114,7 @@ pub fn write(dir: &Path, units: &[Unit], force: bool) -> Result<Vec<PathBuf>, St
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
+    if config::valid_name(name) {
         Ok(())
     } else {
         Err(format!(
@@ -167,12 +161,7 @@ fn environment(service: &str, spec: &Service) -> Result<String, String> {
         if spec.from_env_file.contains(key) {
             continue;
         }
-        let valid = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid || value.contains(['\n', '\r', '\0']) {
+        if !config::valid_env_name(key) || value.contains(['\n', '\r', '\0']) {
             return Err(format!(
                 "services.{service}.env.{key}: not a variable systemd can be given (a name of A-Z, 0-9 and _, a value on one line)"
             ));

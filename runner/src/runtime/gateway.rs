@@ -352,7 +352,7 @@ impl Gateway {
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri(target)
-                .header(header::HOST, address.as_str());
+                .header(header::HOST, &*address);
             if let Some(ct) = &content_type {
                 req = req.header(header::CONTENT_TYPE, ct.clone());
             }
@@ -374,7 +374,7 @@ impl Gateway {
                     if let Some(ct) = ct {
                         response.headers_mut().insert(header::CONTENT_TYPE, ct);
                     }
-                    if let Ok(label) = HeaderValue::from_str(&instance.label()) {
+                    if let Ok(label) = HeaderValue::from_str(instance.label()) {
                         response.headers_mut().insert("x-fleet-instance", label);
                     }
                     return response;
@@ -410,12 +410,12 @@ impl Gateway {
 
     /// The ready instance of `service` with the fewest requests in flight, and its HTTP
     /// address; waits until `deadline` for one while one is coming.
-    async fn pick(&self, service: &str, deadline: Instant) -> Option<(Arc<Instance>, String)> {
+    async fn pick(&self, service: &str, deadline: Instant) -> Option<(Arc<Instance>, Arc<str>)> {
         loop {
             // Asked before looking, so that a ready line in between is not missed.
             let became_ready = self.shared.became_ready.notified();
             let all = self.shared.of(service);
-            let ready: Vec<(Arc<Instance>, String)> = all
+            let ready: Vec<(Arc<Instance>, Arc<str>)> = all
                 .iter()
                 .filter_map(|i| Some((Arc::clone(i), i.route()?)))
                 .collect();
@@ -548,7 +548,7 @@ impl Gateway {
                 continue;
             };
             let Ok(req) = Request::get(METRICS_PATH)
-                .header(header::HOST, address.as_str())
+                .header(header::HOST, &*address)
                 .body(Full::new(Bytes::new()))
             else {
                 continue;

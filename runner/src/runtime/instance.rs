@@ -6,7 +6,7 @@
 //! `service.instance`. Its first line, the ready line, says where it listens.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use commondb::protocol;
 
 use super::config::{Restart, Service};
-use super::output::Out;
+use super::output::{Out, each_line};
 
 /// The longest line of an instance's output kept whole (the rest of it is dropped).
 const MAX_LINE: usize = 16 * 1024;
@@ -79,6 +79,8 @@ pub struct Instance {
     pub service: String,
     /// Its number in the service, from 0.
     pub index: u32,
+    /// `service.index`.
+    label: String,
     /// The gateway's requests in flight to it.
     pub outstanding: AtomicUsize,
     /// Until when the gateway leaves it alone: it refused or dropped a connection (it is
@@ -97,10 +99,20 @@ struct State {
     restarts: u32,
     last_exit: Option<String>,
     addresses: Vec<String>,
+    /// The HTTP one among them, the gateway's route (read per request: kept, not searched).
+    http: Option<Arc<str>>,
     /// Ready at least once, or given up on (failed, or done for good): what `depends_on`
     /// waits for.
     settled: bool,
     ready_once: bool,
+}
+
+impl State {
+    /// Its process is gone: so are its addresses, and the route.
+    fn forget_addresses(&mut self) {
+        self.addresses.clear();
+        self.http = None;
+    }
 }
 
 impl Instance {
@@ -108,6 +120,7 @@ impl Instance {
         Instance {
             service: service.to_string(),
             index,
+            label: format!("{service}.{index}"),
             outstanding: AtomicUsize::new(0),
             shunned_until: Mutex::new(None),
             state: Mutex::new(State {
@@ -118,6 +131,7 @@ impl Instance {
                 restarts: 0,
                 last_exit: None,
                 addresses: Vec::new(),
+                http: None,
                 settled: false,
                 ready_once: false,
             }),
@@ -125,8 +139,8 @@ impl Instance {
     }
 
     /// `service.index`, the prefix of its lines.
-    pub fn label(&self) -> String {
-        format!("{}.{}", self.service, self.index)
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -144,7 +158,7 @@ impl Instance {
     }
 
     /// Its HTTP address, while it is ready and wanted running: where the gateway may send.
-    pub fn route(&self) -> Option<String> {
+    pub fn route(&self) -> Option<Arc<str>> {
         let shunned = self.shunned_until.lock().unwrap_or_else(|e| e.into_inner());
         if shunned.is_some_and(|until| Instant::now() < until) {
             return None;
@@ -154,10 +168,7 @@ impl Instance {
         if s.state != "ready" || s.want != Want::Run {
             return None;
         }
-        s.addresses
-            .iter()
-            .find_map(|a| a.strip_prefix(protocol::listen::HTTP))
-            .map(String::from)
+        s.http.clone()
     }
 
     /// Whether it is coming (starting, restarting, in backoff): worth a request's wait.
@@ -368,7 +379,7 @@ impl Shared {
         signal_group(pid, rustix::process::Signal::TERM);
         if !self.wait_until(grace, || inst.pid() != Some(pid)) {
             self.out.note(
-                &inst.label(),
+                inst.label(),
                 "the grace period is over: SIGKILL to what is left",
             );
             signal_group(pid, rustix::process::Signal::KILL);
@@ -426,7 +437,7 @@ fn supervise(shared: &Shared, inst: &Instance) {
             continue;
         }
         let outcome = match start(&svc.exe, spec, &shared.id) {
-            Ok(child) => run(shared, inst, &label, child),
+            Ok(child) => run(shared, inst, label, child),
             Err(e) => Err(format!("cannot start {}: {e}", svc.exe.display())),
         };
         let want = inst.want();
@@ -435,10 +446,10 @@ fn supervise(shared: &Shared, inst: &Instance) {
                 Want::Restart => "stopped, to restart",
                 _ => "stopped",
             };
-            shared.out.note(&label, what);
+            shared.out.note(label, what);
             shared.change(inst, |s| {
                 s.state = "stopped";
-                s.addresses.clear();
+                s.forget_addresses();
                 if want == Want::Restart {
                     s.restarts += 1;
                     s.want = Want::Run;
@@ -459,11 +470,11 @@ fn supervise(shared: &Shared, inst: &Instance) {
         };
         shared
             .out
-            .note(&label, &format!("{what} after {} ms", up.as_millis()));
+            .note(label, &format!("{what} after {} ms", up.as_millis()));
         shared.change(inst, |s| {
             s.last_exit = Some(what.clone());
             s.state = "exited";
-            s.addresses.clear();
+            s.forget_addresses();
         });
         let done = match spec.restart {
             Restart::Never => true,
@@ -484,7 +495,7 @@ fn supervise(shared: &Shared, inst: &Instance) {
         failures += 1;
         if failures > spec.max_failures {
             shared.out.note(
-                &label,
+                label,
                 &format!(
                     "failed: {failures} failures in a row, each within {} ms of its start; not restarted (fix it, then `fleet start {}`)",
                     spec.healthy_after_ms, inst.service
@@ -503,7 +514,7 @@ fn supervise(shared: &Shared, inst: &Instance) {
             s.restarts += 1;
         });
         shared.out.note(
-            &label,
+            label,
             &format!(
                 "backoff: restarting in {} ms (failure {failures} in a row)",
                 delay.as_millis()
@@ -571,28 +582,35 @@ fn run(
     let stderr = child.stderr.take();
     let status = std::thread::scope(|s| {
         if let Some(out) = stdout {
-            s.spawn(|| each_line(out, |line| shared.out.line(label, line)));
+            s.spawn(|| each_line(out, MAX_LINE, |line| shared.out.line(label, line)));
         }
         if let Some(err) = stderr {
             s.spawn(|| {
-                each_line(err, |line| match protocol::parse_ready_line(line) {
-                    Some(ready) => {
-                        shared.out.note(
-                            label,
-                            &format!("ready (pid {pid}): {}", ready.addresses.join(" ")),
-                        );
-                        *inst.shunned_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        shared.change(inst, |s| {
-                            if s.state == "starting" {
-                                s.state = "ready";
-                            }
-                            s.addresses = ready.addresses.clone();
-                            s.settled = true;
-                            s.ready_once = true;
-                        });
-                        shared.became_ready.notify_waiters();
+                each_line(err, MAX_LINE, |line| {
+                    match protocol::parse_ready_line(line) {
+                        Some(ready) => {
+                            shared.out.note(
+                                label,
+                                &format!("ready (pid {pid}): {}", ready.addresses.join(" ")),
+                            );
+                            *inst.shunned_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            shared.change(inst, |s| {
+                                if s.state == "starting" {
+                                    s.state = "ready";
+                                }
+                                s.http = ready
+                                    .addresses
+                                    .iter()
+                                    .find_map(|a| a.strip_prefix(protocol::listen::HTTP))
+                                    .map(Arc::from);
+                                s.addresses = ready.addresses.clone();
+                                s.settled = true;
+                                s.ready_once = true;
+                            });
+                            shared.became_ready.notify_waiters();
+                        }
+                        None => shared.out.line(label, line),
                     }
-                    None => shared.out.line(label, line),
                 });
             });
         }
@@ -600,32 +618,9 @@ fn run(
     });
     shared.change(inst, |s| {
         s.pid = None;
-        s.addresses.clear();
+        s.forget_addresses();
     });
     status.map_err(|e| format!("cannot wait for it: {e}"))
-}
-
-/// Calls `f` with each line of `input` (without its line ending; a line longer than
-/// [`MAX_LINE`] is cut there, the rest of it dropped) until the end of the input.
-fn each_line(input: impl Read, mut f: impl FnMut(&str)) {
-    let mut reader = BufReader::new(input);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line);
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
-            // Skip the rest of an overlong line, holding none of it.
-            let _ = reader.skip_until(b'\n');
-        }
-        let text = String::from_utf8_lossy(&line);
-        f(text.trim_end_matches(['\n', '\r']));
-    }
 }
 
 #[cfg(test)]
@@ -656,7 +651,7 @@ mod tests {
     fn lines_are_cut_at_their_bound() {
         let long = format!("{}\nnext\n", "x".repeat(MAX_LINE + 10));
         let mut lines = Vec::new();
-        each_line(long.as_bytes(), |l| lines.push(l.len()));
+        each_line(long.as_bytes(), MAX_LINE, |l| lines.push(l.len()));
         assert_eq!(lines, [MAX_LINE, 4]);
     }
 }

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::output::each_line;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,12 +38,10 @@ pub fn dir(file: &Path, logs: &Logs, id: &str) -> Result<PathBuf, String> {
             .unwrap_or_default();
         return Ok(base.join(dir));
     }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+    let state = directories::ProjectDirs::from("", "", "commondb")
+        .and_then(|d| d.state_dir().map(Path::to_path_buf))
         .ok_or("neither XDG_STATE_HOME nor HOME is set: no place for the logs (set logs.dir)")?;
-    Ok(state.join("commondb/fleet").join(id))
+    Ok(state.join("fleet").join(id))
 }
 
 impl LogFiles {
@@ -108,7 +108,8 @@ impl LogFiles {
     }
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
+/// Opens `path` to append, creating it mode 0600, never through a symbolic link.
+pub fn open_append(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
@@ -191,32 +192,15 @@ fn last_lines(path: &Path, n: usize) -> Result<(Vec<String>, u64), String> {
     let from = end.saturating_sub(window);
     file.seek(SeekFrom::Start(from))
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut lines = read_lines(&mut BufReader::new(file.take(end - from)));
+    let mut lines = Vec::new();
+    each_line(file.take(end - from), MAX_LINE as usize, |l| {
+        lines.push(l.to_string())
+    });
     if from > 0 && !lines.is_empty() {
         lines.remove(0); // the first is likely a part of a line
     }
     let skip = lines.len().saturating_sub(n);
     Ok((lines.split_off(skip), end))
-}
-
-fn read_lines(reader: &mut impl BufRead) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.take(MAX_LINE).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return lines,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_LINE {
-            let _ = reader.skip_until(b'\n');
-        }
-        lines.push(
-            String::from_utf8_lossy(&line)
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        );
-    }
 }
 
 /// A log file being followed: the file open (so that its tail is still read after a rotation

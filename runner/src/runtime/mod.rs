@@ -522,7 +522,6 @@ fn verb_of(name: &str, exe: &Path, spec: &config::Service) -> Result<String, Fai
 /// appended to `<socket>.log`, mode 0600, beside the control socket); returns once every
 /// instance is ready, or with the runtime's own error if it stopped first.
 fn detach(file: &Path, watch: bool) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt;
     // A mistake in fleet.toml is told here, not only in a log.
     Fleet::load(file).map_err(|e| (78, e))?;
     let socket = control::path(file).map_err(|e| (78, e))?;
@@ -530,12 +529,7 @@ fn detach(file: &Path, watch: bool) -> Result<(), Failure> {
     if let Some(dir) = socket.parent() {
         commondb::secrets::create_private_dir(dir).map_err(|e| (73, e.message().to_string()))?;
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&log_path)
+    let log = logs::open_append(&log_path)
         .map_err(|e| (73, format!("cannot open {}: {e}", log_path.display())))?;
     let start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
     let me = std::env::current_exe().map_err(|e| (69, format!("cannot find fleet: {e}")))?;
@@ -746,18 +740,12 @@ fn show_logs(file: &Path, service: Option<&str>, n: usize, follow: bool) -> Resu
 /// starting every service twice.
 fn lock(socket: &Path, file: &Path) -> Result<std::fs::File, Failure> {
     use rustix::fs::{FlockOperation, flock};
-    use std::os::unix::fs::OpenOptionsExt;
     let path = socket.with_extension("lock");
     if let Some(dir) = path.parent() {
         commondb::secrets::create_private_dir(dir).map_err(|e| (73, e.message().to_string()))?;
     }
-    let held = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
+    // Opened to append: the lock file's contents are never written, only locked.
+    let held = logs::open_append(&path)
         .map_err(|e| (73, format!("cannot open {}: {e}", path.display())))?;
     flock(&held, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
         (

@@ -2,10 +2,31 @@
 //! on stdout as they come (whole lines, never torn), the prefix colored per service on a
 //! terminal unless `NO_COLOR` is set; and each also in its service's log file ([`LogFiles`]).
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::sync::Mutex;
 
 use super::logs::LogFiles;
+
+/// Calls `f` with each line of `input` (without its line ending; a line longer than `max`
+/// bytes is cut there, the rest of it dropped without being held) until the end of the input.
+/// Every reader of what others write (instances' output, log files, performance reports) reads
+/// lines through it.
+pub fn each_line(input: impl Read, max: usize, mut f: impl FnMut(&str)) {
+    let mut reader = BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(max as u64).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() >= max {
+            let _ = reader.skip_until(b'\n');
+        }
+        let text = String::from_utf8_lossy(&line);
+        f(text.trim_end_matches(['\n', '\r']));
+    }
+}
 
 /// Where the fleet's lines go.
 pub struct Out {

@@ -10,7 +10,7 @@
 //! socket).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -69,22 +69,12 @@ impl Reports {
         let reports = std::sync::Arc::clone(self);
         std::thread::spawn(move || {
             let _writer = writer;
-            let mut lines = BufReader::new(reader);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match (&mut lines).take(MAX_LINE).read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if line.last() != Some(&b'\n') {
-                    let _ = lines.skip_until(b'\n');
-                    continue;
-                }
-                if let Ok(report) = serde_json::from_slice::<PerformanceReport>(&line) {
+            super::output::each_line(reader, MAX_LINE as usize, |line| {
+                // A line cut at the bound is no report, and is dropped as any other.
+                if let Ok(report) = serde_json::from_str::<PerformanceReport>(line) {
                     reports.add(report);
                 }
-            }
+            });
         });
         Ok(())
     }
