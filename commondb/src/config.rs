@@ -88,6 +88,9 @@ pub struct ServeSettings {
     pub idle_timeout_ms: u64,
     /// On SIGTERM or SIGINT, how long requests in flight get to finish.
     pub grace_ms: u64,
+    /// How long a request id is remembered, in seconds: within this window the same id again
+    /// gets the first answer and writes nothing (`db::requests`); then it is pruned.
+    pub request_ids_keep_s: u64,
     /// The group that may use the unix sockets (mode 0660 instead of 0600): a name from
     /// the system's groups (as `getent group` lists them) or a number.
     pub socket_group: Option<String>,
@@ -103,6 +106,7 @@ impl Default for ServeSettings {
             request_timeout_ms: 5_000,
             idle_timeout_ms: 300_000,
             grace_ms: 10_000,
+            request_ids_keep_s: 86_400,
             socket_group: None,
         }
     }
@@ -369,7 +373,7 @@ type Number = (
     std::ops::RangeInclusive<u64>,
     fn(&Settings) -> u64,
 );
-const NUMBERS: [Number; 11] = [
+const NUMBERS: [Number; 12] = [
     ("busy_timeout_ms", 0..=DAY_MS, |s| s.busy_timeout_ms),
     ("lock_timeout_ms", 0..=DAY_MS, |s| s.lock_timeout_ms),
     ("connect_timeout_ms", 1..=DAY_MS, |s| s.connect_timeout_ms),
@@ -391,6 +395,9 @@ const NUMBERS: [Number; 11] = [
         s.serve.idle_timeout_ms
     }),
     ("serve.grace_ms", 0..=DAY_MS, |s| s.serve.grace_ms),
+    ("serve.request_ids_keep_s", 60..=31_622_400, |s| {
+        s.serve.request_ids_keep_s
+    }),
 ];
 
 /// Refuses a fraction, `NaN` or an infinity where a setting counts something: the config crate

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use crate::cli;
 use crate::config::{self, Sources};
+use crate::db::requests::{self, RequestId};
 use crate::db::{self, Target, Tx};
 use crate::error::{Error, Result};
 use crate::modes;
@@ -158,6 +159,39 @@ pub(crate) async fn execute_in<T: Task>(
         perf::mark(phase::COMMIT);
     }
     settled
+}
+
+/// Executes a prepared request that carries an id ([`crate::db::requests`]) in `tx`, an
+/// explicit transaction (never a single-statement one: the id's row goes with the task's
+/// effect), records the id with the answer, and commits; or rolls back if either failed. The
+/// answer is the JSON `--serve` sends ([`crate::protocol::Answer`]), without the newline.
+///
+/// `stop` ends it before the commit, as for [`execute_in`]. A request seen before fails here
+/// (its id's row exists, or its task refuses first): the caller looks the first answer up.
+pub(crate) async fn execute_once<T: Task>(
+    mut tx: Tx<'_>,
+    request: T::Request,
+    stop: impl Future<Output = Error>,
+    id: &RequestId,
+) -> Result<String> {
+    let executed = {
+        let work = async {
+            let output = T::execute(&mut tx, request).await?;
+            let answer = serde_json::to_string(&crate::protocol::Answer::success(&output))
+                .map_err(|e| {
+                    Error::internal(format!("the task's output cannot be encoded: {e}"))
+                })?;
+            requests::record(&mut tx, T::NAME, id, &answer).await?;
+            Ok(answer)
+        };
+        tokio::select! {
+            biased;
+            e = stop => return Err(e),
+            executed = work => executed,
+        }
+    };
+    perf::mark(phase::TASK);
+    tx.settle(executed).await
 }
 
 /// What a runtime must drive besides timers.

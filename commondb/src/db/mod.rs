@@ -14,6 +14,7 @@
 
 pub(crate) mod backend;
 pub(crate) mod cleanup;
+pub(crate) mod requests;
 pub(crate) mod roles;
 pub(crate) mod schema;
 pub(crate) mod setup;

@@ -194,6 +194,8 @@ pub(crate) async fn migrate(
         sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
         other => Error::internal(format!("applying migrations failed: {other}")),
     })?;
+    // The harness's own table, beside the domain's: no migration of the domain's creates it.
+    super::requests::create(conn).await?;
     Ok(migrator
         .iter()
         .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))

@@ -22,6 +22,7 @@ use super::backend::sqlite::{self, DirLock};
 use super::backend::{
     Conn, MARKER_TABLE, ServerDialect, ServerOptions, check_identifier, generate_password,
 };
+use super::requests;
 use super::roles::{Names, as_admin};
 use super::schema::{self, MigrationInfo, SchemaState};
 use super::{Backend, Migrations, Target};
@@ -229,7 +230,7 @@ async fn setup_locked(
         .strings(d.tables())
         .await?
         .into_iter()
-        .filter(|t| t != MARKER_TABLE && t != "_sqlx_migrations")
+        .filter(|t| t != MARKER_TABLE && t != "_sqlx_migrations" && t != requests::TABLE)
         .collect();
     grant(&mut db, d, target, names, &tables, ours).await?;
     let SchemaState::Current { version } = schema::check(&mut db, migrations).await? else {
@@ -276,6 +277,10 @@ async fn grant(
         }
         rights.push((d.quote(g.table), g.rights));
     }
+    let writes = requests::writes(target.grants);
+    if writes {
+        rights.push((d.quote(requests::TABLE), requests::RIGHTS));
+    }
     let quoted: Vec<String> = tables
         .iter()
         .map(|t| check_identifier(t).map(|_| d.quote(t)))
@@ -295,7 +300,11 @@ async fn grant(
                 .iter()
                 .any(|g| g.table == t && g.rights.iter().any(|r| r.sql() == right))
         };
-        if declared(table) || (table == "_sqlx_migrations" && right == "SELECT") {
+        let harness = (table == "_sqlx_migrations" && right == "SELECT")
+            || (writes
+                && table == requests::TABLE
+                && requests::RIGHTS.iter().any(|r| r.sql() == right));
+        if declared(table) || harness {
             continue;
         }
         // Both come from the server's catalog; still, nothing unchecked goes into SQL.

@@ -15,10 +15,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::pool::Pool;
-use super::service::{cut_error, reusable, timeout_error};
+use super::pool::{Lease, Pool};
+use super::service::{Reply, Served, cut_error, reusable, timeout_error};
 use super::{Phase, Stage};
+use crate::db::requests::{self, Recorded, RequestId};
 use crate::error::{Error, Result};
+use crate::protocol::Answer;
 use crate::task::Task;
 
 /// The most requests one transaction carries.
@@ -31,8 +33,9 @@ pub(crate) struct Batch<T: Task> {
 
 struct Job<T: Task> {
     request: T::Request,
+    id: Option<RequestId>,
     deadline: Instant,
-    reply: oneshot::Sender<Result<T::Output>>,
+    reply: oneshot::Sender<Result<Reply<T::Output>>>,
 }
 
 impl<T: Task> Batch<T> {
@@ -45,10 +48,16 @@ impl<T: Task> Batch<T> {
 
     /// Queues a prepared request and waits for its answer (the writer answers every request
     /// it takes, also one past its deadline).
-    pub(crate) async fn submit(&self, request: T::Request, deadline: Instant) -> Result<T::Output> {
+    pub(crate) async fn submit(
+        &self,
+        request: T::Request,
+        id: Option<RequestId>,
+        deadline: Instant,
+    ) -> Result<Reply<T::Output>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             request,
+            id,
             deadline,
             reply,
         };
@@ -91,7 +100,9 @@ async fn write<T: Task>(pool: &Pool, phase: &Phase, batch: &mut Vec<Job<T>>) {
         Ok(lease) => lease,
         Err(e) => return answer_all(live, &e),
     };
-    let grouped = live.len() > 1;
+    // A request with an id writes its id's row beside its statement: two statements, so a
+    // transaction even alone.
+    let grouped = live.len() > 1 || live.iter().any(|job| job.id.is_some());
     let begin = lease.conn().backend().dialect().begin();
     if grouped && let Err(e) = lease.conn().exec(begin.into()).await {
         return answer_all(live, &e);
@@ -104,9 +115,16 @@ async fn write<T: Task>(pool: &Pool, phase: &Phase, batch: &mut Vec<Job<T>>) {
             let _ = job.reply.send(Err(e.clone()));
             continue;
         }
-        let outcome = match lease.begin(true, false).await {
-            Ok(mut tx) => T::execute(&mut tx, job.request).await,
-            Err(e) => Err(e),
+        let outcome = match job.id {
+            None => match lease.begin(true, false).await {
+                Ok(mut tx) => T::execute(&mut tx, job.request)
+                    .await
+                    .map(|output| Reply::Served(Served::Plain(output))),
+                Err(e) => Err(e),
+            },
+            Some(id) => once::<T>(&mut lease, job.request, &id)
+                .await
+                .map(Reply::Recorded),
         };
         if let Err(e) = &outcome
             && !reusable(e.kind())
@@ -137,6 +155,51 @@ async fn write<T: Task>(pool: &Pool, phase: &Phase, batch: &mut Vec<Job<T>>) {
     lease.keep();
     for (reply, outcome) in done {
         let _ = reply.send(outcome);
+    }
+}
+
+/// One request with an id inside the batch's transaction: its statement and its id's row
+/// under a savepoint, undone together if either fails; a request seen before gets the first
+/// answer.
+async fn once<T: Task>(
+    lease: &mut Lease<'_>,
+    request: T::Request,
+    id: &RequestId,
+) -> Result<Recorded> {
+    lease.conn().exec("SAVEPOINT request".into()).await?;
+    let done = async {
+        let output = {
+            let mut tx = lease.begin(true, false).await?;
+            T::execute(&mut tx, request).await?
+        };
+        let answer = serde_json::to_string(&Answer::success(&output))
+            .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))?;
+        requests::record_on(lease.conn(), T::NAME, id, &answer).await?;
+        Ok::<_, Error>(answer)
+    }
+    .await;
+    match done {
+        Ok(answer) => {
+            lease.conn().exec("RELEASE request".into()).await?;
+            Ok(Recorded {
+                answer,
+                replayed: false,
+            })
+        }
+        Err(e) => {
+            let conn = lease.conn();
+            conn.exec("ROLLBACK TO request".into()).await?;
+            conn.exec("RELEASE request".into()).await?;
+            if reusable(e.kind())
+                && let Some(answer) = requests::recorded(conn, T::NAME, id).await?
+            {
+                return Ok(Recorded {
+                    answer,
+                    replayed: true,
+                });
+            }
+            Err(e)
+        }
     }
 }
 

@@ -83,11 +83,17 @@ async fn route<T: Task>(
     let verb_path = path.strip_prefix('/') == Some(T::VERB);
     match (req.method(), path) {
         (&Method::POST, _) if verb_path => {
+            // The IETF draft's header (as Stripe's API and others take it): the request id.
+            let key = req
+                .headers()
+                .get("idempotency-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let body = match read_body(service, req).await {
                 Ok(body) => body,
                 Err(refused) => return refused,
             };
-            let (body, outcome) = service.answer_json(&body).await;
+            let carried = key.as_deref().map(|k| ("the Idempotency-Key header", k));
+            let (body, outcome) = service.answer_json(&body, carried).await;
             let status = match outcome {
                 None if T::CREATES => StatusCode::CREATED,
                 None => StatusCode::OK,

@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     sum_micros: AtomicU64,
     pub(crate) connections: AtomicI64,
     pub(crate) in_flight: AtomicI64,
+    /// Requests whose id was seen before, answered with the first answer.
+    pub(crate) replayed: AtomicU64,
 }
 
 impl Metrics {
@@ -144,9 +146,12 @@ impl Metrics {
              # HELP commondb_client_connections Client connections open.\n# TYPE commondb_client_connections gauge\n\
              commondb_client_connections{{executable=\"{name}\"}} {}\n\
              # HELP commondb_requests_in_flight Requests being handled.\n# TYPE commondb_requests_in_flight gauge\n\
-             commondb_requests_in_flight{{executable=\"{name}\"}} {}",
+             commondb_requests_in_flight{{executable=\"{name}\"}} {}\n\
+             # HELP commondb_requests_replayed_total Requests whose id was seen before: answered again, nothing written.\n# TYPE commondb_requests_replayed_total counter\n\
+             commondb_requests_replayed_total{{executable=\"{name}\"}} {}",
             self.connections.load(Relaxed),
             self.in_flight.load(Relaxed),
+            self.replayed.load(Relaxed),
         );
         out
     }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::db::{self, Target, schema};
+use crate::db::{self, Target, requests, schema};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::Output;
 use crate::task::Task;
@@ -126,24 +126,7 @@ impl<T: Task> Server<T> {
                 dialect.default_pool_size() + if readers { cpus } else { 0 }
             }
         };
-        match db::open(&target, T::MIGRATIONS).await {
-            Ok((mut conn, setup)) => {
-                if let Some(report) = setup {
-                    out.note(report.summary());
-                }
-                // On a server `open` does not look at the schema (a task checks it in the round
-                // trip that begins); it is checked now, so that a database that needs setup is
-                // refused at start, not per request. (SQLite's, set up by `open`, passes.)
-                let checked =
-                    schema::require_current(&mut conn, T::MIGRATIONS, &target.location).await;
-                conn.close_after(checked).await?;
-            }
-            Err(e) if e.kind() == ErrorKind::Unavailable => out.note(format_args!(
-                "{}; serving anyway: requests are answered \"unavailable\" until it is back",
-                e.message()
-            )),
-            Err(e) => return Err(e),
-        }
+        let records = check_database::<T>(&target, out).await?;
         let token = target.secrets.serve_token.clone();
         if let Some(token) = &token {
             use crate::secrets::ExposeSecret;
@@ -166,6 +149,7 @@ impl<T: Task> Server<T> {
             phase.clone(),
             token,
             task_settings,
+            records,
         ));
         Ok(Server {
             service,
@@ -210,6 +194,9 @@ impl<T: Task> Server<T> {
                 connections.clone(),
             ));
         }
+        if service.records {
+            tokio::spawn(prune(Arc::clone(&service)));
+        }
         let mut stop = std::pin::pin!(stop);
         tokio::select! {
             () = &mut stop => {}
@@ -232,6 +219,68 @@ impl<T: Task> Server<T> {
         }
         for path in paths {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Opens the database once at start: first-use setup on SQLite, the schema checked, and
+/// whether request ids can be recorded. A database that is down is noted and served anyway.
+async fn check_database<T: Task>(target: &Target, out: &Output) -> Result<bool> {
+    // A task that writes records request ids; a database set up by an earlier version lacks
+    // their table until setup runs again (on SQLite, whose file is ours, it is added now).
+    let mut records = !T::READ_ONLY;
+    match db::open(target, T::MIGRATIONS).await {
+        Ok((mut conn, setup)) => {
+            if let Some(report) = setup {
+                out.note(report.summary());
+            }
+            // On a server `open` does not look at the schema (a task checks it in the round
+            // trip that begins); it is checked now, so that a database that needs setup is
+            // refused at start, not per request. (SQLite's, set up by `open`, passes.)
+            let checked = async {
+                schema::require_current(&mut conn, T::MIGRATIONS, &target.location).await?;
+                // The app role of a server may not create it: then only setup can.
+                if records
+                    && !requests::available(&mut conn).await?
+                    && requests::create(&mut conn).await.is_err()
+                {
+                    records = false;
+                    out.note(format_args!(
+                        "{}; requests without an id are served",
+                        requests::missing(T::NAME).message()
+                    ));
+                }
+                Ok(())
+            }
+            .await;
+            conn.close_after(checked).await?;
+        }
+        Err(e) if e.kind() == ErrorKind::Unavailable => out.note(format_args!(
+            "{}; serving anyway: requests are answered \"unavailable\" until it is back",
+            e.message()
+        )),
+        Err(e) => return Err(e),
+    }
+    Ok(records)
+}
+
+/// Removes the executable's request ids older than `serve.request_ids_keep_s`, at start and then
+/// every tenth of that window (at most every minute), until the drain. A failure is retried at
+/// the next round: ids kept a little longer harm nothing.
+async fn prune<T: Task>(service: Arc<Service<T>>) {
+    let keep_s = service.limits.request_ids_keep_s;
+    let every = Duration::from_secs((keep_s / 10).clamp(1, 60));
+    let draining = service.phase.reached(Stage::Draining);
+    tokio::pin!(draining);
+    loop {
+        if let Ok(mut lease) = service.pool.acquire().await
+            && requests::prune(lease.conn(), T::NAME, keep_s).await.is_ok()
+        {
+            lease.keep();
+        }
+        tokio::select! {
+            () = &mut draining => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

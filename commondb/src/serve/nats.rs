@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::protocol::nats::Address;
 use crate::task::Task;
 
+/// The header that carries a request's id (JetStream's own, for deduplicating publishes).
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+
 /// How long connecting to the server may take at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,7 +108,12 @@ pub(crate) async fn serve<T: Task>(
                         .hint("send a shorter request, or raise serve.max_request_bytes"),
                 )
             } else {
-                service.answer_json(&message.payload).await.0
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(MSG_ID))
+                    .map(|v| ("the Nats-Msg-Id header", v.as_str()));
+                service.answer_json(&message.payload, id).await.0
             };
             if let Some(reply) = message.reply {
                 let _ = client.publish(reply, answer.into()).await;

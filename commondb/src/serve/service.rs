@@ -19,6 +19,7 @@ use super::metrics::{Metrics, Step};
 use super::pool::Pool;
 use super::{Phase, Stage};
 use crate::config::ServeSettings;
+use crate::db::requests::{self, Recorded, RequestId};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Answer, AnswerError};
 use crate::secrets::{ExposeSecret, SecretString};
@@ -39,6 +40,8 @@ pub(crate) struct Service<T: Task> {
     command: Command,
     /// The NATS servers it takes requests from, by address: `/healthz` tells their state.
     pub(crate) brokers: std::sync::Mutex<Vec<(String, async_nats::Client)>>,
+    /// Whether the database has the table request ids are recorded in.
+    pub(crate) records: bool,
 }
 
 impl<T: Task> Service<T> {
@@ -49,6 +52,7 @@ impl<T: Task> Service<T> {
         phase: Phase,
         token: Option<SecretString>,
         task_settings: T::Settings,
+        records: bool,
     ) -> Self {
         let mut command = T::Args::augment_args(
             Command::new(T::NAME)
@@ -68,6 +72,7 @@ impl<T: Task> Service<T> {
             task_settings,
             command,
             brokers: std::sync::Mutex::new(Vec::new()),
+            records,
         }
     }
 
@@ -84,15 +89,22 @@ impl<T: Task> Service<T> {
             .is_some_and(|t| bool::from(t.expose_secret().as_bytes().ct_eq(given.as_bytes())))
     }
 
-    /// Answers one request line: shell-quoted arguments, or a JSON object of them.
+    /// Answers one request line: shell-quoted arguments, or a JSON object of them (its id, if
+    /// any, in `--request-id` or `"request_id"`).
     pub(crate) async fn answer_line(self: &Arc<Self>, line: &[u8]) -> Vec<u8> {
         let started = Instant::now();
-        let parsed = parse_line(line).and_then(|(words, input)| self.args(words, input));
+        let parsed = parse_line(line).and_then(|(words, input)| self.args(words, input, None));
         self.answer(parsed, started).await.0
     }
 
-    /// Answers a JSON body (HTTP), with the outcome for the status code.
-    pub(crate) async fn answer_json(self: &Arc<Self>, body: &[u8]) -> (Vec<u8>, Option<ErrorKind>) {
+    /// Answers a JSON body (HTTP, a broker's message), with the outcome for the status code;
+    /// `id` is the request id the transport carried beside the body (`Idempotency-Key`,
+    /// `Nats-Msg-Id`), if any.
+    pub(crate) async fn answer_json(
+        self: &Arc<Self>,
+        body: &[u8],
+        id: Option<(&str, &str)>,
+    ) -> (Vec<u8>, Option<ErrorKind>) {
         let started = Instant::now();
         let parsed = serde_json::from_slice::<Value>(if body.is_empty() { b"{}" } else { body })
             .map_err(|e| {
@@ -100,7 +112,7 @@ impl<T: Task> Service<T> {
                     .hint("send a JSON object of the task's arguments")
             })
             .and_then(words_from_json)
-            .and_then(|(words, input)| self.args(words, input));
+            .and_then(|(words, input)| self.args(words, input, id));
         self.answer(parsed, started).await
     }
 
@@ -123,31 +135,45 @@ impl<T: Task> Service<T> {
                 }
             }
         }
-        let parsed =
-            words_from_json(Value::Object(map)).and_then(|(words, input)| self.args(words, input));
+        let parsed = words_from_json(Value::Object(map))
+            .and_then(|(words, input)| self.args(words, input, None));
         self.answer(parsed, started).await
     }
 
     async fn answer(
         self: &Arc<Self>,
-        parsed: Result<(T::Args, Input)>,
+        parsed: Result<Parsed<T::Args>>,
         started: Instant,
     ) -> (Vec<u8>, Option<ErrorKind>) {
         // The request runs on the connection's own task, so that its slot, the drain and the
         // cut all cover it. If hyper drops it (the client went away), its connection is dropped
         // unreturned and the database rolls back whatever was not committed; no answer is owed.
         let result = match parsed {
-            Ok((args, input)) => self.execute(args, input).await,
+            Ok(parsed) => self.execute(parsed).await,
             Err(e) => Err(e),
         };
         let outcome = result.as_ref().err().map(Error::kind);
         self.metrics.observe(outcome, started.elapsed());
-        (encode(result), outcome)
+        let bytes = match result {
+            Ok(Reply::Recorded(recorded)) => {
+                if recorded.replayed {
+                    self.metrics
+                        .replayed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let mut bytes = recorded.answer.into_bytes();
+                bytes.push(b'\n');
+                bytes
+            }
+            Ok(Reply::Served(served)) => encode(Ok(served)),
+            Err(e) => encode::<()>(Err(e)),
+        };
+        (bytes, outcome)
     }
 
     /// Prepares and executes one request on a pooled connection: the task's output, and the
     /// rows it streamed, if it streams.
-    async fn execute(self: &Arc<Self>, args: T::Args, input: Input) -> Result<Served<T::Output>> {
+    async fn execute(self: &Arc<Self>, parsed: Parsed<T::Args>) -> Result<Reply<T::Output>> {
         /// Counts a request in flight until it ends, also when it is dropped.
         struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
         impl Drop for InFlight<'_> {
@@ -159,18 +185,110 @@ impl<T: Task> Service<T> {
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _counted = InFlight(&self.metrics.in_flight);
-        self.execute_counted(args, input).await
+        self.execute_counted(parsed).await
     }
 
     async fn execute_counted(
         self: &Arc<Self>,
+        parsed: Parsed<T::Args>,
+    ) -> Result<Reply<T::Output>> {
+        let Parsed { args, input, id } = parsed;
+        // A read changes nothing: reading again is as harmless as an id would make it.
+        let id = id.filter(|_| !T::READ_ONLY);
+        if id.is_some() && !self.records {
+            return Err(crate::db::requests::missing(T::NAME));
+        }
+        let started = Instant::now();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
+        let request = self.prepare(args, input, deadline).await?;
+        let prepared = Instant::now();
+        self.metrics.phase(Step::Prepare, started.elapsed());
+        if let Some(batch) = &self.batch {
+            let output = batch.submit(request, id, deadline).await;
+            self.metrics.phase(Step::Execute, prepared.elapsed());
+            return output;
+        }
+        // The request timeout and the shutdown's cut stop the request before its commit, never
+        // during it (`execute_in`).
+        let stop = || self.stop(deadline);
+        let mut lease = bounded(stop(), self.pool.acquire()).await?;
+        let acquired = Instant::now();
+        self.metrics.phase(Step::Acquire, acquired - prepared);
+        if let Some(id) = id {
+            let result = self.once(&mut lease, request, &id, deadline).await;
+            self.metrics.phase(Step::Execute, acquired.elapsed());
+            self.settle_lease(&mut lease, result.as_ref().err(), false);
+            return result.map(Reply::Recorded);
+        }
+        let mut sink = RowSink::collect();
+        let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT, T::READ_ONLY)).await?;
+        let tx = tx.with_sink(&mut sink);
+        let begun = Instant::now();
+        self.metrics.phase(Step::Begin, begun - acquired);
+        let result = crate::run::execute_in::<T>(tx, request, stop()).await;
+        self.metrics.phase(Step::Execute, begun.elapsed());
+        self.settle_lease(&mut lease, result.as_ref().err(), sink.abandoned);
+        result.map(|output| {
+            Reply::Served(match sink.collected() {
+                Some(rows) => Served::Rows { output, rows },
+                None => Served::Plain(output),
+            })
+        })
+    }
+
+    /// What ends a request before its commit: the shutdown's cut, or its `deadline`.
+    fn stop(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Error> + use<T> {
+        let phase = self.phase.clone();
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        async move {
+            tokio::select! {
+                biased;
+                () = phase.reached(Stage::Cut) => cut_error(),
+                () = tokio::time::sleep_until(deadline) => timeout_error(timeout),
+            }
+        }
+    }
+
+    /// Runs a request that carries an id on `lease`: executed and recorded, or, seen before (its
+    /// id's row exists, or its task refused a key the first one wrote), the first answer.
+    async fn once(
+        &self,
+        lease: &mut super::pool::Lease<'_>,
+        request: T::Request,
+        id: &RequestId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Recorded> {
+        let tx = bounded(self.stop(deadline), lease.begin(false, false)).await?;
+        match crate::run::execute_once::<T>(tx, request, self.stop(deadline), id).await {
+            Ok(answer) => Ok(Recorded {
+                answer,
+                replayed: false,
+            }),
+            Err(e) if reusable(e.kind()) => {
+                let first = requests::recorded(lease.conn(), T::NAME, id);
+                match bounded(self.stop(deadline), first).await? {
+                    Some(answer) => Ok(Recorded {
+                        answer,
+                        replayed: true,
+                    }),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Validates a request (and, for a task that reads first, reads).
+    async fn prepare(
+        self: &Arc<Self>,
         args: T::Args,
         input: Input,
-    ) -> Result<Served<T::Output>> {
-        let started = Instant::now();
-        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let phase = &self.phase;
+        deadline: tokio::time::Instant,
+    ) -> Result<T::Request> {
         // A request with a secret (a password to hash) is prepared on the blocking pool, off the
         // threads that serve sockets; validation alone is cheaper than the hop there.
         let request = if matches!(input, Input::Text(_)) {
@@ -183,51 +301,29 @@ impl<T: Task> Service<T> {
         } else {
             T::prepare(args, &mut Context::new(&self.task_settings, input))?
         };
-        let request = if T::READS_FIRST {
-            self.read_first(request, deadline).await?
+        if T::READS_FIRST {
+            self.read_first(request, deadline).await
         } else {
-            request
-        };
-        let prepared = Instant::now();
-        self.metrics.phase(Step::Prepare, started.elapsed());
-        if let Some(batch) = &self.batch {
-            let output = batch.submit(request, deadline).await;
-            self.metrics.phase(Step::Execute, prepared.elapsed());
-            return output.map(Served::Plain);
+            Ok(request)
         }
-        // The request timeout and the shutdown's cut stop the request before its commit, never
-        // during it (`execute_in`).
-        let stop = async || {
-            let phase = phase.clone();
-            tokio::select! {
-                biased;
-                () = phase.reached(Stage::Cut) => cut_error(),
-                () = tokio::time::sleep_until(deadline) => timeout_error(timeout),
-            }
-        };
-        let mut lease = bounded(stop(), self.pool.acquire()).await?;
-        let acquired = Instant::now();
-        self.metrics.phase(Step::Acquire, acquired - prepared);
-        let mut sink = RowSink::collect();
-        let tx = bounded(stop(), lease.begin(T::SINGLE_STATEMENT, T::READ_ONLY)).await?;
-        let tx = tx.with_sink(&mut sink);
-        let begun = Instant::now();
-        self.metrics.phase(Step::Begin, begun - acquired);
-        let result = crate::run::execute_in::<T>(tx, request, stop()).await;
-        self.metrics.phase(Step::Execute, begun.elapsed());
-        match &result {
+    }
+
+    /// Whether the connection goes back to the pool after a request that ended with `error`.
+    fn settle_lease(
+        &self,
+        lease: &mut super::pool::Lease<'_>,
+        error: Option<&Error>,
+        abandoned: bool,
+    ) {
+        match error {
             // A result left part read (an answer over the row limit): the connection goes.
-            Err(_) if sink.abandoned => {}
-            Ok(_) => lease.keep(),
-            Err(e) if reusable(e.kind()) => lease.keep(),
+            _ if abandoned => {}
+            None => lease.keep(),
+            Some(e) if reusable(e.kind()) => lease.keep(),
             // The database went away: the idle connections are as stale as this one.
-            Err(e) if e.kind() == ErrorKind::Unavailable => self.pool.forget_idle(),
-            Err(_) => {}
+            Some(e) if e.kind() == ErrorKind::Unavailable => self.pool.forget_idle(),
+            Some(_) => {}
         }
-        result.map(|output| match sink.collected() {
-            Some(rows) => Served::Rows { output, rows },
-            None => Served::Plain(output),
-        })
     }
 
     /// A task's read-first phase ([`Task::read_first`]) on a pooled connection, in a read-only
@@ -237,17 +333,7 @@ impl<T: Task> Service<T> {
         request: T::Request,
         deadline: tokio::time::Instant,
     ) -> Result<T::Request> {
-        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
-        let stop = || {
-            let phase = self.phase.clone();
-            async move {
-                tokio::select! {
-                    biased;
-                    () = phase.reached(Stage::Cut) => cut_error(),
-                    () = tokio::time::sleep_until(deadline) => timeout_error(timeout),
-                }
-            }
-        };
+        let stop = || self.stop(deadline);
         let mut lease = bounded(stop(), self.pool.acquire()).await?;
         let result = async {
             let mut tx = bounded(stop(), lease.begin(false, true)).await?;
@@ -267,8 +353,29 @@ impl<T: Task> Service<T> {
         result
     }
 
-    /// The task's arguments from request words, as the command line would parse them.
-    fn args(&self, mut words: Vec<String>, input: Input) -> Result<(T::Args, Input)> {
+    /// The task's arguments from request words, as the command line would parse them, and the
+    /// request's id: `--request-id` among the words, or `carried` (what the transport named it,
+    /// and the id), which must then agree.
+    fn args(
+        &self,
+        mut words: Vec<String>,
+        input: Input,
+        carried: Option<(&str, &str)>,
+    ) -> Result<Parsed<T::Args>> {
+        let mut id = match carried {
+            Some((what, text)) => Some(RequestId::parse(text, what)?),
+            None => None,
+        };
+        if let Some(given) = take_request_id(&mut words)? {
+            if id.as_ref().is_some_and(|id| *id != given) {
+                return Err(Error::usage(format!(
+                    "the request id {given} differs from {}'s",
+                    carried.map_or("", |c| c.0)
+                ))
+                .hint("send one id per request, in one place"));
+            }
+            id = Some(given);
+        }
         let verb = format!("--{}", T::VERB);
         if words.first() == Some(&verb) {
             words.remove(0);
@@ -289,7 +396,7 @@ impl<T: Task> Service<T> {
             .try_get_matches_from(words)
             .map_err(|e| self.usage_error(&e))?;
         let args = T::Args::from_arg_matches(&matches).map_err(|e| self.usage_error(&e))?;
-        Ok((args, input))
+        Ok(Parsed { args, input, id })
     }
 
     fn usage_error(&self, e: &clap::Error) -> Error {
@@ -347,6 +454,47 @@ impl<T: Task> Service<T> {
         }
         Ok(serde_json::json!({ "database": "up", "brokers": states }))
     }
+}
+
+/// A request parsed: the task's arguments, its secret input, its id.
+pub(crate) struct Parsed<A> {
+    args: A,
+    input: Input,
+    id: Option<RequestId>,
+}
+
+/// A request's answer: served now, or recorded with its id (now, or the first time).
+pub(crate) enum Reply<O> {
+    Served(Served<O>),
+    Recorded(Recorded),
+}
+
+/// Takes `--request-id ID` (or `--request-id=ID`) out of request words: the harness's, not the
+/// task's.
+fn take_request_id(words: &mut Vec<String>) -> Result<Option<RequestId>> {
+    const FLAG: &str = "--request-id";
+    let Some(at) = words
+        .iter()
+        .position(|w| w == FLAG || w.starts_with("--request-id="))
+    else {
+        return Ok(None);
+    };
+    let word = words.remove(at);
+    let text = match word.strip_prefix("--request-id=") {
+        Some(text) => text.to_string(),
+        None if at < words.len() => words.remove(at),
+        None => {
+            return Err(Error::usage("--request-id needs a value")
+                .hint("e.g. --request-id 0b6f0c1e-4a3b-4c1d-9e2f-6a7b8c9d0e1f"));
+        }
+    };
+    if words
+        .iter()
+        .any(|w| w == FLAG || w.starts_with("--request-id="))
+    {
+        return Err(Error::usage("the request has two ids").hint("send one --request-id"));
+    }
+    RequestId::parse(&text, "the request").map(Some)
 }
 
 /// Runs `step` unless `stop` (the request's deadline, the shutdown's cut) comes first.

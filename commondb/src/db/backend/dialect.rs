@@ -52,6 +52,10 @@ pub(crate) trait Dialect: Sync {
     fn tables(&self) -> &'static str;
     /// `COUNT(*)` of the current database's (schema's) tables named by the one parameter.
     fn table_exists(&self) -> &'static str;
+    /// The statements that create the request ids' table (`db::requests`) if it is missing:
+    /// `(executable, id)` the primary key, compared byte for byte; `answer` the JSON text;
+    /// `at` seconds since the epoch, indexed for pruning.
+    fn requests_table(&self) -> &'static [&'static str];
     /// The session settings that bound one statement of a pooled connection to `timeout_ms`,
     /// where the database has them.
     fn statement_timeout(&self, timeout_ms: u64) -> Option<String>;

@@ -58,6 +58,12 @@ impl Dialect for Postgres {
         "SELECT table_name::text FROM information_schema.tables \
          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1"
     }
+    fn requests_table(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE IF NOT EXISTS \"_commondb_requests\" (executable TEXT NOT NULL, id TEXT NOT NULL, answer TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (executable, id))",
+            "CREATE INDEX IF NOT EXISTS \"_commondb_requests_at\" ON \"_commondb_requests\" (executable, at)",
+        ]
+    }
     fn table_exists(&self) -> &'static str {
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
     }

@@ -253,6 +253,12 @@ impl Dialect for Sqlite {
     fn tables(&self) -> &'static str {
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
     }
+    fn requests_table(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE IF NOT EXISTS _commondb_requests (executable TEXT NOT NULL, id TEXT NOT NULL, answer TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (executable, id)) WITHOUT ROWID",
+            "CREATE INDEX IF NOT EXISTS _commondb_requests_at ON _commondb_requests (executable, at)",
+        ]
+    }
     fn table_exists(&self) -> &'static str {
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
     }
