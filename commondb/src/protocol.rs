@@ -114,8 +114,11 @@ pub mod listen {
     /// Requests from a NATS server, answered in a queue group: `nats://HOST:PORT[?prefix=P]`
     /// ([`super::nats`]).
     pub const NATS: &str = "nats://";
+    /// Requests from a JetStream work queue on a NATS server, acknowledged after the commit:
+    /// `nats+js://HOST:PORT[?prefix=P]` ([`super::nats`]).
+    pub const NATS_JS: &str = "nats+js://";
     /// Every form, as a usage hint says them.
-    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd or nats://HOST:PORT[?prefix=P]";
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P] or nats+js://HOST:PORT[?prefix=P]";
 }
 
 /// Requests through NATS: an executable `--serve --listen nats://HOST:PORT` answers the
@@ -123,9 +126,30 @@ pub mod listen {
 /// `?prefix=P` says otherwise), in queue group `<executable>` (each request to one of its
 /// instances), replying to the request's reply subject with the line protocol's answer. A
 /// request is the JSON object an HTTP body would be.
+///
+/// `nats+js://HOST:PORT` is the durable form: requests are published to JetStream, on subject
+/// `<prefix>.queue.<executable>` of the work-queue stream `<prefix>_<executable>` (file
+/// storage), which the workers' durable consumer `<executable>` pulls; a worker acknowledges a
+/// request after its commit and sends the answer to the subject in the request's
+/// [`REPLY_TO`] header. A request that failed for a passing reason is delivered again (at most
+/// [`MAX_DELIVER`] times in all), then parked on `<prefix>.dead.<executable>` in the same stream
+/// with its error in [`ERROR`].
 pub mod nats {
     /// The subject prefix unless the address names one.
     pub const DEFAULT_PREFIX: &str = "commondb";
+    /// The header that carries a request's id: JetStream deduplicates publishes by it, and the
+    /// executable records it ([`crate::Task`]'s effects happen once per id).
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// The header of a durable request naming the subject its answer goes to (a JetStream
+    /// message's own reply subject is for its acknowledgement).
+    pub const REPLY_TO: &str = "Commondb-Reply-To";
+    /// The header of an answer (and of a parked request) saying which delivery of the request
+    /// it is: `1` the first, more when the broker delivered it again.
+    pub const DELIVERED: &str = "Commondb-Delivered";
+    /// The header of a parked request: the error of its last delivery.
+    pub const ERROR: &str = "Commondb-Error";
+    /// How many times a durable request is delivered at most.
+    pub const MAX_DELIVER: i64 = 5;
 
     /// What a `nats://` address names: the server's `HOST:PORT`, and the subject prefix.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,14 +158,23 @@ pub mod nats {
         pub server: String,
         /// The subjects' first token.
         pub prefix: String,
+        /// JetStream (`nats+js://`) rather than NATS core (`nats://`).
+        pub durable: bool,
     }
 
     impl Address {
-        /// Parses `nats://HOST:PORT[?prefix=P]` (P: 1 to 64 of a-z, 0-9, `_` and `-`).
+        /// Parses `nats://HOST:PORT[?prefix=P]` or `nats+js://…` (P: 1 to 64 of a-z, 0-9, `_`
+        /// and `-`).
         pub fn parse(address: &str) -> Result<Address, String> {
-            let rest = address
-                .strip_prefix(super::listen::NATS)
-                .ok_or_else(|| format!("{address:?} is not nats://HOST:PORT"))?;
+            let (rest, durable) = match address.strip_prefix(super::listen::NATS_JS) {
+                Some(rest) => (rest, true),
+                None => (
+                    address
+                        .strip_prefix(super::listen::NATS)
+                        .ok_or_else(|| format!("{address:?} is not nats://HOST:PORT"))?,
+                    false,
+                ),
+            };
             let (server, query) = rest.split_once('?').unwrap_or((rest, ""));
             let server = server.trim_end_matches('/');
             let valid_port = server
@@ -173,19 +206,40 @@ pub mod nats {
             Ok(Address {
                 server: server.to_string(),
                 prefix,
+                durable,
             })
         }
 
-        /// The subject executable `exe` answers on.
+        /// The subject executable `exe` takes requests on.
         pub fn subject(&self, exe: &str) -> String {
-            format!("{}.{exe}", self.prefix)
+            if self.durable {
+                format!("{}.queue.{exe}", self.prefix)
+            } else {
+                format!("{}.{exe}", self.prefix)
+            }
+        }
+
+        /// The subject executable `exe` parks the durable requests it gave up on.
+        pub fn dead_subject(&self, exe: &str) -> String {
+            format!("{}.dead.{exe}", self.prefix)
+        }
+
+        /// The JetStream stream of executable `exe`'s durable requests (executable names have
+        /// no `_`, so the last one separates).
+        pub fn stream(&self, exe: &str) -> String {
+            format!("{}_{exe}", self.prefix)
         }
     }
 
     impl std::fmt::Display for Address {
         /// As [`Address::parse`] reads it (the default prefix left out).
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}{}", super::listen::NATS, self.server)?;
+            let scheme = if self.durable {
+                super::listen::NATS_JS
+            } else {
+                super::listen::NATS
+            };
+            write!(f, "{scheme}{}", self.server)?;
             if self.prefix != DEFAULT_PREFIX {
                 write!(f, "?prefix={}", self.prefix)?;
             }
@@ -205,6 +259,12 @@ pub mod nats {
             let b = Address::parse("nats://h:1?prefix=e2e_7").unwrap();
             assert_eq!(b.subject("x"), "e2e_7.x");
             assert_eq!(Address::parse(&b.to_string()).unwrap(), b);
+            let js = Address::parse("nats+js://h:1?prefix=p").unwrap();
+            assert!(js.durable);
+            assert_eq!(js.subject("x"), "p.queue.x");
+            assert_eq!(js.dead_subject("x"), "p.dead.x");
+            assert_eq!(js.stream("x"), "p_x");
+            assert_eq!(js.to_string(), "nats+js://h:1?prefix=p");
             for bad in [
                 "nats://h",
                 "nats://h:0",

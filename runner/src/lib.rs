@@ -85,14 +85,18 @@ struct Cli {
     /// into FILE as SVG
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P]
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream)
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
-    /// With --serve nats://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
+    /// With --serve nats://… or nats+js://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
     /// the run, and stop them after; 1 to 64
     #[arg(long, value_name = "K", requires = "serve",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: Option<u32>,
+    /// With --serve: give every request an id (`<run>-<i>`), which the service records with its
+    /// answer (a retry is then harmless); always on through nats+js://
+    #[arg(long, requires = "serve")]
+    request_ids: bool,
     /// Run the workload as processes, then against a service runmany starts (and stops), side by side
     #[arg(long)]
     compare: bool,
@@ -511,6 +515,7 @@ fn serve_run(
         first: 0,
         connections: cli.at_once(),
         timeout,
+        ids: (cli.request_ids || endpoint.durable()).then(|| run_id.to_string()),
     };
     let unreachable = |e: String| Fatal(69, e);
     if cli.warmup > 0 {

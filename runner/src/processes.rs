@@ -176,6 +176,7 @@ fn one(plan: &Plan<'_>, i: u64, watchdog: Option<&Watchdog>, fleet: Option<&Flee
             String::from_utf8_lossy(&stderr).trim().to_string()
         },
         phases,
+        redelivered: 0,
     }
 }
 

@@ -35,6 +35,14 @@ pub struct Record {
     /// The phases the executable reported (`--performance-report`), microseconds each.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub phases: BTreeMap<String, u64>,
+    /// Through a broker: answers that came from a second delivery of a request (its first
+    /// answer lost with a worker, or a duplicate), counted on the request they arrived with.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub redelivered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Record {
@@ -51,6 +59,7 @@ impl Record {
             system_us: None,
             error,
             phases: BTreeMap::new(),
+            redelivered: 0,
         }
     }
 }
@@ -126,6 +135,8 @@ pub struct Summary {
     pub failed: u64,
     /// Those killed or given up on by `--timeout`.
     pub timed_out: u64,
+    /// Through a broker: answers from a request's second (or later) delivery.
+    pub redelivered: u64,
     /// Failures by exit code, most frequent first.
     pub failures: Vec<FailureGroup>,
     /// From the first start to the last end, milliseconds.
@@ -192,6 +203,7 @@ impl Summary {
             succeeded: ok.len() as u64,
             failed: (records.len() - ok.len()) as u64,
             timed_out: records.iter().filter(|r| r.timed_out).count() as u64,
+            redelivered: records.iter().map(|r| r.redelivered).sum(),
             failures,
             wall_ms,
             throughput_per_s: if wall_ms > 0.0 {
@@ -265,6 +277,13 @@ impl fmt::Display for Summary {
                 String::new()
             }
         )?;
+        if self.redelivered > 0 {
+            writeln!(
+                f,
+                "  redelivered {}   (answers from a second delivery: the request ids kept each effect to one)",
+                self.redelivered
+            )?;
+        }
         writeln!(
             f,
             "  wall        {} ms   throughput {:.1}/s",
@@ -360,6 +379,7 @@ mod tests {
                 format!("e{code}")
             },
             phases: BTreeMap::new(),
+            redelivered: 0,
         }
     }
 

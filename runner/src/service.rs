@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commondb::protocol::Answer;
-use commondb::protocol::listen::{HTTP, NATS, TCP, UNIX};
-use commondb::protocol::nats::Address;
+use commondb::protocol::listen::{HTTP, NATS, NATS_JS, TCP, UNIX};
+use commondb::protocol::nats::{self, Address};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,12 +50,12 @@ impl Endpoint {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix(UNIX) {
             Ok(Endpoint::Unix(PathBuf::from(p)))
-        } else if s.starts_with(NATS) {
+        } else if s.starts_with(NATS) || s.starts_with(NATS_JS) {
             let address = Address::parse(s).map_err(|e| format!("--serve {e}"))?;
             Ok(Endpoint::Nats(address, String::new()))
         } else {
             Err(format!(
-                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them) or nats://HOST:PORT"
+                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them), nats://HOST:PORT or nats+js://HOST:PORT"
             ))
         }
     }
@@ -69,6 +69,11 @@ impl Endpoint {
             }
             other => other,
         }
+    }
+
+    /// Whether requests go through a durable queue (JetStream), which needs their ids.
+    pub fn durable(&self) -> bool {
+        matches!(self, Endpoint::Nats(address, _) if address.durable)
     }
 
     /// The TCP port, if any.
@@ -111,6 +116,9 @@ pub struct Load {
     pub connections: u64,
     /// Per request.
     pub timeout: Option<Duration>,
+    /// Give request `i` the id `<ids>-<i>` (the line protocol's `request_id`, HTTP's
+    /// `Idempotency-Key`, NATS's `Nats-Msg-Id`); always through JetStream.
+    pub ids: Option<String>,
 }
 
 /// Sends the requests; returns their records in index order, or why the service could not be
@@ -183,7 +191,8 @@ async fn call(client: &mut Option<Client>, i: u64, request: &str, load: &Load) -
     let Some(connected) = client.as_mut() else {
         return record;
     };
-    let exchange = connected.exchange(request);
+    let id = load.ids.as_ref().map(|run| format!("{run}-{i}"));
+    let exchange = connected.exchange(request, id.as_deref(), &mut record.redelivered);
     let answer = match load.timeout {
         Some(t) => tokio::time::timeout(t, exchange).await.ok(),
         None => Some(exchange.await),
@@ -229,6 +238,13 @@ enum Client {
         client: async_nats::Client,
         subject: String,
     },
+    /// Through JetStream: requests published (and confirmed stored), answers on an inbox.
+    Queue {
+        context: async_nats::jetstream::Context,
+        subject: String,
+        inbox: String,
+        answers: async_nats::Subscriber,
+    },
 }
 
 impl Client {
@@ -272,6 +288,19 @@ impl Client {
                     .map_err(|e| {
                         format!("cannot reach the NATS server at {}: {e}", address.server)
                     })?;
+                if address.durable {
+                    let inbox = client.new_inbox();
+                    let answers = client
+                        .subscribe(inbox.clone())
+                        .await
+                        .map_err(|e| format!("cannot subscribe to answers: {e}"))?;
+                    return Ok(Client::Queue {
+                        context: async_nats::jetstream::new(client),
+                        subject: subject.clone(),
+                        inbox,
+                        answers,
+                    });
+                }
                 Ok(Client::Nats {
                     client,
                     subject: subject.clone(),
@@ -296,11 +325,21 @@ impl Client {
         }
     }
 
-    async fn exchange(&mut self, request: &str) -> Result<Answer, String> {
+    /// Sends one request (with `id`, if any) and reads its answer; answers that came from a
+    /// request's later delivery are added to `redelivered`.
+    async fn exchange(
+        &mut self,
+        request: &str,
+        id: Option<&str>,
+        redelivered: &mut u64,
+    ) -> Result<Answer, String> {
         let text = match self {
             Client::Line { reader, writer, .. } => {
-                let mut line = Vec::with_capacity(request.len() + 1);
-                line.extend_from_slice(request.as_bytes());
+                let mut line = Vec::with_capacity(request.len() + 48);
+                match id {
+                    None => line.extend_from_slice(request.as_bytes()),
+                    Some(id) => line.extend_from_slice(with_id(request, id).as_bytes()),
+                }
                 line.push(b'\n');
                 writer
                     .write_all(&line)
@@ -322,9 +361,13 @@ impl Client {
                 path,
             } => {
                 let body = request.to_string();
-                let req = hyper::Request::post(path.as_str())
+                let mut req = hyper::Request::post(path.as_str())
                     .header(hyper::header::HOST, authority.as_str())
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header(hyper::header::CONTENT_TYPE, "application/json");
+                if let Some(id) = id {
+                    req = req.header("idempotency-key", id);
+                }
+                let req = req
                     .body(Full::new(Bytes::from(body)))
                     .map_err(|e| e.to_string())?;
                 let response = sender
@@ -340,8 +383,14 @@ impl Client {
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             Client::Nats { client, subject } => {
+                let mut message = async_nats::Request::new().payload(request.to_string().into());
+                if let Some(id) = id {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(nats::MSG_ID, id);
+                    message = message.headers(headers);
+                }
                 let answer = client
-                    .request(subject.clone(), request.to_string().into())
+                    .send_request(subject.clone(), message)
                     .await
                     .map_err(|e| match e.kind() {
                         async_nats::RequestErrorKind::NoResponders => format!(
@@ -351,9 +400,98 @@ impl Client {
                     })?;
                 String::from_utf8_lossy(&answer.payload).into_owned()
             }
+            Client::Queue {
+                context,
+                subject,
+                inbox,
+                answers,
+            } => {
+                let id = id.ok_or("a request through JetStream needs an id")?;
+                queue_exchange(context, subject, inbox, answers, request, id, redelivered).await?
+            }
         };
         serde_json::from_str(&text)
             .map_err(|e| format!("the answer is not the protocol's JSON ({e}): {text:?}"))
+    }
+}
+
+/// A line-protocol request with its id: a field of a JSON object, or `--request-id` after
+/// the words.
+fn with_id(request: &str, id: &str) -> String {
+    let trimmed = request.trim_start();
+    match trimmed.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"request_id\":\"{id}\"}}"),
+        Some(rest) => format!("{{\"request_id\":\"{id}\",{rest}"),
+        None => format!("{request} --request-id {id}"),
+    }
+}
+
+/// One request through JetStream: published with its id and the inbox to answer to, confirmed
+/// stored by the server (the publisher's confirm), then its answer awaited on the inbox.
+/// Answers to earlier requests of this client (a later delivery answering again) are counted
+/// and skipped.
+async fn queue_exchange(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    inbox: &str,
+    answers: &mut async_nats::Subscriber,
+    request: &str,
+    id: &str,
+    redelivered: &mut u64,
+) -> Result<String, String> {
+    use futures_util::StreamExt;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(nats::MSG_ID, id);
+    headers.insert(nats::REPLY_TO, inbox);
+    // Published again until the server confirms it stored the request (the broker may be
+    // restarting): JetStream drops a second copy under the same id, so retrying is safe. The
+    // --timeout bounds it.
+    let payload = Bytes::from(request.to_string());
+    let mut pause = Duration::from_millis(50);
+    let mut attempts = 0;
+    loop {
+        let stored = match context
+            .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => break,
+            // No stream at all, every time: nobody made it.
+            Err(e) if attempts >= 100 => {
+                return Err(format!(
+                    "JetStream did not store the request on {subject} ({e}): start a worker first (--serve --listen nats+js://…), it makes the stream"
+                ));
+            }
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    loop {
+        let answer = answers
+            .next()
+            .await
+            .ok_or("the NATS connection closed before the answer")?;
+        let header = |name: &str| {
+            answer
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let later = header(nats::DELIVERED).is_some_and(|d| d != "1");
+        if header(nats::MSG_ID).as_deref() != Some(id) {
+            // A late answer to an earlier request: that request was delivered twice.
+            *redelivered += 1;
+            continue;
+        }
+        *redelivered += u64::from(later);
+        return Ok(String::from_utf8_lossy(&answer.payload).into_owned());
     }
 }
 

@@ -31,7 +31,11 @@ fn nats(test: &str) -> Option<String> {
     ))
 }
 
-on_every_backend!(workers_on_nats_answer_runmany_once_each);
+on_every_backend!(
+    workers_on_nats_answer_runmany_once_each,
+    jetstream_applies_each_request_once_through_a_worker_killed,
+    jetstream_loses_and_doubles_nothing_when_the_broker_restarts,
+);
 
 fn users(sb: &BackendSandbox) -> i64 {
     sb.count(EXE, "SELECT COUNT(*) FROM users")
@@ -162,4 +166,358 @@ fn workers_on_nats_answer_runmany_once_each(backend: Backend) {
     )
     .stdout_has("no instance answers");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// Deletes a test's JetStream stream when dropped, so that the machine's server keeps none.
+struct Stream {
+    server: String,
+    name: String,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        e2e::block_on(async move {
+            if let Ok(client) = async_nats::connect(server.as_str()).await {
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&name)
+                    .await;
+            }
+        });
+    }
+}
+
+/// Starts runmany through JetStream in the background.
+fn runmany_durable(sb: &BackendSandbox, url: &str, n: &str) -> std::process::Child {
+    sb.command(
+        "runmany",
+        &["-n", n, "-j", "16", "--timeout", "60", "--serve", url, EXE],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// What runmany printed, once it is done; it must have succeeded.
+fn finished(load: std::process::Child) -> String {
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The redeliveries runmany reported.
+fn redelivered(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("redelivered "))
+        .and_then(|r| r.split_whitespace().next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn served_ok(s: &e2e::Served) -> f64 {
+    s.metric(&format!(
+        "commondb_requests_total{{executable=\"{EXE}\",outcome=\"ok\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+fn jetstream_applies_each_request_once_through_a_worker_killed(backend: Backend) {
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    let Some(core) = nats(&format!("js_{backend:?}").to_lowercase()) else {
+        return;
+    };
+    let url = core.replacen("nats://", "nats+js://", 1);
+    let address = commondb::protocol::nats::Address::parse(&url).unwrap();
+    let _stream = Stream {
+        server: address.server.clone(),
+        name: address.stream(EXE),
+    };
+    // A request a dead worker held comes again after twice the request timeout.
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let http = format!("{HTTP}127.0.0.1:0");
+    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{health}");
+
+    // kill -9 of a worker mid-stream: what it held unacknowledged (committed or not) comes
+    // again to the other one, and the request ids keep each effect to one.
+    let load = runmany_durable(&sb, &url, "1000");
+    e2e::wait_for("worker one to answer 200", 30, || {
+        (served_ok(&one) >= 200.0).then_some(())
+    })
+    .unwrap();
+    e2e::signal(one.pid(), rustix::process::Signal::KILL);
+    let text = finished(load);
+    assert!(text.contains("succeeded   1000   failed 0"), "{text}");
+    assert_eq!(users(&sb), 1000, "rows == distinct request ids: {text}");
+    let ids = sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests");
+    assert_eq!(ids, 1000);
+    eprintln!(
+        "kill -9 of a worker under runmany -n 1000 through JetStream on {backend:?}: 1000 answered, 1000 rows, {} answers from a redelivery",
+        redelivered(&text)
+    );
+    drop(one);
+    let (code, said) = two.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// A NATS server of the test's own, with JetStream on file storage in a directory of its own,
+/// which the test can restart; stopped when dropped.
+struct PrivateNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    fn start() -> Option<PrivateNats> {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(_) = binary else {
+            assert!(
+                !e2e::ci(),
+                "nats-server is not installed, and CI=true requires it"
+            );
+            eprintln!("SKIPPED: no nats-server binary");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = PrivateNats {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.run();
+        Some(nats)
+    }
+
+    /// Starts the server (again, on the same port and store) and waits until it listens.
+    fn run(&mut self) {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap();
+        let child = std::process::Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        e2e::wait_for("the private NATS server", 20, || {
+            std::net::TcpStream::connect(&address).ok()
+        })
+        .unwrap();
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            e2e::signal(child.id(), rustix::process::Signal::TERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn jetstream_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend) {
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    let Some(mut broker) = PrivateNats::start() else {
+        return;
+    };
+    let url = format!("nats+js://127.0.0.1:{}", broker.port);
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let http = format!("{HTTP}127.0.0.1:0");
+    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+
+    let load = runmany_durable(&sb, &url, "1000");
+    e2e::wait_for("the workers to answer 300", 30, || {
+        (served_ok(&one) + served_ok(&two) >= 300.0).then_some(())
+    })
+    .unwrap();
+    broker.stop();
+    // While it is down, the workers say so.
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 503, "{health}");
+    std::thread::sleep(Duration::from_millis(500));
+    broker.run();
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Publishes are retried under their id until the server confirms them, so every request
+    // is stored and applied, once; an answer published while a client was reconnecting may be
+    // lost (NATS core carries answers), and is then a timeout, never a second row.
+    assert_eq!(users(&sb), 1000, "nothing lost, nothing doubled: {text}");
+    assert_eq!(
+        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
+        1000
+    );
+    let succeeded: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("succeeded"))
+        .and_then(|r| r.split_whitespace().next())
+        .map(|n| n.parse().unwrap())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        text.contains(&format!("failed {}", 1000 - succeeded)),
+        "only timeouts may fail: {text}"
+    );
+    if succeeded < 1000 {
+        assert!(text.contains("timed out"), "{text}");
+    }
+    eprintln!(
+        "nats-server restarted under runmany -n 1000 through JetStream on {backend:?}: 1000 rows, {succeeded} answered, {} answers from a redelivery",
+        redelivered(&text)
+    );
+    let (code, said) = one.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = two.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// Through JetStream on SQLite: a request that fails for a passing reason (the database busy)
+/// is delivered again, then parked on the dead-letter subject with its error after the last
+/// delivery, and its requester gets the error; a bad message is answered once and not
+/// delivered again.
+#[test]
+fn jetstream_parks_what_keeps_failing_and_answers_bad_messages_once() {
+    let Some(mut sb) = BackendSandbox::new(Backend::Sqlite) else {
+        return;
+    };
+    let Some(mut broker) = PrivateNats::start() else {
+        return;
+    };
+    let Some(sqlite3) = e2e::tool("sqlite3", "sqlite3") else {
+        return;
+    };
+    let url = format!("nats+js://127.0.0.1:{}", broker.port);
+    let address = commondb::protocol::nats::Address::parse(&url).unwrap();
+    sb.set_env("COMMONDB_BUSY_TIMEOUT_MS", "20");
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let worker = sb.serve(EXE, &["--listen", &url]);
+    // Another writer holds the database's write lock.
+    let mut holder = std::process::Command::new(sqlite3)
+        .arg(sb.database(EXE))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut hold = holder.stdin.take().unwrap();
+    use std::io::Write;
+    hold.write_all(b"BEGIN IMMEDIATE;\n").unwrap();
+    hold.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let server = address.server.clone();
+    let (subject, dead, stream) = (
+        address.subject(EXE),
+        address.dead_subject(EXE),
+        address.stream(EXE),
+    );
+    let answers = e2e::block_on(async move {
+        use commondb::protocol::nats::{DELIVERED, ERROR, MSG_ID, REPLY_TO};
+        use futures_util::StreamExt;
+        let client = async_nats::connect(server.as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+        let mut got = Vec::new();
+        for (id, body) in [
+            (
+                "busy-1",
+                br#"{"username": "parked", "email": "p@example.com"}"#.to_vec(),
+            ),
+            ("bad-1", b"not json".to_vec()),
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(MSG_ID, id);
+            headers.insert(REPLY_TO, inbox.as_str());
+            js.publish_with_headers(subject.clone(), headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let answer = tokio::time::timeout(Duration::from_secs(30), answers.next())
+                .await
+                .expect("an answer within 30 s")
+                .unwrap();
+            let h = answer.headers.clone().unwrap();
+            got.push((
+                h.get(MSG_ID).unwrap().as_str().to_string(),
+                h.get(DELIVERED).unwrap().as_str().to_string(),
+                String::from_utf8_lossy(&answer.payload).into_owned(),
+            ));
+        }
+        let parked = js
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .get_last_raw_message_by_subject(&dead)
+            .await
+            .unwrap();
+        let error = parked.headers.get(ERROR).unwrap().as_str().to_string();
+        (
+            got,
+            error,
+            String::from_utf8_lossy(&parked.payload).into_owned(),
+        )
+    });
+    let (mut got, error, parked) = answers;
+    got.sort();
+    // The bad message: answered at its first delivery, not delivered again.
+    assert_eq!(got[0].0, "bad-1");
+    assert_eq!(got[0].1, "1");
+    assert!(got[0].2.contains(r#""kind":"usage""#), "{got:?}");
+    // The busy one: delivered five times, then answered with its error and parked.
+    assert_eq!(got[1].0, "busy-1");
+    assert_eq!(got[1].1, "5", "{got:?}");
+    assert!(got[1].2.contains(r#""kind":"temporary""#), "{got:?}");
+    assert!(error.contains("temporary"), "{error}");
+    assert!(parked.contains("parked"), "{parked}");
+    hold.write_all(b"COMMIT;\n").unwrap();
+    drop(hold);
+    let _ = holder.wait();
+    assert_eq!(users(&sb), 0, "nothing was written");
+    let (code, said) = worker.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    broker.stop();
 }

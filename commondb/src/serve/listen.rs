@@ -9,6 +9,7 @@
 //! | `stdio`           | one line-protocol connection on stdin/stdout (inetd, systemd `Accept=yes`) |
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
 //! | `nats://HOST:PORT[?prefix=P]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
+//! | `nats+js://HOST:PORT[?prefix=P]` | requests from a JetStream work queue, acknowledged after the commit |
 //!
 //! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
 //! secrets file. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
@@ -21,7 +22,9 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
-use crate::protocol::listen::{FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, STDIO, SYSTEMD, TCP, UNIX};
+use crate::protocol::listen::{
+    FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, NATS_JS, STDIO, SYSTEMD, TCP, UNIX,
+};
 use crate::protocol::nats::Address;
 
 /// What a listener speaks.
@@ -57,7 +60,7 @@ impl Spec {
                 "clients present the access token instead: serve_token in the app secrets file",
             ));
         }
-        if spec.starts_with(NATS) {
+        if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
             return Address::parse(spec)
                 .map(Spec::Nats)
                 .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
@@ -108,7 +111,7 @@ pub(crate) enum Listener {
     Unix(UnixListener, Protocol, Option<PathBuf>),
     Stdio,
     /// Subscribed on a NATS server.
-    Nats(async_nats::Client, async_nats::Subscriber, Address),
+    Nats(async_nats::Client, super::nats::Inbox, Address),
 }
 
 impl Listener {
@@ -202,8 +205,8 @@ async fn bind_all(
             }
             Spec::Stdio => bound.push(Listener::Stdio),
             Spec::Nats(address) => {
-                let (client, subscriber) = super::nats::subscribe(address, exe).await?;
-                bound.push(Listener::Nats(client, subscriber, address.clone()));
+                let (client, inbox) = super::nats::subscribe(address, exe, settings).await?;
+                bound.push(Listener::Nats(client, inbox, address.clone()));
             }
             Spec::Systemd(protocol) => {
                 for listener in systemd(*protocol)? {

@@ -340,8 +340,8 @@ async fn accept<T: Task>(
             .await;
         }
         // The broker decides who may publish: no token.
-        Listener::Nats(client, subscriber, _) => {
-            nats::serve(Arc::clone(&service), client, subscriber, slots).await;
+        Listener::Nats(client, inbox, _) => {
+            nats::serve(Arc::clone(&service), client, inbox, slots).await;
         }
         // The socket file's mode decides who may connect: no token.
         Listener::Unix(listener, protocol, _) => {
