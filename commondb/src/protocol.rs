@@ -117,8 +117,11 @@ pub mod listen {
     /// Requests from a JetStream work queue on a NATS server, acknowledged after the commit:
     /// `nats+js://HOST:PORT[?prefix=P]` ([`super::nats`]).
     pub const NATS_JS: &str = "nats+js://";
+    /// Requests from a RabbitMQ queue, acknowledged after the commit:
+    /// `amqp://HOST:PORT[/VHOST][?prefix=P]` ([`super::amqp`]).
+    pub const AMQP: &str = "amqp://";
     /// Every form, as a usage hint says them.
-    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P] or nats+js://HOST:PORT[?prefix=P]";
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]";
 }
 
 /// Requests through NATS: an executable `--serve --listen nats://HOST:PORT` answers the
@@ -272,6 +275,177 @@ pub mod nats {
                 "nats://h:1?prefix=A.B",
                 "nats://h:1?x=1",
                 "tcp://h:1",
+            ] {
+                assert!(Address::parse(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}
+
+/// Requests through RabbitMQ: an executable `--serve --listen amqp://HOST:PORT[/VHOST]` takes
+/// the requests of the durable quorum queue `<prefix>.<executable>` (prefix `commondb` unless
+/// `?prefix=P` says otherwise), acknowledging each after its commit, and publishes the answer
+/// to the request's `reply_to` (RabbitMQ's direct reply-to works), with its `correlation_id`.
+/// A request's `message_id` is its id. Passing failures are delivered again, then parked on
+/// `<prefix>.dead.<executable>`, as through JetStream ([`nats`]).
+pub mod amqp {
+    /// The header of an answer (and of a parked request) saying which delivery it came from.
+    pub const DELIVERED: &str = "commondb-delivered";
+    /// The header of a parked request: the error of its last delivery.
+    pub const ERROR: &str = "commondb-error";
+    /// RabbitMQ's pseudo-queue for replies without a queue of one's own.
+    pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+    /// What an `amqp://` address names: the broker's `HOST:PORT`, the virtual host, the queue
+    /// prefix.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Address {
+        /// `HOST:PORT`.
+        pub server: String,
+        /// The virtual host (`/` unless the path names one).
+        pub vhost: String,
+        /// The queues' first part.
+        pub prefix: String,
+    }
+
+    impl Address {
+        /// Parses `amqp://HOST:PORT[/VHOST][?prefix=P]`: VHOST percent-encoded (`%2f` is `/`,
+        /// the default), P 1 to 64 of a-z, 0-9, `_` and `-`. No user or password: those are
+        /// secrets, never in an address.
+        pub fn parse(address: &str) -> Result<Address, String> {
+            let rest = address
+                .strip_prefix(super::listen::AMQP)
+                .ok_or_else(|| format!("{address:?} is not amqp://HOST:PORT"))?;
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_port = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid_port || server.contains('@') {
+                return Err(format!(
+                    "{address:?}: write amqp://HOST:PORT[/VHOST] with a port from 1 to 65535 (no user or password)"
+                ));
+            }
+            let vhost = match percent_decode(vhost) {
+                Some(v) if v.is_empty() => "/".to_string(),
+                Some(v) if v.len() <= 255 && !v.chars().any(char::is_control) => v,
+                _ => return Err(format!("{address:?}: the virtual host is not a valid name")),
+            };
+            let mut prefix = super::nats::DEFAULT_PREFIX.to_string();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("prefix", p))
+                        if (1..=64).contains(&p.len())
+                            && p.chars().all(|c| {
+                                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                            }) =>
+                    {
+                        prefix = p.to_string();
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{address:?}: the only parameter is prefix=P, P of 1 to 64 a-z, 0-9, _ and -"
+                        ));
+                    }
+                }
+            }
+            Ok(Address {
+                server: server.to_string(),
+                vhost,
+                prefix,
+            })
+        }
+
+        /// The queue executable `exe` takes requests from.
+        pub fn queue(&self, exe: &str) -> String {
+            format!("{}.{exe}", self.prefix)
+        }
+
+        /// The queue executable `exe` parks the requests it gave up on in.
+        pub fn dead_queue(&self, exe: &str) -> String {
+            format!("{}.dead.{exe}", self.prefix)
+        }
+
+        /// The URI a client connects to, as `user` (RabbitMQ's `guest`, which it lets in from
+        /// loopback only, until credentials come from a secrets file).
+        pub fn uri(&self, user: &str, password: &str) -> String {
+            let vhost: String = self
+                .vhost
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("amqp://{user}:{password}@{}/{vhost}", self.server)
+        }
+    }
+
+    impl std::fmt::Display for Address {
+        /// As [`Address::parse`] reads it (the defaults left out).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}{}", super::listen::AMQP, self.server)?;
+            if self.vhost != "/" {
+                let uri = self.uri("u", "p");
+                write!(f, "/{}", uri.rsplit_once('/').map_or("", |(_, v)| v))?;
+            }
+            if self.prefix != super::nats::DEFAULT_PREFIX {
+                write!(f, "?prefix={}", self.prefix)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
+    fn percent_decode(text: &str) -> Option<String> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn addresses_parse_and_print_back() {
+            let a = Address::parse("amqp://127.0.0.1:5672").unwrap();
+            assert_eq!(a.vhost, "/");
+            assert_eq!(a.queue("create-user"), "commondb.create-user");
+            assert_eq!(a.dead_queue("x"), "commondb.dead.x");
+            assert_eq!(a.to_string(), "amqp://127.0.0.1:5672");
+            assert_eq!(Address::parse("amqp://h:1/%2f").unwrap().vhost, "/");
+            let b = Address::parse("amqp://h:1/prod%2Fusers?prefix=e2e_7").unwrap();
+            assert_eq!(
+                (b.vhost.as_str(), b.prefix.as_str()),
+                ("prod/users", "e2e_7")
+            );
+            assert_eq!(
+                b.uri("guest", "guest"),
+                "amqp://guest:guest@h:1/prod%2Fusers"
+            );
+            assert_eq!(Address::parse(&b.to_string()).unwrap(), b);
+            for bad in [
+                "amqp://h",
+                "amqp://h:0",
+                "amqp://u:p@h:1",
+                "amqp://h:1/%zz",
+                "amqp://h:1?prefix=A.B",
+                "nats://h:1",
             ] {
                 assert!(Address::parse(bad).is_err(), "{bad}");
             }

@@ -85,7 +85,7 @@ struct Cli {
     /// into FILE as SVG
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream)
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream), or a RabbitMQ queue: amqp://HOST:PORT[/VHOST][?prefix=P]
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
     /// With --serve nats://… or nats+js://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
@@ -94,7 +94,7 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: Option<u32>,
     /// With --serve: give every request an id (`<run>-<i>`), which the service records with its
-    /// answer (a retry is then harmless); always on through nats+js://
+    /// answer (a retry is then harmless); always on through nats+js:// and amqp://
     #[arg(long, requires = "serve")]
     request_ids: bool,
     /// Run the workload as processes, then against a service runmany starts (and stops), side by side
@@ -263,7 +263,7 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
     if let Some(addr) = &cli.serve {
         let endpoint = Endpoint::parse(addr).map_err(usage)?.of_executable(&name);
         let workers = match cli.workers {
-            Some(k) if matches!(endpoint, Endpoint::Nats(..)) => {
+            Some(k) if matches!(endpoint, Endpoint::Nats(..) | Endpoint::Amqp(..)) => {
                 let mut started = Vec::new();
                 for _ in 0..k {
                     match start_serving(&exe, addr) {
@@ -285,7 +285,7 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
             }
             Some(_) => {
                 return Err(usage(
-                    "--workers starts workers on a broker: give --serve nats://HOST:PORT",
+                    "--workers starts workers on a broker: give --serve nats://, nats+js:// or amqp://HOST:PORT",
                 ));
             }
             None => Vec::new(),

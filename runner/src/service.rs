@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commondb::protocol::Answer;
-use commondb::protocol::listen::{HTTP, NATS, NATS_JS, TCP, UNIX};
+use commondb::protocol::amqp;
+use commondb::protocol::listen::{AMQP, HTTP, NATS, NATS_JS, TCP, UNIX};
 use commondb::protocol::nats::{self, Address};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -30,6 +31,8 @@ pub enum Endpoint {
     /// Requests through a NATS server, on the subject of the executable (set by
     /// [`Endpoint::of_executable`]).
     Nats(Address, String),
+    /// Requests through a RabbitMQ queue, the executable's (set by [`Endpoint::of_executable`]).
+    Amqp(amqp::Address, String),
 }
 
 impl Endpoint {
@@ -50,12 +53,15 @@ impl Endpoint {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix(UNIX) {
             Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else if s.starts_with(AMQP) {
+            let address = amqp::Address::parse(s).map_err(|e| format!("--serve {e}"))?;
+            Ok(Endpoint::Amqp(address, String::new()))
         } else if s.starts_with(NATS) || s.starts_with(NATS_JS) {
             let address = Address::parse(s).map_err(|e| format!("--serve {e}"))?;
             Ok(Endpoint::Nats(address, String::new()))
         } else {
             Err(format!(
-                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them), nats://HOST:PORT or nats+js://HOST:PORT"
+                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them), nats://HOST:PORT, nats+js://HOST:PORT or amqp://HOST:PORT"
             ))
         }
     }
@@ -67,6 +73,10 @@ impl Endpoint {
                 let subject = address.subject(exe);
                 Endpoint::Nats(address, subject)
             }
+            Endpoint::Amqp(address, _) => {
+                let queue = address.queue(exe);
+                Endpoint::Amqp(address, queue)
+            }
             other => other,
         }
     }
@@ -74,6 +84,7 @@ impl Endpoint {
     /// Whether requests go through a durable queue (JetStream), which needs their ids.
     pub fn durable(&self) -> bool {
         matches!(self, Endpoint::Nats(address, _) if address.durable)
+            || matches!(self, Endpoint::Amqp(..))
     }
 
     /// The TCP port, if any.
@@ -81,7 +92,7 @@ impl Endpoint {
         match self {
             Endpoint::Tcp(a) | Endpoint::Http(a) => a.rsplit_once(':')?.1.parse().ok(),
             // The broker's port is not a service's.
-            Endpoint::Unix(_) | Endpoint::Nats(..) => None,
+            Endpoint::Unix(_) | Endpoint::Nats(..) | Endpoint::Amqp(..) => None,
         }
     }
 }
@@ -94,6 +105,7 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Http(a) => write!(f, "{HTTP}{a}"),
             Endpoint::Unix(p) => write!(f, "{UNIX}{}", p.display()),
             Endpoint::Nats(address, _) => write!(f, "{address}"),
+            Endpoint::Amqp(address, _) => write!(f, "{address}"),
         }
     }
 }
@@ -124,8 +136,12 @@ pub struct Load {
 /// Sends the requests; returns their records in index order, or why the service could not be
 /// used at all.
 pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Record>, String> {
-    if matches!(load.endpoint, Endpoint::Http(_) | Endpoint::Nats(..)) && load.verb.is_none() {
-        return Err("over HTTP and NATS the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
+    if matches!(
+        load.endpoint,
+        Endpoint::Http(_) | Endpoint::Nats(..) | Endpoint::Amqp(..)
+    ) && load.verb.is_none()
+    {
+        return Err("over HTTP and brokers the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
     }
     // No more threads than connections: one connection is served by one thread, with no
     // wake-ups across threads between a request and its answer.
@@ -245,6 +261,57 @@ enum Client {
         inbox: String,
         answers: async_nats::Subscriber,
     },
+    /// Through RabbitMQ: requests published with confirms, answers by direct reply-to; the
+    /// session is opened again after a lost connection.
+    Amqp {
+        address: amqp::Address,
+        queue: String,
+        session: Option<Box<AmqpSession>>,
+    },
+}
+
+/// A runmany client's connection to RabbitMQ: a channel in confirm mode that consumes the
+/// direct reply-to pseudo-queue.
+struct AmqpSession {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    replies: lapin::Consumer,
+}
+
+impl AmqpSession {
+    async fn open(address: &amqp::Address) -> Result<AmqpSession, String> {
+        use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+        let failed = |e: lapin::Error| format!("RabbitMQ at {}: {e}", address.server);
+        let connection = lapin::Connection::connect(
+            &address.uri("guest", "guest"),
+            lapin::ConnectionProperties::default().with_connection_name("runmany".into()),
+        )
+        .await
+        .map_err(failed)?;
+        let channel = connection.create_channel().await.map_err(failed)?;
+        // Direct reply-to: consumed without acks, before the first publish names it.
+        let replies = channel
+            .basic_consume(
+                amqp::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(failed)?;
+        Ok(AmqpSession {
+            _connection: connection,
+            channel,
+            replies,
+        })
+    }
 }
 
 impl Client {
@@ -306,6 +373,11 @@ impl Client {
                     subject: subject.clone(),
                 })
             }
+            Endpoint::Amqp(address, queue) => Ok(Client::Amqp {
+                session: Some(Box::new(AmqpSession::open(address).await?)),
+                address: address.clone(),
+                queue: queue.clone(),
+            }),
             Endpoint::Http(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
@@ -409,6 +481,14 @@ impl Client {
                 let id = id.ok_or("a request through JetStream needs an id")?;
                 queue_exchange(context, subject, inbox, answers, request, id, redelivered).await?
             }
+            Client::Amqp {
+                address,
+                queue,
+                session,
+            } => {
+                let id = id.ok_or("a request through RabbitMQ needs an id")?;
+                amqp_exchange(address, queue, session, request, id, redelivered).await?
+            }
         };
         serde_json::from_str(&text)
             .map_err(|e| format!("the answer is not the protocol's JSON ({e}): {text:?}"))
@@ -492,6 +572,95 @@ async fn queue_exchange(
         }
         *redelivered += u64::from(later);
         return Ok(String::from_utf8_lossy(&answer.payload).into_owned());
+    }
+}
+
+/// One request through RabbitMQ: published persistent with its id (`message_id`,
+/// `correlation_id`) and direct reply-to, confirmed by the broker, then its answer awaited.
+/// A lost connection is opened again and the request published again under the same id (the
+/// executable's request ids make the second copy harmless); the --timeout bounds it. Answers
+/// to earlier requests of this client are counted as redeliveries and skipped.
+async fn amqp_exchange(
+    address: &amqp::Address,
+    queue: &str,
+    session: &mut Option<Box<AmqpSession>>,
+    request: &str,
+    id: &str,
+    redelivered: &mut u64,
+) -> Result<String, String> {
+    use futures_util::StreamExt;
+    use lapin::options::BasicPublishOptions;
+    let mut pause = Duration::from_millis(50);
+    let mut attempts = 0;
+    loop {
+        if attempts > 100 {
+            return Err(format!("RabbitMQ at {} kept failing", address.server));
+        }
+        if attempts > 0 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        attempts += 1;
+        if session.is_none() {
+            match AmqpSession::open(address).await {
+                Ok(fresh) => *session = Some(Box::new(fresh)),
+                Err(_) => continue,
+            }
+        }
+        let Some(open) = session.as_mut() else {
+            continue;
+        };
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(id.into())
+            .with_correlation_id(id.into())
+            .with_reply_to(amqp::DIRECT_REPLY_TO.into());
+        let confirmed = match open
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                request.as_bytes(),
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => confirm.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match confirmed {
+            Ok(c) if c.is_ack() => {}
+            Ok(_) => return Err(format!("RabbitMQ refused the request for {queue}")),
+            Err(_) => {
+                *session = None;
+                continue;
+            }
+        }
+        loop {
+            match open.replies.next().await {
+                Some(Ok(reply)) => {
+                    let correlation = reply.properties.correlation_id().as_ref();
+                    if correlation.map(|c| c.as_str()) != Some(id) {
+                        *redelivered += 1;
+                        continue;
+                    }
+                    let later = reply
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(amqp::DELIVERED).cloned())
+                        .is_some_and(|d| !matches!(d, lapin::types::AMQPValue::LongLongInt(1)));
+                    *redelivered += u64::from(later);
+                    return Ok(String::from_utf8_lossy(&reply.data).into_owned());
+                }
+                // The connection is gone, and the answer with it: ask again.
+                _ => {
+                    *session = None;
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ on_every_backend!(
     workers_on_nats_answer_runmany_once_each,
     jetstream_applies_each_request_once_through_a_worker_killed,
     jetstream_loses_and_doubles_nothing_when_the_broker_restarts,
+    rabbitmq_workers_apply_each_request_once_through_a_worker_killed,
 );
 
 fn users(sb: &BackendSandbox) -> i64 {
@@ -520,4 +521,322 @@ fn jetstream_parks_what_keeps_failing_and_answers_bad_messages_once() {
     let (code, said) = worker.terminate();
     assert_eq!(code, Some(0), "{said}");
     broker.stop();
+}
+
+/// The machine's RabbitMQ broker, and a queue prefix no other test uses.
+fn rabbitmq(test: &str) -> Option<String> {
+    let server = std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672".into());
+    let host_port = server
+        .trim_start_matches("amqp://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    if std::net::TcpStream::connect(&host_port).is_err() {
+        assert!(
+            !e2e::ci(),
+            "no RabbitMQ broker at {host_port}, and CI=true requires it"
+        );
+        eprintln!("SKIPPED: no RabbitMQ broker at {host_port} (set TEST_AMQP_URL)");
+        return None;
+    }
+    Some(format!(
+        "amqp://{host_port}?prefix=e2e_{test}_{}",
+        std::process::id()
+    ))
+}
+
+/// Deletes a test's queues when dropped, so that the machine's broker keeps none.
+struct Queues(commondb::protocol::amqp::Address);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let address = self.0.clone();
+        e2e::block_on(async move {
+            let Ok(connection) = lapin::Connection::connect(
+                &address.uri("guest", "guest"),
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                for queue in [address.queue(EXE), address.dead_queue(EXE)] {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), Default::default())
+                        .await;
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
+        });
+    }
+}
+
+/// Publishes `body` with `id` to `queue` and waits for its answer by direct reply-to: the
+/// answer, and which delivery it came from.
+async fn amqp_call(
+    address: &commondb::protocol::amqp::Address,
+    queue: &str,
+    id: &str,
+    body: &[u8],
+) -> (String, i64) {
+    use commondb::protocol::amqp::{DELIVERED, DIRECT_REPLY_TO};
+    use futures_util::StreamExt;
+    let connection = lapin::Connection::connect(
+        &address.uri("guest", "guest"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let properties = lapin::BasicProperties::default()
+        .with_message_id(id.into())
+        .with_correlation_id(id.into())
+        .with_reply_to(DIRECT_REPLY_TO.into());
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .expect("an answer within 30 s")
+        .unwrap()
+        .unwrap();
+    let delivered = match reply
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERED).cloned())
+    {
+        Some(lapin::types::AMQPValue::LongLongInt(n)) => n,
+        other => panic!("no delivery count: {other:?}"),
+    };
+    let _ = connection.close(200, "done".into()).await;
+    (String::from_utf8_lossy(&reply.data).into_owned(), delivered)
+}
+
+fn rabbitmq_workers_apply_each_request_once_through_a_worker_killed(backend: Backend) {
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    let Some(url) = rabbitmq(&format!("{backend:?}").to_lowercase()) else {
+        return;
+    };
+    let address = commondb::protocol::amqp::Address::parse(&url).unwrap();
+    let _queues = Queues(address.clone());
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let http = format!("{HTTP}127.0.0.1:0");
+    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains(&format!(r#""brokers":{{"{url}":"connected"}}"#)),
+        "{health}"
+    );
+
+    // kill -9 of a worker mid-stream: its unacknowledged requests go back to the queue, to
+    // the other worker, and the request ids keep each effect to one.
+    let load = runmany_durable(&sb, &url, "1000");
+    e2e::wait_for("worker one to answer 200", 30, || {
+        (served_ok(&one) >= 200.0).then_some(())
+    })
+    .unwrap();
+    e2e::signal(one.pid(), rustix::process::Signal::KILL);
+    let text = finished(load);
+    assert!(text.contains("succeeded   1000   failed 0"), "{text}");
+    assert_eq!(users(&sb), 1000, "rows == distinct request ids: {text}");
+    assert_eq!(
+        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
+        1000
+    );
+    eprintln!(
+        "kill -9 of a worker under runmany -n 1000 through RabbitMQ on {backend:?}: 1000 answered, 1000 rows, {} answers from a redelivery",
+        redelivered(&text)
+    );
+    drop(one);
+
+    // The same id twice: one row, the same answer; a bad message is answered once.
+    let queue = address.queue(EXE);
+    let (first, second, bad) = e2e::block_on(async {
+        let body = br#"{"username": "twice", "email": "t@example.com"}"#;
+        let first = amqp_call(&address, &queue, "twice-1", body).await;
+        let second = amqp_call(&address, &queue, "twice-1", body).await;
+        let bad = amqp_call(&address, &queue, "bad-1", b"not json").await;
+        (first, second, bad)
+    });
+    assert!(first.0.contains(r#""ok":true"#), "{first:?}");
+    assert_eq!(first.0, second.0, "the first answer, again");
+    assert_eq!(users(&sb), 1001);
+    assert!(bad.0.contains(r#""kind":"usage""#), "{bad:?}");
+    assert_eq!(bad.1, 1, "answered at its first delivery");
+    let (code, said) = two.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// A RabbitMQ node of the test's own (its own name, ports and data directory, which the
+/// `rabbitmq` user owns), which the test can stop and start again; stopped when dropped.
+struct PrivateRabbit {
+    node: String,
+    port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PrivateRabbit {
+    fn start(name: &str) -> Option<PrivateRabbit> {
+        e2e::tool("rabbitmq-server", "rabbitmq-server")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        let owned = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(owned.success(), "chown to the rabbitmq user");
+        let mut rabbit = PrivateRabbit {
+            node: format!("e2e{name}{}@localhost", std::process::id()),
+            port,
+            dist_port: free_port(),
+            dir,
+            child: None,
+        };
+        rabbit.run();
+        Some(rabbit)
+    }
+
+    /// Starts the node (again, on the same ports and data) and waits until it listens.
+    fn run(&mut self) {
+        let dir = self.dir.path();
+        let child = std::process::Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        e2e::wait_for("the private RabbitMQ node", 60, || {
+            std::net::TcpStream::connect(&address).ok()
+        })
+        .unwrap();
+    }
+
+    /// Stops the node gracefully and waits for it.
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+// A private RabbitMQ node takes seconds to start, twice per test: on the two backends the
+// issue names, SQLite and PostgreSQL (MySQL/MariaDB's path through the broker is the same).
+#[test]
+fn sqlite_rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts() {
+    rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts() {
+    rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts(Backend::Postgres);
+}
+
+fn rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend) {
+    let Some(mut sb) = BackendSandbox::new(backend) else {
+        return;
+    };
+    let Some(mut broker) = PrivateRabbit::start(&format!("{backend:?}").to_lowercase()) else {
+        return;
+    };
+    let url = format!("amqp://127.0.0.1:{}", broker.port);
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let http = format!("{HTTP}127.0.0.1:0");
+    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
+
+    let load = runmany_durable(&sb, &url, "1000");
+    e2e::wait_for("the workers to answer 300", 30, || {
+        (served_ok(&one) + served_ok(&two) >= 300.0).then_some(())
+    })
+    .unwrap();
+    broker.stop();
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 503, "{health}");
+    broker.run();
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Published again under their ids until confirmed, the durable queue kept across the
+    // restart: every request applied, once.
+    assert_eq!(users(&sb), 1000, "nothing lost, nothing doubled: {text}");
+    assert_eq!(
+        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
+        1000
+    );
+    assert!(text.contains("succeeded   1000   failed 0"), "{text}");
+    eprintln!(
+        "RabbitMQ restarted under runmany -n 1000 on {backend:?}: 1000 rows, 1000 answered, {} answers from a redelivery",
+        redelivered(&text)
+    );
+    let (code, said) = one.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = two.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
 }

@@ -10,6 +10,7 @@
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
 //! | `nats://HOST:PORT[?prefix=P]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
 //! | `nats+js://HOST:PORT[?prefix=P]` | requests from a JetStream work queue, acknowledged after the commit |
+//! | `amqp://HOST:PORT[/VHOST][?prefix=P]` | requests from a RabbitMQ quorum queue, acknowledged after the commit |
 //!
 //! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
 //! secrets file. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
@@ -23,7 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
 use crate::protocol::listen::{
-    FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, NATS_JS, STDIO, SYSTEMD, TCP, UNIX,
+    AMQP, FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, NATS_JS, STDIO, SYSTEMD, TCP, UNIX,
 };
 use crate::protocol::nats::Address;
 
@@ -42,6 +43,7 @@ pub(crate) enum Spec {
     Stdio,
     Systemd(Protocol),
     Nats(Address),
+    Amqp(crate::protocol::amqp::Address),
 }
 
 impl Spec {
@@ -63,6 +65,11 @@ impl Spec {
         if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
             return Address::parse(spec)
                 .map(Spec::Nats)
+                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
+        }
+        if spec.starts_with(AMQP) {
+            return crate::protocol::amqp::Address::parse(spec)
+                .map(Spec::Amqp)
                 .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
         }
         let (protocol, rest) = match spec.strip_prefix(HTTP_ON) {
@@ -112,6 +119,8 @@ pub(crate) enum Listener {
     Stdio,
     /// Subscribed on a NATS server.
     Nats(async_nats::Client, super::nats::Inbox, Address),
+    /// Consuming a RabbitMQ queue.
+    Amqp(Box<super::amqp::Worker>, crate::protocol::amqp::Address),
 }
 
 impl Listener {
@@ -145,6 +154,7 @@ impl Listener {
             }
             Listener::Stdio => STDIO.into(),
             Listener::Nats(_, _, address) => address.to_string(),
+            Listener::Amqp(_, address) => address.to_string(),
         }
     }
 }
@@ -156,9 +166,10 @@ pub(crate) async fn bind(
     settings: &ServeSettings,
     has_token: bool,
     exe: &str,
+    pool_size: usize,
 ) -> Result<Vec<Listener>> {
     let mut bound = Vec::with_capacity(specs.len());
-    match bind_all(specs, settings, has_token, exe, &mut bound).await {
+    match bind_all(specs, settings, has_token, (exe, pool_size), &mut bound).await {
         Ok(()) => Ok(bound),
         Err(e) => {
             for listener in &bound {
@@ -175,7 +186,7 @@ async fn bind_all(
     specs: &[Spec],
     settings: &ServeSettings,
     has_token: bool,
-    exe: &str,
+    (exe, pool_size): (&str, usize),
     bound: &mut Vec<Listener>,
 ) -> Result<()> {
     for spec in specs {
@@ -207,6 +218,10 @@ async fn bind_all(
             Spec::Nats(address) => {
                 let (client, inbox) = super::nats::subscribe(address, exe, settings).await?;
                 bound.push(Listener::Nats(client, inbox, address.clone()));
+            }
+            Spec::Amqp(address) => {
+                let worker = super::amqp::connect(address, exe, settings, pool_size).await?;
+                bound.push(Listener::Amqp(Box::new(worker), address.clone()));
             }
             Spec::Systemd(protocol) => {
                 for listener in systemd(*protocol)? {
@@ -445,9 +460,9 @@ mod tests {
             Spec::Unix(Protocol::Http, dir.path().join("http.sock")),
             Spec::Stdio,
         ];
-        let Ok(bound) = bind(&specs, &ServeSettings::default(), false, "test").await else {
+        let Ok(bound) = bind(&specs, &ServeSettings::default(), false, "test", 1).await else {
             // Without IPv6 on loopback, IPv4 alone.
-            let bound = bind(&specs[..1], &ServeSettings::default(), false, "test")
+            let bound = bind(&specs[..1], &ServeSettings::default(), false, "test", 1)
                 .await
                 .unwrap();
             let address = bound[0].address();
@@ -475,6 +490,7 @@ mod tests {
             &settings,
             false,
             "test",
+            1,
         )
         .await
         .err()
@@ -487,6 +503,7 @@ mod tests {
             &settings,
             false,
             "test",
+            1,
         )
         .await
         .unwrap();
@@ -497,6 +514,7 @@ mod tests {
             &settings,
             false,
             "test",
+            1,
         )
         .await
         .err()
@@ -508,6 +526,7 @@ mod tests {
             &settings,
             false,
             "test",
+            1,
         )
         .await
         .unwrap();
@@ -518,6 +537,7 @@ mod tests {
             &settings,
             false,
             "test",
+            1,
         )
         .await
         .err()

@@ -10,7 +10,9 @@
 //! and, after `grace_ms`, the *cut* (requests that have not reached their commit stop and are
 //! answered with an error). Then unix socket files are removed and `run` returns.
 
+mod amqp;
 mod batch;
+mod broker;
 mod http;
 mod line;
 mod listen;
@@ -135,7 +137,7 @@ impl<T: Task> Server<T> {
                     .hint("use a long random string, e.g. from `openssl rand -hex 32`"));
             }
         }
-        let listeners = listen::bind(&specs, &limits, token.is_some(), T::NAME).await?;
+        let listeners = listen::bind(&specs, &limits, token.is_some(), T::NAME, pool_size).await?;
         let phase = Phase::new();
         // Reads need no single writer: they run beside it on their own connections.
         let group_commit =
@@ -180,12 +182,22 @@ impl<T: Task> Server<T> {
             if let Listener::Unix(_, _, Some(path)) = &listener {
                 paths.push(path.clone());
             }
-            if let Listener::Nats(client, _, address) = &listener {
+            let broker = match &listener {
+                Listener::Nats(client, _, address) => {
+                    Some((address.to_string(), broker::Broker::Nats(client.clone())))
+                }
+                Listener::Amqp(worker, address) => Some((
+                    address.to_string(),
+                    broker::Broker::Amqp(Arc::clone(&worker.status)),
+                )),
+                _ => None,
+            };
+            if let Some(broker) = broker {
                 service
                     .brokers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((address.to_string(), client.clone()));
+                    .push(broker);
             }
             accepting.spawn(accept(
                 Arc::clone(&service),
@@ -340,6 +352,9 @@ async fn accept<T: Task>(
             .await;
         }
         // The broker decides who may publish: no token.
+        Listener::Amqp(worker, _) => {
+            amqp::serve(Arc::clone(&service), *worker, slots).await;
+        }
         Listener::Nats(client, inbox, _) => {
             nats::serve(Arc::clone(&service), client, inbox, slots).await;
         }

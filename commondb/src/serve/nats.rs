@@ -29,8 +29,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::Stage;
-use super::service::{Service, encode_error};
-use crate::error::ErrorKind;
+use super::broker::{self, Verdict};
+use super::service::Service;
 use crate::error::{Error, Result};
 use crate::protocol::nats::{Address, DELIVERED, ERROR, MAX_DELIVER, MSG_ID, REPLY_TO};
 use crate::task::Task;
@@ -78,20 +78,7 @@ pub(crate) async fn subscribe(
         ))
         .hint("start it (nats-server), or check the address given to --listen")
     };
-    // Anyone who can publish to the server is a client, and this client has no credentials or
-    // TLS to offer yet: a server off loopback is refused rather than trusted.
-    let host = address.server.rsplit_once(':').map_or("", |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = tokio::net::lookup_host(address.server.as_str())
-        .await
-        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
-        .unwrap_or(false);
-    if !loopback {
-        return Err(Error::config(format!(
-            "the NATS server {host} is not on loopback, and whoever can publish there could run this task"
-        ))
-        .hint("use a NATS server on 127.0.0.1 (or reach one through a tunnel); credentials and TLS for a remote broker are not supported yet"));
-    }
+    broker::require_loopback(&address.server, "NATS server").await?;
     let client = async_nats::ConnectOptions::new()
         .name(exe)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -227,7 +214,7 @@ async fn serve_core<T: Task>(
                 .as_ref()
                 .and_then(|h| h.get(MSG_ID))
                 .map(|v| ("the Nats-Msg-Id header", v.as_str()));
-            let (answer, _) = answer(&service, &message.payload, id).await;
+            let (answer, _) = broker::answer(&service, &message.payload, id).await;
             if let Some(reply) = message.reply {
                 let _ = client.publish(reply, answer.into()).await;
             }
@@ -237,21 +224,6 @@ async fn serve_core<T: Task>(
     in_flight.close();
     in_flight.wait().await;
     let _ = client.flush().await;
-}
-
-/// The answer to one message's `payload`, bounded in size, and its outcome.
-async fn answer<T: Task>(
-    service: &Arc<Service<T>>,
-    payload: &[u8],
-    id: Option<(&str, &str)>,
-) -> (Vec<u8>, Option<ErrorKind>) {
-    let max = service.limits.max_request_bytes;
-    if payload.len() > max {
-        let e = Error::usage(format!("the request is longer than {max} bytes"))
-            .hint("send a shorter request, or raise serve.max_request_bytes");
-        return (encode_error(e), Some(ErrorKind::Usage));
-    }
-    service.answer_json(payload, id).await
 }
 
 /// Answers the durable consumer's messages until the drain.
@@ -337,21 +309,16 @@ async fn settle<T: Task>(
         Some(id) => ("the Nats-Msg-Id header", id.as_str()),
         None => ("the stream's sequence", fallback.as_str()),
     };
-    let (answer, outcome) = answer(service, &message.payload, Some(carried)).await;
-    let passing = matches!(
-        outcome,
-        Some(ErrorKind::Unavailable | ErrorKind::Temporary | ErrorKind::Interrupted)
-    );
-    if passing && delivered < MAX_DELIVER {
-        // Later, and later again: 1 s, 2 s, 3 s, 4 s.
-        let delay = Duration::from_secs(u64::try_from(delivered).unwrap_or(1));
+    let (answer, outcome) = broker::answer(service, &message.payload, Some(carried)).await;
+    let verdict = broker::verdict(outcome, delivered);
+    if let Verdict::Retry(delay) = verdict {
         let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
         return;
     }
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(MSG_ID, carried.1);
     headers.insert(DELIVERED, delivered.to_string().as_str());
-    if passing {
+    if verdict == Verdict::Park {
         let mut parked = headers.clone();
         let error = String::from_utf8_lossy(&answer).trim().to_string();
         parked.insert(ERROR, error.as_str());

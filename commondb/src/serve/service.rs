@@ -39,7 +39,7 @@ pub(crate) struct Service<T: Task> {
     /// The task's arguments, as `clap` parses them from a request (no binary name, no modes).
     command: Command,
     /// The NATS servers it takes requests from, by address: `/healthz` tells their state.
-    pub(crate) brokers: std::sync::Mutex<Vec<(String, async_nats::Client)>>,
+    pub(crate) brokers: std::sync::Mutex<Vec<(String, super::broker::Broker)>>,
     /// Whether the database has the table request ids are recorded in.
     pub(crate) records: bool,
 }
@@ -442,13 +442,12 @@ impl<T: Task> Service<T> {
             return Ok(serde_json::json!({ "database": "up" }));
         }
         let mut states = serde_json::Map::new();
-        for (address, client) in brokers {
-            let state = client.connection_state();
-            if state != async_nats::connection::State::Connected {
+        for (address, broker) in brokers {
+            if let Err(state) = broker.state() {
                 return Err(Error::unavailable(format!(
-                    "the NATS server at {address} is not connected ({state}): no request reaches this worker"
+                    "the broker at {address} is not connected ({state}): no request reaches this worker"
                 ))
-                .hint("the client reconnects by itself; check that nats-server runs"));
+                .hint("the worker reconnects by itself; check that the broker runs"));
             }
             states.insert(address, "connected".into());
         }

@@ -1,0 +1,123 @@
+//! What the workers on a broker share, whichever broker: the rule that the broker is on
+//! loopback, a message's bounded answer, what to do with a durable request after its answer
+//! ([`verdict`]), and the connection state `/healthz` reports ([`Broker`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::service::{Service, encode_error};
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::Task;
+
+/// How many times a durable request is delivered at most (then it is parked).
+pub(crate) const MAX_DELIVER: i64 = crate::protocol::nats::MAX_DELIVER;
+
+/// Refuses a broker off loopback: anyone who can publish there is a client, and these clients
+/// have no credentials or TLS to offer yet. `what` names the broker ("NATS server").
+pub(crate) async fn require_loopback(server: &str, what: &str) -> Result<()> {
+    let host = server.rsplit_once(':').map_or("", |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = tokio::net::lookup_host(server)
+        .await
+        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "the {what} {host} is not on loopback, and whoever can publish there could run this task"
+    ))
+    .hint(format!("use a {what} on 127.0.0.1 (or reach one through a tunnel); credentials and TLS for a remote broker are not supported yet")))
+}
+
+/// The answer to one message's `payload` (refused past `serve.max_request_bytes`), and its
+/// outcome.
+pub(crate) async fn answer<T: Task>(
+    service: &Arc<Service<T>>,
+    payload: &[u8],
+    id: Option<(&str, &str)>,
+) -> (Vec<u8>, Option<ErrorKind>) {
+    let max = service.limits.max_request_bytes;
+    if payload.len() > max {
+        let e = Error::usage(format!("the request is longer than {max} bytes"))
+            .hint("send a shorter request, or raise serve.max_request_bytes");
+        return (encode_error(e), Some(ErrorKind::Usage));
+    }
+    service.answer_json(payload, id).await
+}
+
+/// What a worker does with a durable request once it has its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Answer it and acknowledge it: done (also when the task refused it).
+    Answer,
+    /// Hand it back, to be delivered again after this delay: it failed for a passing reason.
+    Retry(Duration),
+    /// Park it on the dead-letter subject or queue, then answer and acknowledge it: it failed
+    /// for a passing reason at its last delivery.
+    Park,
+}
+
+/// The verdict on a request at its `delivered`th delivery whose answer had `outcome`.
+pub(crate) fn verdict(outcome: Option<ErrorKind>, delivered: i64) -> Verdict {
+    let passing = matches!(
+        outcome,
+        Some(ErrorKind::Unavailable | ErrorKind::Temporary | ErrorKind::Interrupted)
+    );
+    match passing {
+        false => Verdict::Answer,
+        // Later, and later again: 1 s, 2 s, 3 s, 4 s.
+        true if delivered < MAX_DELIVER => Verdict::Retry(Duration::from_secs(
+            u64::try_from(delivered.max(1)).unwrap_or(1),
+        )),
+        true => Verdict::Park,
+    }
+}
+
+/// A broker connection a worker holds, for `/healthz`.
+#[derive(Clone)]
+pub(crate) enum Broker {
+    Nats(async_nats::Client),
+    /// The current connection's state (replaced when the worker reconnects).
+    Amqp(Arc<std::sync::Mutex<Option<lapin::ConnectionStatus>>>),
+}
+
+impl Broker {
+    /// Whether the connection is up, or what it is instead.
+    pub(crate) fn state(&self) -> std::result::Result<(), String> {
+        match self {
+            Broker::Nats(client) => match client.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                other => Err(other.to_string()),
+            },
+            Broker::Amqp(status) => {
+                let status = status.lock().unwrap_or_else(|e| e.into_inner());
+                match status.as_ref() {
+                    Some(s) if s.connected() => Ok(()),
+                    _ => Err("disconnected".into()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_failures_are_retried_then_parked_and_the_rest_answered() {
+        assert_eq!(verdict(None, 1), Verdict::Answer);
+        assert_eq!(verdict(Some(ErrorKind::Conflict), 1), Verdict::Answer);
+        assert_eq!(verdict(Some(ErrorKind::Usage), 9), Verdict::Answer);
+        assert_eq!(
+            verdict(Some(ErrorKind::Unavailable), 1),
+            Verdict::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            verdict(Some(ErrorKind::Temporary), 4),
+            Verdict::Retry(Duration::from_secs(4))
+        );
+        assert_eq!(verdict(Some(ErrorKind::Interrupted), 5), Verdict::Park);
+    }
+}
