@@ -163,6 +163,15 @@ pub mod nats {
         pub prefix: String,
         /// JetStream (`nats+js://`) rather than NATS core (`nats://`).
         pub durable: bool,
+        /// How many servers of a JetStream cluster keep the stream (`?replicas=3`; 1 alone).
+        pub replicas: usize,
+    }
+
+    /// Whether `p` may prefix subjects, streams and queues: 1 to 64 of a-z, 0-9, `_` and `-`.
+    pub(crate) fn valid_prefix(p: &str) -> bool {
+        (1..=64).contains(&p.len())
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
     }
 
     impl Address {
@@ -189,19 +198,16 @@ pub mod nats {
                 ));
             }
             let mut prefix = DEFAULT_PREFIX.to_string();
+            let mut replicas = 1;
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
-                    Some(("prefix", p))
-                        if (1..=64).contains(&p.len())
-                            && p.chars().all(|c| {
-                                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
-                            }) =>
-                    {
-                        prefix = p.to_string();
+                    Some(("prefix", p)) if valid_prefix(p) => prefix = p.to_string(),
+                    Some(("replicas", r)) if durable && matches!(r, "1" | "3" | "5") => {
+                        replicas = r.parse().unwrap_or(1);
                     }
                     _ => {
                         return Err(format!(
-                            "{address:?}: the only parameter is prefix=P, P of 1 to 64 a-z, 0-9, _ and -"
+                            "{address:?}: the parameters are prefix=P (1 to 64 of a-z, 0-9, _ and -) and, for nats+js://, replicas=1, 3 or 5"
                         ));
                     }
                 }
@@ -210,6 +216,7 @@ pub mod nats {
                 server: server.to_string(),
                 prefix,
                 durable,
+                replicas,
             })
         }
 
@@ -243,8 +250,13 @@ pub mod nats {
                 super::listen::NATS
             };
             write!(f, "{scheme}{}", self.server)?;
+            let mut separator = '?';
             if self.prefix != DEFAULT_PREFIX {
                 write!(f, "?prefix={}", self.prefix)?;
+                separator = '&';
+            }
+            if self.replicas != 1 {
+                write!(f, "{separator}replicas={}", self.replicas)?;
             }
             Ok(())
         }
@@ -268,6 +280,16 @@ pub mod nats {
             assert_eq!(js.dead_subject("x"), "p.dead.x");
             assert_eq!(js.stream("x"), "p_x");
             assert_eq!(js.to_string(), "nats+js://h:1?prefix=p");
+            let r3 = Address::parse("nats+js://h:1?replicas=3").unwrap();
+            assert_eq!(
+                (r3.replicas, r3.to_string().as_str()),
+                (3, "nats+js://h:1?replicas=3")
+            );
+            assert!(
+                Address::parse("nats://h:1?replicas=3").is_err(),
+                "core keeps nothing"
+            );
+            assert!(Address::parse("nats+js://h:1?replicas=2").is_err());
             for bad in [
                 "nats://h",
                 "nats://h:0",
@@ -334,14 +356,7 @@ pub mod amqp {
             let mut prefix = super::nats::DEFAULT_PREFIX.to_string();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
-                    Some(("prefix", p))
-                        if (1..=64).contains(&p.len())
-                            && p.chars().all(|c| {
-                                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
-                            }) =>
-                    {
-                        prefix = p.to_string();
-                    }
+                    Some(("prefix", p)) if super::nats::valid_prefix(p) => prefix = p.to_string(),
                     _ => {
                         return Err(format!(
                             "{address:?}: the only parameter is prefix=P, P of 1 to 64 a-z, 0-9, _ and -"

@@ -269,6 +269,20 @@ fn jetstream_applies_each_request_once_through_a_worker_killed(backend: Backend)
     drop(one);
     let (code, said) = two.terminate();
     assert_eq!(code, Some(0), "{said}");
+
+    // --self-status reads the stream the configuration names; a broker that does not answer
+    // is exit 69.
+    let mut status = sb.command(EXE, &["--self-status"]);
+    status.env("COMMONDB_SERVE__LISTEN", &url);
+    Run::of(status, None).code(0).stdout_has(&format!(
+        "broker:    {url} (reachable); stream {}: 0 request(s) stored",
+        address.stream(EXE)
+    ));
+    let mut status = sb.command(EXE, &["--self-status"]);
+    status.env("COMMONDB_SERVE__LISTEN", "nats+js://127.0.0.1:1");
+    Run::of(status, None)
+        .code(69)
+        .stdout_has("broker:    nats+js://127.0.0.1:1 (not reachable)");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
 }
 
@@ -690,6 +704,12 @@ fn rabbitmq_workers_apply_each_request_once_through_a_worker_killed(backend: Bac
     assert_eq!(users(&sb), 1001);
     assert!(bad.0.contains(r#""kind":"usage""#), "{bad:?}");
     assert_eq!(bad.1, 1, "answered at its first delivery");
+    let mut status = sb.command(EXE, &["--self-status"]);
+    status.env("COMMONDB_SERVE__LISTEN", &url);
+    Run::of(status, None).code(0).stdout_has(&format!(
+        "queue {}: 0 request(s) ready, 1 consumer(s)",
+        address.queue(EXE)
+    ));
     let (code, said) = two.terminate();
     assert_eq!(code, Some(0), "{said}");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
@@ -838,5 +858,165 @@ fn rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend)
     assert_eq!(code, Some(0), "{said}");
     let (code, said) = two.terminate();
     assert_eq!(code, Some(0), "{said}");
+    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// Three NATS servers clustered on loopback ports, JetStream on each (the simulation of three
+/// machines); stopped when dropped.
+struct NatsCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Option<std::process::Child>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl NatsCluster {
+    fn start() -> Option<NatsCluster> {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            assert!(
+                !e2e::ci(),
+                "nats-server is not installed, and CI=true requires it"
+            );
+            eprintln!("SKIPPED: no nats-server binary");
+            return None;
+        };
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut dirs = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let child = std::process::Command::new(binary)
+                .args(["-a", "127.0.0.1", "-p", &ports[i].to_string(), "-js", "-sd"])
+                .arg(dir.path())
+                .args(["--server_name", &format!("n{i}"), "--cluster_name", "e2e"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                .args(["--routes", &all_routes])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            dirs.push(dir);
+            nodes.push(Some(child));
+        }
+        for port in &ports {
+            let address = format!("127.0.0.1:{port}");
+            e2e::wait_for("a NATS cluster node", 20, || {
+                std::net::TcpStream::connect(&address).ok()
+            })
+            .unwrap();
+        }
+        Some(NatsCluster {
+            ports,
+            nodes,
+            _dirs: dirs,
+        })
+    }
+
+    /// Kills node `i` outright: a machine lost.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Many machines, simulated: three workers, each with a home and configuration of its own (its
+/// own sandbox, holding a copy of the secrets file setup wrote, as a deployment would copy it),
+/// each on another node of a three-node NATS cluster, all on one PostgreSQL; the stream kept on
+/// all three nodes (`replicas=3`). A node is killed mid-run: its worker reconnects to another,
+/// and every request is still applied once.
+#[test]
+fn workers_on_three_machines_share_one_database_through_a_nats_cluster() {
+    let Some(sb) = BackendSandbox::new(Backend::Postgres) else {
+        return;
+    };
+    let Some(mut cluster) = NatsCluster::start() else {
+        return;
+    };
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let secrets = std::fs::read_dir(sb.secrets_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect::<Vec<_>>();
+    let url = |i: usize| {
+        format!(
+            "nats+js://127.0.0.1:{}?prefix=e2e_cluster&replicas=3",
+            cluster.ports[i]
+        )
+    };
+    // The cluster elects its JetStream leader in a few seconds; before, no stream can be made.
+    let first = format!("127.0.0.1:{}", cluster.ports[0]);
+    e2e::wait_for("the cluster's JetStream", 30, || {
+        let first = first.clone();
+        e2e::block_on(async move {
+            let client = async_nats::connect(first.as_str()).await.ok()?;
+            let js = async_nats::jetstream::new(client);
+            let probe = async_nats::jetstream::stream::Config {
+                name: "e2e_probe".into(),
+                num_replicas: 3,
+                ..Default::default()
+            };
+            js.get_or_create_stream(probe).await.ok()?;
+            js.delete_stream("e2e_probe").await.ok()
+        })
+    })
+    .unwrap();
+    let http = format!("{HTTP}127.0.0.1:0");
+    let mut machines = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        let mut machine = e2e::Sandbox::new();
+        machine.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+        // Where the database is: configuration; who it is for: the secrets file.
+        let database = sb.env().get("COMMONDB_DATABASE_URL").cloned().unwrap();
+        machine.set_env("COMMONDB_DATABASE_URL", database);
+        std::fs::create_dir_all(machine.secrets_dir()).unwrap();
+        for file in &secrets {
+            let to = machine.secrets_dir().join(file.file_name().unwrap());
+            std::fs::copy(file, &to).unwrap();
+        }
+        workers.push(machine.serve(EXE, &["--listen", &url(i), "--listen", &http]));
+        machines.push(machine);
+    }
+    let load = runmany_durable(&sb, &url(0), "1000");
+    e2e::wait_for("the workers to answer 300", 30, || {
+        let done: f64 = workers.iter().map(served_ok).sum();
+        (done >= 300.0).then_some(())
+    })
+    .unwrap();
+    cluster.kill(2);
+    let text = finished(load);
+    assert!(text.contains("succeeded   1000   failed 0"), "{text}");
+    assert_eq!(users(&sb), 1000, "each request once: {text}");
+    let shares: Vec<f64> = workers.iter().map(served_ok).collect();
+    eprintln!(
+        "three workers on a three-node NATS cluster, one node killed mid-run: 1000 rows; answered per worker {shares:?}"
+    );
+    assert!(
+        shares.iter().filter(|s| **s > 0.0).count() >= 2,
+        "{shares:?}"
+    );
+    for worker in workers {
+        let (code, said) = worker.terminate();
+        assert_eq!(code, Some(0), "{said}");
+    }
+    drop(machines);
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
 }

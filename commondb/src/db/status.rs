@@ -57,6 +57,9 @@ pub struct StatusReport {
     pub problem: Option<String>,
     #[serde(skip)]
     problem_kind: Option<ErrorKind>,
+    /// The brokers the configuration's listeners name (`serve.listen`), checked by the mode.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<crate::serve::BrokerStatus>,
 }
 
 impl StatusReport {
@@ -132,6 +135,9 @@ impl fmt::Display for StatusReport {
         if let Some(p) = &self.problem {
             write!(f, "\nproblem:   {p}")?;
         }
+        for broker in &self.brokers {
+            write!(f, "\n{broker}")?;
+        }
         Ok(())
     }
 }
@@ -153,6 +159,7 @@ pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<Stat
         failed: Vec::new(),
         problem: None,
         problem_kind: None,
+        brokers: Vec::new(),
     };
     if let Some(missing) = target.location.missing() {
         report.problem = Some(missing);

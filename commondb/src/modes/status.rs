@@ -12,13 +12,29 @@ use crate::task::Task;
 /// Prints the report; exits with the code of what is wrong, if something is.
 pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
     let target = Target::of::<T>(settings)?;
-    let report = block_on(
-        Drivers::for_target(&target),
-        status::run(&target, T::MIGRATIONS),
-    )?;
+    let listen = &settings.serve.listen;
+    // The brokers the configuration names are checked too, which takes sockets.
+    let drivers = match crate::serve::brokers_among(listen) {
+        true => Drivers::Io,
+        false => Drivers::for_target(&target),
+    };
+    let (mut report, brokers) = block_on(drivers, async {
+        let report = status::run(&target, T::MIGRATIONS).await?;
+        Ok((report, crate::serve::probe_brokers(listen, T::NAME).await))
+    })?;
+    let unreachable = brokers.iter().find(|b| !b.reachable).cloned();
+    report.brokers = brokers;
     out.result(&report);
     if let Some(kind) = report.failure() {
         out.note(format_args!("{}: {}", kind, report.advice()));
+        return Ok(ExitCode::from(kind.exit_code()));
+    }
+    if let Some(broker) = unreachable {
+        let kind = crate::error::ErrorKind::Unavailable;
+        out.note(format_args!(
+            "{kind}: the broker {} does not answer: start it, or check serve.listen",
+            broker.address
+        ));
         return Ok(ExitCode::from(kind.exit_code()));
     }
     Ok(ExitCode::SUCCESS)

@@ -121,3 +121,160 @@ mod tests {
         assert_eq!(verdict(Some(ErrorKind::Interrupted), 5), Verdict::Park);
     }
 }
+
+/// What `--self-status` says of one broker the configuration names (`serve.listen`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerStatus {
+    /// The address, as `--listen` names it.
+    pub address: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// What waits there: requests queued, handed out and not yet acknowledged, consumers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Why it could not be checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for BrokerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reach = if self.reachable {
+            "reachable"
+        } else {
+            "not reachable"
+        };
+        write!(f, "broker:    {} ({reach})", self.address)?;
+        if let Some(queue) = &self.queue {
+            write!(f, "; {queue}")?;
+        }
+        if let Some(problem) = &self.problem {
+            write!(f, "; {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the brokers among `listen` (the configured listeners) for executable `exe`, read-only:
+/// connects, and reads its stream or queue if it has one. Other listeners are left out.
+pub(crate) async fn probe(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
+    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
+    let mut found = Vec::new();
+    for spec in listen {
+        let status = if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
+            match crate::protocol::nats::Address::parse(spec) {
+                Ok(address) => probe_nats(&address, exe).await,
+                Err(e) => Err(e),
+            }
+        } else if spec.starts_with(AMQP) {
+            match crate::protocol::amqp::Address::parse(spec) {
+                Ok(address) => probe_amqp(&address, exe).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            continue;
+        };
+        found.push(match status {
+            Ok(queue) => BrokerStatus {
+                address: spec.clone(),
+                reachable: true,
+                queue,
+                problem: None,
+            },
+            Err(problem) => BrokerStatus {
+                address: spec.clone(),
+                reachable: false,
+                queue: None,
+                problem: Some(problem),
+            },
+        });
+    }
+    found
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn probe_nats(
+    address: &crate::protocol::nats::Address,
+    exe: &str,
+) -> std::result::Result<Option<String>, String> {
+    let client = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        async_nats::ConnectOptions::new()
+            .connection_timeout(PROBE_TIMEOUT)
+            .connect(address.server.as_str()),
+    )
+    .await
+    .map_err(|_| "it did not answer".to_string())?
+    .map_err(|e| e.to_string())?;
+    if !address.durable {
+        return Ok(None);
+    }
+    let context = async_nats::jetstream::new(client);
+    let Ok(mut stream) = context.get_stream(address.stream(exe)).await else {
+        return Ok(Some(format!(
+            "no stream {} yet (the first worker makes it)",
+            address.stream(exe)
+        )));
+    };
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    let mut queue = format!(
+        "stream {}: {} request(s) stored",
+        info.config.name, info.state.messages
+    );
+    if let Ok(mut consumer) = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(exe)
+        .await
+        && let Ok(c) = consumer.info().await
+    {
+        queue.push_str(&format!(
+            ", {} waiting, {} handed out unacknowledged, {} redelivered",
+            c.num_pending, c.num_ack_pending, c.num_redelivered
+        ));
+    }
+    Ok(Some(queue))
+}
+
+async fn probe_amqp(
+    address: &crate::protocol::amqp::Address,
+    exe: &str,
+) -> std::result::Result<Option<String>, String> {
+    let connection = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        lapin::Connection::connect(
+            &address.uri("guest", "guest"),
+            lapin::ConnectionProperties::default(),
+        ),
+    )
+    .await
+    .map_err(|_| "it did not answer".to_string())?
+    .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut queues = Vec::new();
+    for name in [address.queue(exe), address.dead_queue(exe)] {
+        // Passive: only looks; a queue that is not there closes the channel, so it is the last.
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(name.as_str().into(), passive, Default::default())
+            .await
+        {
+            Ok(q) => queues.push(format!(
+                "queue {name}: {} request(s) ready, {} consumer(s)",
+                q.message_count(),
+                q.consumer_count()
+            )),
+            Err(_) => {
+                queues.push(format!("no queue {name} yet (the first worker makes it)"));
+                break;
+            }
+        }
+    }
+    let _ = connection.close(200, "status".into()).await;
+    Ok(Some(queues.join("; ")))
+}

@@ -297,6 +297,21 @@ async fn prune<T: Task>(service: Arc<Service<T>>) {
     }
 }
 
+pub use broker::BrokerStatus;
+
+/// Whether `listen` (the configured listeners) names a broker.
+pub(crate) fn brokers_among(listen: &[String]) -> bool {
+    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
+    listen
+        .iter()
+        .any(|s| s.starts_with(NATS) || s.starts_with(NATS_JS) || s.starts_with(AMQP))
+}
+
+/// `--self-status` on the brokers `listen` names, for executable `exe`.
+pub(crate) async fn probe_brokers(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
+    broker::probe(listen, exe).await
+}
+
 /// The listeners: `--listen`, else `serve.listen`, else systemd's sockets if it passed some,
 /// else the task's default port on loopback.
 fn listen_specs<T: Task>(given: &[String], settings: &Settings) -> Result<Vec<Spec>> {

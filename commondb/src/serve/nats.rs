@@ -127,6 +127,7 @@ async fn pull(
             storage: jetstream::stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
             max_message_size: i32::try_from(limits.max_request_bytes).unwrap_or(i32::MAX),
+            num_replicas: address.replicas,
             ..Default::default()
         })
         .await
