@@ -286,6 +286,21 @@ fn jetstream_applies_each_request_once_through_a_worker_killed(backend: Backend)
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
 }
 
+/// The nats-server binary (Debian's package), for servers of the tests' own.
+fn nats_server() -> Option<&'static str> {
+    let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    if binary.is_none() {
+        assert!(
+            !e2e::ci(),
+            "nats-server is not installed, and CI=true requires it"
+        );
+        eprintln!("SKIPPED: no nats-server binary");
+    }
+    binary
+}
+
 /// A NATS server of the test's own, with JetStream on file storage in a directory of its own,
 /// which the test can restart; stopped when dropped.
 struct PrivateNats {
@@ -296,17 +311,7 @@ struct PrivateNats {
 
 impl PrivateNats {
     fn start() -> Option<PrivateNats> {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let Some(_) = binary else {
-            assert!(
-                !e2e::ci(),
-                "nats-server is not installed, and CI=true requires it"
-            );
-            eprintln!("SKIPPED: no nats-server binary");
-            return None;
-        };
+        nats_server()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -323,11 +328,7 @@ impl PrivateNats {
 
     /// Starts the server (again, on the same port and store) and waits until it listens.
     fn run(&mut self) {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap();
-        let child = std::process::Command::new(binary)
+        let child = std::process::Command::new(nats_server().unwrap())
             .args([
                 "-a",
                 "127.0.0.1",
@@ -871,17 +872,7 @@ struct NatsCluster {
 
 impl NatsCluster {
     fn start() -> Option<NatsCluster> {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let Some(binary) = binary else {
-            assert!(
-                !e2e::ci(),
-                "nats-server is not installed, and CI=true requires it"
-            );
-            eprintln!("SKIPPED: no nats-server binary");
-            return None;
-        };
+        let binary = nats_server()?;
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let all_routes = routes

@@ -441,7 +441,7 @@ mod tests {
             assert_eq!(
                 e.hint_text(),
                 Some(
-                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd or nats://HOST:PORT[?prefix=P]"
+                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]"
                 ),
                 "{bad}"
             );
