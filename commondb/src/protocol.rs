@@ -143,6 +143,11 @@ pub mod nats {
     /// The header that carries a request's id: JetStream deduplicates publishes by it, and the
     /// executable records it ([`crate::Task`]'s effects happen once per id).
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// The header that carries a request's id when it differs from its `Nats-Msg-Id`: a
+    /// client that got no answer publishes the request again under a new `Nats-Msg-Id` (so that
+    /// JetStream does not drop it as a duplicate) and the same request id (so that the
+    /// executable answers it with the first answer). It takes precedence over [`MSG_ID`].
+    pub const REQUEST_ID: &str = "Commondb-Request-Id";
     /// The header of a durable request naming the subject its answer goes to (a JetStream
     /// message's own reply subject is for its acknowledgement).
     pub const REPLY_TO: &str = "Commondb-Reply-To";

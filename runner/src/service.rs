@@ -455,22 +455,7 @@ impl Client {
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             Client::Nats { client, subject } => {
-                let mut message = async_nats::Request::new().payload(request.to_string().into());
-                if let Some(id) = id {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(nats::MSG_ID, id);
-                    message = message.headers(headers);
-                }
-                let answer = client
-                    .send_request(subject.clone(), message)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        async_nats::RequestErrorKind::NoResponders => format!(
-                            "no instance answers on {subject} (start one with --serve --listen nats://…)"
-                        ),
-                        _ => format!("the NATS request failed: {e}"),
-                    })?;
-                String::from_utf8_lossy(&answer.payload).into_owned()
+                core_exchange(client, subject, request, id, redelivered).await?
             }
             Client::Queue {
                 context,
@@ -506,10 +491,51 @@ fn with_id(request: &str, id: &str) -> String {
     }
 }
 
+/// How long a request through NATS core waits for its answer before it is sent again (with an
+/// id) or given up (without).
+const CORE_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// One request through NATS core, which delivers at most once: a request a worker never got
+/// (it raced the worker's drain, or the worker died) is never answered. With an id it is sent
+/// again after [`CORE_ANSWER_WAIT`] (up to three times in all; the id makes a second copy
+/// harmless), and each sending again is counted as a redelivery; without, it fails.
+async fn core_exchange(
+    client: &async_nats::Client,
+    subject: &str,
+    request: &str,
+    id: Option<&str>,
+    redelivered: &mut u64,
+) -> Result<String, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(id) = id {
+        headers.insert(nats::MSG_ID, id);
+    }
+    let payload = Bytes::from(request.to_string());
+    let tries = if id.is_some() { 3 } else { 1 };
+    for attempt in 1..=tries {
+        let message = async_nats::Request::new()
+            .payload(payload.clone())
+            .headers(headers.clone())
+            .timeout(Some(CORE_ANSWER_WAIT));
+        match client.send_request(subject.to_string(), message).await {
+            Ok(answer) => return Ok(String::from_utf8_lossy(&answer.payload).into_owned()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(format!(
+                    "no instance answers on {subject} (start one with --serve --listen nats://…)"
+                ));
+            }
+            Err(e) if attempt == tries => return Err(format!("the NATS request failed: {e}")),
+            Err(_) => *redelivered += 1,
+        }
+    }
+    Err("the NATS request failed".into())
+}
+
 /// One request through JetStream: published with its id and the inbox to answer to, confirmed
-/// stored by the server (the publisher's confirm), then its answer awaited on the inbox.
-/// Answers to earlier requests of this client (a later delivery answering again) are counted
-/// and skipped.
+/// stored by the server (the publisher's confirm), then its answer awaited on the inbox; with
+/// no answer within [`JS_ANSWER_WAIT`], a copy is published (counted as a redelivery). Answers
+/// to earlier requests of this client (a later delivery answering again) are counted and
+/// skipped.
 async fn queue_exchange(
     context: &async_nats::jetstream::Context,
     subject: &str,
@@ -520,16 +546,69 @@ async fn queue_exchange(
     redelivered: &mut u64,
 ) -> Result<String, String> {
     use futures_util::StreamExt;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(nats::MSG_ID, id);
-    headers.insert(nats::REPLY_TO, inbox);
-    // Published again until the server confirms it stored the request (the broker may be
-    // restarting): JetStream drops a second copy under the same id, so retrying is safe. The
-    // --timeout bounds it.
     let payload = Bytes::from(request.to_string());
+    for copy in 0..=JS_COPIES {
+        // A copy after the first has a new Nats-Msg-Id, or JetStream would drop it; the same
+        // request id makes its answer the first one.
+        let msg_id = match copy {
+            0 => id.to_string(),
+            n => format!("{id}.{n}"),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(nats::MSG_ID, msg_id.as_str());
+        headers.insert(nats::REQUEST_ID, id);
+        headers.insert(nats::REPLY_TO, inbox);
+        store(context, subject, headers, payload.clone()).await?;
+        let deadline = tokio::time::Instant::now() + JS_ANSWER_WAIT;
+        loop {
+            let answer = match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Err("the NATS connection closed before the answer".into()),
+                // No answer (lost while this client reconnected, say): publish a copy.
+                Err(_) => {
+                    *redelivered += 1;
+                    break;
+                }
+            };
+            let header = |name: &str| {
+                answer
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let later = header(nats::DELIVERED).is_some_and(|d| d != "1");
+            if header(nats::REQUEST_ID).as_deref() != Some(id) {
+                // A late answer to an earlier request: that request was delivered twice.
+                *redelivered += 1;
+                continue;
+            }
+            *redelivered += u64::from(later);
+            return Ok(String::from_utf8_lossy(&answer.payload).into_owned());
+        }
+    }
+    Err(format!(
+        "no answer to {} copies of the request on {subject}",
+        JS_COPIES + 1
+    ))
+}
+
+/// How long a request through JetStream waits for its answer before a copy is published.
+const JS_ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How many copies of a request through JetStream are published after the first at most.
+const JS_COPIES: u32 = 3;
+
+/// Publishes one request to JetStream until the server confirms it stored it (the broker may
+/// be restarting): JetStream drops a second copy under the same `Nats-Msg-Id`, so retrying is
+/// safe. The --timeout bounds it.
+async fn store(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+) -> Result<(), String> {
     let mut pause = Duration::from_millis(50);
-    let mut attempts = 0;
-    loop {
+    for _ in 0..100 {
         let stored = match context
             .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
             .await
@@ -537,42 +616,15 @@ async fn queue_exchange(
             Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        match stored {
-            Ok(()) => break,
-            // No stream at all, every time: nobody made it.
-            Err(e) if attempts >= 100 => {
-                return Err(format!(
-                    "JetStream did not store the request on {subject} ({e}): start a worker first (--serve --listen nats+js://…), it makes the stream"
-                ));
-            }
-            Err(_) => {
-                attempts += 1;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+        if stored.is_ok() {
+            return Ok(());
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
-    loop {
-        let answer = answers
-            .next()
-            .await
-            .ok_or("the NATS connection closed before the answer")?;
-        let header = |name: &str| {
-            answer
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        let later = header(nats::DELIVERED).is_some_and(|d| d != "1");
-        if header(nats::MSG_ID).as_deref() != Some(id) {
-            // A late answer to an earlier request: that request was delivered twice.
-            *redelivered += 1;
-            continue;
-        }
-        *redelivered += u64::from(later);
-        return Ok(String::from_utf8_lossy(&answer.payload).into_owned());
-    }
+    Err(format!(
+        "JetStream did not store the request on {subject}: start a worker first (--serve --listen nats+js://…), it makes the stream"
+    ))
 }
 
 /// One request through RabbitMQ: published persistent with its id (`message_id`,

@@ -32,7 +32,7 @@ use super::Stage;
 use super::broker::{self, Verdict};
 use super::service::Service;
 use crate::error::{Error, Result};
-use crate::protocol::nats::{Address, DELIVERED, ERROR, MAX_DELIVER, MSG_ID, REPLY_TO};
+use crate::protocol::nats::{Address, DELIVERED, ERROR, MAX_DELIVER, MSG_ID, REPLY_TO, REQUEST_ID};
 use crate::task::Task;
 
 /// How long JetStream remembers a request id to drop a second publish of it.
@@ -210,11 +210,7 @@ async fn serve_core<T: Task>(
         };
         let (service, client) = (Arc::clone(&service), client.clone());
         in_flight.spawn(async move {
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(MSG_ID))
-                .map(|v| ("the Nats-Msg-Id header", v.as_str()));
+            let id = request_id(message.headers.as_ref());
             let (answer, _) = broker::answer(&service, &message.payload, id).await;
             if let Some(reply) = message.reply {
                 let _ = client.publish(reply, answer.into()).await;
@@ -225,6 +221,18 @@ async fn serve_core<T: Task>(
     in_flight.close();
     in_flight.wait().await;
     let _ = client.flush().await;
+}
+
+/// A message's request id, and the header it came in: `Commondb-Request-Id`, else
+/// `Nats-Msg-Id`.
+fn request_id(headers: Option<&async_nats::HeaderMap>) -> Option<(&'static str, &str)> {
+    let headers = headers?;
+    if let Some(id) = headers.get(REQUEST_ID) {
+        return Some(("the Commondb-Request-Id header", id.as_str()));
+    }
+    headers
+        .get(MSG_ID)
+        .map(|id| ("the Nats-Msg-Id header", id.as_str()))
 }
 
 /// Answers the durable consumer's messages until the drain.
@@ -304,12 +312,9 @@ async fn settle<T: Task>(
     };
     // Without an id of the publisher's, the stream's sequence number is the request's: a
     // redelivery still finds the first answer.
-    let id = header(MSG_ID);
     let fallback = format!("seq-{sequence}");
-    let carried = match &id {
-        Some(id) => ("the Nats-Msg-Id header", id.as_str()),
-        None => ("the stream's sequence", fallback.as_str()),
-    };
+    let carried =
+        request_id(message.headers.as_ref()).unwrap_or(("the stream's sequence", &fallback));
     let (answer, outcome) = broker::answer(service, &message.payload, Some(carried)).await;
     let verdict = broker::verdict(outcome, delivered);
     if let Verdict::Retry(delay) = verdict {
@@ -318,6 +323,7 @@ async fn settle<T: Task>(
     }
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(MSG_ID, carried.1);
+    headers.insert(REQUEST_ID, carried.1);
     headers.insert(DELIVERED, delivered.to_string().as_str());
     if verdict == Verdict::Park {
         let mut parked = headers.clone();
