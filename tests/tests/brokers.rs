@@ -201,6 +201,14 @@ impl Drop for Stream {
     }
 }
 
+/// Runs `EXE args` as the administrator with `serve.listen` naming `url`: setup and cleanup
+/// then make and delete the broker's stream or queues too.
+fn with_listen(sb: &BackendSandbox, args: &[&str], url: &str) -> Run {
+    let mut cmd = sb.command_admin(EXE, args);
+    cmd.env("COMMONDB_SERVE__LISTEN", url);
+    Run::of(cmd, None)
+}
+
 /// Starts runmany through JetStream in the background.
 fn runmany_durable(sb: &BackendSandbox, url: &str, n: &str) -> std::process::Child {
     sb.command(
@@ -255,7 +263,13 @@ fn jetstream_applies_each_request_once_through_a_worker_killed(backend: Backend)
     };
     // A request a dead worker held comes again after twice the request timeout.
     sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
-    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    // Setup makes the stream, so that clients may publish before any worker runs.
+    with_listen(&sb, &["--self-setup"], &url)
+        .code(0)
+        .stdout_has(&format!(
+            "broker:   stream {} and consumer {EXE} on {url}",
+            address.stream(EXE)
+        ));
     let http = format!("{HTTP}127.0.0.1:0");
     let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
     let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
@@ -296,7 +310,15 @@ fn jetstream_applies_each_request_once_through_a_worker_killed(backend: Backend)
     Run::of(status, None)
         .code(69)
         .stdout_has("broker:    nats+js://127.0.0.1:1 (not reachable)");
-    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+    with_listen(&sb, &["--self-cleanup", "--yes"], &url)
+        .code(0)
+        .stdout_has(&format!(
+            "dropped the stream {} on {url}",
+            address.stream(EXE)
+        ));
+    let mut status = sb.command(EXE, &["--self-status"]);
+    status.env("COMMONDB_SERVE__LISTEN", &url);
+    Run::of(status, None).stdout_has("no stream");
 }
 
 /// The nats-server binary (Debian's package), for servers of the tests' own.
@@ -706,7 +728,13 @@ fn rabbitmq_workers_apply_each_request_once_through_a_worker_killed(backend: Bac
     let address = commondb::protocol::amqp::Address::parse(&url).unwrap();
     let _queues = Queues(address.clone());
     sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
-    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    with_listen(&sb, &["--self-setup"], &url)
+        .code(0)
+        .stdout_has(&format!(
+            "broker:   queues {} and {} on {url}",
+            address.queue(EXE),
+            address.dead_queue(EXE)
+        ));
     let http = format!("{HTTP}127.0.0.1:0");
     let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
     let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
@@ -760,7 +788,9 @@ fn rabbitmq_workers_apply_each_request_once_through_a_worker_killed(backend: Bac
     ));
     let (code, said) = two.terminate();
     assert_eq!(code, Some(0), "{said}");
-    sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+    with_listen(&sb, &["--self-cleanup", "--yes"], &url)
+        .code(0)
+        .stdout_has(&format!("dropped the queues {} and", address.queue(EXE)));
 }
 
 /// A RabbitMQ node of the test's own (its own name, ports and data directory, which the

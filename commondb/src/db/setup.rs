@@ -53,6 +53,10 @@ pub struct SetupReport {
     pub secrets_file: Option<PathBuf>,
     /// Whether this run wrote that file.
     pub secrets_written: bool,
+    /// The brokers' streams and queues made sure of (the durable listeners `serve.listen`
+    /// names; set by the mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<String>,
 }
 
 /// A role setup made sure of.
@@ -130,7 +134,11 @@ impl fmt::Display for SetupReport {
                 "  secrets:  {} (SQLite needs none)",
                 self.secrets_dir.display()
             ),
+        }?;
+        for broker in &self.brokers {
+            write!(f, "\n  broker:   {broker}")?;
         }
+        Ok(())
     }
 }
 
@@ -168,6 +176,7 @@ pub(crate) async fn sqlite(
         roles: Vec::new(),
         secrets_file: None,
         secrets_written: false,
+        brokers: Vec::new(),
     })
 }
 
@@ -251,6 +260,7 @@ async fn setup_locked(
         roles: vec![app, backup],
         secrets_file: Some(journal.file),
         secrets_written: journal.written,
+        brokers: Vec::new(),
     })
 }
 

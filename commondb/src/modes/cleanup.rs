@@ -13,7 +13,9 @@ use crate::task::Task;
 /// Shows what would go, asks unless `yes`, cleans up and prints the report.
 pub(super) fn run<T: Task>(yes: bool, settings: &Settings, out: &Output) -> Result<ExitCode> {
     let target = Target::of::<T>(settings)?;
-    let plan = cleanup::plan(&target)?;
+    let listen = &settings.serve.listen;
+    let mut plan = cleanup::plan(&target)?;
+    plan.extend(crate::serve::broker_plan(listen, T::NAME)?);
     if !plan.is_empty() && !yes {
         let mut text = String::from("This removes (backups are kept):");
         for item in &plan {
@@ -26,12 +28,16 @@ pub(super) fn run<T: Task>(yes: bool, settings: &Settings, out: &Output) -> Resu
             "cleanup cancelled: nothing was removed",
         )?;
     }
+    let cleanup = async {
+        let mut report = cleanup::run(&target).await?;
+        report
+            .dropped
+            .extend(crate::serve::clean_up_brokers(listen, T::NAME).await?);
+        Ok(report)
+    };
     out.result(&block_on(
         Drivers::Io,
-        interrupt::guard(
-            "run --self-cleanup again to finish it",
-            cleanup::run(&target),
-        ),
+        interrupt::guard("run --self-cleanup again to finish it", cleanup),
     )?);
     Ok(ExitCode::SUCCESS)
 }

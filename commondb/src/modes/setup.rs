@@ -13,11 +13,19 @@ use crate::task::Task;
 /// Sets the database up and prints the report.
 pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
     let target = Target::of::<T>(settings)?;
+    // The durable brokers the configuration's listeners name get their stream or queues too,
+    // so that clients may publish before any worker started.
+    let serve = &settings.serve;
+    let setup = async {
+        let mut report = setup::run(&target, T::MIGRATIONS).await?;
+        report.brokers = crate::serve::set_up_brokers(&serve.listen, T::NAME, serve).await?;
+        Ok(report)
+    };
     out.result(&block_on(
         Drivers::Io,
         interrupt::guard(
             "run --self-setup again to finish it, or --self-cleanup to undo it",
-            setup::run(&target, T::MIGRATIONS),
+            setup,
         ),
     )?);
     Ok(ExitCode::SUCCESS)

@@ -85,36 +85,90 @@ pub(crate) async fn connect(
     })
 }
 
-async fn open(address: &Address, exe: &str, prefetch: u16) -> Result<Session> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Error::unavailable(format!(
-            "the RabbitMQ broker at {} {what}: {e}",
-            address.server
-        ))
-        .hint("start it (rabbitmq-server), or check the address given to --listen")
-    };
-    // RabbitMQ lets its default user in from loopback only, which is all this worker talks to.
+fn failed(address: &Address, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::unavailable(format!(
+        "the RabbitMQ broker at {} {what}: {e}",
+        address.server
+    ))
+    .hint("start it (rabbitmq-server), or check the address given to --listen")
+}
+
+/// Connects to the broker `address` names, as RabbitMQ's default user, which it lets in from
+/// loopback only (all this client talks to).
+async fn connection(address: &Address, exe: &str) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(exe.into());
-    let connection = tokio::time::timeout(
+    tokio::time::timeout(
         CONNECT_TIMEOUT,
         Connection::connect(&address.uri("guest", "guest"), properties),
     )
     .await
-    .map_err(|_| failed("did not answer", &"timed out"))?
-    .map_err(|e| failed("refused the connection", &e))?;
+    .map_err(|_| failed(address, "did not answer", &"timed out"))?
+    .map_err(|e| failed(address, "refused the connection", &e))
+}
+
+/// Declares executable `exe`'s queues (idempotent).
+async fn declare(channel: &Channel, address: &Address, exe: &str) -> lapin::Result<()> {
+    let dead = address.dead_queue(exe);
+    channel
+        .queue_declare(dead.as_str().into(), durable(), quorum(None))
+        .await?;
+    channel
+        .queue_declare(
+            address.queue(exe).as_str().into(),
+            durable(),
+            quorum(Some(&dead)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `--self-setup`'s part: the queues, declared before any worker starts, so that clients may
+/// publish at once. Returns what it made sure of.
+pub(crate) async fn set_up(address: &Address, exe: &str) -> Result<String> {
+    broker::require_loopback(&address.server, "RabbitMQ broker").await?;
+    let connection = connection(address, exe).await?;
+    let declared = async { declare(&connection.create_channel().await?, address, exe).await };
+    declared
+        .await
+        .map_err(|e| failed(address, "refused the queues", &e))?;
+    let _ = connection.close(200, "set up".into()).await;
+    Ok(format!(
+        "queues {} and {} on {address}",
+        address.queue(exe),
+        address.dead_queue(exe)
+    ))
+}
+
+/// `--self-cleanup`'s part: the queues (and the requests in them) deleted (RabbitMQ deletes a
+/// queue that is not there without a word); what went.
+pub(crate) async fn clean_up(address: &Address, exe: &str) -> Result<Option<String>> {
+    broker::require_loopback(&address.server, "RabbitMQ broker").await?;
+    let connection = connection(address, exe).await?;
+    let deleted = async {
+        let channel = connection.create_channel().await?;
+        for queue in [address.queue(exe), address.dead_queue(exe)] {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await?;
+        }
+        Ok::<_, lapin::Error>(())
+    };
+    deleted
+        .await
+        .map_err(|e| failed(address, "refused to delete the queues", &e))?;
+    let _ = connection.close(200, "cleaned up".into()).await;
+    Ok(Some(format!(
+        "the queues {} and {} on {address}",
+        address.queue(exe),
+        address.dead_queue(exe)
+    )))
+}
+
+async fn open(address: &Address, exe: &str, prefetch: u16) -> Result<Session> {
+    let connection = connection(address, exe).await?;
     let declared = async {
         let consume = connection.create_channel().await?;
-        let dead = address.dead_queue(exe);
-        consume
-            .queue_declare(dead.as_str().into(), durable(), quorum(None))
-            .await?;
-        consume
-            .queue_declare(
-                address.queue(exe).as_str().into(),
-                durable(),
-                quorum(Some(&dead)),
-            )
-            .await?;
+        declare(&consume, address, exe).await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
@@ -135,7 +189,7 @@ async fn open(address: &Address, exe: &str, prefetch: u16) -> Result<Session> {
     }
     .await;
     let (consume, publish, consumer, tag) =
-        declared.map_err(|e| failed("refused the queues", &e))?;
+        declared.map_err(|e| failed(address, "refused the queues", &e))?;
     Ok(Session {
         connection,
         consume,

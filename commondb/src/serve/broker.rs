@@ -192,6 +192,76 @@ pub(crate) async fn probe(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
     found
 }
 
+/// The durable brokers among `listen` (the configured listeners): JetStream and RabbitMQ, which
+/// keep a stream or queues that setup makes and cleanup deletes (NATS core keeps nothing).
+enum Durable {
+    Nats(crate::protocol::nats::Address),
+    Amqp(crate::protocol::amqp::Address),
+}
+
+fn durable(listen: &[String]) -> Result<Vec<Durable>> {
+    use crate::protocol::listen::{AMQP, NATS_JS};
+    let usage = |e: String| Error::config(format!("serve.listen: {e}"));
+    let mut found = Vec::new();
+    for spec in listen {
+        if spec.starts_with(NATS_JS) {
+            let address = crate::protocol::nats::Address::parse(spec).map_err(usage)?;
+            found.push(Durable::Nats(address));
+        } else if spec.starts_with(AMQP) {
+            let address = crate::protocol::amqp::Address::parse(spec).map_err(usage)?;
+            found.push(Durable::Amqp(address));
+        }
+    }
+    Ok(found)
+}
+
+/// What `--self-cleanup` would delete on the brokers `listen` names, for its prompt.
+pub(crate) fn clean_up_plan(listen: &[String], exe: &str) -> Result<Vec<String>> {
+    Ok(durable(listen)?
+        .into_iter()
+        .map(|d| match d {
+            Durable::Nats(a) => format!(
+                "the stream {} on {a}, with the requests waiting and parked in it",
+                a.stream(exe)
+            ),
+            Durable::Amqp(a) => format!(
+                "the queues {} and {} on {a}, with the requests in them",
+                a.queue(exe),
+                a.dead_queue(exe)
+            ),
+        })
+        .collect())
+}
+
+/// `--self-setup` on the durable brokers `listen` names: their stream or queues made sure of.
+pub(crate) async fn set_up(
+    listen: &[String],
+    exe: &str,
+    limits: &crate::config::ServeSettings,
+) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for broker in durable(listen)? {
+        done.push(match broker {
+            Durable::Nats(address) => super::nats::set_up(&address, exe, limits).await?,
+            Durable::Amqp(address) => super::amqp::set_up(&address, exe).await?,
+        });
+    }
+    Ok(done)
+}
+
+/// `--self-cleanup` on the durable brokers `listen` names: their stream or queues deleted.
+pub(crate) async fn clean_up(listen: &[String], exe: &str) -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    for broker in durable(listen)? {
+        let went = match broker {
+            Durable::Nats(address) => super::nats::clean_up(&address, exe).await?,
+            Durable::Amqp(address) => super::amqp::clean_up(&address, exe).await?,
+        };
+        gone.extend(went);
+    }
+    Ok(gone)
+}
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn probe_nats(

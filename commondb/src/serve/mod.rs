@@ -307,6 +307,10 @@ pub(crate) fn brokers_among(listen: &[String]) -> bool {
         .any(|s| s.starts_with(NATS) || s.starts_with(NATS_JS) || s.starts_with(AMQP))
 }
 
+pub(crate) use broker::{
+    clean_up as clean_up_brokers, clean_up_plan as broker_plan, set_up as set_up_brokers,
+};
+
 /// `--self-status` on the brokers `listen` names, for executable `exe`.
 pub(crate) async fn probe_brokers(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
     broker::probe(listen, exe).await

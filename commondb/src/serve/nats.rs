@@ -71,20 +71,7 @@ pub(crate) async fn subscribe(
     exe: &str,
     limits: &crate::config::ServeSettings,
 ) -> Result<(async_nats::Client, Inbox)> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Error::unavailable(format!(
-            "cannot reach the NATS server at {}: {e}",
-            address.server
-        ))
-        .hint("start it (nats-server), or check the address given to --listen")
-    };
-    broker::require_loopback(&address.server, "NATS server").await?;
-    let client = async_nats::ConnectOptions::new()
-        .name(exe)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(address.server.as_str())
-        .await
-        .map_err(|e| unreachable(&e))?;
+    let client = connect(address, exe).await?;
     if address.durable {
         let (messages, context) = pull(&client, address, exe, limits).await?;
         let dead = address.dead_subject(exe);
@@ -98,10 +85,29 @@ pub(crate) async fn subscribe(
     let subscriber = client
         .queue_subscribe(address.subject(exe), exe.to_string())
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(address, &e))?;
     // The subscription reaches the server before the ready line says we listen.
-    client.flush().await.map_err(|e| unreachable(&e))?;
+    client.flush().await.map_err(|e| unreachable(address, &e))?;
     Ok((client, Inbox::Core(subscriber)))
+}
+
+/// Connects to the server `address` names, on loopback only.
+async fn connect(address: &Address, exe: &str) -> Result<async_nats::Client> {
+    broker::require_loopback(&address.server, "NATS server").await?;
+    async_nats::ConnectOptions::new()
+        .name(exe)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(address.server.as_str())
+        .await
+        .map_err(|e| unreachable(address, &e))
+}
+
+fn unreachable(address: &Address, e: &dyn std::fmt::Display) -> Error {
+    Error::unavailable(format!(
+        "cannot reach the NATS server at {}: {e}",
+        address.server
+    ))
+    .hint("start it (nats-server), or check the address given to --listen")
 }
 
 /// Makes sure of executable `exe`'s stream and durable consumer, and starts pulling.
@@ -111,14 +117,38 @@ async fn pull(
     exe: &str,
     limits: &crate::config::ServeSettings,
 ) -> Result<(jetstream::consumer::pull::Stream, jetstream::Context)> {
-    let refused = |what: &str, e: &dyn std::fmt::Display| {
-        Error::unavailable(format!(
-            "the NATS server at {} refused {what}: {e}",
-            address.server
-        ))
-        .hint("start nats-server with JetStream (-js), or use nats:// for NATS core")
-    };
     let context = jetstream::new(client.clone());
+    let consumer = make_sure(&context, address, exe, limits).await?;
+    let batch = usize::try_from(limits.max_connections)
+        .unwrap_or(usize::MAX)
+        .min(PULL_BATCH);
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| refused(address, "the pull", &e))?;
+    Ok((messages, context))
+}
+
+fn refused(address: &Address, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::unavailable(format!(
+        "the NATS server at {} refused {what}: {e}",
+        address.server
+    ))
+    .hint("start nats-server with JetStream (-js), or use nats:// for NATS core")
+}
+
+/// Makes sure of executable `exe`'s stream and durable consumer (a worker at start, and
+/// `--self-setup`).
+async fn make_sure(
+    context: &jetstream::Context,
+    address: &Address,
+    exe: &str,
+    limits: &crate::config::ServeSettings,
+) -> Result<jetstream::consumer::PullConsumer> {
+    let refused = |what: &str, e: &dyn std::fmt::Display| refused(address, what, e);
     let stream = context
         .get_or_create_stream(jetstream::stream::Config {
             name: address.stream(exe),
@@ -151,17 +181,38 @@ async fn pull(
         )
         .await
         .map_err(|e| refused("the consumer", &e))?;
-    let batch = usize::try_from(limits.max_connections)
-        .unwrap_or(usize::MAX)
-        .min(PULL_BATCH);
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
+    Ok(consumer)
+}
+
+/// `--self-setup`'s part: the stream and the consumer, made before any worker starts, so that
+/// clients may publish at once. Returns what it made sure of.
+pub(crate) async fn set_up(
+    address: &Address,
+    exe: &str,
+    limits: &crate::config::ServeSettings,
+) -> Result<String> {
+    let client = connect(address, exe).await?;
+    make_sure(&jetstream::new(client), address, exe, limits).await?;
+    Ok(format!(
+        "stream {} and consumer {exe} on {address}",
+        address.stream(exe)
+    ))
+}
+
+/// `--self-cleanup`'s part: the stream (and its consumer, its waiting and parked requests)
+/// deleted; what went, if anything did.
+pub(crate) async fn clean_up(address: &Address, exe: &str) -> Result<Option<String>> {
+    let client = connect(address, exe).await?;
+    let context = jetstream::new(client);
+    let name = address.stream(exe);
+    if context.get_stream(&name).await.is_err() {
+        return Ok(None);
+    }
+    context
+        .delete_stream(&name)
         .await
-        .map_err(|e| refused("the pull", &e))?;
-    Ok((messages, context))
+        .map_err(|e| refused(address, "to delete the stream", &e))?;
+    Ok(Some(format!("the stream {name} on {address}")))
 }
 
 /// Answers the inbox's messages until the drain.
