@@ -64,6 +64,14 @@ pub struct Settings {
     /// How `--serve` listens and what it allows (the `[serve]` table).
     #[serde(default)]
     pub serve: ServeSettings,
+    /// Whether the app secrets come from systemd's credentials directory when it has them (not
+    /// a setting: the self-test's scratch run, whose secrets are its own, turns it off).
+    #[serde(skip, default = "yes")]
+    pub app_credentials: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The `[serve]` table: `--serve`'s listeners, pool and limits.

@@ -30,6 +30,76 @@ use crate::error::{Error, Result};
 /// The environment variable that stands for the admin secrets file.
 pub const ADMIN_URL_VAR: &str = "COMMONDB_ADMIN_URL";
 
+/// Where systemd puts a unit's credentials (`LoadCredential=`, `LoadCredentialEncrypted=`,
+/// `SetCredential=`): a private directory on a memory file system, readable only by the unit's
+/// user. With it set, the secrets come from there first ([`credential`]).
+pub const CREDENTIALS_VAR: &str = "CREDENTIALS_DIRECTORY";
+
+/// The credential holding the administrator's database URL (one line).
+pub const ADMIN_URL_CREDENTIAL: &str = "admin_url";
+
+/// The credential holding the `--serve` access token (one line); it overrides the app secrets
+/// file's `serve_token`.
+pub const SERVE_TOKEN_CREDENTIAL: &str = "serve_token";
+
+/// The credential holding executable `exe`'s app secrets file, as setup wrote it: `<exe>.toml`.
+pub fn app_credential(exe: &str) -> String {
+    format!("{exe}.toml")
+}
+
+/// The path of credential `name` in systemd's credentials directory, if the process has one
+/// and the credential is there.
+pub fn credential(name: &str) -> Result<Option<PathBuf>> {
+    let Some(dir) = std::env::var_os(CREDENTIALS_VAR).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(Error::config(format!(
+            "{CREDENTIALS_VAR} is {}, which is not a directory",
+            dir.display()
+        ))
+        .hint("systemd sets it for units with LoadCredential=; unset it when running by hand"));
+    }
+    let path = dir.join(name);
+    Ok(path.exists().then_some(path))
+}
+
+/// The text of a one-line credential (a URL, a token): the file's content without its final
+/// newline, under the secrets files' rules (owner only, bounded).
+fn credential_text(name: &str) -> Result<Option<SecretString>> {
+    let Some(path) = credential(name)? else {
+        return Ok(None);
+    };
+    let Some(text) = read(&path)? else {
+        return Ok(None);
+    };
+    let line = text.expose_secret().trim_end_matches(['\n', '\r']);
+    if line.is_empty() || line.contains('\n') {
+        return Err(
+            Error::config(format!("credential {} must hold one line", path.display()))
+                .hint("write the value alone, e.g. with systemd-creds encrypt --name=… - FILE"),
+        );
+    }
+    Ok(Some(SecretString::from(line.to_string())))
+}
+
+/// Executable `exe`'s app secrets: the `<exe>.toml` credential if systemd passed one, else
+/// the file in `secrets_dir`; the `serve_token` credential overrides the token. Returns the
+/// secrets and the file they came from.
+pub fn load_app(settings: &Settings, exe: &str) -> Result<(AppSecrets, PathBuf)> {
+    if !settings.app_credentials {
+        let file = app_file(settings, exe);
+        return Ok((load(&file)?.unwrap_or_default(), file));
+    }
+    let file = credential(&app_credential(exe))?.unwrap_or_else(|| app_file(settings, exe));
+    let mut secrets: AppSecrets = load(&file)?.unwrap_or_default();
+    if let Some(token) = credential_text(SERVE_TOKEN_CREDENTIAL)? {
+        secrets.serve_token = Some(token);
+    }
+    Ok((secrets, file))
+}
+
 /// An executable's own secrets: how it reaches its databases with its own (least) privileges.
 ///
 /// Credentials are kept per database, so that one executable can be set up on several (staging
@@ -173,14 +243,17 @@ struct AdminSecrets {
     url: SecretString,
 }
 
-/// The administrator's database URL, from `COMMONDB_ADMIN_URL` or else the admin secrets file;
-/// `None` if neither is there.
+/// The administrator's database URL, from `COMMONDB_ADMIN_URL`, else the `admin_url`
+/// credential systemd passed, else the admin secrets file; `None` if none is there.
 pub fn admin_url(settings: &Settings) -> Result<Option<SecretString>> {
     if let Some(url) = std::env::var_os(ADMIN_URL_VAR).filter(|v| !v.is_empty()) {
         let url = url
             .into_string()
             .map_err(|_| Error::config(format!("{ADMIN_URL_VAR} is not valid UTF-8")))?;
         return Ok(Some(SecretString::from(url)));
+    }
+    if let Some(url) = credential_text(ADMIN_URL_CREDENTIAL)? {
+        return Ok(Some(url));
     }
     Ok(load::<AdminSecrets>(&admin_file(settings))?.map(|a| a.url))
 }

@@ -172,6 +172,7 @@ async fn remove_scratch<T: Task>(settings: &Settings, dir: &Path) -> Result<Stri
     if let Ok(url) = std::fs::read_to_string(dir.join(SCRATCH_RECORD)) {
         let mut scratch = settings.clone();
         scratch.secrets_dir = dir.join("secrets");
+        scratch.app_credentials = false;
         scratch.app_role = None;
         scratch.backup_role = None;
         scratch.database_url = Some(url.trim().to_string());
@@ -201,6 +202,8 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
     let mut scratch = settings.clone();
     scratch.data_dir = dir.join("data");
     scratch.secrets_dir = dir.join("secrets");
+    // Its roles' secrets are its own, never the credentials systemd passed for the real ones.
+    scratch.app_credentials = false;
     scratch.app_role = None;
     scratch.backup_role = None;
     scratch.database_url = None;

@@ -155,6 +155,8 @@ pub(crate) fn settings_in(dir: &Path) -> Settings {
         synchronous: Synchronous::Full,
         task: serde_json::Value::Null,
         serve: Default::default(),
+        // Unit tests never read the credentials of the process that runs them.
+        app_credentials: false,
     }
 }
 

@@ -49,8 +49,7 @@ impl Target {
     /// `database_url` setting, else a SQLite file named after its domain in the data directory.
     pub(crate) fn of<T: crate::Task>(settings: &Settings) -> Result<Target> {
         let (exe, domain) = (T::NAME, T::DOMAIN);
-        let secrets: AppSecrets =
-            secrets::load(&secrets::app_file(settings, exe))?.unwrap_or_default();
+        let (secrets, _) = secrets::load_app(settings, exe)?;
         let location = match (&secrets.database_url, &settings.database_url) {
             (Some(url), _) => Location::parse(url.expose_secret())?,
             (None, Some(url)) if backend::options::url_has_password(url) => {

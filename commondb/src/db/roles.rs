@@ -9,7 +9,7 @@ use super::backend::options::admin_options;
 use super::backend::{Conn, ServerDialect, ServerOptions, check_identifier};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::secrets::{self, AppSecrets};
+use crate::secrets;
 
 /// The validated names setup and cleanup work with.
 #[derive(Debug, Clone)]
@@ -150,8 +150,7 @@ pub(crate) fn app_options(
     if let Some(creds) = target.secrets.for_role(&display, role, backup) {
         return Ok(server.with_credentials(creds));
     }
-    let file = secrets::app_file(&target.settings, target.exe);
-    let now = secrets::load::<AppSecrets>(&file)?.unwrap_or_default();
+    let (now, file) = secrets::load_app(&target.settings, target.exe)?;
     match now.for_role(&display, role, backup) {
         Some(creds) => Ok(server.with_credentials(creds)),
         None => Err(Error::config(format!(
