@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Args, Command};
 
-use crate::modes::{FROM, MODES, Mode, Spec, TRUST_FILE, YES};
+use crate::modes::{FROM, MODES, Mode, ROTATE, Spec, TRUST_FILE, YES};
 use crate::protocol::flags;
 use crate::task::Task;
 
@@ -154,7 +154,7 @@ fn common_options() -> [Arg; 7] {
 }
 
 /// The options that only some modes take (which ones: [`Spec::options`]).
-fn mode_options<T: Task>() -> [Arg; 5] {
+fn mode_options<T: Task>() -> [Arg; 6] {
     [
         Arg::new(YES)
             .long(YES)
@@ -171,12 +171,16 @@ fn mode_options<T: Task>() -> [Arg; 5] {
             .action(ArgAction::SetTrue)
             .requires(FROM)
             .help("Restore --from a file another user owns or could have changed"),
+        Arg::new(ROTATE)
+            .long(ROTATE)
+            .action(ArgAction::SetTrue)
+            .help("With --self-setup on a server: new passwords for the app and backup roles (running services read them at their next connect, or on SIGHUP)"),
         Arg::new(flags::LISTEN)
             .long(flags::LISTEN)
             .value_name("ADDR")
             .action(ArgAction::Append)
             .help(format!(
-                "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd [default: tcp://127.0.0.1:{}]",
+                "Where --serve listens (repeatable): tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, nats://HOST:PORT, nats+js://HOST:PORT, amqp://HOST:PORT [default: tcp://127.0.0.1:{}]",
                 T::PORT
             )),
         Arg::new(flags::RUN)
@@ -333,8 +337,15 @@ mod tests {
     fn self_modes_need_no_task_arguments_and_refuse_them() {
         assert!(matches!(
             parse(&["--self-setup"]).unwrap().mode,
-            Mode::Setup
+            Mode::Setup { rotate: false }
         ));
+        assert!(matches!(
+            parse(&["--self-setup", "--rotate-credentials"])
+                .unwrap()
+                .mode,
+            Mode::Setup { rotate: true }
+        ));
+        assert!(parse(&["--self-status", "--rotate-credentials"]).is_err());
         assert!(matches!(
             parse(&["--self-test", "-q"]).unwrap().mode,
             Mode::Test

@@ -66,6 +66,8 @@ pub struct RoleReport {
     pub name: String,
     /// Whether this run created it.
     pub created: bool,
+    /// Whether this run gave it a new password (`--rotate-credentials`).
+    pub rotated: bool,
 }
 
 impl SetupReport {
@@ -74,7 +76,7 @@ impl SetupReport {
         !self.created
             && self.applied.is_empty()
             && !self.secrets_written
-            && self.roles.iter().all(|r| !r.created)
+            && self.roles.iter().all(|r| !r.created && !r.rotated)
     }
 
     /// One line for stderr when a task mode set the embedded database up on the user's behalf.
@@ -105,7 +107,11 @@ impl fmt::Display for SetupReport {
         let state = if self.created { "created" } else { "exists" };
         writeln!(f, "  database: {} ({state})", self.database)?;
         for role in &self.roles {
-            let state = if role.created { "created" } else { "exists" };
+            let state = match (role.created, role.rotated) {
+                (true, _) => "created",
+                (false, true) => "exists, new password",
+                (false, false) => "exists",
+            };
             writeln!(f, "  role:     {} ({state})", role.name)?;
         }
         write!(f, "  schema:   version {}", self.schema_version)?;
@@ -146,7 +152,15 @@ impl fmt::Display for SetupReport {
 /// roles too) and applies the pending migrations. Safe to run many times and from many
 /// processes at once.
 pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<SetupReport> {
-    target.location.setup(target, migrations).await
+    target.location.setup(target, migrations, false).await
+}
+
+/// `--self-setup --rotate-credentials`: setup as [`run`], and new passwords for the app and
+/// backup roles (those setup created), written to the secrets file first (setup's journal), then
+/// given to the server. Connections open with the old ones stay open; a running `--serve` reads
+/// the new ones at its next connect or on SIGHUP.
+pub(crate) async fn rotate(target: &Target, migrations: &Migrations) -> Result<SetupReport> {
+    target.location.setup(target, migrations, true).await
 }
 
 /// `--self-setup` on SQLite.
@@ -185,22 +199,35 @@ pub(crate) async fn server(
     target: &Target,
     server: &ServerOptions,
     migrations: &Migrations,
+    rotate: bool,
 ) -> Result<SetupReport> {
     let names = Names::new(server, target)?;
     as_admin(target, server, async |admin, admin_options| {
-        setup_locked(target, server, &names, admin, admin_options, migrations).await
+        let on = Server {
+            options: server,
+            admin_options,
+            rotate,
+        };
+        setup_locked(target, &on, &names, admin, migrations).await
     })
     .await
 }
 
+/// The server setup runs on: its options, the administrator's, and whether to rotate.
+struct Server<'a> {
+    options: &'a ServerOptions,
+    admin_options: &'a ServerOptions,
+    rotate: bool,
+}
+
 async fn setup_locked(
     target: &Target,
-    server: &ServerOptions,
+    on: &Server<'_>,
     names: &Names,
     admin: &mut Conn,
-    admin_options: &ServerOptions,
     migrations: &Migrations,
 ) -> Result<SetupReport> {
+    let (server, admin_options) = (on.options, on.admin_options);
     let settings = &target.settings;
     let d = server.dialect();
     let db_q = d.quote(&names.database);
@@ -230,8 +257,15 @@ async fn setup_locked(
         .await?;
     let ours = db.marker("database").await? == Some(true);
 
-    let app = ensure_role(admin, &mut db, d, &names.app, false, &mut journal).await?;
-    let backup = ensure_role(admin, &mut db, d, &names.backup, true, &mut journal).await?;
+    let mut roles = Roles {
+        admin,
+        db: &mut db,
+        d,
+        journal: &mut journal,
+        rotate: on.rotate,
+    };
+    let app = roles.ensure(&names.app, false).await?;
+    let backup = roles.ensure(&names.backup, true).await?;
 
     interrupt::check()?;
     let applied: Vec<MigrationInfo> = schema::migrate(&mut db, migrations).await?;
@@ -413,63 +447,84 @@ impl Journal {
 /// password the secrets file holds. The file's password is written (with the role on the
 /// journal) before the server is told it, so no kill can leave a role whose password no one
 /// knows.
-async fn ensure_role(
-    admin: &mut Conn,
-    db: &mut Conn,
-    d: &dyn ServerDialect,
-    name: &str,
-    backup: bool,
-    journal: &mut Journal,
-) -> Result<RoleReport> {
-    interrupt::check()?;
-    let quoted = d.quote(name);
-    let item = format!("role:{name}");
-    let exists = admin.count_named(d.role_exists(), name).await? > 0;
-    let known = journal
-        .secrets
-        .for_role(&journal.database, name, backup)
-        .map(|c| c.password.clone());
-    let report = RoleReport {
-        name: name.to_string(),
-        created: !exists,
-    };
-    if exists && !journal.is_pending(&item) {
-        db.exec(d.mark(&item, false)).await?;
-        if known.is_some() {
-            return Ok(report);
+/// What making sure of a role needs: the administrator's connection, the database's, the
+/// dialect, setup's journal, and whether to give the role a new password.
+struct Roles<'a> {
+    admin: &'a mut Conn,
+    db: &'a mut Conn,
+    d: &'a dyn ServerDialect,
+    journal: &'a mut Journal,
+    rotate: bool,
+}
+
+impl Roles<'_> {
+    /// Makes sure of role `name` (the backup role with `backup`): created with a new password,
+    /// or found with the password the secrets file records (a new one with rotation).
+    async fn ensure(&mut self, name: &str, backup: bool) -> Result<RoleReport> {
+        interrupt::check()?;
+        let quoted = self.d.quote(name);
+        let item = format!("role:{name}");
+        let exists = self.admin.count_named(self.d.role_exists(), name).await? > 0;
+        let known = self
+            .journal
+            .secrets
+            .for_role(&self.journal.database, name, backup)
+            .map(|c| c.password.clone());
+        let pending = self.journal.is_pending(&item);
+        let mut report = RoleReport {
+            name: name.to_string(),
+            created: !exists,
+            rotated: false,
+        };
+        if exists && !pending {
+            self.db.exec(self.d.mark(&item, false)).await?;
+            if known.is_some() && !self.rotate {
+                return Ok(report);
+            }
+            // The role is there but its password is not in the secrets file (or is to be
+            // rotated): if setup made the role, it may give it a new one; a role someone else made
+            // is not ours to change.
+            if self.db.marker(&item).await? != Some(true) {
+                return Err(Error::config(format!(
+                    "role {name} already exists, setup did not create it, and its password is {}",
+                    if self.rotate {
+                        "not setup's to self.rotate".to_string()
+                    } else {
+                        format!("not in {}", self.journal.file.display())
+                    }
+                ))
+                .hint("write its user and password to that file (app or backup in the database's table), or set app_role / backup_role to a new name"));
+            }
+            report.rotated = self.rotate && known.is_some();
         }
-        // The role is there but its password is not in the secrets file: if setup made the
-        // role, it may give it a new one; a role someone else made is not ours to change.
-        if db.marker(&item).await? != Some(true) {
-            return Err(Error::config(format!(
-                "role {name} already exists, setup did not create it, and its password is not in {}",
-                journal.file.display()
-            ))
-            .hint("write its user and password to that file (app or backup in the database's table), or set app_role / backup_role to a new name"));
+        // From here the file's password is the one the server must have: record it first. A step
+        // an interrupted setup left pending is finished with the password it wrote down.
+        let password = match known {
+            Some(p) if pending || !self.rotate => p,
+            _ => generate_password()?,
+        };
+        let creds = Some(Credentials {
+            user: name.to_string(),
+            password: password.clone(),
+        });
+        if backup {
+            self.journal.entry().backup = creds;
+        } else {
+            self.journal.entry().app = creds;
         }
+        self.journal.begin(&item)?;
+        let verifier = self.d.verifier(&password)?;
+        if exists {
+            self.admin
+                .exec(self.d.set_password(&quoted, &verifier))
+                .await?;
+        } else {
+            self.admin
+                .exec(self.d.create_role(&quoted, &verifier))
+                .await?;
+        }
+        // On the self.journal means setup made it (or was giving its own role a new password).
+        self.db.exec(self.d.mark(&item, true)).await?;
+        Ok(report)
     }
-    // From here the file's password is the one the server must have: record it first.
-    let password = match known {
-        Some(p) => p,
-        None => generate_password()?,
-    };
-    let creds = Some(Credentials {
-        user: name.to_string(),
-        password: password.clone(),
-    });
-    if backup {
-        journal.entry().backup = creds;
-    } else {
-        journal.entry().app = creds;
-    }
-    journal.begin(&item)?;
-    let verifier = d.verifier(&password)?;
-    if exists {
-        admin.exec(d.set_password(&quoted, &verifier)).await?;
-    } else {
-        admin.exec(d.create_role(&quoted, &verifier)).await?;
-    }
-    // On the journal means setup made it (or was giving its own role a new password).
-    db.exec(d.mark(&item, true)).await?;
-    Ok(report)
 }

@@ -55,6 +55,7 @@ pub(crate) const SEED: &str = flags::SEED;
 pub(crate) const YES: &str = "yes";
 pub(crate) const FROM: &str = "from";
 pub(crate) const TRUST_FILE: &str = "trust-file";
+pub(crate) const ROTATE: &str = "rotate-credentials";
 
 /// The most sample requests `--self-samples` prints: runmany's largest `--warmup` plus `-n`.
 pub(crate) const MAX_SAMPLES: u64 = 2_000_000;
@@ -71,7 +72,7 @@ pub(crate) const MODES: &[Spec] = &[
         flag: Some(SETUP),
         help: "Create the database and apply the schema (idempotent)",
         value: None,
-        options: &[],
+        options: &[ROTATE],
     },
     Spec {
         flag: Some(TEST),
@@ -135,8 +136,8 @@ impl Spec {
 pub(crate) enum Mode<A> {
     /// The task itself (`--create` for `create-user`), with its arguments.
     Task(A),
-    /// `--self-setup`.
-    Setup,
+    /// `--self-setup`, giving the roles new passwords with `rotate`.
+    Setup { rotate: bool },
     /// `--self-test`.
     Test,
     /// `--self-cleanup`, confirmed in advance with `--yes` or not.
@@ -169,7 +170,9 @@ impl<A: clap::FromArgMatches> Mode<A> {
             .and_then(|s| s.flag);
         Ok(match chosen {
             None => Mode::Task(A::from_arg_matches(m)?),
-            Some(SETUP) => Mode::Setup,
+            Some(SETUP) => Mode::Setup {
+                rotate: m.get_flag(ROTATE),
+            },
             Some(TEST) => Mode::Test,
             Some(CLEANUP) => Mode::Cleanup {
                 yes: m.get_flag(YES),
@@ -215,7 +218,7 @@ pub(crate) fn run<T: Task>(
 ) -> Result<ExitCode> {
     match mode {
         Mode::Task(args) => task::run::<T>(args, settings, out),
-        Mode::Setup => setup::run::<T>(settings, out),
+        Mode::Setup { rotate } => setup::run::<T>(rotate, settings, out),
         Mode::Test => test::run::<T>(settings, out),
         Mode::Cleanup { yes } => cleanup::run::<T>(yes, settings, out),
         Mode::Status => status::run::<T>(settings, out),
@@ -277,7 +280,7 @@ mod tests {
             let mode = Mode::<NoteArgs>::parse(&m, "add").unwrap_or_else(|e| panic!("{e}"));
             let expected = match mode {
                 Mode::Task(_) => None,
-                Mode::Setup => Some(SETUP),
+                Mode::Setup { .. } => Some(SETUP),
                 Mode::Test => Some(TEST),
                 Mode::Cleanup { .. } => Some(CLEANUP),
                 Mode::Status => Some(STATUS),

@@ -11,13 +11,16 @@ use crate::run::{Drivers, block_on};
 use crate::task::Task;
 
 /// Sets the database up and prints the report.
-pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode> {
+pub(super) fn run<T: Task>(rotate: bool, settings: &Settings, out: &Output) -> Result<ExitCode> {
     let target = Target::of::<T>(settings)?;
     // The durable brokers the configuration's listeners name get their stream or queues too,
     // so that clients may publish before any worker started.
     let serve = &settings.serve;
     let setup = async {
-        let mut report = setup::run(&target, T::MIGRATIONS).await?;
+        let mut report = match rotate {
+            true => setup::rotate(&target, T::MIGRATIONS).await?,
+            false => setup::run(&target, T::MIGRATIONS).await?,
+        };
         report.brokers = crate::serve::set_up_brokers(&serve.listen, T::NAME, serve).await?;
         Ok(report)
     };

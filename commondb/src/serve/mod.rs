@@ -142,7 +142,7 @@ impl<T: Task> Server<T> {
         // Reads need no single writer: they run beside it on their own connections.
         let group_commit =
             target.backend().dialect().one_writer() && T::SINGLE_STATEMENT && !T::READ_ONLY;
-        let pool = Arc::new(Pool::new(target, T::MIGRATIONS, pool_size));
+        let pool = Arc::new(Pool::new(target, Target::of::<T>, T::MIGRATIONS, pool_size));
         let batch = group_commit.then(|| batch::Batch::start(Arc::clone(&pool), phase.clone()));
         let service = Arc::new(Service::new(
             pool,
@@ -500,6 +500,25 @@ pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
 
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`
 /// to systemd), serves until SIGTERM or SIGINT, and shuts down gracefully.
+/// SIGHUP: the secrets are read again (after a credential rotation); new connections use them,
+/// open ones drain as they are. Says so on stderr, without a secret.
+async fn reload_on_hangup(pool: &Pool, out: &Output) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return std::future::pending().await;
+    };
+    while hangups.recv().await.is_some() {
+        match pool.reload() {
+            Ok(_) => out.note("SIGHUP: read the secrets again; new connections use them"),
+            Err(e) => out.note(format_args!(
+                "SIGHUP: the secrets could not be read again, the old ones stay: {}",
+                e.message()
+            )),
+        }
+    }
+    std::future::pending().await
+}
+
 pub(crate) async fn main<T: Task>(
     target: Target,
     task_settings: T::Settings,
@@ -515,13 +534,18 @@ pub(crate) async fn main<T: Task>(
         crate::protocol::ready_line(T::NAME, &server.addresses())
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    server
-        .run(async {
-            stop.await;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-            out.note("stopping: finishing the requests in flight");
-        })
-        .await;
+    let pool = Arc::clone(&server.service.pool);
+    let reload = reload_on_hangup(&pool, out);
+    let run = server.run(async {
+        stop.await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        out.note("stopping: finishing the requests in flight");
+    });
+    tokio::select! {
+        () = run => {}
+        // Never ends while the service runs.
+        () = reload => {}
+    }
     out.note("stopped");
     Ok(())
 }

@@ -8,14 +8,14 @@
 //! was sent on it that could write ([`Conn::begin_task_or_reconnect`]), so a database that
 //! comes back is used again without a restart of the service.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::db::{self, Conn, Migrations, Target, Tx};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How long a pooled server connection goes without re-checking the schema: the service checks
 /// it at start and on every new connection, and then at most this often, so that a schema
@@ -24,8 +24,14 @@ use crate::error::{Error, Result};
 /// service starts; a file migrated under a running service is not noticed.)
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// How many times a connection refused for its credentials reads them again.
+const ROTATION_TRIES: u32 = 3;
+
 pub(crate) struct Pool {
-    target: Target,
+    /// Where and as whom to connect: replaced when the credentials change ([`Pool::reload`]).
+    target: std::sync::RwLock<Arc<Target>>,
+    /// Resolves the target again from the settings and the secrets (`Target::of` of the task).
+    resolve: fn(&crate::config::Settings) -> Result<Target>,
     migrations: &'static Migrations,
     /// Idle connections, with when their schema was last checked.
     idle: Mutex<Vec<(Conn, Option<Instant>)>>,
@@ -38,10 +44,16 @@ impl Pool {
     /// A pool of at most `size` connections to `target`. Connecting is tried once, for at most
     /// `connect_timeout_ms`: a request fails fast with "unavailable" while the database is
     /// down, instead of queueing behind retries.
-    pub(crate) fn new(mut target: Target, migrations: &'static Migrations, size: usize) -> Pool {
+    pub(crate) fn new(
+        mut target: Target,
+        resolve: fn(&crate::config::Settings) -> Result<Target>,
+        migrations: &'static Migrations,
+        size: usize,
+    ) -> Pool {
         target.settings.connect_retry_ms = 0;
         Pool {
-            target,
+            target: std::sync::RwLock::new(Arc::new(target)),
+            resolve,
             migrations,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
@@ -78,14 +90,46 @@ impl Pool {
         })
     }
 
+    /// The target connections are made to now.
+    pub(crate) fn target(&self) -> Arc<Target> {
+        Arc::clone(&self.target.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the secrets again (after `--self-setup --rotate-credentials`, or on SIGHUP): new
+    /// connections use them; open ones, which the server keeps, drain as they are.
+    pub(crate) fn reload(&self) -> Result<Arc<Target>> {
+        let current = self.target();
+        let mut fresh = (self.resolve)(&current.settings)?;
+        fresh.settings.connect_retry_ms = 0;
+        let fresh = Arc::new(fresh);
+        *self.target.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
     /// One attempt, bounded by `connect_timeout_ms` (the server connection's own limit; the
-    /// pool's target allows no retries).
+    /// pool's target allows no retries). Refused credentials are read again, a few times over a
+    /// moment: a rotation may have changed them (setup writes the new password down an instant
+    /// before the server has it).
     async fn connect(&self) -> Result<Conn> {
-        let mut conn = db::connect(&self.target).await?;
+        let mut target = self.target();
+        let mut tries = 0;
+        let mut conn = loop {
+            match db::connect(&target).await {
+                Ok(conn) => break conn,
+                Err(e) if e.kind() == ErrorKind::Permission && tries < ROTATION_TRIES => {
+                    tries += 1;
+                    if tries > 1 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    target = self.reload()?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // A statement that is sent is never cancelled by the service (a single statement is its
         // own commit), so the server bounds it: past the request timeout it fails, having
         // written nothing.
-        let timeout_ms = self.target.settings.serve.request_timeout_ms;
+        let timeout_ms = target.settings.serve.request_timeout_ms;
         if let Some(sql) = conn.backend().dialect().statement_timeout(timeout_ms) {
             conn.exec(sql).await?;
         }
@@ -142,7 +186,8 @@ impl Lease<'_> {
             single,
             read_only,
         };
-        conn.begin_task_or_reconnect(&pool.target.location, pool.migrations, begin, reconnect)
+        let target = pool.target();
+        conn.begin_task_or_reconnect(&target.location, pool.migrations, begin, reconnect)
             .await
     }
 

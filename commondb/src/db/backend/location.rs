@@ -162,15 +162,21 @@ impl Location {
     }
 
     /// `--self-setup`: creates the database if it is missing (on a server, its roles too) and
-    /// applies the pending migrations.
+    /// applies the pending migrations; with `rotate`, gives the roles new passwords (a server's
+    /// only: an embedded file has no roles).
     pub(crate) async fn setup(
         &self,
         target: &Target,
         migrations: &Migrations,
+        rotate: bool,
     ) -> Result<SetupReport> {
         match self {
+            Location::Sqlite(_) if rotate => Err(crate::error::Error::usage(
+                "SQLite has no roles and no passwords: there are no credentials to rotate",
+            )
+            .hint("--rotate-credentials is for a database server; the file's access is its mode (0600)")),
             Location::Sqlite(path) => setup::sqlite(target, path, migrations).await,
-            Location::Server(s) => setup::server(target, s, migrations).await,
+            Location::Server(s) => setup::server(target, s, migrations, rotate).await,
         }
     }
 
