@@ -99,6 +99,11 @@ pub struct ServeSettings {
     /// How long a request id is remembered, in seconds: within this window the same id again
     /// gets the first answer and writes nothing (`db::requests`); then it is pruned.
     pub request_ids_keep_s: u64,
+    /// The certificate chain (PEM, the server's first) of the `tls://` and `https://`
+    /// listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM), a file only its owner can read.
+    pub tls_key: Option<PathBuf>,
     /// The group that may use the unix sockets (mode 0660 instead of 0600): a name from
     /// the system's groups (as `getent group` lists them) or a number.
     pub socket_group: Option<String>,
@@ -115,6 +120,8 @@ impl Default for ServeSettings {
             idle_timeout_ms: 300_000,
             grace_ms: 10_000,
             request_ids_keep_s: 86_400,
+            tls_cert: None,
+            tls_key: None,
             socket_group: None,
         }
     }

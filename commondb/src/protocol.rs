@@ -99,6 +99,10 @@ pub mod listen {
     pub const TCP: &str = "tcp://";
     /// HTTP over TCP: `http://HOST:PORT`.
     pub const HTTP: &str = "http://";
+    /// The line protocol over TLS: `tls://HOST:PORT`.
+    pub const TLS: &str = "tls://";
+    /// HTTP over TLS: `https://HOST:PORT`.
+    pub const HTTPS: &str = "https://";
     /// The line protocol on a unix socket: `unix:PATH`.
     pub const UNIX: &str = "unix:";
     /// Put before `unix:` or `systemd`, HTTP instead of the line protocol.
@@ -121,7 +125,7 @@ pub mod listen {
     /// `amqp://HOST:PORT[/VHOST][?prefix=P]` ([`super::amqp`]).
     pub const AMQP: &str = "amqp://";
     /// Every form, as a usage hint says them.
-    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]";
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]";
 }
 
 /// Requests through NATS: an executable `--serve --listen nats://HOST:PORT` answers the

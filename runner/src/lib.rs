@@ -85,7 +85,7 @@ struct Cli {
     /// into FILE as SVG
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream), or a RabbitMQ queue: amqp://HOST:PORT[/VHOST][?prefix=P]
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT (with --cacert), or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream), or a RabbitMQ queue: amqp://HOST:PORT[/VHOST][?prefix=P]
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
     /// With --serve nats://… or nats+js://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
@@ -93,6 +93,9 @@ struct Cli {
     #[arg(long, value_name = "K", requires = "serve",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: Option<u32>,
+    /// With --serve tls:// or https://: the CA certificate(s) to trust (PEM)
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    cacert: Option<PathBuf>,
     /// With --serve: give every request an id (`<run>-<i>`), which the service records with its
     /// answer (a retry is then harmless); always on through nats+js:// and amqp://
     #[arg(long, requires = "serve")]
@@ -516,6 +519,10 @@ fn serve_run(
         connections: cli.at_once(),
         timeout,
         ids: (cli.request_ids || endpoint.durable()).then(|| run_id.to_string()),
+        tls: match &cli.cacert {
+            Some(path) => Some(service::tls_client(path).map_err(usage)?),
+            None => None,
+        },
     };
     let unreachable = |e: String| Fatal(69, e);
     if cli.warmup > 0 {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use commondb::protocol::Answer;
 use commondb::protocol::amqp;
-use commondb::protocol::listen::{AMQP, HTTP, NATS, NATS_JS, TCP, UNIX};
+use commondb::protocol::listen::{AMQP, HTTP, HTTPS, NATS, NATS_JS, TCP, TLS, UNIX};
 use commondb::protocol::nats::{self, Address};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -28,6 +28,10 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// HTTP/1.1, `host:port`.
     Http(String),
+    /// The line protocol over TLS, `host:port`.
+    Tls(String),
+    /// HTTP/1.1 over TLS, `host:port`.
+    Https(String),
     /// Requests through a NATS server, on the subject of the executable (set by
     /// [`Endpoint::of_executable`]).
     Nats(Address, String),
@@ -49,6 +53,10 @@ impl Endpoint {
         };
         if let Some(a) = s.strip_prefix(TCP) {
             Ok(Endpoint::Tcp(host_port(a)?))
+        } else if let Some(a) = s.strip_prefix(TLS) {
+            Ok(Endpoint::Tls(host_port(a)?))
+        } else if let Some(a) = s.strip_prefix(HTTPS) {
+            Ok(Endpoint::Https(host_port(a.trim_end_matches('/'))?))
         } else if let Some(a) = s.strip_prefix(HTTP) {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix(UNIX) {
@@ -90,7 +98,9 @@ impl Endpoint {
     /// The TCP port, if any.
     pub fn port(&self) -> Option<u16> {
         match self {
-            Endpoint::Tcp(a) | Endpoint::Http(a) => a.rsplit_once(':')?.1.parse().ok(),
+            Endpoint::Tcp(a) | Endpoint::Http(a) | Endpoint::Tls(a) | Endpoint::Https(a) => {
+                a.rsplit_once(':')?.1.parse().ok()
+            }
             // The broker's port is not a service's.
             Endpoint::Unix(_) | Endpoint::Nats(..) | Endpoint::Amqp(..) => None,
         }
@@ -103,6 +113,8 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "{TCP}{a}"),
             Endpoint::Http(a) => write!(f, "{HTTP}{a}"),
+            Endpoint::Tls(a) => write!(f, "{TLS}{a}"),
+            Endpoint::Https(a) => write!(f, "{HTTPS}{a}"),
             Endpoint::Unix(p) => write!(f, "{UNIX}{}", p.display()),
             Endpoint::Nats(address, _) => write!(f, "{address}"),
             Endpoint::Amqp(address, _) => write!(f, "{address}"),
@@ -128,6 +140,8 @@ pub struct Load {
     pub connections: u64,
     /// Per request.
     pub timeout: Option<Duration>,
+    /// The TLS client configuration (the CAs `--cacert` trusts), for `tls://` and `https://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Give request `i` the id `<ids>-<i>` (the line protocol's `request_id`, HTTP's
     /// `Idempotency-Key`, NATS's `Nats-Msg-Id`); always through JetStream.
     pub ids: Option<String>,
@@ -138,7 +152,7 @@ pub struct Load {
 pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Record>, String> {
     if matches!(
         load.endpoint,
-        Endpoint::Http(_) | Endpoint::Nats(..) | Endpoint::Amqp(..)
+        Endpoint::Http(_) | Endpoint::Https(_) | Endpoint::Nats(..) | Endpoint::Amqp(..)
     ) && load.verb.is_none()
     {
         return Err("over HTTP and brokers the requests come from the executable's samples; give tcp:// or unix: to send explicit task arguments".into());
@@ -158,7 +172,9 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
     let mut records = runtime.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..load.connections.max(1).min(load.count.max(1)) {
-            clients.push(Client::connect(&load.endpoint, load.verb.as_deref()).await?);
+            clients.push(
+                Client::connect(&load.endpoint, load.verb.as_deref(), load.tls.as_ref()).await?,
+            );
         }
         let mut tasks = tokio::task::JoinSet::new();
         for client in clients {
@@ -196,7 +212,7 @@ async fn call(client: &mut Option<Client>, i: u64, request: &str, load: &Load) -
     let started = Instant::now();
     let mut record = Record::failed(i, String::new());
     if client.is_none() {
-        match Client::connect(&load.endpoint, load.verb.as_deref()).await {
+        match Client::connect(&load.endpoint, load.verb.as_deref(), load.tls.as_ref()).await {
             Ok(fresh) => *client = Some(fresh),
             Err(e) => {
                 record.error = e;
@@ -326,7 +342,11 @@ impl Client {
         }
     }
 
-    async fn connect(endpoint: &Endpoint, verb: Option<&str>) -> Result<Client, String> {
+    async fn connect(
+        endpoint: &Endpoint,
+        verb: Option<&str>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, String> {
         let refused =
             |e: std::io::Error| format!("cannot connect to the service at {endpoint}: {e}");
 
@@ -383,18 +403,35 @@ impl Client {
                     .await
                     .map_err(refused)?;
                 let _ = stream.set_nodelay(true);
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
-                tokio::spawn(conn);
-                Ok(Client::Http {
-                    sender,
-                    authority: addr.clone(),
-                    path: format!("/{}", verb.unwrap_or("")),
-                })
+                Client::http(stream, addr, verb).await
+            }
+            Endpoint::Tls(addr) => {
+                let stream = tls_connect(addr, tls).await?;
+                let (r, w) = tokio::io::split(stream);
+                Ok(Client::line(r, w))
+            }
+            Endpoint::Https(addr) => {
+                let stream = tls_connect(addr, tls).await?;
+                Client::http(stream, addr, verb).await
             }
         }
+    }
+
+    /// An HTTP/1.1 client on `stream`, keep-alive.
+    async fn http<S>(stream: S, addr: &str, verb: Option<&str>) -> Result<Client, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Client::Http {
+            sender,
+            authority: addr.to_string(),
+            path: format!("/{}", verb.unwrap_or("")),
+        })
     }
 
     /// Sends one request (with `id`, if any) and reads its answer; answers that came from a
@@ -489,6 +526,53 @@ fn with_id(request: &str, id: &str) -> String {
         Some(rest) => format!("{{\"request_id\":\"{id}\",{rest}"),
         None => format!("{request} --request-id {id}"),
     }
+}
+
+/// A TLS connection to `addr` (`host:port`), its certificate checked against the CAs `tls`
+/// trusts and its name against `host`.
+async fn tls_connect(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = tls.ok_or(
+        "tls:// and https:// need --cacert FILE: the CA that signed the service's certificate",
+    )?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host} is not a name a certificate can carry: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to the service at {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("the TLS handshake with {addr} failed: {e}"))
+}
+
+/// A TLS client configuration that trusts the CA certificates of the PEM file `path`.
+pub fn tls_client(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| format!("--cacert {} is not PEM", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("--cacert {} holds no certificate", path.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// How long a request through NATS core waits for its answer before it is sent again (with an

@@ -8,6 +8,7 @@
 //! | `http+unix:PATH`  | HTTP on a unix socket                                         |
 //! | `stdio`           | one line-protocol connection on stdin/stdout (inetd, systemd `Accept=yes`) |
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
+//! | `tls://HOST:PORT`, `https://HOST:PORT` | the same over TLS (`serve.tls_cert`, `serve.tls_key`; [`super::tls`]) |
 //! | `nats://HOST:PORT[?prefix=P]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
 //! | `nats+js://HOST:PORT[?prefix=P]` | requests from a JetStream work queue, acknowledged after the commit |
 //! | `amqp://HOST:PORT[/VHOST][?prefix=P]` | requests from a RabbitMQ quorum queue, acknowledged after the commit |
@@ -24,7 +25,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
 use crate::protocol::listen::{
-    AMQP, FORMS, HTTP, HTTP_ON, HTTP_UNIX, NATS, NATS_JS, STDIO, SYSTEMD, TCP, UNIX,
+    AMQP, FORMS, HTTP, HTTP_ON, HTTP_UNIX, HTTPS, NATS, NATS_JS, STDIO, SYSTEMD, TCP, TLS, UNIX,
 };
 use crate::protocol::nats::Address;
 
@@ -39,6 +40,8 @@ pub(crate) enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Spec {
     Tcp(Protocol, String, u16),
+    /// TCP with TLS (`tls://`, `https://`).
+    Tls(Protocol, String, u16),
     Unix(Protocol, PathBuf),
     Stdio,
     Systemd(Protocol),
@@ -91,12 +94,15 @@ impl Spec {
         let (protocol, address) = match protocol {
             // `http+` goes before unix: and systemd only; over TCP the scheme says the protocol.
             Protocol::Http => return Err(bad("unknown kind of address")),
-            Protocol::Line => match (spec.strip_prefix(TCP), spec.strip_prefix(HTTP)) {
-                (Some(address), _) => (Protocol::Line, address),
-                (_, Some(address)) => (Protocol::Http, address),
+            Protocol::Line => match [TCP, HTTP, TLS, HTTPS].map(|s| spec.strip_prefix(s)) {
+                [Some(address), ..] => (Protocol::Line, address),
+                [_, Some(address), ..] => (Protocol::Http, address),
+                [_, _, Some(address), _] => (Protocol::Line, address),
+                [.., Some(address)] => (Protocol::Http, address),
                 _ => return Err(bad("unknown kind of address")),
             },
         };
+        let tls = spec.starts_with(TLS) || spec.starts_with(HTTPS);
         let (host, port) = address
             .rsplit_once(':')
             .ok_or_else(|| bad("the port is missing"))?;
@@ -107,13 +113,18 @@ impl Spec {
         if host.is_empty() {
             return Err(bad("the host is missing (127.0.0.1 is loopback)"));
         }
-        Ok(Spec::Tcp(protocol, host.to_string(), port))
+        Ok(match tls {
+            true => Spec::Tls(protocol, host.to_string(), port),
+            false => Spec::Tcp(protocol, host.to_string(), port),
+        })
     }
 }
 
 /// A bound listener.
 pub(crate) enum Listener {
     Tcp(TcpListener, Protocol),
+    /// TCP with TLS, and the certificate it presents.
+    Tls(TcpListener, Protocol, std::sync::Arc<super::tls::Tls>),
     /// With the path to remove on shutdown (not for a socket systemd made).
     Unix(UnixListener, Protocol, Option<PathBuf>),
     Stdio,
@@ -127,11 +138,13 @@ impl Listener {
     /// The address as `--listen` would name it, with the real port.
     pub(crate) fn address(&self) -> String {
         match self {
-            Listener::Tcp(l, protocol) => {
-                let scheme = if *protocol == Protocol::Http {
-                    HTTP
-                } else {
-                    TCP
+            Listener::Tcp(l, protocol) | Listener::Tls(l, protocol, _) => {
+                let tls = matches!(self, Listener::Tls(..));
+                let scheme = match (*protocol == Protocol::Http, tls) {
+                    (true, false) => HTTP,
+                    (false, false) => TCP,
+                    (true, true) => HTTPS,
+                    (false, true) => TLS,
                 };
                 match l.local_addr() {
                     Ok(SocketAddr::V6(a)) => format!("{scheme}[{}]:{}", a.ip(), a.port()),
@@ -182,6 +195,26 @@ pub(crate) async fn bind(
     }
 }
 
+/// Binds TCP `host:port`: loopback, or anywhere with a token.
+async fn bind_tcp(host: &str, port: u16, has_token: bool) -> Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| {
+            Error::config(format!("cannot resolve {host}: {e}"))
+                .hint("use an IP address, e.g. 127.0.0.1")
+        })?
+        .collect();
+    let Some(addr) = addrs.first().copied() else {
+        return Err(Error::config(format!("{host} resolves to no address")));
+    };
+    if !addrs.iter().all(|a| a.ip().is_loopback()) && !has_token {
+        return Err(no_token(host));
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(&format!("{addr}"), e))
+}
+
 async fn bind_all(
     specs: &[Spec],
     settings: &ServeSettings,
@@ -191,23 +224,17 @@ async fn bind_all(
 ) -> Result<()> {
     for spec in specs {
         match spec {
-            Spec::Tcp(protocol, host, port) => {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-                    .await
-                    .map_err(|e| {
-                        Error::config(format!("cannot resolve {host}: {e}"))
-                            .hint("use an IP address, e.g. 127.0.0.1")
-                    })?
-                    .collect();
-                let Some(addr) = addrs.first().copied() else {
-                    return Err(Error::config(format!("{host} resolves to no address")));
+            Spec::Tls(protocol, host, port) => {
+                let alpn: &[&[u8]] = match protocol {
+                    Protocol::Http => &[b"http/1.1"],
+                    Protocol::Line => &[],
                 };
-                if !addrs.iter().all(|a| a.ip().is_loopback()) && !has_token {
-                    return Err(no_token(host));
-                }
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| bind_error(&format!("{addr}"), e))?;
+                let tls = std::sync::Arc::new(super::tls::Tls::load(settings, alpn)?);
+                let listener = bind_tcp(host, *port, has_token).await?;
+                bound.push(Listener::Tls(listener, *protocol, tls));
+            }
+            Spec::Tcp(protocol, host, port) => {
+                let listener = bind_tcp(host, *port, has_token).await?;
                 bound.push(Listener::Tcp(listener, *protocol));
             }
             Spec::Unix(protocol, path) => {

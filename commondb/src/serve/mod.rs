@@ -20,6 +20,7 @@ mod metrics;
 mod nats;
 mod pool;
 mod service;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -181,6 +182,13 @@ impl<T: Task> Server<T> {
         for listener in listeners {
             if let Listener::Unix(_, _, Some(path)) = &listener {
                 paths.push(path.clone());
+            }
+            if let Listener::Tls(_, _, tls) = &listener {
+                service
+                    .tls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::clone(tls));
             }
             let broker = match &listener {
                 Listener::Nats(client, _, address) => {
@@ -370,6 +378,29 @@ async fn accept<T: Task>(
             })
             .await;
         }
+        Listener::Tls(listener, protocol, tls) => {
+            let accept = || listener.accept();
+            accept_until_drained(&phase, accept, |(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                let (service, slots, tracker) = (
+                    Arc::clone(&service),
+                    Arc::clone(&slots),
+                    connections.clone(),
+                );
+                let acceptor = tls.acceptor();
+                // The handshake runs on the connection's own task, bounded, before it takes a
+                // slot: a client that never finishes it holds nothing.
+                connections.spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await
+                    {
+                        spawn_connection(&service, stream, protocol, needs_token, &slots, &tracker);
+                    }
+                });
+            })
+            .await;
+        }
         // The broker decides who may publish: no token.
         Listener::Amqp(worker, _) => {
             amqp::serve(Arc::clone(&service), *worker, slots).await;
@@ -500,20 +531,35 @@ pub(crate) fn sample_line<T: Task>(n: u64, run: &str) -> Result<String> {
 
 /// `--serve`: starts, says it is ready (a line on stderr naming the addresses, and `READY=1`
 /// to systemd), serves until SIGTERM or SIGINT, and shuts down gracefully.
-/// SIGHUP: the secrets are read again (after a credential rotation); new connections use them,
-/// open ones drain as they are. Says so on stderr, without a secret.
-async fn reload_on_hangup(pool: &Pool, out: &Output) {
+/// SIGHUP: the secrets are read again (after a credential rotation), and the TLS listeners'
+/// certificates and keys; new connections use them, open ones drain as they are. Says so on
+/// stderr, without a secret.
+async fn reload_on_hangup<T: Task>(service: &Service<T>, out: &Output) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return std::future::pending().await;
     };
     while hangups.recv().await.is_some() {
-        match pool.reload() {
+        match service.pool.reload() {
             Ok(_) => out.note("SIGHUP: read the secrets again; new connections use them"),
             Err(e) => out.note(format_args!(
                 "SIGHUP: the secrets could not be read again, the old ones stay: {}",
                 e.message()
             )),
+        }
+        let listeners = service
+            .tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for tls in listeners {
+            match tls.reload() {
+                Ok(()) => out.note("SIGHUP: read the TLS certificate and key again"),
+                Err(e) => out.note(format_args!(
+                    "SIGHUP: the TLS certificate or key could not be read, the old ones stay: {}",
+                    e.message()
+                )),
+            }
         }
     }
     std::future::pending().await
@@ -534,8 +580,8 @@ pub(crate) async fn main<T: Task>(
         crate::protocol::ready_line(T::NAME, &server.addresses())
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let pool = Arc::clone(&server.service.pool);
-    let reload = reload_on_hangup(&pool, out);
+    let service = Arc::clone(&server.service);
+    let reload = reload_on_hangup(&service, out);
     let run = server.run(async {
         stop.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -42,6 +42,8 @@ pub(crate) struct Service<T: Task> {
     pub(crate) brokers: std::sync::Mutex<Vec<(String, super::broker::Broker)>>,
     /// Whether the database has the table request ids are recorded in.
     pub(crate) records: bool,
+    /// The TLS listeners' certificates, which SIGHUP reads again.
+    pub(crate) tls: std::sync::Mutex<Vec<Arc<super::tls::Tls>>>,
 }
 
 impl<T: Task> Service<T> {
@@ -73,6 +75,7 @@ impl<T: Task> Service<T> {
             command,
             brokers: std::sync::Mutex::new(Vec::new()),
             records,
+            tls: std::sync::Mutex::new(Vec::new()),
         }
     }
 

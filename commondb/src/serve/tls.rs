@@ -1,0 +1,139 @@
+//! TLS on `--serve`'s TCP listeners: `tls://HOST:PORT` (the line protocol) and
+//! `https://HOST:PORT` (HTTP/1.1), with rustls (nothing to install).
+//!
+//! The certificate chain and its key come from files (`serve.tls_cert`, `serve.tls_key`, PEM);
+//! the key is a secret: a file only its owner can read, at most 64 KiB, as the secrets files.
+//! Both are read at start, and again on SIGHUP ([`Tls::reload`]): connections that are open keep
+//! the certificate they shook hands with, new ones get the new one, and a pair that does not
+//! load (a key that does not match, a file being replaced) leaves the old one in place. A
+//! handshake that does not finish within [`HANDSHAKE_TIMEOUT`] is dropped, before it takes a
+//! connection slot.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ServeSettings;
+use crate::error::{Error, Result};
+use crate::secrets::ExposeSecret;
+
+/// How long a client has to finish its TLS handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest certificate chain file read (1 MiB).
+const MAX_CERT_FILE_BYTES: u64 = 1 << 20;
+
+/// A TLS listener's certificate and key, reloadable.
+pub(crate) struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// ALPN protocols offered (`http/1.1` for `https://`).
+    alpn: Vec<Vec<u8>>,
+    config: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl Tls {
+    /// Loads the pair `settings` names, for a listener speaking `alpn`.
+    pub(crate) fn load(settings: &ServeSettings, alpn: &[&[u8]]) -> Result<Tls> {
+        let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+            return Err(Error::config(
+                "a tls:// or https:// listener needs serve.tls_cert and serve.tls_key",
+            )
+            .hint("set both to PEM files: the certificate chain, and its private key (a file only you can read, chmod 600)"));
+        };
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = server_config(cert, key, &alpn)?;
+        Ok(Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+            alpn,
+            config: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Reads the files again; on failure the old pair stays.
+    pub(crate) fn reload(&self) -> Result<()> {
+        let config = server_config(&self.cert, &self.key, &self.alpn)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    /// The acceptor for the next handshake.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self.config.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+fn server_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> Result<rustls::ServerConfig> {
+    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::config(format!("{what} {} cannot be used: {e}", path.display()))
+    };
+    let chain = read_certificates(cert)?;
+    // The key is a secret: owner only, bounded, never echoed.
+    let Some(pem) = crate::secrets::read(key)? else {
+        return Err(
+            Error::config(format!("the TLS key {} does not exist", key.display()))
+                .hint("set serve.tls_key to the certificate's private key (PEM)"),
+        );
+    };
+    let key_der = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes()).map_err(|_| {
+        Error::config(format!(
+            "the TLS key {} holds no private key",
+            key.display()
+        ))
+        .hint("it must be a PEM private key (PKCS#8, PKCS#1 or SEC1)")
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS cannot be configured: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            bad("the TLS certificate", cert, &e).hint(
+                "check that serve.tls_key is the private key of serve.tls_cert's first certificate",
+            )
+        })?;
+    config.alpn_protocols = alpn.to_vec();
+    Ok(config)
+}
+
+/// The certificates of the PEM file at `path`, the server's first.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::config(format!(
+            "cannot read the certificate {}: {e}",
+            path.display()
+        ))
+        .hint("set the path of a PEM certificate file")
+    })?;
+    crate::config::check_small_file(path, &meta, MAX_CERT_FILE_BYTES, "certificate file")?;
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "cannot read the certificate {}: {e}",
+            path.display()
+        ))
+    })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| {
+            Error::config(format!(
+                "the certificate file {} is not valid PEM",
+                path.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(Error::config(format!(
+            "the certificate file {} holds no certificate",
+            path.display()
+        ))
+        .hint("it must hold PEM certificates, the server's first"));
+    }
+    Ok(chain)
+}

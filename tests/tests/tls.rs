@@ -1,0 +1,207 @@
+//! TLS on `--serve`: `tls://` and `https://` listeners with a certificate from a throwaway CA
+//! (made by openssl), used by runmany and curl; a client that trusts another CA is refused;
+//! SIGHUP loads a new certificate without a restart; a key others can read, or a missing pair,
+//! stops the service before it listens.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use commondb::protocol::listen::{HTTPS, TLS};
+use e2e::{Run, Sandbox};
+
+const EXE: &str = "create-user";
+
+/// Makes a CA named `name` in `dir` and a certificate it signs for 127.0.0.1 and localhost:
+/// `<name>-ca.pem`, `<name>.pem`, `<name>.key` (mode 0600).
+fn certificates(openssl: &Path, dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let (cert, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn runmany(sb: &Sandbox, address: &str, ca: &Path, n: &str) -> Run {
+    Run::of(
+        sb.command(
+            "runmany",
+            &[
+                "-n",
+                n,
+                "-j",
+                "4",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--serve",
+                address,
+                EXE,
+            ],
+        ),
+        None,
+    )
+}
+
+#[test]
+fn tls_listeners_serve_reload_on_sighup_and_refuse_what_is_wrong() {
+    let Some(openssl) = e2e::tool("openssl", "openssl") else {
+        return;
+    };
+    let mut sb = Sandbox::new();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    certificates(&openssl, dir, "one");
+    certificates(&openssl, dir, "two");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::copy(dir.join("one.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("one.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // No pair configured: refused before listening, saying what to set.
+    sb.run(EXE, &["--serve", "--listen", &format!("{TLS}127.0.0.1:0")])
+        .code(78)
+        .stderr_has("serve.tls_cert and serve.tls_key");
+    sb.set_env("COMMONDB_SERVE__TLS_CERT", cert.to_str().unwrap());
+    sb.set_env("COMMONDB_SERVE__TLS_KEY", key.to_str().unwrap());
+    // A key others can read is a secret no more.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    sb.run(EXE, &["--serve", "--listen", &format!("{TLS}127.0.0.1:0")])
+        .code(77)
+        .stderr_has("chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let served = sb.serve(
+        EXE,
+        &[
+            "--listen",
+            &format!("{TLS}127.0.0.1:0"),
+            "--listen",
+            &format!("{HTTPS}127.0.0.1:0"),
+        ],
+    );
+    let (tls, https) = (
+        format!("{TLS}{}", served.address(TLS)),
+        format!("{HTTPS}{}", served.address(HTTPS)),
+    );
+    let (one, two) = (dir.join("one-ca.pem"), dir.join("two-ca.pem"));
+    runmany(&sb, &tls, &one, "300")
+        .code(0)
+        .stdout_has("succeeded   300   failed 0");
+    runmany(&sb, &https, &one, "300")
+        .code(0)
+        .stdout_has("succeeded   300   failed 0");
+    // A client that trusts another CA does not get through.
+    runmany(&sb, &tls, &two, "5")
+        .code(69)
+        .stderr_has("the TLS handshake")
+        .stderr_has("invalid peer certificate");
+    if let Some(curl) = e2e::tool("curl", "curl") {
+        let out = Command::new(curl)
+            .args(["-sS", "--cacert"])
+            .arg(&one)
+            .args(["-X", "POST", &format!("{https}/create"), "-d"])
+            .arg(r#"{"username": "curly", "email": "c@example.com"}"#)
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains(r#""ok":true"#), "{body} {out:?}");
+    }
+
+    // SIGHUP: the new certificate (another CA's) for new connections, without a restart.
+    std::fs::copy(dir.join("two.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("two.key"), &key).unwrap();
+    e2e::signal(served.pid(), rustix::process::Signal::HUP);
+    e2e::wait_for("the reload note", 10, || {
+        served
+            .stderr()
+            .contains("read the TLS certificate and key again")
+            .then_some(())
+    })
+    .unwrap();
+    runmany(&sb, &tls, &two, "100")
+        .code(0)
+        .stdout_has("succeeded   100   failed 0");
+    runmany(&sb, &tls, &one, "5")
+        .code(69)
+        .stderr_has("invalid peer certificate");
+    // A pair that does not load leaves the one in use.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    e2e::signal(served.pid(), rustix::process::Signal::HUP);
+    e2e::wait_for("the refusal note", 10, || {
+        served
+            .stderr()
+            .contains("could not be read, the old ones stay")
+            .then_some(())
+    })
+    .unwrap();
+    runmany(&sb, &https, &two, "100")
+        .code(0)
+        .stdout_has("succeeded   100   failed 0");
+    let (code, said) = served.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+    let users = e2e::sqlite_count(&sb.database(EXE), "SELECT COUNT(*) FROM users");
+    assert_eq!(
+        users,
+        300 + 300 + 100 + 100 + i64::from(e2e::tool("curl", "curl").is_some())
+    );
+}
