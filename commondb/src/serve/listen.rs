@@ -446,6 +446,14 @@ mod tests {
             Spec::Tcp(Protocol::Http, "::1".into(), 0)
         );
         assert_eq!(
+            Spec::parse("tls://127.0.0.1:7443").unwrap(),
+            Spec::Tls(Protocol::Line, "127.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            Spec::parse("https://[::1]:0").unwrap(),
+            Spec::Tls(Protocol::Http, "::1".into(), 0)
+        );
+        assert_eq!(
             Spec::parse("http+unix:/run/x.sock").unwrap(),
             Spec::Unix(Protocol::Http, "/run/x.sock".into())
         );
@@ -468,7 +476,7 @@ mod tests {
             assert_eq!(
                 e.hint_text(),
                 Some(
-                    "use tcp://HOST:PORT, http://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]"
+                    "use tcp://HOST:PORT, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]"
                 ),
                 "{bad}"
             );
