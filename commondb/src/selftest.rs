@@ -224,9 +224,9 @@ fn scratch_settings(settings: &Settings, dir: &std::path::Path, exe: &str) -> Re
             exe.to_ascii_lowercase()
         ))
     };
-    let url = match configured {
-        Some(configured) => configured.scratch_url(name)?,
-        None => None,
+    let url = match (configured, &settings.database_url) {
+        (Some(configured), Some(url)) => configured.scratch_url(url, name)?,
+        _ => None,
     };
     if let Some(url) = url {
         // Written before anything is made, for the next self-test if this one is killed.

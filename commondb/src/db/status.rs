@@ -57,6 +57,9 @@ pub struct StatusReport {
     pub problem: Option<String>,
     #[serde(skip)]
     problem_kind: Option<ErrorKind>,
+    /// Whether the connection to a server is encrypted: `TLS (TLSv1.3)`, or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     /// The brokers the configuration's listeners name (`serve.listen`), checked by the mode.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub brokers: Vec<crate::serve::BrokerStatus>,
@@ -103,6 +106,9 @@ impl fmt::Display for StatusReport {
             "not reachable"
         };
         writeln!(f, "database:  {} ({reach})", self.database)?;
+        if let Some(encryption) = &self.encryption {
+            writeln!(f, "encryption: {encryption}")?;
+        }
         match self.schema_version {
             Some(v) => write!(
                 f,
@@ -142,25 +148,44 @@ impl fmt::Display for StatusReport {
     }
 }
 
+impl StatusReport {
+    /// The report before anything was checked: not set up, as far as it knows.
+    fn unchecked(target: &Target, binary_version: i64) -> StatusReport {
+        StatusReport {
+            backend: target.backend(),
+            database: target.location.to_string(),
+            reachable: false,
+            state: State::NotSetUp,
+            schema_version: None,
+            binary_version,
+            pending: Vec::new(),
+            drifted: Vec::new(),
+            unknown: Vec::new(),
+            failed: Vec::new(),
+            problem: None,
+            problem_kind: None,
+            encryption: None,
+            brokers: Vec::new(),
+        }
+    }
+}
+
+/// Whether the connection is encrypted, as the server sees it; unknown (a server without the
+/// view, or an embedded file) is left out rather than guessed.
+async fn encryption(conn: &mut super::Conn) -> Option<String> {
+    let sql = conn.backend().dialect().encryption()?;
+    let version = conn.strings(sql).await.ok()?.into_iter().next()?;
+    Some(match version.is_empty() {
+        true => "none: the connection is not encrypted (sslmode in database_url)".into(),
+        false => format!("TLS ({version})"),
+    })
+}
+
 /// Reports on `target` without changing anything.
 pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<StatusReport> {
     let migrator = migrations.for_backend(target.backend());
     let (_, binary_version) = schema::embedded(migrator);
-    let mut report = StatusReport {
-        backend: target.backend(),
-        database: target.location.to_string(),
-        reachable: false,
-        state: State::NotSetUp,
-        schema_version: None,
-        binary_version,
-        pending: Vec::new(),
-        drifted: Vec::new(),
-        unknown: Vec::new(),
-        failed: Vec::new(),
-        problem: None,
-        problem_kind: None,
-        brokers: Vec::new(),
-    };
+    let mut report = StatusReport::unchecked(target, binary_version);
     if let Some(missing) = target.location.missing() {
         report.problem = Some(missing);
         return Ok(report);
@@ -178,6 +203,7 @@ pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<Stat
         }
     };
     report.reachable = true;
+    report.encryption = encryption(&mut conn).await;
     let applied = schema::applied(&mut conn).await;
     let _ = conn.close().await;
     let applied = applied?;

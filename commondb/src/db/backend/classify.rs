@@ -202,6 +202,18 @@ pub(crate) fn refused_rows(e: sqlx::Error, table: &str, row: Option<u64>) -> Err
     .hint("the backup holds rows this schema refuses (a duplicate key, a missing value, a value out of range); correct them where the backup was taken and take it again, or restore it where they fit")
 }
 
+/// A TLS handshake with `endpoint` that failed, with what to check.
+fn tls_error(endpoint: &str, text: &str) -> Error {
+    let hint = if text.contains("NotValidForName") || text.contains("not valid for name") {
+        "the server's certificate does not carry the host name in database_url: connect by a name it carries, or use sslmode=verify-ca (the CA checked, not the name)"
+    } else if text.contains("certificate") {
+        "the server's certificate is not signed by the CA in sslrootcert (or the system's roots): point sslrootcert at the CA file that signed it"
+    } else {
+        "check sslmode and sslrootcert in database_url"
+    };
+    Error::unavailable(format!("the TLS handshake with {endpoint} failed: {text}")).hint(hint)
+}
+
 /// Classifies a failure to connect to `server`: transient ones come back as
 /// [`ErrorKind::Temporary`] (and are retried by the caller).
 pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
@@ -221,6 +233,10 @@ pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
                 Io::ConnectionRefused => {
                     Error::unavailable(format!("cannot connect to {endpoint}: connection refused"))
                         .hint("check that the server is running and listening there")
+                }
+                // rustls's refusals come through sqlx as I/O errors.
+                _ if io.to_string().contains("certificate") => {
+                    tls_error(&endpoint, &io.to_string())
                 }
                 _ => Error::unavailable(format!("cannot connect to {endpoint}: {io}"))
                     .hint("check the host name and port in database_url"),
@@ -249,10 +265,7 @@ pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
                 _ => Error::from(e),
             }
         }
-        sqlx::Error::Tls(t) => {
-            Error::unavailable(format!("the TLS handshake with {endpoint} failed: {t}"))
-                .hint("check sslmode in database_url")
-        }
+        sqlx::Error::Tls(t) => tls_error(&endpoint, &t.to_string()),
         _ => Error::from(e),
     }
 }

@@ -52,6 +52,11 @@ pub(crate) trait Dialect: Sync {
     fn tables(&self) -> &'static str;
     /// `COUNT(*)` of the current database's (schema's) tables named by the one parameter.
     fn table_exists(&self) -> &'static str;
+    /// A query of one text column: the TLS version of this connection, empty when it is not
+    /// encrypted (`--self-status`); `None` where there is no connection to encrypt.
+    fn encryption(&self) -> Option<&'static str> {
+        None
+    }
     /// The statements that create the request ids' table (`db::requests`) if it is missing:
     /// `(executable, id)` the primary key, compared byte for byte; `answer` the JSON text;
     /// `at` seconds since the epoch, indexed for pruning.

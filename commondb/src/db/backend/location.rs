@@ -228,11 +228,23 @@ impl Location {
     /// the default in the scratch directory.
     pub(crate) fn scratch_url(
         &self,
+        configured: &str,
         name: impl FnOnce() -> Result<String>,
     ) -> Result<Option<String>> {
         match self {
             Location::Sqlite(_) => Ok(None),
-            Location::Server(server) => Ok(Some(server.with_database(&name()?).display())),
+            // The configured URL with the scratch database in it: how to connect (sslmode, the
+            // CA) stays as configured.
+            Location::Server(server) => {
+                let name = name()?;
+                match url::Url::parse(configured) {
+                    Ok(mut url) if url.query().is_some() => {
+                        url.set_path(&format!("/{name}"));
+                        Ok(Some(url.to_string()))
+                    }
+                    _ => Ok(Some(server.with_database(&name).display())),
+                }
+            }
         }
     }
 

@@ -54,6 +54,11 @@ impl Dialect for MySql {
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1"
     }
+    fn encryption(&self) -> Option<&'static str> {
+        Some(
+            "SELECT COALESCE((SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'SSL_VERSION'), '')",
+        )
+    }
     fn requests_table(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE IF NOT EXISTS `_commondb_requests` (executable VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, id VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, answer MEDIUMTEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (executable, id), KEY `_commondb_requests_at` (executable, at))",

@@ -58,6 +58,11 @@ impl Dialect for Postgres {
         "SELECT table_name::text FROM information_schema.tables \
          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1"
     }
+    fn encryption(&self) -> Option<&'static str> {
+        Some(
+            "SELECT COALESCE((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), '')",
+        )
+    }
     fn requests_table(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE IF NOT EXISTS \"_commondb_requests\" (executable TEXT NOT NULL, id TEXT NOT NULL, answer TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (executable, id))",
