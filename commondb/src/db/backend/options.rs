@@ -44,12 +44,27 @@ impl ServerOptions {
             }
         };
         // sqlx's messages describe the fault without repeating the URL.
-        parsed.map_err(|e| {
+        let parsed = parsed.map_err(|e| {
             Error::config(format!(
                 "the {} database URL is not valid: {e}",
                 backend.name()
             ))
             .hint("e.g. postgres://127.0.0.1:5432/shop or mysql://127.0.0.1:3306/shop")
+        })?;
+        // TLS when the URL (or PGSSLMODE) asks for it; otherwise a plain connection, as before
+        // TLS was built in, rather than sqlx's `prefer`: its TLS handshake costs ~90 ms per
+        // connection here (scripts/bench-create-tls), which every one-shot call would pay.
+        let asked = url.contains("sslmode=")
+            || url.contains("ssl-mode=")
+            || (backend == Backend::Postgres && std::env::var_os("PGSSLMODE").is_some());
+        Ok(match parsed {
+            ServerOptions::Postgres(o) if !asked => {
+                ServerOptions::Postgres(o.ssl_mode(sqlx::postgres::PgSslMode::Disable))
+            }
+            ServerOptions::MySql(o) if !asked => {
+                ServerOptions::MySql(o.ssl_mode(sqlx::mysql::MySqlSslMode::Disabled))
+            }
+            other => other,
         })
     }
 
