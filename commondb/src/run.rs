@@ -177,10 +177,7 @@ pub(crate) async fn execute_once<T: Task>(
     let executed = {
         let work = async {
             let output = T::execute(&mut tx, request).await?;
-            let answer = serde_json::to_string(&crate::protocol::Answer::success(&output))
-                .map_err(|e| {
-                    Error::internal(format!("the task's output cannot be encoded: {e}"))
-                })?;
+            let answer = requests::answer_text(&output)?;
             requests::record(&mut tx, T::NAME, id, &answer).await?;
             Ok(answer)
         };

@@ -1256,3 +1256,83 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
         .expect("a process id");
     rustix::process::kill_process(pid, signal).expect("the signal was sent");
 }
+
+/// A TCP port nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Makes, with `openssl`, a throwaway CA named `name` in `dir` and a certificate it signs for
+/// the names `san` (`IP:127.0.0.1,DNS:localhost`): `<name>-ca.pem`, `<name>.pem` and
+/// `<name>.key` (mode 0600).
+pub fn certificates(openssl: &Path, dir: &Path, name: &str, san: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let (cert, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &format!("{name}.ext"),
+    ]);
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+}

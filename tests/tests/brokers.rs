@@ -347,11 +347,7 @@ struct PrivateNats {
 impl PrivateNats {
     fn start() -> Option<PrivateNats> {
         nats_server()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = e2e::free_port();
         let mut nats = PrivateNats {
             port,
             dir: tempfile::tempdir().unwrap(),
@@ -411,33 +407,10 @@ fn jetstream_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend
         return;
     };
     let url = format!("nats+js://127.0.0.1:{}", broker.port);
-    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
-    sb.run_admin(EXE, &["--self-setup"]).code(0);
-    let http = format!("{HTTP}127.0.0.1:0");
-    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
-    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
-
-    let load = runmany_durable(&sb, &url, "1000");
-    e2e::wait_for("the workers to answer 300", 30, || {
-        (served_ok(&one) + served_ok(&two) >= 300.0).then_some(())
-    })
-    .unwrap();
-    broker.stop();
-    // While it is down, the workers say so.
-    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
-    assert_eq!(status, 503, "{health}");
-    std::thread::sleep(Duration::from_millis(500));
-    broker.run();
-    let out = load.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = restarted_under_load(&mut sb, &url, &mut broker);
     // Publishes are retried under their id until the server confirms them, so every request
     // is stored and applied, once; an answer published while a client was reconnecting may be
     // lost (NATS core carries answers), and is then a timeout, never a second row.
-    assert_eq!(users(&sb), 1000, "nothing lost, nothing doubled: {text}");
-    assert_eq!(
-        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
-        1000
-    );
     let succeeded: u64 = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("succeeded"))
@@ -455,11 +428,68 @@ fn jetstream_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend
         "nats-server restarted under runmany -n 1000 through JetStream on {backend:?}: 1000 rows, {succeeded} answered, {} answers from a redelivery",
         redelivered(&text)
     );
-    let (code, said) = one.terminate();
-    assert_eq!(code, Some(0), "{said}");
-    let (code, said) = two.terminate();
-    assert_eq!(code, Some(0), "{said}");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// A broker a test can stop and start again.
+trait Restartable {
+    fn stop(&mut self);
+    fn run(&mut self);
+}
+
+impl Restartable for PrivateNats {
+    fn stop(&mut self) {
+        PrivateNats::stop(self);
+    }
+    fn run(&mut self) {
+        PrivateNats::run(self);
+    }
+}
+
+impl Restartable for PrivateRabbit {
+    fn stop(&mut self) {
+        PrivateRabbit::stop(self);
+    }
+    fn run(&mut self) {
+        PrivateRabbit::run(self);
+    }
+}
+
+/// Two workers on `url` under runmany -n 1000; after 300 answers the broker is stopped (the
+/// workers' /healthz says 503 meanwhile) and started again; both workers then stop gracefully.
+/// Returns runmany's report, after checking that nothing was lost or doubled.
+fn restarted_under_load(
+    sb: &mut BackendSandbox,
+    url: &str,
+    broker: &mut dyn Restartable,
+) -> String {
+    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
+    sb.run_admin(EXE, &["--self-setup"]).code(0);
+    let http = format!("{HTTP}127.0.0.1:0");
+    let one = sb.serve(EXE, &["--listen", url, "--listen", &http]);
+    let two = sb.serve(EXE, &["--listen", url, "--listen", &http]);
+    let load = runmany_durable(sb, url, "1000");
+    e2e::wait_for("the workers to answer 300", 30, || {
+        (served_ok(&one) + served_ok(&two) >= 300.0).then_some(())
+    })
+    .unwrap();
+    broker.stop();
+    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
+    assert_eq!(status, 503, "{health}");
+    std::thread::sleep(Duration::from_millis(500));
+    broker.run();
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(users(sb), 1000, "nothing lost, nothing doubled: {text}");
+    assert_eq!(
+        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
+        1000
+    );
+    for worker in [one, two] {
+        let (code, said) = worker.terminate();
+        assert_eq!(code, Some(0), "{said}");
+    }
+    text
 }
 
 /// Through JetStream on SQLite: a request that fails for a passing reason (the database busy)
@@ -803,19 +833,11 @@ struct PrivateRabbit {
     child: Option<std::process::Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl PrivateRabbit {
     fn start(name: &str) -> Option<PrivateRabbit> {
         e2e::tool("rabbitmq-server", "rabbitmq-server")?;
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = e2e::free_port();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
@@ -831,7 +853,7 @@ impl PrivateRabbit {
         let mut rabbit = PrivateRabbit {
             node: format!("e2e{name}{}@localhost", std::process::id()),
             port,
-            dist_port: free_port(),
+            dist_port: e2e::free_port(),
             dir,
             child: None,
         };
@@ -903,39 +925,14 @@ fn rabbitmq_loses_and_doubles_nothing_when_the_broker_restarts(backend: Backend)
         return;
     };
     let url = format!("amqp://127.0.0.1:{}", broker.port);
-    sb.set_env("COMMONDB_SERVE__REQUEST_TIMEOUT_MS", "1000");
-    sb.run_admin(EXE, &["--self-setup"]).code(0);
-    let http = format!("{HTTP}127.0.0.1:0");
-    let one = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
-    let two = sb.serve(EXE, &["--listen", &url, "--listen", &http]);
-
-    let load = runmany_durable(&sb, &url, "1000");
-    e2e::wait_for("the workers to answer 300", 30, || {
-        (served_ok(&one) + served_ok(&two) >= 300.0).then_some(())
-    })
-    .unwrap();
-    broker.stop();
-    let (status, health) = e2e::http(&one.address(HTTP), "GET", "/healthz", &[], b"");
-    assert_eq!(status, 503, "{health}");
-    broker.run();
-    let out = load.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // Published again under their ids until confirmed, the durable queue kept across the
-    // restart: every request applied, once.
-    assert_eq!(users(&sb), 1000, "nothing lost, nothing doubled: {text}");
-    assert_eq!(
-        sb.count(EXE, "SELECT COUNT(*) FROM _commondb_requests"),
-        1000
-    );
+    // restart: every request applied, once, and answered.
+    let text = restarted_under_load(&mut sb, &url, &mut broker);
     assert!(text.contains("succeeded   1000   failed 0"), "{text}");
     eprintln!(
         "RabbitMQ restarted under runmany -n 1000 on {backend:?}: 1000 rows, 1000 answered, {} answers from a redelivery",
         redelivered(&text)
     );
-    let (code, said) = one.terminate();
-    assert_eq!(code, Some(0), "{said}");
-    let (code, said) = two.terminate();
-    assert_eq!(code, Some(0), "{said}");
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
 }
 
@@ -950,8 +947,8 @@ struct NatsCluster {
 impl NatsCluster {
     fn start() -> Option<NatsCluster> {
         let binary = nats_server()?;
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3).map(|_| e2e::free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| e2e::free_port()).collect();
         let all_routes = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))

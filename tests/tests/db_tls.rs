@@ -44,62 +44,9 @@ impl PrivatePostgres {
         };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ssl = |args: &[&str]| {
-            let out = Command::new(openssl)
-                .args(args)
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "openssl {args:?}: {out:?}");
-        };
-        for ca in ["ca", "other-ca"] {
-            ssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={ca}"),
-            ]);
-        }
-        ssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
         // The certificate names localhost only: 127.0.0.1 is a name it does not carry.
-        std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-        ssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        e2e::certificates(openssl, d, "server", "DNS:localhost");
+        e2e::certificates(openssl, d, "other", "DNS:localhost");
         std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
             .unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -126,11 +73,7 @@ impl PrivatePostgres {
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = e2e::free_port();
         let child = as_postgres(&bin.join("postgres"))
             .arg("-D")
             .arg(d.join("data"))
@@ -194,7 +137,7 @@ fn every_mode_runs_over_tls_to_postgresql_and_bad_certificates_are_refused() {
     };
     let mut sb = Sandbox::new();
     let port = pg.port;
-    let ca = pg.ca("ca");
+    let ca = pg.ca("server-ca");
     let url = |host: &str, mode: &str, ca: &str| {
         format!("postgres://{host}:{port}/e2e_tls?sslmode={mode}&sslrootcert={ca}")
     };

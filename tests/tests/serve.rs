@@ -556,7 +556,7 @@ impl PrivatePostgres {
     }
 
     fn start() -> PrivatePostgres {
-        let port = free_port();
+        let port = e2e::free_port();
         let pg = PrivatePostgres {
             dir: tempfile::Builder::new().prefix("pg-").tempdir().unwrap(),
             port,
@@ -590,7 +590,7 @@ fn systemd_sockets_are_served_and_readiness_is_notified() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let port = free_port();
+    let port = e2e::free_port();
     let notify_env = format!("NOTIFY_SOCKET={}", notify_path.display());
     let Some(cmd) = socket_activated(&sb, &format!("127.0.0.1:{port}"), &[&notify_env]) else {
         return;
@@ -638,15 +638,6 @@ fn socket_activated(sb: &Sandbox, address: &str, extra: &[&str]) -> Option<std::
         .current_dir(sb.root())
         .stdin(Stdio::null());
     Some(cmd)
-}
-
-/// A TCP port nothing listens on (at the moment of asking).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// SIGTERM while requests wait behind a lock: after the grace period, a request that had not
@@ -797,7 +788,7 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
 #[test]
 fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
     let sb = Sandbox::new();
-    let port = free_port();
+    let port = e2e::free_port();
     let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &[]) else {
         return;
     };

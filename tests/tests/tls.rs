@@ -12,75 +12,6 @@ use e2e::{Run, Sandbox};
 
 const EXE: &str = "create-user";
 
-/// Makes a CA named `name` in `dir` and a certificate it signs for 127.0.0.1 and localhost:
-/// `<name>-ca.pem`, `<name>.pem`, `<name>.key` (mode 0600).
-fn certificates(openssl: &Path, dir: &Path, name: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new(openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
-    let (cert, key, csr) = (
-        format!("{name}.pem"),
-        format!("{name}.key"),
-        format!("{name}.csr"),
-    );
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=e2e test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &cert,
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn runmany(sb: &Sandbox, address: &str, ca: &Path, n: &str) -> Run {
     Run::of(
         sb.command(
@@ -109,8 +40,8 @@ fn tls_listeners_serve_reload_on_sighup_and_refuse_what_is_wrong() {
     let mut sb = Sandbox::new();
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path();
-    certificates(&openssl, dir, "one");
-    certificates(&openssl, dir, "two");
+    e2e::certificates(&openssl, dir, "one", "IP:127.0.0.1,DNS:localhost");
+    e2e::certificates(&openssl, dir, "two", "IP:127.0.0.1,DNS:localhost");
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
     std::fs::copy(dir.join("one.pem"), &cert).unwrap();
     std::fs::copy(dir.join("one.key"), &key).unwrap();

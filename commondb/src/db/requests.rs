@@ -95,6 +95,13 @@ fn now_s() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The answer to record for a request whose task returned `output`: the JSON `--serve` sends
+/// (without its newline).
+pub(crate) fn answer_text<O: serde::Serialize>(output: &O) -> Result<String> {
+    serde_json::to_string(&crate::protocol::Answer::success(output))
+        .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))
+}
+
 /// Records request `id` of executable `exe` with its `answer`, in the task's transaction.
 pub(crate) async fn record(tx: &mut Tx<'_>, exe: &str, id: &RequestId, answer: &str) -> Result<()> {
     tx.execute(

@@ -20,7 +20,6 @@ use super::service::{Reply, Served, cut_error, reusable, timeout_error};
 use super::{Phase, Stage};
 use crate::db::requests::{self, Recorded, RequestId};
 use crate::error::{Error, Result};
-use crate::protocol::Answer;
 use crate::task::Task;
 
 /// The most requests one transaction carries.
@@ -172,8 +171,7 @@ async fn once<T: Task>(
             let mut tx = lease.begin(true, false).await?;
             T::execute(&mut tx, request).await?
         };
-        let answer = serde_json::to_string(&Answer::success(&output))
-            .map_err(|e| Error::internal(format!("the task's output cannot be encoded: {e}")))?;
+        let answer = requests::answer_text(&output)?;
         requests::record_on(lease.conn(), T::NAME, id, &answer).await?;
         Ok::<_, Error>(answer)
     }

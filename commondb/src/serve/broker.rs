@@ -158,58 +158,78 @@ impl std::fmt::Display for BrokerStatus {
 /// Checks the brokers among `listen` (the configured listeners) for executable `exe`, read-only:
 /// connects, and reads its stream or queue if it has one. Other listeners are left out.
 pub(crate) async fn probe(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
-    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
     let mut found = Vec::new();
-    for spec in listen {
-        let status = if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
-            match crate::protocol::nats::Address::parse(spec) {
-                Ok(address) => probe_nats(&address, exe).await,
-                Err(e) => Err(e),
-            }
-        } else if spec.starts_with(AMQP) {
-            match crate::protocol::amqp::Address::parse(spec) {
-                Ok(address) => probe_amqp(&address, exe).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            continue;
+    for (spec, named) in named(listen) {
+        let status = match named {
+            Ok(Named::Nats(address)) => probe_nats(&address, exe).await,
+            Ok(Named::Amqp(address)) => probe_amqp(&address, exe).await,
+            Err(e) => Err(e),
         };
-        found.push(match status {
-            Ok(queue) => BrokerStatus {
-                address: spec.clone(),
-                reachable: true,
-                queue,
-                problem: None,
-            },
-            Err(problem) => BrokerStatus {
-                address: spec.clone(),
-                reachable: false,
-                queue: None,
-                problem: Some(problem),
-            },
+        let (reachable, queue, problem) = match status {
+            Ok(queue) => (true, queue, None),
+            Err(problem) => (false, None, Some(problem)),
+        };
+        found.push(BrokerStatus {
+            address: spec.clone(),
+            reachable,
+            queue,
+            problem,
         });
     }
     found
 }
 
-/// The durable brokers among `listen` (the configured listeners): JetStream and RabbitMQ, which
-/// keep a stream or queues that setup makes and cleanup deletes (NATS core keeps nothing).
-enum Durable {
+/// A broker a listener names.
+enum Named {
     Nats(crate::protocol::nats::Address),
     Amqp(crate::protocol::amqp::Address),
 }
 
-fn durable(listen: &[String]) -> Result<Vec<Durable>> {
-    use crate::protocol::listen::{AMQP, NATS_JS};
-    let usage = |e: String| Error::config(format!("serve.listen: {e}"));
+impl Named {
+    /// Whether it keeps requests (a JetStream stream, RabbitMQ queues), which setup makes and
+    /// cleanup deletes; NATS core keeps nothing.
+    fn durable(&self) -> bool {
+        match self {
+            Named::Nats(address) => address.durable,
+            Named::Amqp(_) => true,
+        }
+    }
+}
+
+/// The brokers among `listen` (the configured listeners), each with its address parsed (or
+/// why it does not parse); the other listeners are left out.
+fn named(listen: &[String]) -> Vec<(&String, std::result::Result<Named, String>)> {
+    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
+    listen
+        .iter()
+        .filter_map(|spec| {
+            let named = if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
+                crate::protocol::nats::Address::parse(spec).map(Named::Nats)
+            } else if spec.starts_with(AMQP) {
+                crate::protocol::amqp::Address::parse(spec).map(Named::Amqp)
+            } else {
+                return None;
+            };
+            Some((spec, named))
+        })
+        .collect()
+}
+
+/// Whether `listen` names a broker.
+pub(crate) fn any(listen: &[String]) -> bool {
+    !named(listen).is_empty()
+}
+
+/// The durable brokers among `listen`; one that does not parse is a configuration error.
+fn durable(listen: &[String]) -> Result<Vec<Named>> {
     let mut found = Vec::new();
-    for spec in listen {
-        if spec.starts_with(NATS_JS) {
-            let address = crate::protocol::nats::Address::parse(spec).map_err(usage)?;
-            found.push(Durable::Nats(address));
-        } else if spec.starts_with(AMQP) {
-            let address = crate::protocol::amqp::Address::parse(spec).map_err(usage)?;
-            found.push(Durable::Amqp(address));
+    for (spec, named) in named(listen) {
+        match named {
+            Ok(named) if named.durable() => found.push(named),
+            Ok(_) => {}
+            // NATS core keeps nothing: a core address setup cannot read is --serve's to refuse.
+            Err(_) if spec.starts_with(crate::protocol::listen::NATS) => {}
+            Err(e) => return Err(Error::config(format!("serve.listen: {e}"))),
         }
     }
     Ok(found)
@@ -220,11 +240,11 @@ pub(crate) fn clean_up_plan(listen: &[String], exe: &str) -> Result<Vec<String>>
     Ok(durable(listen)?
         .into_iter()
         .map(|d| match d {
-            Durable::Nats(a) => format!(
+            Named::Nats(a) => format!(
                 "the stream {} on {a}, with the requests waiting and parked in it",
                 a.stream(exe)
             ),
-            Durable::Amqp(a) => format!(
+            Named::Amqp(a) => format!(
                 "the queues {} and {} on {a}, with the requests in them",
                 a.queue(exe),
                 a.dead_queue(exe)
@@ -242,8 +262,8 @@ pub(crate) async fn set_up(
     let mut done = Vec::new();
     for broker in durable(listen)? {
         done.push(match broker {
-            Durable::Nats(address) => super::nats::set_up(&address, exe, limits).await?,
-            Durable::Amqp(address) => super::amqp::set_up(&address, exe).await?,
+            Named::Nats(address) => super::nats::set_up(&address, exe, limits).await?,
+            Named::Amqp(address) => super::amqp::set_up(&address, exe).await?,
         });
     }
     Ok(done)
@@ -254,8 +274,8 @@ pub(crate) async fn clean_up(listen: &[String], exe: &str) -> Result<Vec<String>
     let mut gone = Vec::new();
     for broker in durable(listen)? {
         let went = match broker {
-            Durable::Nats(address) => super::nats::clean_up(&address, exe).await?,
-            Durable::Amqp(address) => super::amqp::clean_up(&address, exe).await?,
+            Named::Nats(address) => super::nats::clean_up(&address, exe).await?,
+            Named::Amqp(address) => super::amqp::clean_up(&address, exe).await?,
         };
         gone.extend(went);
     }

@@ -307,16 +307,9 @@ async fn prune<T: Task>(service: Arc<Service<T>>) {
 
 pub use broker::BrokerStatus;
 
-/// Whether `listen` (the configured listeners) names a broker.
-pub(crate) fn brokers_among(listen: &[String]) -> bool {
-    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
-    listen
-        .iter()
-        .any(|s| s.starts_with(NATS) || s.starts_with(NATS_JS) || s.starts_with(AMQP))
-}
-
 pub(crate) use broker::{
-    clean_up as clean_up_brokers, clean_up_plan as broker_plan, set_up as set_up_brokers,
+    any as brokers_among, clean_up as clean_up_brokers, clean_up_plan as broker_plan,
+    set_up as set_up_brokers,
 };
 
 /// `--self-status` on the brokers `listen` names, for executable `exe`.
