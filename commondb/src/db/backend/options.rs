@@ -24,6 +24,18 @@ pub(crate) enum ServerOptions {
     MySql(MySqlConnectOptions),
 }
 
+/// Whether a server is reached without leaving this machine: a unix socket, `localhost` or a
+/// loopback address (no name is resolved here).
+fn on_this_machine(host: &str, socket: Option<&std::path::PathBuf>) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    socket.is_some()
+        || host.eq_ignore_ascii_case("localhost")
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl ServerOptions {
     /// Parses a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL.
     /// The query string may only say how to connect, never where or as whom (see
@@ -51,17 +63,19 @@ impl ServerOptions {
             ))
             .hint("e.g. postgres://127.0.0.1:5432/shop or mysql://127.0.0.1:3306/shop")
         })?;
-        // TLS when the URL (or PGSSLMODE) asks for it; otherwise a plain connection, as before
-        // TLS was built in, rather than sqlx's `prefer`: its TLS handshake costs ~90 ms per
-        // connection here (scripts/bench-create-tls), which every one-shot call would pay.
+        // Without an sslmode, a server on this machine (loopback or a unix socket) is reached
+        // plain: nothing crosses a wire, and TLS would add ~4 ms to every one-shot call
+        // (scripts/bench-create-tls). Any other host gets the servers' own default, `prefer`.
         let asked = url.contains("sslmode=")
             || url.contains("ssl-mode=")
             || (backend == Backend::Postgres && std::env::var_os("PGSSLMODE").is_some());
         Ok(match parsed {
-            ServerOptions::Postgres(o) if !asked => {
+            ServerOptions::Postgres(o)
+                if !asked && on_this_machine(o.get_host(), o.get_socket()) =>
+            {
                 ServerOptions::Postgres(o.ssl_mode(sqlx::postgres::PgSslMode::Disable))
             }
-            ServerOptions::MySql(o) if !asked => {
+            ServerOptions::MySql(o) if !asked && on_this_machine(o.get_host(), o.get_socket()) => {
                 ServerOptions::MySql(o.ssl_mode(sqlx::mysql::MySqlSslMode::Disabled))
             }
             other => other,
@@ -501,5 +515,49 @@ mod tests {
         assert!(!format!("{o:?}").contains("hunter2"));
         let s = ServerOptions::parse("mariadb://root@127.0.0.1:3306/shop", Backend::MySql).unwrap();
         assert_eq!(s.display(), "mysql://127.0.0.1:3306/shop");
+    }
+
+    #[test]
+    fn without_sslmode_only_this_machine_is_reached_plain() {
+        use sqlx::mysql::MySqlSslMode;
+        use sqlx::postgres::PgSslMode;
+        // PGSSLMODE would count as asking; the test environment does not set it.
+        let pg = |url: &str| match ServerOptions::parse(url, Backend::Postgres).unwrap() {
+            ServerOptions::Postgres(o) => o.get_ssl_mode(),
+            _ => unreachable!(),
+        };
+        let my = |url: &str| match ServerOptions::parse(url, Backend::MySql).unwrap() {
+            ServerOptions::MySql(o) => o.get_ssl_mode(),
+            _ => unreachable!(),
+        };
+        for url in [
+            "postgres://127.0.0.1:5432/shop",
+            "postgres://localhost/shop",
+            "postgres://[::1]:5432/shop",
+            "postgres:///shop?host=/run/postgresql",
+        ] {
+            assert!(matches!(pg(url), PgSslMode::Disable), "{url}");
+        }
+        assert!(matches!(
+            pg("postgres://db.internal/shop"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(pg("postgres://10.0.0.5/shop"), PgSslMode::Prefer));
+        assert!(matches!(
+            pg("postgres://127.0.0.1/shop?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            my("mysql://127.0.0.1:3306/shop"),
+            MySqlSslMode::Disabled
+        ));
+        assert!(matches!(
+            my("mysql://db.internal:3306/shop"),
+            MySqlSslMode::Preferred
+        ));
+        assert!(matches!(
+            my("mariadb://localhost/shop?ssl-mode=required"),
+            MySqlSslMode::Required
+        ));
     }
 }
