@@ -8,6 +8,7 @@ use sqlx::mysql::MySqlDatabaseError;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::sqlite::SqliteError;
 
+use super::Backend;
 use super::options::ServerOptions;
 use crate::error::{Error, ErrorKind};
 
@@ -202,16 +203,29 @@ pub(crate) fn refused_rows(e: sqlx::Error, table: &str, row: Option<u64>) -> Err
     .hint("the backup holds rows this schema refuses (a duplicate key, a missing value, a value out of range); correct them where the backup was taken and take it again, or restore it where they fit")
 }
 
-/// A TLS handshake with `endpoint` that failed, with what to check.
-fn tls_error(endpoint: &str, text: &str) -> Error {
-    let hint = if text.contains("NotValidForName") || text.contains("not valid for name") {
-        "the server's certificate does not carry the host name in database_url: connect by a name it carries, or use sslmode=verify-ca (the CA checked, not the name)"
-    } else if text.contains("certificate") {
-        "the server's certificate is not signed by the CA in sslrootcert (or the system's roots): point sslrootcert at the CA file that signed it"
-    } else {
-        "check sslmode and sslrootcert in database_url"
+/// A TLS handshake with `server` that failed, with what to check (in the server's own
+/// parameter names: `sslmode`/`sslrootcert` on PostgreSQL, `ssl-mode`/`ssl-ca` on MySQL).
+fn tls_error(server: &ServerOptions, text: &str) -> Error {
+    let (mode, ca, by_ca) = match server.backend() {
+        Backend::Postgres => ("sslmode", "sslrootcert", "sslmode=verify-ca"),
+        _ => ("ssl-mode", "ssl-ca", "ssl-mode=verify_ca"),
     };
-    Error::unavailable(format!("the TLS handshake with {endpoint} failed: {text}")).hint(hint)
+    let hint = if text.contains("NotValidForName") || text.contains("not valid for name") {
+        format!(
+            "the server's certificate does not carry the host name in database_url: connect by a name it carries, or use {by_ca} (the CA checked, not the name)"
+        )
+    } else if text.contains("certificate") {
+        format!(
+            "the server's certificate is not signed by the CA in {ca} (or the system's roots): point {ca} at the CA file that signed it"
+        )
+    } else {
+        format!("check {mode} and {ca} in database_url")
+    };
+    Error::unavailable(format!(
+        "the TLS handshake with {} failed: {text}",
+        server.endpoint()
+    ))
+    .hint(hint)
 }
 
 /// Classifies a failure to connect to `server`: transient ones come back as
@@ -235,9 +249,7 @@ pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
                         .hint("check that the server is running and listening there")
                 }
                 // rustls's refusals come through sqlx as I/O errors.
-                _ if io.to_string().contains("certificate") => {
-                    tls_error(&endpoint, &io.to_string())
-                }
+                _ if io.to_string().contains("certificate") => tls_error(server, &io.to_string()),
                 _ => Error::unavailable(format!("cannot connect to {endpoint}: {io}"))
                     .hint("check the host name and port in database_url"),
             }
@@ -265,7 +277,7 @@ pub(crate) fn connect_error(e: sqlx::Error, server: &ServerOptions) -> Error {
                 _ => Error::from(e),
             }
         }
-        sqlx::Error::Tls(t) => tls_error(&endpoint, &t.to_string()),
+        sqlx::Error::Tls(t) => tls_error(server, &t.to_string()),
         _ => Error::from(e),
     }
 }

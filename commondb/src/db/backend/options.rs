@@ -24,6 +24,37 @@ pub(crate) enum ServerOptions {
     MySql(MySqlConnectOptions),
 }
 
+/// A client certificate's key (`sslkey`, or `PGSSLKEY` on PostgreSQL) is a secret: it is read
+/// here under the secrets rules (a regular file of the user's, that group and others cannot
+/// read, bounded) and handed to sqlx as bytes, so sqlx never opens a key file that someone else
+/// could read or have replaced.
+fn with_private_key(options: ServerOptions, url: &str, backend: Backend) -> Result<ServerOptions> {
+    let in_url = url::Url::parse(url).ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(key, _)| key == "sslkey" || key == "ssl-key")
+            .map(|(_, value)| value.into_owned())
+    });
+    let path = match in_url {
+        Some(path) => path,
+        None if backend == Backend::Postgres => match std::env::var("PGSSLKEY") {
+            Ok(path) => path,
+            Err(_) => return Ok(options),
+        },
+        None => return Ok(options),
+    };
+    let Some(pem) = crate::secrets::read(std::path::Path::new(&path))? else {
+        return Err(Error::config(format!(
+            "the client certificate's key {path} (sslkey) does not exist"
+        ))
+        .hint("sslkey names the private key (PEM) of sslcert's certificate, a file only you can read (chmod 600)"));
+    };
+    let pem = crate::secrets::ExposeSecret::expose_secret(&pem).as_bytes();
+    Ok(match options {
+        ServerOptions::Postgres(o) => ServerOptions::Postgres(o.ssl_client_key_from_pem(pem)),
+        ServerOptions::MySql(o) => ServerOptions::MySql(o.ssl_client_key_from_pem(pem)),
+    })
+}
+
 /// Whether a server is reached without leaving this machine: a unix socket, `localhost` or a
 /// loopback address (no name is resolved here).
 fn on_this_machine(host: &str, socket: Option<&std::path::PathBuf>) -> bool {
@@ -63,6 +94,7 @@ impl ServerOptions {
             ))
             .hint("e.g. postgres://127.0.0.1:5432/shop or mysql://127.0.0.1:3306/shop")
         })?;
+        let parsed = with_private_key(parsed, url, backend)?;
         // Without an sslmode, a server on this machine (loopback or a unix socket) is reached
         // plain: nothing crosses a wire, and TLS would add ~4 ms to every one-shot call
         // (scripts/bench-create-tls). Any other host gets the servers' own default, `prefer`.
@@ -378,8 +410,12 @@ pub(crate) fn admin_options(settings: &Settings, server: &ServerOptions) -> Resu
             file.display()
         )));
     };
-    // Location::parse speaks of the database URL; this one is the administrator's.
+    // Location::parse speaks of the database URL; this one is the administrator's. (An error
+    // about a file the URL names, such as its sslkey, keeps its own words.)
     let admin = Location::parse(url.expose_secret()).map_err(|e| {
+        if !e.message().contains("database URL") && !e.message().contains("database_url") {
+            return e;
+        }
         Error::config(
             e.message()
                 .replacen("database URL", "administrator's URL", 1)
