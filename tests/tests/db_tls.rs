@@ -374,9 +374,12 @@ fn every_mode_over_tls(server: &Server) {
         ],
     )
     .code(0);
+    // The certificate as the server shows it: the throwaway CA's, two days to live.
     sb.run(EXE, &["--self-status"])
         .code(0)
-        .stdout_has("encryption: TLS");
+        .stdout_has("encryption: TLS")
+        .stdout_has("certificate: CN=localhost (issued by CN=e2e test CA), expires ")
+        .stdout_has("(in 1 day: renew it soon)");
     admin_run(&sb, &["--self-test"]).code(0);
     sb.run(EXE, &["--self-backup"]).code(0);
     admin_run(&sb, &["--self-restore", "--yes"]).code(0);

@@ -60,6 +60,8 @@ pub struct StatusReport {
     /// Whether the connection to a server is encrypted: `TLS (TLSv1.3)`, or `none`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// The server's certificate when the connection is encrypted: subject, issuer, expiry.
+    pub certificate: Option<String>,
     /// The brokers the configuration's listeners name (`serve.listen`), checked by the mode.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub brokers: Vec<crate::serve::BrokerStatus>,
@@ -108,6 +110,9 @@ impl fmt::Display for StatusReport {
         writeln!(f, "database:  {} ({reach})", self.database)?;
         if let Some(encryption) = &self.encryption {
             writeln!(f, "encryption: {encryption}")?;
+        }
+        if let Some(certificate) = &self.certificate {
+            writeln!(f, "certificate: {certificate}")?;
         }
         match self.schema_version {
             Some(v) => write!(
@@ -165,6 +170,7 @@ impl StatusReport {
             problem: None,
             problem_kind: None,
             encryption: None,
+            certificate: None,
             brokers: Vec::new(),
         }
     }
@@ -204,6 +210,13 @@ pub(crate) async fn run(target: &Target, migrations: &Migrations) -> Result<Stat
     };
     report.reachable = true;
     report.encryption = encryption(&mut conn).await;
+    if report
+        .encryption
+        .as_deref()
+        .is_some_and(|e| e.starts_with("TLS"))
+    {
+        report.certificate = target.location.certificate().await;
+    }
     let applied = schema::applied(&mut conn).await;
     let _ = conn.close().await;
     let applied = applied?;

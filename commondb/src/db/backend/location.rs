@@ -87,6 +87,18 @@ impl Location {
         }
     }
 
+    /// The server's TLS certificate, described for `--self-status` (`None` for an embedded
+    /// file or a unix socket); a certificate that cannot be read says why.
+    pub(crate) async fn certificate(&self) -> Option<String> {
+        let Location::Server(server) = self else {
+            return None;
+        };
+        Some(match super::certificate::read(server).await? {
+            Ok(cert) => cert.describe(chrono::Utc::now()),
+            Err(why) => format!("unknown ({why})"),
+        })
+    }
+
     /// Why there is no database here yet, when that can be told without connecting (an
     /// embedded file that does not exist).
     pub(crate) fn missing(&self) -> Option<String> {

@@ -11,6 +11,7 @@
 //! types; it never matches on which backend it has (`scripts/backend-branches` counts, and
 //! finds none).
 
+pub(crate) mod certificate;
 pub(crate) mod classify;
 mod conn;
 mod dialect;

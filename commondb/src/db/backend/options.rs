@@ -146,6 +146,18 @@ impl ServerOptions {
         }
     }
 
+    /// The host and port when the server is reached over TCP (not a unix socket).
+    pub(crate) fn tcp(&self) -> Option<(&str, u16)> {
+        let (socket, host, port) = match self {
+            ServerOptions::Postgres(o) => (o.get_socket(), o.get_host(), o.get_port()),
+            ServerOptions::MySql(o) => (o.get_socket(), o.get_host(), o.get_port()),
+        };
+        match socket.is_some() || host.starts_with('/') {
+            true => None,
+            false => Some((host, port)),
+        }
+    }
+
     /// `host:port`, or the unix socket's path.
     pub(crate) fn endpoint(&self) -> String {
         let (socket, host, port) = match self {
