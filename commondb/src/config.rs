@@ -104,6 +104,12 @@ pub struct ServeSettings {
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM), a file only its owner can read.
     pub tls_key: Option<PathBuf>,
+    /// A CA file (PEM): clients of the `tls://` and `https://` listeners that show a
+    /// certificate it signed need no token. Without a `serve_token`, every client must show one.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Lets `tcp://` and `http://` listen off loopback (requests and the token in clear text):
+    /// for a network the operator trusts. Off by default: off loopback means TLS.
+    pub allow_plaintext: bool,
     /// The group that may use the unix sockets (mode 0660 instead of 0600): a name from
     /// the system's groups (as `getent group` lists them) or a number.
     pub socket_group: Option<String>,
@@ -122,6 +128,8 @@ impl Default for ServeSettings {
             request_ids_keep_s: 86_400,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            allow_plaintext: false,
             socket_group: None,
         }
     }

@@ -96,6 +96,13 @@ struct Cli {
     /// With --serve tls:// or https://: the CA certificate(s) to trust (PEM)
     #[arg(long, value_name = "FILE", requires = "serve")]
     cacert: Option<PathBuf>,
+    /// With --cacert: a client certificate (PEM) to show a service that checks them
+    /// (serve.tls_client_ca)
+    #[arg(long, value_name = "FILE", requires = "cacert", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM), a file only you can read (chmod 600)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
     /// With --serve: give every request an id (`<run>-<i>`), which the service records with its
     /// answer (a retry is then harmless); always on through nats+js:// and amqp://
     #[arg(long, requires = "serve")]
@@ -520,7 +527,10 @@ fn serve_run(
         timeout,
         ids: (cli.request_ids || endpoint.durable()).then(|| run_id.to_string()),
         tls: match &cli.cacert {
-            Some(path) => Some(service::tls_client(path).map_err(usage)?),
+            Some(path) => Some(
+                service::tls_client(path, cli.cert.as_deref().zip(cli.key.as_deref()))
+                    .map_err(usage)?,
+            ),
             None => None,
         },
     };

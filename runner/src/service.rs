@@ -551,11 +551,15 @@ async fn tls_connect(
         .map_err(|e| format!("the TLS handshake with {addr} failed: {e}"))
 }
 
-/// A TLS client configuration that trusts the CA certificates of the PEM file `path`.
-pub fn tls_client(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A TLS client configuration that trusts the CA certificates of the PEM file `path`, and shows
+/// `client` (a certificate file and its key, read under the secrets rules) when given.
+pub fn tls_client(
+    path: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+    let pem = read_pem(path, "--cacert")?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|_| format!("--cacert {} is not PEM", path.display()))?;
@@ -570,9 +574,63 @@ pub fn tls_client(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, S
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key) = client_identity(cert, key)?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("--cert {} with --key: {e}", cert.display()))?
+        }
+    };
     Ok(Arc::new(config))
+}
+
+/// A PEM file given as `flag`, at most 1 MiB.
+fn read_pem(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let file = std::fs::File::open(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX {
+        return Err(format!("{flag} {} is larger than 1 MiB", path.display()));
+    }
+    Ok(pem)
+}
+
+/// The client certificate chain and its key; the key is a secret (commondb's rules: yours,
+/// chmod 600, bounded).
+fn client_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    String,
+> {
+    use commondb::secrets::ExposeSecret;
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read_pem(cert, "--cert")?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| format!("--cert {} is not PEM", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("--cert {} holds no certificate", cert.display()));
+    }
+    let pem = commondb::secrets::read(key)
+        .map_err(|e| match e.hint_text() {
+            Some(hint) => format!("--key: {} ({hint})", e.message()),
+            None => format!("--key: {}", e.message()),
+        })?
+        .ok_or_else(|| format!("--key {} does not exist", key.display()))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
+        .map_err(|_| format!("--key {} holds no private key", key.display()))?;
+    Ok((chain, key))
 }
 
 /// How long a request through NATS core waits for its answer before it is sent again (with an

@@ -375,17 +375,24 @@ fn limits_on_connections_and_idle_time_are_kept() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// Off loopback in clear text: only with the operator's opt-out and a token, which clients
+/// must present.
 #[test]
 fn a_non_loopback_address_needs_a_token_and_clients_must_present_it() {
-    let sb = Sandbox::new();
-    let run = sb.run(EXE, &["--serve", "--listen", "tcp://0.0.0.0:0"]);
-    run.code(78).stderr_has("no access token");
-
+    let mut sb = Sandbox::new();
+    let public = ["--serve", "--listen", "tcp://0.0.0.0:0"];
+    sb.run(EXE, &public)
+        .code(78)
+        .stderr_has("clear text")
+        .stderr_has("serve.allow_plaintext");
     let token = "s3cret-token-0123456789";
     write_private(
         &sb.secrets_dir().join(format!("{EXE}.toml")),
         &format!("serve_token = \"{token}\"\n"),
     );
+    // A token alone does not make clear text acceptable.
+    sb.run(EXE, &public).code(78).stderr_has("clear text");
+    sb.set_env("COMMONDB_SERVE__ALLOW_PLAINTEXT", "true");
     let served = sb.serve(
         EXE,
         &[
@@ -429,6 +436,9 @@ fn a_non_loopback_address_needs_a_token_and_clients_must_present_it() {
     let (code, stderr) = served.terminate();
     assert_eq!(code, Some(0));
     assert!(!stderr.contains(token), "the token was logged: {stderr}");
+    // The opt-out without a token: refused all the same.
+    std::fs::remove_file(sb.secrets_dir().join(format!("{EXE}.toml"))).unwrap();
+    sb.run(EXE, &public).code(78).stderr_has("no access token");
 }
 
 fn write_private(file: &std::path::Path, text: &str) {
@@ -784,12 +794,14 @@ fn concurrent_requests_with_duplicates_commit_exactly_the_ok_ones_on_sqlite() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// A socket systemd bound on a non-loopback address needs the token as much as one we bind.
+/// A socket systemd bound on a non-loopback address needs the token as much as one we bind
+/// (and the clear-text opt-out: systemd's sockets are plain TCP).
 #[test]
 fn a_systemd_socket_on_a_public_address_needs_a_token_too() {
     let sb = Sandbox::new();
     let port = e2e::free_port();
-    let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &[]) else {
+    let opt_out = ["COMMONDB_SERVE__ALLOW_PLAINTEXT=true"];
+    let Some(mut cmd) = socket_activated(&sb, &format!("0.0.0.0:{port}"), &opt_out) else {
         return;
     };
     let mut child = cmd

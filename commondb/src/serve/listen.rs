@@ -13,8 +13,9 @@
 //! | `nats+js://HOST:PORT[?prefix=P]` | requests from a JetStream work queue, acknowledged after the commit |
 //! | `amqp://HOST:PORT[/VHOST][?prefix=P]` | requests from a RabbitMQ quorum queue, acknowledged after the commit |
 //!
-//! TCP binds loopback unless told otherwise, and anything else only with a `serve_token` in the
-//! secrets file. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
+//! TCP binds loopback unless told otherwise. Off loopback, `tls://` and `https://` need a
+//! `serve_token` in the secrets file or client certificates (`serve.tls_client_ca`); `tcp://`
+//! and `http://` need the token and the operator's opt-out, `serve.allow_plaintext = true`. The grammar's prefixes are the clients' too: [`crate::protocol::listen`].
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -195,8 +196,38 @@ pub(crate) async fn bind(
     }
 }
 
-/// Binds TCP `host:port`: loopback, or anywhere with a token.
-async fn bind_tcp(host: &str, port: u16, has_token: bool) -> Result<TcpListener> {
+/// Who may connect to a TCP listener off loopback: what the settings and secrets provide.
+#[derive(Clone, Copy)]
+struct Access {
+    token: bool,
+    client_ca: bool,
+    plaintext: bool,
+}
+
+impl Access {
+    /// Why a listener (TLS or not) may not listen on `host` off loopback, if it may not: TLS
+    /// needs a token or client certificates; clear text needs the operator's opt-out and a token.
+    fn refuses(&self, host: &str, tls: bool) -> Option<Error> {
+        if tls {
+            return (!self.token && !self.client_ca).then(|| {
+                Error::config(format!(
+                    "{host} is not a loopback address, and neither an access token nor client certificates are configured"
+                ))
+                .hint("put `serve_token = \"<a long random string>\"` in the executable's secrets file (chmod 600), or set serve.tls_client_ca to the CA that signs your clients' certificates, or listen on 127.0.0.1")
+            });
+        }
+        if !self.plaintext {
+            return Some(Error::config(format!(
+                "{host} is not a loopback address: requests (and the access token) would cross the network in clear text"
+            ))
+            .hint("listen on tls://… or https://… instead (serve.tls_cert, serve.tls_key), or set serve.allow_plaintext = true for a network you trust"));
+        }
+        (!self.token).then(|| no_token(host))
+    }
+}
+
+/// Binds TCP `host:port`: loopback, or anywhere `access` allows.
+async fn bind_tcp(host: &str, port: u16, access: Access, tls: bool) -> Result<TcpListener> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| {
@@ -207,8 +238,10 @@ async fn bind_tcp(host: &str, port: u16, has_token: bool) -> Result<TcpListener>
     let Some(addr) = addrs.first().copied() else {
         return Err(Error::config(format!("{host} resolves to no address")));
     };
-    if !addrs.iter().all(|a| a.ip().is_loopback()) && !has_token {
-        return Err(no_token(host));
+    if !addrs.iter().all(|a| a.ip().is_loopback())
+        && let Some(refused) = access.refuses(host, tls)
+    {
+        return Err(refused);
     }
     TcpListener::bind(addr)
         .await
@@ -222,6 +255,11 @@ async fn bind_all(
     (exe, pool_size): (&str, usize),
     bound: &mut Vec<Listener>,
 ) -> Result<()> {
+    let access = Access {
+        token: has_token,
+        client_ca: settings.tls_client_ca.is_some(),
+        plaintext: settings.allow_plaintext,
+    };
     for spec in specs {
         match spec {
             Spec::Tls(protocol, host, port) => {
@@ -229,12 +267,12 @@ async fn bind_all(
                     Protocol::Http => &[b"http/1.1"],
                     Protocol::Line => &[],
                 };
-                let tls = std::sync::Arc::new(super::tls::Tls::load(settings, alpn)?);
-                let listener = bind_tcp(host, *port, has_token).await?;
+                let tls = std::sync::Arc::new(super::tls::Tls::load(settings, alpn, has_token)?);
+                let listener = bind_tcp(host, *port, access, true).await?;
                 bound.push(Listener::Tls(listener, *protocol, tls));
             }
             Spec::Tcp(protocol, host, port) => {
-                let listener = bind_tcp(host, *port, has_token).await?;
+                let listener = bind_tcp(host, *port, access, false).await?;
                 bound.push(Listener::Tcp(listener, *protocol));
             }
             Spec::Unix(protocol, path) => {
@@ -256,9 +294,9 @@ async fn bind_all(
                     if let Listener::Tcp(l, _) = &listener
                         && let Ok(addr) = l.local_addr()
                         && !addr.ip().is_loopback()
-                        && !has_token
+                        && let Some(refused) = access.refuses(&addr.ip().to_string(), false)
                     {
-                        return Err(no_token(&addr.ip().to_string()));
+                        return Err(refused);
                     }
                     bound.push(listener);
                 }
@@ -515,6 +553,34 @@ mod tests {
                 (spec, parsed) => assert_eq!(*spec, parsed, "{address}"),
             }
         }
+    }
+
+    #[test]
+    fn off_loopback_tls_needs_a_token_or_client_certificates_clear_text_both_opt_out_and_token() {
+        let access = |token, client_ca, plaintext| Access {
+            token,
+            client_ca,
+            plaintext,
+        };
+        let refused = |a: Access, tls| a.refuses("10.0.0.1", tls).map(|e| e.message().to_string());
+        assert!(
+            refused(access(false, false, false), true)
+                .unwrap()
+                .contains("neither")
+        );
+        assert!(refused(access(true, false, false), true).is_none());
+        assert!(refused(access(false, true, false), true).is_none());
+        assert!(
+            refused(access(true, true, false), false)
+                .unwrap()
+                .contains("clear text")
+        );
+        assert!(
+            refused(access(false, true, true), false)
+                .unwrap()
+                .contains("no access token")
+        );
+        assert!(refused(access(true, false, true), false).is_none());
     }
 
     #[tokio::test]

@@ -388,6 +388,8 @@ async fn accept<T: Task>(
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await
                     {
+                        // A client certificate the CA signed stands for the token.
+                        let needs_token = needs_token && !tls::client_certified(&stream);
                         spawn_connection(&service, stream, protocol, needs_token, &slots, &tracker);
                     }
                 });

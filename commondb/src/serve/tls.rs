@@ -31,14 +31,17 @@ const MAX_CERT_FILE_BYTES: u64 = 1 << 20;
 pub(crate) struct Tls {
     cert: PathBuf,
     key: PathBuf,
+    /// Client certificates, when `serve.tls_client_ca` is set.
+    clients: Option<Clients>,
     /// ALPN protocols offered (`http/1.1` for `https://`).
     alpn: Vec<Vec<u8>>,
     config: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl Tls {
-    /// Loads the pair `settings` names, for a listener speaking `alpn`.
-    pub(crate) fn load(settings: &ServeSettings, alpn: &[&[u8]]) -> Result<Tls> {
+    /// Loads the pair `settings` names, for a listener speaking `alpn`; with
+    /// `serve.tls_client_ca`, clients may show a certificate (must, when there is no `token`).
+    pub(crate) fn load(settings: &ServeSettings, alpn: &[&[u8]], token: bool) -> Result<Tls> {
         let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
             return Err(Error::config(
                 "a tls:// or https:// listener needs serve.tls_cert and serve.tls_key",
@@ -46,10 +49,15 @@ impl Tls {
             .hint("set both to PEM files: the certificate chain, and its private key (a file only you can read, chmod 600)"));
         };
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let config = server_config(cert, key, &alpn)?;
+        let clients = settings.tls_client_ca.clone().map(|ca| Clients {
+            ca,
+            optional: token,
+        });
+        let config = server_config(cert, key, &alpn, clients.as_ref())?;
         Ok(Tls {
             cert: cert.clone(),
             key: key.clone(),
+            clients,
             alpn,
             config: RwLock::new(Arc::new(config)),
         })
@@ -57,7 +65,7 @@ impl Tls {
 
     /// Reads the files again; on failure the old pair stays.
     pub(crate) fn reload(&self) -> Result<()> {
-        let config = server_config(&self.cert, &self.key, &self.alpn)?;
+        let config = server_config(&self.cert, &self.key, &self.alpn, self.clients.as_ref())?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         Ok(())
     }
@@ -70,7 +78,59 @@ impl Tls {
     }
 }
 
-fn server_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> Result<rustls::ServerConfig> {
+/// Who signs the clients' certificates, and whether a client may come without one (and then
+/// present the token).
+struct Clients {
+    ca: PathBuf,
+    optional: bool,
+}
+
+impl Clients {
+    fn verifier(
+        &self,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in read_certificates(&self.ca)? {
+            roots.add(ca).map_err(|e| {
+                Error::config(format!(
+                    "serve.tls_client_ca {} holds a certificate that cannot be a CA: {e}",
+                    self.ca.display()
+                ))
+            })?;
+        }
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        );
+        let builder = match self.optional {
+            true => builder.allow_unauthenticated(),
+            false => builder,
+        };
+        builder.build().map_err(|e| {
+            Error::config(format!(
+                "serve.tls_client_ca {} cannot be used: {e}",
+                self.ca.display()
+            ))
+        })
+    }
+}
+
+/// Whether the client of a TLS connection showed a certificate that the verifier accepted.
+pub(crate) fn client_certified<S>(stream: &tokio_rustls::server::TlsStream<S>) -> bool {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|chain| !chain.is_empty())
+}
+
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[Vec<u8>],
+    clients: Option<&Clients>,
+) -> Result<rustls::ServerConfig> {
     let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         Error::config(format!("{what} {} cannot be used: {e}", path.display()))
     };
@@ -90,16 +150,18 @@ fn server_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> Result<rustls::Se
         .hint("it must be a PEM private key (PKCS#8, PKCS#1 or SEC1)")
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::internal(format!("TLS cannot be configured: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            bad("the TLS certificate", cert, &e).hint(
-                "check that serve.tls_key is the private key of serve.tls_cert's first certificate",
-            )
-        })?;
+        .map_err(|e| Error::internal(format!("TLS cannot be configured: {e}")))?;
+    let builder = match clients {
+        Some(clients) => builder.with_client_cert_verifier(clients.verifier(&provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
+        bad("the TLS certificate", cert, &e).hint(
+            "check that serve.tls_key is the private key of serve.tls_cert's first certificate",
+        )
+    })?;
     config.alpn_protocols = alpn.to_vec();
     Ok(config)
 }
