@@ -122,10 +122,131 @@ pub mod listen {
     /// `nats+js://HOST:PORT[?prefix=P]` ([`super::nats`]).
     pub const NATS_JS: &str = "nats+js://";
     /// Requests from a RabbitMQ queue, acknowledged after the commit:
-    /// `amqp://HOST:PORT[/VHOST][?prefix=P]` ([`super::amqp`]).
+    /// `amqp://[USER@]HOST:PORT[/VHOST][?prefix=P]` ([`super::amqp`]).
     pub const AMQP: &str = "amqp://";
+    /// The same over TLS: `amqps://[USER@]HOST:PORT[/VHOST][?prefix=P&ca=FILE]`.
+    pub const AMQPS: &str = "amqps://";
     /// Every form, as a usage hint says them.
-    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]";
+    pub const FORMS: &str = "tcp://HOST:PORT, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://[USER@]HOST:PORT[?prefix=P&tls=true&ca=FILE], nats+js://… or amqp[s]://[USER@]HOST:PORT[/VHOST][?prefix=P&ca=FILE]";
+}
+
+/// What a broker's address says of logging in, for both brokers: the user (never a password,
+/// which is a secret: `broker_password` in the app secrets), and TLS, with the CA file that
+/// signs the broker's certificate (`ca=FILE`, beside the public web roots).
+pub mod login {
+    use std::path::PathBuf;
+
+    /// The user and TLS parts of a broker's address.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Login {
+        /// The user to log in as (`USER@HOST:PORT`).
+        pub user: Option<String>,
+        /// Whether the connection is TLS (`amqps://`, `?tls=true`, or a `ca=`).
+        pub tls: bool,
+        /// The CA certificates (PEM) trusted beside the public web roots (`?ca=/PATH`).
+        pub ca: Option<PathBuf>,
+    }
+
+    /// Whether `u` may be a user name: 1 to 64 of A-Z, a-z, 0-9, `.`, `_` and `-`.
+    fn valid_user(u: &str) -> bool {
+        (1..=64).contains(&u.len())
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    }
+
+    /// Splits `[USER@]HOST…` into the user and the rest. A password (`USER:PASSWORD@`) is
+    /// refused, and neither it nor the address is shown.
+    pub(crate) fn split_user(authority: &str) -> Result<(Option<String>, &str), String> {
+        let Some((user, rest)) = authority.split_once('@') else {
+            return Ok((None, authority));
+        };
+        if user.contains(':') || !valid_user(user) {
+            return Err(
+                "takes a broker's user at most (1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'), never a password or token (the address is not shown): the password goes in broker_password in the app secrets file".to_string(),
+            );
+        }
+        Ok((Some(user.to_string()), rest))
+    }
+
+    impl Login {
+        /// Takes the query parameter `key=value` if it is TLS's (`tls=true`, `ca=/PATH`,
+        /// percent-encoded); whether it was.
+        pub(crate) fn param(&mut self, key: &str, value: &str) -> Result<bool, String> {
+            match key {
+                "tls" if value == "true" => self.tls = true,
+                "ca" => match super::percent_decode(value) {
+                    Some(path) if path.starts_with('/') => {
+                        self.ca = Some(PathBuf::from(path));
+                        self.tls = true;
+                    }
+                    _ => return Err("ca= takes the absolute path of a PEM file".to_string()),
+                },
+                _ => return Ok(false),
+            }
+            Ok(true)
+        }
+
+        /// `USER@`, or nothing.
+        pub(crate) fn user_part(&self) -> String {
+            self.user
+                .as_ref()
+                .map(|u| format!("{u}@"))
+                .unwrap_or_default()
+        }
+
+        /// Writes the parameters as [`Login::param`] reads them, each after `separator` (`?`,
+        /// then `&`); `tls=true` only when the scheme does not say it and no CA does.
+        pub(crate) fn write_params(
+            &self,
+            f: &mut std::fmt::Formatter<'_>,
+            separator: &mut char,
+            scheme_says_tls: bool,
+        ) -> std::fmt::Result {
+            if let Some(ca) = &self.ca {
+                write!(
+                    f,
+                    "{separator}ca={}",
+                    super::percent_encode(&ca.to_string_lossy(), b"/-._~")
+                )?;
+                *separator = '&';
+            } else if self.tls && !scheme_says_tls {
+                write!(f, "{separator}tls=true")?;
+                *separator = '&';
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `text` with every byte but ASCII letters, digits and `keep` written `%XX`.
+fn percent_encode(text: &str, keep: &[u8]) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || keep.contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Requests through NATS: an executable `--serve --listen nats://HOST:PORT` answers the
@@ -174,6 +295,8 @@ pub mod nats {
         pub durable: bool,
         /// How many servers of a JetStream cluster keep the stream (`?replicas=3`; 1 alone).
         pub replicas: usize,
+        /// The user, and TLS.
+        pub login: super::login::Login,
     }
 
     /// Whether `p` may prefix subjects, streams and queues: 1 to 64 of a-z, 0-9, `_` and `-`.
@@ -184,8 +307,8 @@ pub mod nats {
     }
 
     impl Address {
-        /// Parses `nats://HOST:PORT[?prefix=P]` or `nats+js://…` (P: 1 to 64 of a-z, 0-9, `_`
-        /// and `-`).
+        /// Parses `nats://[USER@]HOST:PORT[?prefix=P&tls=true&ca=/PATH]` or `nats+js://…` (P: 1
+        /// to 64 of a-z, 0-9, `_` and `-`; `replicas=N` for JetStream).
         pub fn parse(address: &str) -> Result<Address, String> {
             let (rest, durable) = match address.strip_prefix(super::listen::NATS_JS) {
                 Some(rest) => (rest, true),
@@ -196,28 +319,39 @@ pub mod nats {
                     false,
                 ),
             };
-            let (server, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (user, server) = super::login::split_user(rest)?;
             let server = server.trim_end_matches('/');
             let valid_port = server
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid_port || server.contains('@') {
+            if !valid_port {
                 return Err(format!(
-                    "{address:?}: write nats://HOST:PORT with a port from 1 to 65535 (no user or password)"
+                    "{address:?}: write nats://[USER@]HOST:PORT with a port from 1 to 65535"
                 ));
             }
             let mut prefix = DEFAULT_PREFIX.to_string();
             let mut replicas = 1;
+            let mut login = super::login::Login {
+                user,
+                ..Default::default()
+            };
             for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some(("prefix", p)) if valid_prefix(p) => prefix = p.to_string(),
-                    Some(("replicas", r)) if durable && matches!(r, "1" | "3" | "5") => {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                match (key, value) {
+                    ("prefix", p) if valid_prefix(p) => prefix = p.to_string(),
+                    ("replicas", r) if durable && matches!(r, "1" | "3" | "5") => {
                         replicas = r.parse().unwrap_or(1);
                     }
-                    _ => {
-                        return Err(format!(
-                            "{address:?}: the parameters are prefix=P (1 to 64 of a-z, 0-9, _ and -) and, for nats+js://, replicas=1, 3 or 5"
-                        ));
+                    (key, value) => {
+                        let taken = login
+                            .param(key, value)
+                            .map_err(|e| format!("{address:?}: {e}"))?;
+                        if !taken {
+                            return Err(format!(
+                                "{address:?}: the parameters are prefix=P (1 to 64 of a-z, 0-9, _ and -), tls=true, ca=/PATH and, for nats+js://, replicas=1, 3 or 5"
+                            ));
+                        }
                     }
                 }
             }
@@ -226,6 +360,7 @@ pub mod nats {
                 prefix,
                 durable,
                 replicas,
+                login,
             })
         }
 
@@ -258,7 +393,7 @@ pub mod nats {
             } else {
                 super::listen::NATS
             };
-            write!(f, "{scheme}{}", self.server)?;
+            write!(f, "{scheme}{}{}", self.login.user_part(), self.server)?;
             let mut separator = '?';
             if self.prefix != DEFAULT_PREFIX {
                 write!(f, "?prefix={}", self.prefix)?;
@@ -266,8 +401,9 @@ pub mod nats {
             }
             if self.replicas != 1 {
                 write!(f, "{separator}replicas={}", self.replicas)?;
+                separator = '&';
             }
-            Ok(())
+            self.login.write_params(f, &mut separator, false)
         }
     }
 
@@ -299,10 +435,30 @@ pub mod nats {
                 "core keeps nothing"
             );
             assert!(Address::parse("nats+js://h:1?replicas=2").is_err());
+            let tls = Address::parse("nats://worker@h:1?tls=true").unwrap();
+            assert_eq!(tls.login.user.as_deref(), Some("worker"));
+            assert!(tls.login.tls && tls.login.ca.is_none());
+            assert_eq!(tls.to_string(), "nats://worker@h:1?tls=true");
+            let ca = Address::parse("nats+js://h:1?replicas=3&ca=/etc/my%20ca.pem").unwrap();
+            assert!(ca.login.tls);
+            assert_eq!(
+                ca.login.ca.as_deref(),
+                Some(std::path::Path::new("/etc/my ca.pem"))
+            );
+            assert_eq!(Address::parse(&ca.to_string()).unwrap(), ca);
+            assert_eq!(
+                ca.to_string(),
+                "nats+js://h:1?replicas=3&ca=/etc/my%20ca.pem"
+            );
+            let secret = Address::parse("nats://u:s3cret@h:1").unwrap_err();
+            assert!(!secret.contains("s3cret"), "{secret}");
             for bad in [
                 "nats://h",
                 "nats://h:0",
                 "nats://u:p@h:1",
+                "nats://h:1?ca=relative.pem",
+                "nats://h:1?tls=yes",
+                "nats://a b@h:1",
                 "nats://h:1?prefix=A.B",
                 "nats://h:1?x=1",
                 "tcp://h:1",
@@ -337,38 +493,57 @@ pub mod amqp {
         pub vhost: String,
         /// The queues' first part.
         pub prefix: String,
+        /// The user, and TLS (`amqps://`).
+        pub login: super::login::Login,
     }
 
     impl Address {
-        /// Parses `amqp://HOST:PORT[/VHOST][?prefix=P]`: VHOST percent-encoded (`%2f` is `/`,
-        /// the default), P 1 to 64 of a-z, 0-9, `_` and `-`. No user or password: those are
-        /// secrets, never in an address.
+        /// Parses `amqp://[USER@]HOST:PORT[/VHOST][?prefix=P]` or `amqps://…[&ca=/PATH]`:
+        /// VHOST percent-encoded (`%2f` is `/`, the default), P 1 to 64 of a-z, 0-9, `_` and
+        /// `-`. No password: that is a secret, never in an address.
         pub fn parse(address: &str) -> Result<Address, String> {
-            let rest = address
-                .strip_prefix(super::listen::AMQP)
-                .ok_or_else(|| format!("{address:?} is not amqp://HOST:PORT"))?;
+            let (rest, tls) = match address.strip_prefix(super::listen::AMQPS) {
+                Some(rest) => (rest, true),
+                None => (
+                    address
+                        .strip_prefix(super::listen::AMQP)
+                        .ok_or_else(|| format!("{address:?} is not amqp://HOST:PORT"))?,
+                    false,
+                ),
+            };
             let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (user, rest) = super::login::split_user(rest)?;
             let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
             let valid_port = server
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid_port || server.contains('@') {
+            if !valid_port {
                 return Err(format!(
-                    "{address:?}: write amqp://HOST:PORT[/VHOST] with a port from 1 to 65535 (no user or password)"
+                    "{address:?}: write amqp[s]://[USER@]HOST:PORT[/VHOST] with a port from 1 to 65535"
                 ));
             }
-            let vhost = match percent_decode(vhost) {
+            let vhost = match super::percent_decode(vhost) {
                 Some(v) if v.is_empty() => "/".to_string(),
                 Some(v) if v.len() <= 255 && !v.chars().any(char::is_control) => v,
                 _ => return Err(format!("{address:?}: the virtual host is not a valid name")),
             };
             let mut prefix = super::nats::DEFAULT_PREFIX.to_string();
+            let mut login = super::login::Login {
+                user,
+                tls,
+                ca: None,
+            };
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
                     Some(("prefix", p)) if super::nats::valid_prefix(p) => prefix = p.to_string(),
+                    Some(("ca", p)) if tls => {
+                        login
+                            .param("ca", p)
+                            .map_err(|e| format!("{address:?}: {e}"))?;
+                    }
                     _ => {
                         return Err(format!(
-                            "{address:?}: the only parameter is prefix=P, P of 1 to 64 a-z, 0-9, _ and -"
+                            "{address:?}: the parameters are prefix=P (P of 1 to 64 a-z, 0-9, _ and -) and, for amqps://, ca=/PATH"
                         ));
                     }
                 }
@@ -377,6 +552,7 @@ pub mod amqp {
                 server: server.to_string(),
                 vhost,
                 prefix,
+                login,
             })
         }
 
@@ -390,55 +566,47 @@ pub mod amqp {
             format!("{}.dead.{exe}", self.prefix)
         }
 
-        /// The URI a client connects to, as `user` (RabbitMQ's `guest`, which it lets in from
-        /// loopback only, until credentials come from a secrets file).
-        pub fn uri(&self, user: &str, password: &str) -> String {
-            let vhost: String = self
-                .vhost
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        char::from(b).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            format!("amqp://{user}:{password}@{}/{vhost}", self.server)
+        /// The URI a client connects to with `password`: as the address's user, else as
+        /// RabbitMQ's `guest` (which it lets in from loopback only). It holds the password:
+        /// never print it.
+        pub fn uri(&self, password: Option<&str>) -> String {
+            let user = self.login.user.as_deref().unwrap_or("guest");
+            let password = super::percent_encode(password.unwrap_or("guest"), b"-._~");
+            let scheme = match self.login.tls {
+                true => super::listen::AMQPS,
+                false => super::listen::AMQP,
+            };
+            format!(
+                "{scheme}{user}:{password}@{}/{}",
+                self.server,
+                self.vhost_path()
+            )
+        }
+
+        /// The virtual host, percent-encoded for a URI's path.
+        fn vhost_path(&self) -> String {
+            super::percent_encode(&self.vhost, b"-._~")
         }
     }
 
     impl std::fmt::Display for Address {
         /// As [`Address::parse`] reads it (the defaults left out).
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}{}", super::listen::AMQP, self.server)?;
+            let scheme = match self.login.tls {
+                true => super::listen::AMQPS,
+                false => super::listen::AMQP,
+            };
+            write!(f, "{scheme}{}{}", self.login.user_part(), self.server)?;
             if self.vhost != "/" {
-                let uri = self.uri("u", "p");
-                write!(f, "/{}", uri.rsplit_once('/').map_or("", |(_, v)| v))?;
+                write!(f, "/{}", self.vhost_path())?;
             }
+            let mut separator = '?';
             if self.prefix != super::nats::DEFAULT_PREFIX {
                 write!(f, "?prefix={}", self.prefix)?;
+                separator = '&';
             }
-            Ok(())
+            self.login.write_params(f, &mut separator, true)
         }
-    }
-
-    /// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
-    fn percent_decode(text: &str) -> Option<String> {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).ok()
     }
 
     #[cfg(test)]
@@ -458,17 +626,26 @@ pub mod amqp {
                 (b.vhost.as_str(), b.prefix.as_str()),
                 ("prod/users", "e2e_7")
             );
-            assert_eq!(
-                b.uri("guest", "guest"),
-                "amqp://guest:guest@h:1/prod%2Fusers"
-            );
+            assert_eq!(b.uri(None), "amqp://guest:guest@h:1/prod%2Fusers");
             assert_eq!(Address::parse(&b.to_string()).unwrap(), b);
+            let s = Address::parse("amqps://worker@h:5671/prod?ca=/etc/ca.pem").unwrap();
+            assert!(s.login.tls);
+            assert_eq!(
+                s.uri(Some("p@ss/w:rd")),
+                "amqps://worker:p%40ss%2Fw%3Ard@h:5671/prod"
+            );
+            assert_eq!(s.to_string(), "amqps://worker@h:5671/prod?ca=/etc/ca.pem");
+            assert_eq!(Address::parse(&s.to_string()).unwrap(), s);
+            let secret = Address::parse("amqps://u:s3cret@h:1").unwrap_err();
+            assert!(!secret.contains("s3cret"), "{secret}");
             for bad in [
                 "amqp://h",
                 "amqp://h:0",
                 "amqp://u:p@h:1",
                 "amqp://h:1/%zz",
                 "amqp://h:1?prefix=A.B",
+                "amqp://h:1?ca=/etc/ca.pem",
+                "amqps://h:1?ca=ca.pem",
                 "nats://h:1",
             ] {
                 assert!(Address::parse(bad).is_err(), "{bad}");

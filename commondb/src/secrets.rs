@@ -42,6 +42,10 @@ pub const ADMIN_URL_CREDENTIAL: &str = "admin_url";
 /// file's `serve_token`.
 pub const SERVE_TOKEN_CREDENTIAL: &str = "serve_token";
 
+/// The credential holding the password (or NATS token) the executable logs in to its brokers
+/// with (one line); it overrides the app secrets file's `broker_password`.
+pub const BROKER_PASSWORD_CREDENTIAL: &str = "broker_password";
+
 /// The credential holding executable `exe`'s app secrets file, as setup wrote it: `<exe>.toml`.
 pub fn app_credential(exe: &str) -> String {
     format!("{exe}.toml")
@@ -97,6 +101,9 @@ pub fn load_app(settings: &Settings, exe: &str) -> Result<(AppSecrets, PathBuf)>
     if let Some(token) = credential_text(SERVE_TOKEN_CREDENTIAL)? {
         secrets.serve_token = Some(token);
     }
+    if let Some(password) = credential_text(BROKER_PASSWORD_CREDENTIAL)? {
+        secrets.broker_password = Some(password);
+    }
     Ok((secrets, file))
 }
 
@@ -112,6 +119,8 @@ pub struct AppSecrets {
     /// The access token `--serve` requires from clients (and needs before it binds anything but
     /// loopback): `AUTH <token>` on the line protocol, `Authorization: Bearer` over HTTP.
     pub serve_token: Option<SecretString>,
+    /// The password of the user a broker's address names, or a NATS server's token.
+    pub broker_password: Option<SecretString>,
     /// What setup wrote for each database, by the database as setup printed it (no credentials).
     pub databases: BTreeMap<String, DatabaseSecrets>,
 }
@@ -139,6 +148,7 @@ pub struct DatabaseSecrets {
 struct RawAppSecrets {
     database_url: Option<SecretString>,
     serve_token: Option<SecretString>,
+    broker_password: Option<SecretString>,
     #[serde(default)]
     databases: BTreeMap<String, DatabaseSecrets>,
     database: Option<String>,
@@ -163,6 +173,7 @@ impl From<RawAppSecrets> for AppSecrets {
         AppSecrets {
             database_url: raw.database_url,
             serve_token: raw.serve_token,
+            broker_password: raw.broker_password,
             databases,
         }
     }
@@ -200,7 +211,10 @@ impl AppSecrets {
 
     /// Whether the file would hold nothing.
     pub fn is_empty(&self) -> bool {
-        self.database_url.is_none() && self.serve_token.is_none() && self.databases.is_empty()
+        self.database_url.is_none()
+            && self.serve_token.is_none()
+            && self.broker_password.is_none()
+            && self.databases.is_empty()
     }
 
     /// The file's text, as setup writes it: a `database_url` and `serve_token` the user put
@@ -215,6 +229,12 @@ impl AppSecrets {
         }
         if let Some(token) = &self.serve_token {
             text.push_str(&format!("serve_token = {}\n", q(token.expose_secret())));
+        }
+        if let Some(password) = &self.broker_password {
+            text.push_str(&format!(
+                "broker_password = {}\n",
+                q(password.expose_secret())
+            ));
         }
         for (database, entry) in &self.databases {
             text.push_str(&format!("\n[databases.{}]\n", q(database)));
@@ -653,6 +673,7 @@ mod tests {
         );
         let text = AppSecrets {
             serve_token: Some(SecretString::from("t0ken-t0ken-t0ken".to_string())),
+            broker_password: Some(SecretString::from("b\"roker".to_string())),
             databases,
             ..AppSecrets::default()
         }
@@ -673,6 +694,12 @@ mod tests {
                 .as_ref()
                 .map(|t| t.expose_secret().to_string()),
             Some("t0ken-t0ken-t0ken".to_string())
+        );
+        let broker = s.broker_password.as_ref().map(|p| p.expose_secret());
+        assert_eq!(
+            broker,
+            Some("b\"roker"),
+            "setup keeps the broker's password"
         );
         assert!(
             s.for_role("postgres://h:5432/shop", "shop_backup", true)

@@ -85,7 +85,7 @@ struct Cli {
     /// into FILE as SVG
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT (with --cacert), or through a NATS server: nats://HOST:PORT[?prefix=P] (core), nats+js://HOST:PORT[?prefix=P] (JetStream), or a RabbitMQ queue: amqp://HOST:PORT[/VHOST][?prefix=P]
+    /// Send the requests to a running --serve instance instead: tcp://HOST:PORT, unix:PATH, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT (with --cacert), or through a NATS server: nats://[USER@]HOST:PORT[?prefix=P&tls=true&ca=FILE] (core), nats+js://… (JetStream), or a RabbitMQ queue: amqp[s]://[USER@]HOST:PORT[/VHOST][?prefix=P&ca=FILE] (a broker's user logs in with the executable's broker_password)
     #[arg(long, value_name = "ADDR", conflicts_with = "compare")]
     serve: Option<String>,
     /// With --serve nats://… or nats+js://…: start K worker processes (EXECUTABLE --serve --listen ADDR) for
@@ -517,6 +517,17 @@ fn serve_run(
     note: &dyn Fn(String),
 ) -> Result<(Summary, Vec<Record>), Fatal> {
     let (make, run) = (requests.clone(), run_id.to_string());
+    // A broker is logged in to as the executable does, with its own broker_password.
+    let brokers = match endpoint {
+        Endpoint::Nats(..) | Endpoint::Amqp(..) => {
+            let name = Path::new(&cli.exe)
+                .file_name()
+                .map_or_else(|| cli.exe.clone(), |n| n.to_string_lossy().into_owned());
+            commondb::brokers::BrokerSecrets::of_executable(&name)
+                .map_err(|e| Fatal(e.exit_code(), service::described(&e)))?
+        }
+        _ => commondb::brokers::BrokerSecrets::default(),
+    };
     let mut load = service::Load {
         endpoint: endpoint.clone(),
         verb: requests.verb(),
@@ -533,6 +544,7 @@ fn serve_run(
             ),
             None => None,
         },
+        brokers,
     };
     let unreachable = |e: String| Fatal(69, e);
     if cli.warmup > 0 {

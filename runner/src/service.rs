@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use commondb::brokers::BrokerSecrets;
 use commondb::protocol::Answer;
 use commondb::protocol::amqp;
-use commondb::protocol::listen::{AMQP, HTTP, HTTPS, NATS, NATS_JS, TCP, TLS, UNIX};
+use commondb::protocol::listen::{AMQP, AMQPS, HTTP, HTTPS, NATS, NATS_JS, TCP, TLS, UNIX};
 use commondb::protocol::nats::{self, Address};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -61,7 +62,7 @@ impl Endpoint {
             Ok(Endpoint::Http(host_port(a.trim_end_matches('/'))?))
         } else if let Some(p) = s.strip_prefix(UNIX) {
             Ok(Endpoint::Unix(PathBuf::from(p)))
-        } else if s.starts_with(AMQP) {
+        } else if s.starts_with(AMQP) || s.starts_with(AMQPS) {
             let address = amqp::Address::parse(s).map_err(|e| format!("--serve {e}"))?;
             Ok(Endpoint::Amqp(address, String::new()))
         } else if s.starts_with(NATS) || s.starts_with(NATS_JS) {
@@ -69,7 +70,7 @@ impl Endpoint {
             Ok(Endpoint::Nats(address, String::new()))
         } else {
             Err(format!(
-                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them), nats://HOST:PORT, nats+js://HOST:PORT or amqp://HOST:PORT"
+                "--serve {s:?}: use tcp://HOST:PORT, unix:PATH, http://HOST:PORT (as the service's ready line names them), nats://[USER@]HOST:PORT, nats+js://… or amqp[s]://[USER@]HOST:PORT"
             ))
         }
     }
@@ -145,6 +146,16 @@ pub struct Load {
     /// Give request `i` the id `<ids>-<i>` (the line protocol's `request_id`, HTTP's
     /// `Idempotency-Key`, NATS's `Nats-Msg-Id`); always through JetStream.
     pub ids: Option<String>,
+    /// What to log in to a broker with: the executable's own `broker_password`.
+    pub brokers: BrokerSecrets,
+}
+
+/// An error of commondb's with its hint, as runmany reports it.
+pub fn described(e: &commondb::Error) -> String {
+    match e.hint_text() {
+        Some(hint) => format!("{} ({hint})", e.message()),
+        None => e.message().to_string(),
+    }
 }
 
 /// Sends the requests; returns their records in index order, or why the service could not be
@@ -172,9 +183,7 @@ pub fn run(load: &Load, progress: Arc<dyn Fn() + Send + Sync>) -> Result<Vec<Rec
     let mut records = runtime.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..load.connections.max(1).min(load.count.max(1)) {
-            clients.push(
-                Client::connect(&load.endpoint, load.verb.as_deref(), load.tls.as_ref()).await?,
-            );
+            clients.push(Client::connect(load).await?);
         }
         let mut tasks = tokio::task::JoinSet::new();
         for client in clients {
@@ -212,7 +221,7 @@ async fn call(client: &mut Option<Client>, i: u64, request: &str, load: &Load) -
     let started = Instant::now();
     let mut record = Record::failed(i, String::new());
     if client.is_none() {
-        match Client::connect(&load.endpoint, load.verb.as_deref(), load.tls.as_ref()).await {
+        match Client::connect(load).await {
             Ok(fresh) => *client = Some(fresh),
             Err(e) => {
                 record.error = e;
@@ -283,6 +292,7 @@ enum Client {
         address: amqp::Address,
         queue: String,
         session: Option<Box<AmqpSession>>,
+        brokers: BrokerSecrets,
     },
 }
 
@@ -295,15 +305,13 @@ struct AmqpSession {
 }
 
 impl AmqpSession {
-    async fn open(address: &amqp::Address) -> Result<AmqpSession, String> {
+    async fn open(address: &amqp::Address, brokers: &BrokerSecrets) -> Result<AmqpSession, String> {
         use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
         let failed = |e: lapin::Error| format!("RabbitMQ at {}: {e}", address.server);
-        let connection = lapin::Connection::connect(
-            &address.uri("guest", "guest"),
-            lapin::ConnectionProperties::default().with_connection_name("runmany".into()),
-        )
-        .await
-        .map_err(failed)?;
+        let connection =
+            commondb::brokers::amqp(address, brokers, "runmany", Duration::from_secs(5))
+                .await
+                .map_err(|e| described(&e))?;
         let channel = connection.create_channel().await.map_err(failed)?;
         // Direct reply-to: consumed without acks, before the first publish names it.
         let replies = channel
@@ -342,11 +350,8 @@ impl Client {
         }
     }
 
-    async fn connect(
-        endpoint: &Endpoint,
-        verb: Option<&str>,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<Client, String> {
+    async fn connect(load: &Load) -> Result<Client, String> {
+        let (endpoint, verb, tls) = (&load.endpoint, load.verb.as_deref(), load.tls.as_ref());
         let refused =
             |e: std::io::Error| format!("cannot connect to the service at {endpoint}: {e}");
 
@@ -367,14 +372,14 @@ impl Client {
                 Ok(Client::line(r, w))
             }
             Endpoint::Nats(address, subject) => {
-                let client = async_nats::ConnectOptions::new()
-                    .name("runmany")
-                    .connection_timeout(Duration::from_secs(5))
-                    .connect(address.server.as_str())
-                    .await
-                    .map_err(|e| {
-                        format!("cannot reach the NATS server at {}: {e}", address.server)
-                    })?;
+                let client = commondb::brokers::nats(
+                    address,
+                    &load.brokers,
+                    "runmany",
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| described(&e))?;
                 if address.durable {
                     let inbox = client.new_inbox();
                     let answers = client
@@ -394,9 +399,10 @@ impl Client {
                 })
             }
             Endpoint::Amqp(address, queue) => Ok(Client::Amqp {
-                session: Some(Box::new(AmqpSession::open(address).await?)),
+                session: Some(Box::new(AmqpSession::open(address, &load.brokers).await?)),
                 address: address.clone(),
                 queue: queue.clone(),
+                brokers: load.brokers.clone(),
             }),
             Endpoint::Http(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
@@ -507,9 +513,11 @@ impl Client {
                 address,
                 queue,
                 session,
+                brokers,
             } => {
                 let id = id.ok_or("a request through RabbitMQ needs an id")?;
-                amqp_exchange(address, queue, session, request, id, redelivered).await?
+                let to = (&*address, &*brokers, queue.as_str());
+                amqp_exchange(to, session, request, id, redelivered).await?
             }
         };
         serde_json::from_str(&text)
@@ -775,8 +783,7 @@ async fn store(
 /// executable's request ids make the second copy harmless); the --timeout bounds it. Answers
 /// to earlier requests of this client are counted as redeliveries and skipped.
 async fn amqp_exchange(
-    address: &amqp::Address,
-    queue: &str,
+    (address, brokers, queue): (&amqp::Address, &BrokerSecrets, &str),
     session: &mut Option<Box<AmqpSession>>,
     request: &str,
     id: &str,
@@ -796,7 +803,7 @@ async fn amqp_exchange(
         }
         attempts += 1;
         if session.is_none() {
-            match AmqpSession::open(address).await {
+            match AmqpSession::open(address, brokers).await {
                 Ok(fresh) => *session = Some(Box::new(fresh)),
                 Err(_) => continue,
             }

@@ -341,16 +341,23 @@ fn nats_server() -> Option<&'static str> {
 struct PrivateNats {
     port: u16,
     dir: tempfile::TempDir,
+    /// More options: TLS, users.
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateNats {
     fn start() -> Option<PrivateNats> {
+        PrivateNats::start_with(Vec::new())
+    }
+
+    fn start_with(extra: Vec<String>) -> Option<PrivateNats> {
         nats_server()?;
         let port = e2e::free_port();
         let mut nats = PrivateNats {
             port,
             dir: tempfile::tempdir().unwrap(),
+            extra,
             child: None,
         };
         nats.run();
@@ -369,6 +376,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -668,7 +676,7 @@ impl Drop for Queues {
         let address = self.0.clone();
         e2e::block_on(async move {
             let Ok(connection) = lapin::Connection::connect(
-                &address.uri("guest", "guest"),
+                &address.uri(None),
                 lapin::ConnectionProperties::default(),
             )
             .await
@@ -697,12 +705,10 @@ async fn amqp_call(
 ) -> (String, i64) {
     use commondb::protocol::amqp::{DELIVERED, DIRECT_REPLY_TO};
     use futures_util::StreamExt;
-    let connection = lapin::Connection::connect(
-        &address.uri("guest", "guest"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        lapin::Connection::connect(&address.uri(None), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut replies = channel
         .basic_consume(
@@ -835,15 +841,23 @@ struct PrivateRabbit {
 
 impl PrivateRabbit {
     fn start(name: &str) -> Option<PrivateRabbit> {
+        PrivateRabbit::start_with(name, |_, port| {
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n")
+        })
+    }
+
+    /// A node whose configuration `conf` writes, given its directory (to put files in, which
+    /// the `rabbitmq` user will own) and its port.
+    fn start_with(
+        name: &str,
+        conf: impl FnOnce(&std::path::Path, u16) -> String,
+    ) -> Option<PrivateRabbit> {
         e2e::tool("rabbitmq-server", "rabbitmq-server")?;
         let dir = tempfile::tempdir().unwrap();
         let port = e2e::free_port();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        let conf = conf(dir.path(), port);
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         let owned = std::process::Command::new("chown")
             .args(["-R", "rabbitmq"])
             .arg(dir.path())
@@ -1084,4 +1098,221 @@ fn workers_on_three_machines_share_one_database_through_a_nats_cluster() {
     }
     drop(machines);
     sb.run_admin(EXE, &["--self-cleanup", "--yes"]).code(0);
+}
+
+/// Puts `broker_password` in the sandbox's app secrets file (mode 0600), as an operator would.
+fn broker_password(sb: &e2e::Sandbox, password: &str) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = sb.secrets_dir();
+    let _ = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(format!("{EXE}.toml")))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        format!("broker_password = {password:?}\n").as_bytes(),
+    )
+    .unwrap();
+}
+
+fn with_url(sb: &e2e::Sandbox, args: &[&str], url: &str) -> Run {
+    let mut cmd = sb.command(EXE, args);
+    cmd.env("COMMONDB_SERVE__LISTEN", url);
+    Run::of(cmd, None)
+}
+
+/// A worker on `url`, and what runmany printed of 200 requests through it: each answered and
+/// applied once.
+fn serve_and_load(sb: &e2e::Sandbox, url: &str) -> (e2e::Served, String) {
+    let worker = sb.serve(EXE, &["--listen", url]);
+    let load = sb
+        .command(
+            "runmany",
+            &[
+                "-n",
+                "200",
+                "-j",
+                "16",
+                "--timeout",
+                "60",
+                "--serve",
+                url,
+                EXE,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = finished(load);
+    assert!(text.contains("failed 0"), "{text}");
+    let users = e2e::sqlite_count(&sb.database(EXE), "SELECT COUNT(*) FROM users");
+    assert_eq!(users, 200, "{text}");
+    (worker, text)
+}
+
+/// A wrong `broker_password` is refused (77) with `says`, and never shown; the right one is
+/// put back.
+fn a_wrong_password_is_refused(sb: &e2e::Sandbox, url: &str, password: &str, says: &str) {
+    broker_password(sb, "not the password");
+    Run::within(sb.command(EXE, &["--serve", "--listen", url]), 30)
+        .code(77)
+        .stderr_has(says)
+        .never_shows("not the password");
+    broker_password(sb, password);
+}
+
+/// Stops the worker (SIGTERM: exit 0), and cleanup deletes what setup made on the broker.
+fn stop_and_clean_up(sb: &e2e::Sandbox, worker: e2e::Served, url: &str, gone: &str) {
+    let (code, said) = worker.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    with_url(sb, &["--self-cleanup", "--yes"], url)
+        .code(0)
+        .stdout_has(gone);
+}
+
+/// What an address off loopback needs, refused before anything is sent there (192.0.2.1 is
+/// TEST-NET-1: nothing answers there, and nothing tries): credentials (a fresh sandbox has
+/// none), then TLS (`user` names a user, and the password is there).
+fn off_loopback_needs_credentials_and_tls(bare: &str, user: &str) {
+    let sb = e2e::Sandbox::new();
+    let refused = Run::within(sb.command(EXE, &["--serve", "--listen", bare]), 20);
+    refused
+        .code(78)
+        .stderr_has("not on loopback, and this executable has no credentials")
+        .stderr_has("broker_password");
+    broker_password(&sb, "a password");
+    Run::within(sb.command(EXE, &["--serve", "--listen", user]), 20)
+        .code(78)
+        .stderr_has("in clear")
+        .stderr_has("serve.allow_plaintext");
+}
+
+/// NATS with TLS (a throwaway CA) and a user with a password: every mode and runmany go
+/// through it; a wrong password, a CA that did not sign the server's certificate, a missing
+/// password and a password in the address are refused with what to do.
+#[test]
+fn jetstream_over_tls_with_a_user_and_password() {
+    let Some(openssl) = e2e::tool("openssl", "openssl") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    e2e::certificates(&openssl, certs.path(), "nats", "IP:127.0.0.1,DNS:localhost");
+    e2e::certificates(
+        &openssl,
+        certs.path(),
+        "other",
+        "IP:127.0.0.1,DNS:localhost",
+    );
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let password = "the-worker's password: 0123";
+    let extra = [
+        "--tls",
+        "--tlscert",
+        &file("nats.pem"),
+        "--tlskey",
+        &file("nats.key"),
+        "--user",
+        "worker",
+        "--pass",
+        password,
+    ];
+    let Some(broker) = PrivateNats::start_with(extra.iter().map(|s| s.to_string()).collect())
+    else {
+        return;
+    };
+    let sb = e2e::Sandbox::new();
+    let server = format!("127.0.0.1:{}", broker.port);
+    let url = format!(
+        "nats+js://worker@{server}?prefix=e2e_tls&ca={}",
+        file("nats-ca.pem")
+    );
+
+    // A user without its password: what to do, before any connection.
+    with_url(&sb, &["--self-setup"], &url)
+        .code(78)
+        .stderr_has("broker_password");
+    broker_password(&sb, password);
+    with_url(&sb, &["--self-setup"], &url)
+        .code(0)
+        .stdout_has("stream e2e_tls_create-user and consumer create-user on");
+    with_url(&sb, &["--self-status"], &url)
+        .code(0)
+        .stdout_has("(reachable); stream e2e_tls_create-user");
+    let (worker, text) = serve_and_load(&sb, &url);
+
+    // A CA that did not sign the server's certificate; TLS with the public roots alone.
+    for wrong in [
+        format!("nats://worker@{server}?ca={}", file("other-ca.pem")),
+        format!("nats://worker@{server}?tls=true"),
+    ] {
+        Run::within(sb.command(EXE, &["--serve", "--listen", &wrong]), 30)
+            .code(69)
+            .stderr_has("ca= names the CA");
+    }
+    // A password in the address is refused and never shown.
+    let shown = format!("nats://worker:s3cret-in-argv@{server}");
+    Run::within(sb.command(EXE, &["--serve", "--listen", &shown]), 20)
+        .code(2)
+        .stderr_has("never a password or token")
+        .never_shows("s3cret-in-argv");
+    off_loopback_needs_credentials_and_tls("nats://192.0.2.1:4222", "nats://worker@192.0.2.1:4222");
+    a_wrong_password_is_refused(&sb, &url, password, "broker_password");
+    stop_and_clean_up(&sb, worker, &url, "the stream e2e_tls_create-user on");
+    eprintln!("NATS over TLS as a user: setup, status, serve, runmany -n 200, cleanup: {text}");
+}
+
+/// RabbitMQ over TLS only (amqps://, a throwaway CA) as a user of its own with a password:
+/// setup, status, a worker and runmany, cleanup; a wrong password is refused.
+#[test]
+fn rabbitmq_over_tls_with_a_user_of_its_own() {
+    let Some(openssl) = e2e::tool("openssl", "openssl") else {
+        return;
+    };
+    let password = "rabbit/worker:pw@0123";
+    let made = PrivateRabbit::start_with("tls", |dir, port| {
+        e2e::certificates(&openssl, dir, "rabbit", "IP:127.0.0.1,DNS:localhost");
+        let file = |name: &str| dir.join(name).display().to_string();
+        format!(
+            "listeners.tcp = none\nlisteners.ssl.local = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n\
+             default_user = worker\ndefault_pass = {password}\n",
+            file("rabbit-ca.pem"),
+            file("rabbit.pem"),
+            file("rabbit.key"),
+        )
+    });
+    let Some(broker) = made else {
+        return;
+    };
+    let sb = e2e::Sandbox::new();
+    let ca = broker.dir.path().join("rabbit-ca.pem");
+    let url = format!(
+        "amqps://worker@127.0.0.1:{}?prefix=e2e_tls&ca={}",
+        broker.port,
+        ca.display()
+    );
+    broker_password(&sb, password);
+    with_url(&sb, &["--self-setup"], &url)
+        .code(0)
+        .stdout_has("queues e2e_tls.create-user and e2e_tls.dead.create-user on amqps://worker@");
+    let (worker, text) = serve_and_load(&sb, &url);
+    with_url(&sb, &["--self-status"], &url)
+        .code(0)
+        .stdout_has("queue e2e_tls.create-user: 0 request(s) ready, 1 consumer(s)");
+    off_loopback_needs_credentials_and_tls(
+        "amqps://192.0.2.1:5671",
+        "amqp://worker@192.0.2.1:5672",
+    );
+    a_wrong_password_is_refused(&sb, &url, password, "refused the login");
+    stop_and_clean_up(&sb, worker, &url, "the queues e2e_tls.create-user and");
+    eprintln!("RabbitMQ over TLS as a user: setup, serve, runmany -n 200, status, cleanup: {text}");
 }

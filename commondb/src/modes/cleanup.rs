@@ -28,11 +28,12 @@ pub(super) fn run<T: Task>(yes: bool, settings: &Settings, out: &Output) -> Resu
             "cleanup cancelled: nothing was removed",
         )?;
     }
+    let brokers = crate::serve::login::BrokerSecrets::of(&target);
     let cleanup = async {
         let mut report = cleanup::run(&target).await?;
         report
             .dropped
-            .extend(crate::serve::clean_up_brokers(listen, T::NAME).await?);
+            .extend(crate::serve::clean_up_brokers(listen, T::NAME, &brokers).await?);
         Ok(report)
     };
     out.result(&block_on(

@@ -16,12 +16,14 @@ pub(super) fn run<T: Task>(rotate: bool, settings: &Settings, out: &Output) -> R
     // The durable brokers the configuration's listeners name get their stream or queues too,
     // so that clients may publish before any worker started.
     let serve = &settings.serve;
+    let brokers = crate::serve::login::BrokerSecrets::of(&target);
     let setup = async {
         let mut report = match rotate {
             true => setup::rotate(&target, T::MIGRATIONS).await?,
             false => setup::run(&target, T::MIGRATIONS).await?,
         };
-        report.brokers = crate::serve::set_up_brokers(&serve.listen, T::NAME, serve).await?;
+        report.brokers =
+            crate::serve::set_up_brokers(&serve.listen, T::NAME, serve, &brokers).await?;
         Ok(report)
     };
     out.result(&block_on(

@@ -18,9 +18,11 @@ pub(super) fn run<T: Task>(settings: &Settings, out: &Output) -> Result<ExitCode
         true => Drivers::Io,
         false => Drivers::for_target(&target),
     };
+    let secrets = crate::serve::login::BrokerSecrets::of(&target);
     let (mut report, brokers) = block_on(drivers, async {
         let report = status::run(&target, T::MIGRATIONS).await?;
-        Ok((report, crate::serve::probe_brokers(listen, T::NAME).await))
+        let brokers = crate::serve::probe_brokers(listen, T::NAME, &secrets).await;
+        Ok((report, brokers))
     })?;
     let unreachable = brokers.iter().find(|b| !b.reachable).cloned();
     report.brokers = brokers;

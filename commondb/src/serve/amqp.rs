@@ -24,12 +24,13 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::Stage;
 use super::broker::{self, MAX_DELIVER, Verdict};
+use super::login::BrokerSecrets;
 use super::service::Service;
 use crate::error::{Error, Result};
 use crate::protocol::amqp::{Address, DELIVERED, ERROR};
@@ -45,6 +46,7 @@ pub(crate) struct Worker {
     address: Address,
     exe: String,
     prefetch: u16,
+    secrets: BrokerSecrets,
     session: Session,
     /// The current connection's state, for `/healthz`.
     pub(crate) status: Arc<Mutex<Option<lapin::ConnectionStatus>>>,
@@ -69,17 +71,18 @@ pub(crate) async fn connect(
     exe: &str,
     limits: &crate::config::ServeSettings,
     pool_size: usize,
+    secrets: &BrokerSecrets,
 ) -> Result<Worker> {
-    broker::require_loopback(&address.server, "RabbitMQ broker").await?;
     let prefetch = u16::try_from((pool_size * 4).max(16))
         .unwrap_or(u16::MAX)
         .min(u16::try_from(limits.max_connections).unwrap_or(u16::MAX));
-    let session = open(address, exe, prefetch).await?;
+    let session = open(address, exe, prefetch, secrets).await?;
     let status = Arc::new(Mutex::new(Some(session.connection.status().clone())));
     Ok(Worker {
         address: address.clone(),
         exe: exe.to_string(),
         prefetch,
+        secrets: secrets.clone(),
         session,
         status,
     })
@@ -93,17 +96,9 @@ fn failed(address: &Address, what: &str, e: &dyn std::fmt::Display) -> Error {
     .hint("start it (rabbitmq-server), or check the address given to --listen")
 }
 
-/// Connects to the broker `address` names, as RabbitMQ's default user, which it lets in from
-/// loopback only (all this client talks to).
-async fn connection(address: &Address, exe: &str) -> Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(exe.into());
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(&address.uri("guest", "guest"), properties),
-    )
-    .await
-    .map_err(|_| failed(address, "did not answer", &"timed out"))?
-    .map_err(|e| failed(address, "refused the connection", &e))
+/// Connects to the broker `address` names ([`super::login::amqp`]).
+async fn connection(address: &Address, exe: &str, secrets: &BrokerSecrets) -> Result<Connection> {
+    super::login::amqp(address, secrets, exe, CONNECT_TIMEOUT).await
 }
 
 /// Declares executable `exe`'s queues (idempotent).
@@ -124,9 +119,12 @@ async fn declare(channel: &Channel, address: &Address, exe: &str) -> lapin::Resu
 
 /// `--self-setup`'s part: the queues, declared before any worker starts, so that clients may
 /// publish at once. Returns what it made sure of.
-pub(crate) async fn set_up(address: &Address, exe: &str) -> Result<String> {
-    broker::require_loopback(&address.server, "RabbitMQ broker").await?;
-    let connection = connection(address, exe).await?;
+pub(crate) async fn set_up(
+    address: &Address,
+    exe: &str,
+    secrets: &BrokerSecrets,
+) -> Result<String> {
+    let connection = connection(address, exe, secrets).await?;
     let declared = async { declare(&connection.create_channel().await?, address, exe).await };
     declared
         .await
@@ -141,9 +139,12 @@ pub(crate) async fn set_up(address: &Address, exe: &str) -> Result<String> {
 
 /// `--self-cleanup`'s part: the queues (and the requests in them) deleted (RabbitMQ deletes a
 /// queue that is not there without a word); what went.
-pub(crate) async fn clean_up(address: &Address, exe: &str) -> Result<Option<String>> {
-    broker::require_loopback(&address.server, "RabbitMQ broker").await?;
-    let connection = connection(address, exe).await?;
+pub(crate) async fn clean_up(
+    address: &Address,
+    exe: &str,
+    secrets: &BrokerSecrets,
+) -> Result<Option<String>> {
+    let connection = connection(address, exe, secrets).await?;
     let deleted = async {
         let channel = connection.create_channel().await?;
         for queue in [address.queue(exe), address.dead_queue(exe)] {
@@ -164,8 +165,13 @@ pub(crate) async fn clean_up(address: &Address, exe: &str) -> Result<Option<Stri
     )))
 }
 
-async fn open(address: &Address, exe: &str, prefetch: u16) -> Result<Session> {
-    let connection = connection(address, exe).await?;
+async fn open(
+    address: &Address,
+    exe: &str,
+    prefetch: u16,
+    secrets: &BrokerSecrets,
+) -> Result<Session> {
+    let connection = connection(address, exe, secrets).await?;
     let declared = async {
         let consume = connection.create_channel().await?;
         declare(&consume, address, exe).await?;
@@ -267,7 +273,14 @@ pub(crate) async fn serve<T: Task>(
                 }
                 () = tokio::time::sleep(pause) => {}
             }
-            if let Ok(session) = open(&worker.address, &worker.exe, worker.prefetch).await {
+            if let Ok(session) = open(
+                &worker.address,
+                &worker.exe,
+                worker.prefetch,
+                &worker.secrets,
+            )
+            .await
+            {
                 *worker.status.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(session.connection.status().clone());
                 worker.session = session;

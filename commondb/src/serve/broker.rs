@@ -1,34 +1,17 @@
-//! What the workers on a broker share, whichever broker: the rule that the broker is on
-//! loopback, a message's bounded answer, what to do with a durable request after its answer
-//! ([`verdict`]), and the connection state `/healthz` reports ([`Broker`]).
+//! What the workers on a broker share, whichever broker: a message's bounded answer, what to
+//! do with a durable request after its answer ([`verdict`]), and the connection state
+//! `/healthz` reports ([`Broker`]). How they log in is [`super::login`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::login::BrokerSecrets;
 use super::service::{Service, encode_error};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Task;
 
 /// How many times a durable request is delivered at most (then it is parked).
 pub(crate) const MAX_DELIVER: i64 = crate::protocol::nats::MAX_DELIVER;
-
-/// Refuses a broker off loopback: anyone who can publish there is a client, and these clients
-/// have no credentials or TLS to offer yet. `what` names the broker ("NATS server").
-pub(crate) async fn require_loopback(server: &str, what: &str) -> Result<()> {
-    let host = server.rsplit_once(':').map_or("", |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = tokio::net::lookup_host(server)
-        .await
-        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
-        .unwrap_or(false);
-    if loopback {
-        return Ok(());
-    }
-    Err(Error::config(format!(
-        "the {what} {host} is not on loopback, and whoever can publish there could run this task"
-    ))
-    .hint(format!("use a {what} on 127.0.0.1 (or reach one through a tunnel); credentials and TLS for a remote broker are not supported yet")))
-}
 
 /// The answer to one message's `payload` (refused past `serve.max_request_bytes`), and its
 /// outcome.
@@ -157,12 +140,16 @@ impl std::fmt::Display for BrokerStatus {
 
 /// Checks the brokers among `listen` (the configured listeners) for executable `exe`, read-only:
 /// connects, and reads its stream or queue if it has one. Other listeners are left out.
-pub(crate) async fn probe(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
+pub(crate) async fn probe(
+    listen: &[String],
+    exe: &str,
+    secrets: &BrokerSecrets,
+) -> Vec<BrokerStatus> {
     let mut found = Vec::new();
     for (spec, named) in named(listen) {
         let status = match named {
-            Ok(Named::Nats(address)) => probe_nats(&address, exe).await,
-            Ok(Named::Amqp(address)) => probe_amqp(&address, exe).await,
+            Ok(Named::Nats(address)) => probe_nats(&address, exe, secrets).await,
+            Ok(Named::Amqp(address)) => probe_amqp(&address, exe, secrets).await,
             Err(e) => Err(e),
         };
         let (reachable, queue, problem) = match status {
@@ -199,13 +186,13 @@ impl Named {
 /// The brokers among `listen` (the configured listeners), each with its address parsed (or
 /// why it does not parse); the other listeners are left out.
 fn named(listen: &[String]) -> Vec<(&String, std::result::Result<Named, String>)> {
-    use crate::protocol::listen::{AMQP, NATS, NATS_JS};
+    use crate::protocol::listen::{AMQP, AMQPS, NATS, NATS_JS};
     listen
         .iter()
         .filter_map(|spec| {
             let named = if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
                 crate::protocol::nats::Address::parse(spec).map(Named::Nats)
-            } else if spec.starts_with(AMQP) {
+            } else if spec.starts_with(AMQP) || spec.starts_with(AMQPS) {
                 crate::protocol::amqp::Address::parse(spec).map(Named::Amqp)
             } else {
                 return None;
@@ -258,24 +245,29 @@ pub(crate) async fn set_up(
     listen: &[String],
     exe: &str,
     limits: &crate::config::ServeSettings,
+    secrets: &BrokerSecrets,
 ) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for broker in durable(listen)? {
         done.push(match broker {
-            Named::Nats(address) => super::nats::set_up(&address, exe, limits).await?,
-            Named::Amqp(address) => super::amqp::set_up(&address, exe).await?,
+            Named::Nats(address) => super::nats::set_up(&address, exe, limits, secrets).await?,
+            Named::Amqp(address) => super::amqp::set_up(&address, exe, secrets).await?,
         });
     }
     Ok(done)
 }
 
 /// `--self-cleanup` on the durable brokers `listen` names: their stream or queues deleted.
-pub(crate) async fn clean_up(listen: &[String], exe: &str) -> Result<Vec<String>> {
+pub(crate) async fn clean_up(
+    listen: &[String],
+    exe: &str,
+    secrets: &BrokerSecrets,
+) -> Result<Vec<String>> {
     let mut gone = Vec::new();
     for broker in durable(listen)? {
         let went = match broker {
-            Named::Nats(address) => super::nats::clean_up(&address, exe).await?,
-            Named::Amqp(address) => super::amqp::clean_up(&address, exe).await?,
+            Named::Nats(address) => super::nats::clean_up(&address, exe, secrets).await?,
+            Named::Amqp(address) => super::amqp::clean_up(&address, exe, secrets).await?,
         };
         gone.extend(went);
     }
@@ -287,16 +279,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 async fn probe_nats(
     address: &crate::protocol::nats::Address,
     exe: &str,
+    secrets: &BrokerSecrets,
 ) -> std::result::Result<Option<String>, String> {
     let client = tokio::time::timeout(
         PROBE_TIMEOUT,
-        async_nats::ConnectOptions::new()
-            .connection_timeout(PROBE_TIMEOUT)
-            .connect(address.server.as_str()),
+        super::login::nats(address, secrets, exe, PROBE_TIMEOUT),
     )
     .await
     .map_err(|_| "it did not answer".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.message().to_string())?;
     if !address.durable {
         return Ok(None);
     }
@@ -328,17 +319,11 @@ async fn probe_nats(
 async fn probe_amqp(
     address: &crate::protocol::amqp::Address,
     exe: &str,
+    secrets: &BrokerSecrets,
 ) -> std::result::Result<Option<String>, String> {
-    let connection = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        lapin::Connection::connect(
-            &address.uri("guest", "guest"),
-            lapin::ConnectionProperties::default(),
-        ),
-    )
-    .await
-    .map_err(|_| "it did not answer".to_string())?
-    .map_err(|e| e.to_string())?;
+    let connection = super::login::amqp(address, secrets, exe, PROBE_TIMEOUT)
+        .await
+        .map_err(|e| e.message().to_string())?;
     let channel = connection
         .create_channel()
         .await

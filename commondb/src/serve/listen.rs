@@ -9,9 +9,11 @@
 //! | `stdio`           | one line-protocol connection on stdin/stdout (inetd, systemd `Accept=yes`) |
 //! | `systemd`, `http+systemd` | the sockets systemd passed (`LISTEN_FDS`)             |
 //! | `tls://HOST:PORT`, `https://HOST:PORT` | the same over TLS (`serve.tls_cert`, `serve.tls_key`; [`super::tls`]) |
-//! | `nats://HOST:PORT[?prefix=P]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
-//! | `nats+js://HOST:PORT[?prefix=P]` | requests from a JetStream work queue, acknowledged after the commit |
-//! | `amqp://HOST:PORT[/VHOST][?prefix=P]` | requests from a RabbitMQ quorum queue, acknowledged after the commit |
+//! | `nats://[USER@]HOST:PORT[?prefix=P&tls=true&ca=/PATH]` | requests from a NATS server, in a queue group ([`crate::protocol::nats`]) |
+//! | `nats+js://…` | requests from a JetStream work queue, acknowledged after the commit |
+//! | `amqp[s]://[USER@]HOST:PORT[/VHOST][?prefix=P&ca=/PATH]` | requests from a RabbitMQ quorum queue, acknowledged after the commit |
+//!
+//! A broker is logged in to as [`super::login`] says (off loopback: credentials and TLS).
 //!
 //! TCP binds loopback unless told otherwise. Off loopback, `tls://` and `https://` need a
 //! `serve_token` in the secrets file or client certificates (`serve.tls_client_ca`); `tcp://`
@@ -26,7 +28,8 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::ServeSettings;
 use crate::error::{Error, Result};
 use crate::protocol::listen::{
-    AMQP, FORMS, HTTP, HTTP_ON, HTTP_UNIX, HTTPS, NATS, NATS_JS, STDIO, SYSTEMD, TCP, TLS, UNIX,
+    AMQP, AMQPS, FORMS, HTTP, HTTP_ON, HTTP_UNIX, HTTPS, NATS, NATS_JS, STDIO, SYSTEMD, TCP, TLS,
+    UNIX,
 };
 use crate::protocol::nats::Address;
 
@@ -55,6 +58,18 @@ impl Spec {
         let bad = |why: &str| {
             Error::usage(format!("--listen {spec:?}: {why}")).hint(format!("use {FORMS}"))
         };
+        // A broker's address may name the user this executable logs in as (never a
+        // password: its parser refuses one without showing it).
+        if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
+            return Address::parse(spec)
+                .map(Spec::Nats)
+                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
+        }
+        if spec.starts_with(AMQP) || spec.starts_with(AMQPS) {
+            return crate::protocol::amqp::Address::parse(spec)
+                .map(Spec::Amqp)
+                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
+        }
         // Not echoed: what precedes the @ may be a password.
         if let Some((_, address)) = spec.split_once("://")
             && address.contains('@')
@@ -65,16 +80,6 @@ impl Spec {
             .hint(
                 "clients present the access token instead: serve_token in the app secrets file",
             ));
-        }
-        if spec.starts_with(NATS) || spec.starts_with(NATS_JS) {
-            return Address::parse(spec)
-                .map(Spec::Nats)
-                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
-        }
-        if spec.starts_with(AMQP) {
-            return crate::protocol::amqp::Address::parse(spec)
-                .map(Spec::Amqp)
-                .map_err(|e| Error::usage(format!("--listen {e}")).hint(format!("use {FORMS}")));
         }
         let (protocol, rest) = match spec.strip_prefix(HTTP_ON) {
             Some(rest) => (Protocol::Http, rest),
@@ -181,9 +186,11 @@ pub(crate) async fn bind(
     has_token: bool,
     exe: &str,
     pool_size: usize,
+    brokers: &super::login::BrokerSecrets,
 ) -> Result<Vec<Listener>> {
     let mut bound = Vec::with_capacity(specs.len());
-    match bind_all(specs, settings, has_token, (exe, pool_size), &mut bound).await {
+    let worker = (exe, pool_size, brokers);
+    match bind_all(specs, settings, has_token, worker, &mut bound).await {
         Ok(()) => Ok(bound),
         Err(e) => {
             for listener in &bound {
@@ -252,7 +259,7 @@ async fn bind_all(
     specs: &[Spec],
     settings: &ServeSettings,
     has_token: bool,
-    (exe, pool_size): (&str, usize),
+    (exe, pool_size, brokers): (&str, usize, &super::login::BrokerSecrets),
     bound: &mut Vec<Listener>,
 ) -> Result<()> {
     let access = Access {
@@ -281,11 +288,13 @@ async fn bind_all(
             }
             Spec::Stdio => bound.push(Listener::Stdio),
             Spec::Nats(address) => {
-                let (client, inbox) = super::nats::subscribe(address, exe, settings).await?;
+                let (client, inbox) =
+                    super::nats::subscribe(address, exe, settings, brokers).await?;
                 bound.push(Listener::Nats(client, inbox, address.clone()));
             }
             Spec::Amqp(address) => {
-                let worker = super::amqp::connect(address, exe, settings, pool_size).await?;
+                let worker =
+                    super::amqp::connect(address, exe, settings, pool_size, brokers).await?;
                 bound.push(Listener::Amqp(Box::new(worker), address.clone()));
             }
             Spec::Systemd(protocol) => {
@@ -458,6 +467,11 @@ fn mode(path: &Path) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// No broker credentials: these tests bind no broker.
+    fn none() -> crate::serve::login::BrokerSecrets {
+        crate::serve::login::BrokerSecrets::default()
+    }
+
     use super::*;
 
     #[test]
@@ -513,9 +527,7 @@ mod tests {
             assert_eq!(e.kind(), crate::ErrorKind::Usage, "{bad}");
             assert_eq!(
                 e.hint_text(),
-                Some(
-                    "use tcp://HOST:PORT, http://HOST:PORT, tls://HOST:PORT, https://HOST:PORT, unix:PATH, http+unix:PATH, stdio, systemd, http+systemd, nats://HOST:PORT[?prefix=P], nats+js://HOST:PORT[?prefix=P] or amqp://HOST:PORT[/VHOST][?prefix=P]"
-                ),
+                Some(format!("use {FORMS}").as_str()),
                 "{bad}"
             );
         }
@@ -533,11 +545,19 @@ mod tests {
             Spec::Unix(Protocol::Http, dir.path().join("http.sock")),
             Spec::Stdio,
         ];
-        let Ok(bound) = bind(&specs, &ServeSettings::default(), false, "test", 1).await else {
+        let Ok(bound) = bind(&specs, &ServeSettings::default(), false, "test", 1, &none()).await
+        else {
             // Without IPv6 on loopback, IPv4 alone.
-            let bound = bind(&specs[..1], &ServeSettings::default(), false, "test", 1)
-                .await
-                .unwrap();
+            let bound = bind(
+                &specs[..1],
+                &ServeSettings::default(),
+                false,
+                "test",
+                1,
+                &none(),
+            )
+            .await
+            .unwrap();
             let address = bound[0].address();
             assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
             return;
@@ -592,6 +612,7 @@ mod tests {
             false,
             "test",
             1,
+            &none(),
         )
         .await
         .err()
@@ -605,6 +626,7 @@ mod tests {
             false,
             "test",
             1,
+            &none(),
         )
         .await
         .unwrap();
@@ -616,6 +638,7 @@ mod tests {
             false,
             "test",
             1,
+            &none(),
         )
         .await
         .err()
@@ -628,6 +651,7 @@ mod tests {
             false,
             "test",
             1,
+            &none(),
         )
         .await
         .unwrap();
@@ -639,6 +663,7 @@ mod tests {
             false,
             "test",
             1,
+            &none(),
         )
         .await
         .err()

@@ -16,6 +16,7 @@ mod broker;
 mod http;
 mod line;
 mod listen;
+pub mod login;
 mod metrics;
 mod nats;
 mod pool;
@@ -138,7 +139,16 @@ impl<T: Task> Server<T> {
                     .hint("use a long random string, e.g. from `openssl rand -hex 32`"));
             }
         }
-        let listeners = listen::bind(&specs, &limits, token.is_some(), T::NAME, pool_size).await?;
+        let brokers = login::BrokerSecrets::of(&target);
+        let listeners = listen::bind(
+            &specs,
+            &limits,
+            token.is_some(),
+            T::NAME,
+            pool_size,
+            &brokers,
+        )
+        .await?;
         let phase = Phase::new();
         // Reads need no single writer: they run beside it on their own connections.
         let group_commit =
@@ -313,8 +323,12 @@ pub(crate) use broker::{
 };
 
 /// `--self-status` on the brokers `listen` names, for executable `exe`.
-pub(crate) async fn probe_brokers(listen: &[String], exe: &str) -> Vec<BrokerStatus> {
-    broker::probe(listen, exe).await
+pub(crate) async fn probe_brokers(
+    listen: &[String],
+    exe: &str,
+    secrets: &login::BrokerSecrets,
+) -> Vec<BrokerStatus> {
+    broker::probe(listen, exe, secrets).await
 }
 
 /// The listeners: `--listen`, else `serve.listen`, else systemd's sockets if it passed some,

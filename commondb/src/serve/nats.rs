@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Stage;
 use super::broker::{self, Verdict};
+use super::login::BrokerSecrets;
 use super::service::Service;
 use crate::error::{Error, Result};
 use crate::protocol::nats::{Address, DELIVERED, ERROR, MAX_DELIVER, MSG_ID, REPLY_TO, REQUEST_ID};
@@ -70,8 +71,9 @@ pub(crate) async fn subscribe(
     address: &Address,
     exe: &str,
     limits: &crate::config::ServeSettings,
+    secrets: &BrokerSecrets,
 ) -> Result<(async_nats::Client, Inbox)> {
-    let client = connect(address, exe).await?;
+    let client = super::login::nats(address, secrets, exe, CONNECT_TIMEOUT).await?;
     if address.durable {
         let (messages, context) = pull(&client, address, exe, limits).await?;
         let dead = address.dead_subject(exe);
@@ -89,17 +91,6 @@ pub(crate) async fn subscribe(
     // The subscription reaches the server before the ready line says we listen.
     client.flush().await.map_err(|e| unreachable(address, &e))?;
     Ok((client, Inbox::Core(subscriber)))
-}
-
-/// Connects to the server `address` names, on loopback only.
-async fn connect(address: &Address, exe: &str) -> Result<async_nats::Client> {
-    broker::require_loopback(&address.server, "NATS server").await?;
-    async_nats::ConnectOptions::new()
-        .name(exe)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(address.server.as_str())
-        .await
-        .map_err(|e| unreachable(address, &e))
 }
 
 fn unreachable(address: &Address, e: &dyn std::fmt::Display) -> Error {
@@ -190,8 +181,9 @@ pub(crate) async fn set_up(
     address: &Address,
     exe: &str,
     limits: &crate::config::ServeSettings,
+    secrets: &BrokerSecrets,
 ) -> Result<String> {
-    let client = connect(address, exe).await?;
+    let client = super::login::nats(address, secrets, exe, CONNECT_TIMEOUT).await?;
     make_sure(&jetstream::new(client), address, exe, limits).await?;
     Ok(format!(
         "stream {} and consumer {exe} on {address}",
@@ -201,8 +193,12 @@ pub(crate) async fn set_up(
 
 /// `--self-cleanup`'s part: the stream (and its consumer, its waiting and parked requests)
 /// deleted; what went, if anything did.
-pub(crate) async fn clean_up(address: &Address, exe: &str) -> Result<Option<String>> {
-    let client = connect(address, exe).await?;
+pub(crate) async fn clean_up(
+    address: &Address,
+    exe: &str,
+    secrets: &BrokerSecrets,
+) -> Result<Option<String>> {
+    let client = super::login::nats(address, secrets, exe, CONNECT_TIMEOUT).await?;
     let context = jetstream::new(client);
     let name = address.stream(exe);
     if context.get_stream(&name).await.is_err() {

@@ -168,6 +168,11 @@ fn server_config(
 
 /// The certificates of the PEM file at `path`, the server's first.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    Ok(read_pem_certificates(path)?.1)
+}
+
+/// The PEM file at `path` (at most 1 MiB), and the certificates in it (at least one).
+pub(crate) fn read_pem_certificates(path: &Path) -> Result<(String, Vec<CertificateDer<'static>>)> {
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::config(format!(
             "cannot read the certificate {}: {e}",
@@ -176,13 +181,13 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         .hint("set the path of a PEM certificate file")
     })?;
     crate::config::check_small_file(path, &meta, MAX_CERT_FILE_BYTES, "certificate file")?;
-    let pem = std::fs::read(path).map_err(|e| {
+    let pem = std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!(
             "cannot read the certificate {}: {e}",
             path.display()
         ))
     })?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| {
             Error::config(format!(
@@ -197,5 +202,5 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         ))
         .hint("it must hold PEM certificates, the server's first"));
     }
-    Ok(chain)
+    Ok((pem, chain))
 }
