@@ -33,6 +33,7 @@ pub use db::{Backend, Migrations, Param, Params, Record, Tx};
 pub use error::{Error, ErrorKind, Result};
 pub use run::main;
 pub use serve::login as brokers;
+pub use serve::tls;
 pub use stream::{MAX_SERVED_ROWS, Row};
 pub use task::{Case, Context, Grant, Repeat, Right, Task, default_port};
 

@@ -46,7 +46,10 @@ impl Up {
     /// The gateway's `HOST:PORT`, from the line the runtime prints once it listens.
     fn gateway(&self) -> String {
         self.wait(20, "the gateway's address", |l| {
-            let rest = l.strip_prefix("fleet: gateway on http://")?;
+            let rest = l.strip_prefix("fleet: gateway on ")?;
+            let rest = rest
+                .strip_prefix("http://")
+                .or(rest.strip_prefix("https://"))?;
             let (host, rest) = rest.split_once(':')?;
             Some(format!("{host}:{}", rest.split(':').next()?))
         })
@@ -783,5 +786,109 @@ fn export_systemd_writes_units_systemd_accepts() {
             .unwrap();
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    }
+}
+
+/// `curl -X POST https://<gateway>/create-user` trusting `ca`: whether it was answered 201.
+fn created_over_tls(
+    curl: &std::path::Path,
+    gateway: &str,
+    ca: &std::path::Path,
+    name: &str,
+) -> bool {
+    let out = std::process::Command::new(curl)
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .args([
+            "-X",
+            "POST",
+            &format!("https://{gateway}/create-user"),
+            "-d",
+        ])
+        .arg(format!(
+            r#"{{"username": "{name}", "email": "{name}@example.com"}}"#
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout) == "201"
+}
+
+/// The gateway over TLS: `https://` with a throwaway CA's certificate, which curl trusts (and
+/// another CA's client does not); SIGHUP loads another pair without a restart. Off loopback,
+/// clear text is refused before anything starts.
+#[test]
+fn the_gateway_speaks_tls_and_reloads_its_certificate_on_sighup() {
+    let (Some(openssl), Some(curl)) = (e2e::tool("openssl", "openssl"), e2e::tool("curl", "curl"))
+    else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let dir = sb.root();
+    e2e::certificates(&openssl, dir, "one", "IP:127.0.0.1,DNS:localhost");
+    e2e::certificates(&openssl, dir, "two", "IP:127.0.0.1,DNS:localhost");
+    std::fs::copy(dir.join("one.pem"), dir.join("gateway.pem")).unwrap();
+    std::fs::copy(dir.join("one.key"), dir.join("gateway.key")).unwrap();
+    let up = Up::start(
+        &sb,
+        "[gateway]\nlisten = \"https://127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\n[services.create-user]\nexe = \"create-user\"\n",
+    );
+    let gateway = up.gateway();
+    up.wait(20, "every instance is ready", |l| {
+        l.starts_with("fleet: every instance is ready")
+            .then_some(())
+    });
+    assert!(created_over_tls(
+        &curl,
+        &gateway,
+        &dir.join("one-ca.pem"),
+        "tls1"
+    ));
+    assert!(!created_over_tls(
+        &curl,
+        &gateway,
+        &dir.join("two-ca.pem"),
+        "tls2"
+    ));
+
+    std::fs::copy(dir.join("two.pem"), dir.join("gateway.pem")).unwrap();
+    std::fs::copy(dir.join("two.key"), dir.join("gateway.key")).unwrap();
+    up.signal(rustix::process::Signal::HUP);
+    up.wait(10, "the reload note", |l| {
+        l.contains("SIGHUP: the gateway's TLS certificate and key were read again")
+            .then_some(())
+    });
+    assert!(created_over_tls(
+        &curl,
+        &gateway,
+        &dir.join("two-ca.pem"),
+        "tls3"
+    ));
+    assert!(!created_over_tls(
+        &curl,
+        &gateway,
+        &dir.join("one-ca.pem"),
+        "tls4"
+    ));
+    drop(up);
+    let users = e2e::sqlite_count(&sb.database("create-user"), "SELECT COUNT(*) FROM users");
+    assert_eq!(users, 2, "the two requests a trusted certificate carried");
+
+    // Off loopback: the token, and TLS unless the operator opts out; refused before binding.
+    std::fs::write(dir.join("token"), "a-token-of-the-gateway-0123").unwrap();
+    for (listen, says) in [
+        (
+            "http://0.0.0.0:0\"\ntoken_file = \"token",
+            "gateway.allow_plaintext",
+        ),
+        ("https://0.0.0.0:0", "gateway.tls_cert"),
+    ] {
+        std::fs::write(
+            dir.join("fleet.toml"),
+            format!("[gateway]\nlisten = \"{listen}\"\n\n[services.create-user]\nexe = \"create-user\"\n"),
+        )
+        .unwrap();
+        Run::of(sb.command("fleet", &["up"]), None)
+            .code(78)
+            .stderr_has(says);
     }
 }

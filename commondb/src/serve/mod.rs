@@ -21,7 +21,7 @@ mod metrics;
 mod nats;
 mod pool;
 mod service;
-mod tls;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

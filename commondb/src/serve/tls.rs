@@ -22,13 +22,13 @@ use crate::error::{Error, Result};
 use crate::secrets::ExposeSecret;
 
 /// How long a client has to finish its TLS handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest certificate chain file read (1 MiB).
 const MAX_CERT_FILE_BYTES: u64 = 1 << 20;
 
 /// A TLS listener's certificate and key, reloadable.
-pub(crate) struct Tls {
+pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     /// Client certificates, when `serve.tls_client_ca` is set.
@@ -48,15 +48,30 @@ impl Tls {
             )
             .hint("set both to PEM files: the certificate chain, and its private key (a file only you can read, chmod 600)"));
         };
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let clients = settings.tls_client_ca.clone().map(|ca| Clients {
             ca,
             optional: token,
         });
+        Tls::with_clients(cert, key, alpn, clients)
+    }
+
+    /// The certificate chain and key of the PEM files `cert` and `key` (the key under the
+    /// secrets rules), for a listener speaking `alpn` outside `--serve` (fleet's gateway).
+    pub fn from_files(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Tls> {
+        Tls::with_clients(cert, key, alpn, None)
+    }
+
+    fn with_clients(
+        cert: &Path,
+        key: &Path,
+        alpn: &[&[u8]],
+        clients: Option<Clients>,
+    ) -> Result<Tls> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let config = server_config(cert, key, &alpn, clients.as_ref())?;
         Ok(Tls {
-            cert: cert.clone(),
-            key: key.clone(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
             clients,
             alpn,
             config: RwLock::new(Arc::new(config)),
@@ -64,14 +79,14 @@ impl Tls {
     }
 
     /// Reads the files again; on failure the old pair stays.
-    pub(crate) fn reload(&self) -> Result<()> {
+    pub fn reload(&self) -> Result<()> {
         let config = server_config(&self.cert, &self.key, &self.alpn, self.clients.as_ref())?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         Ok(())
     }
 
     /// The acceptor for the next handshake.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+    pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(
             &self.config.read().unwrap_or_else(|e| e.into_inner()),
         ))

@@ -33,12 +33,23 @@ pub struct Fleet {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
-    /// `http://HOST:PORT`; a host other than loopback needs `token_file`.
+    /// `http://HOST:PORT` or `https://HOST:PORT`; a host other than loopback needs
+    /// `token_file`, and TLS unless `allow_plaintext`.
     pub listen: String,
     /// A file only its owner can read holding the bearer token every request must carry
     /// (`Authorization: Bearer …`); required off loopback.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// For `https://`: the certificate chain (PEM), read again on SIGHUP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// For `https://`: its private key (PEM, a file only its owner can read).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Lets `http://` listen off loopback (still with the token): the operator's word that the
+    /// network is trusted, since requests and the token travel in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// How long a request waits for an instance that is starting (a restart, a scale-up)
     /// before it is answered 503, in milliseconds.
     #[serde(default = "wait_ms")]
@@ -194,6 +205,14 @@ impl Fleet {
             .and_then(config::Config::try_deserialize)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(g) = &mut fleet.gateway {
+            for file in [&mut g.token_file, &mut g.tls_cert, &mut g.tls_key]
+                .into_iter()
+                .flatten()
+            {
+                *file = base.join(&*file);
+            }
+        }
         for (name, service) in &mut fleet.services {
             if let Some(file) = &service.env_file {
                 let file = base.join(file);
@@ -278,30 +297,53 @@ impl Fleet {
     }
 }
 
+/// An `https://` gateway's certificate chain and key files.
+pub type TlsPair<'a> = (&'a Path, &'a Path);
+
 impl Gateway {
-    /// Where the gateway listens, checked: `http://HOST:PORT`, with a token file off loopback.
-    pub fn address(&self) -> Result<std::net::SocketAddr, String> {
+    /// Where the gateway listens, checked, and its certificate and key when it is `https://`:
+    /// off loopback it needs a token file, and TLS unless `allow_plaintext`.
+    pub fn address(&self) -> Result<(std::net::SocketAddr, Option<TlsPair<'_>>), String> {
         use std::net::ToSocketAddrs;
         let bad = || {
             format!(
-                "gateway.listen {:?} is not http://HOST:PORT (for instance http://127.0.0.1:8080)",
+                "gateway.listen {:?} is not http://HOST:PORT or https://HOST:PORT (for instance http://127.0.0.1:8080)",
                 self.listen
             )
         };
-        let rest = self.listen.strip_prefix("http://").ok_or_else(bad)?;
+        let (rest, tls) = match self.listen.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (self.listen.strip_prefix("http://").ok_or_else(bad)?, false),
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let addr = rest
             .to_socket_addrs()
             .map_err(|_| bad())?
             .next()
             .ok_or_else(bad)?;
-        if !addr.ip().is_loopback() && self.token_file.is_none() {
+        let pair = match (tls, &self.tls_cert, &self.tls_key) {
+            (false, _, _) => None,
+            (true, Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (true, _, _) => {
+                return Err("gateway.listen is https://: set gateway.tls_cert and gateway.tls_key to the PEM certificate chain and its private key (a file only you can read)".into());
+            }
+        };
+        if addr.ip().is_loopback() {
+            return Ok((addr, pair));
+        }
+        if self.token_file.is_none() {
             return Err(format!(
                 "gateway.listen {} is not loopback: set gateway.token_file to a file only you can read, holding the bearer token clients must send",
                 self.listen
             ));
         }
-        Ok(addr)
+        if !tls && !self.allow_plaintext {
+            return Err(format!(
+                "gateway.listen {} is not loopback, and requests and the token would travel in clear: use https:// with gateway.tls_cert and gateway.tls_key, or set gateway.allow_plaintext = true on a network you trust",
+                self.listen
+            ));
+        }
+        Ok((addr, pair))
     }
 }
 
@@ -412,6 +454,34 @@ mod tests {
         let path = dir.path().join("fleet.toml");
         std::fs::write(&path, text).unwrap();
         Fleet::load(&path)
+    }
+
+    #[test]
+    fn off_loopback_the_gateway_needs_a_token_and_tls_unless_opted_out() {
+        let with = |gateway: &str| {
+            fleet(&format!(
+                "[gateway]\n{gateway}\n\n[services.login]\nexe = \"x\"\n"
+            ))
+        };
+        let pair = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"";
+        let token = "token_file = \"t\"";
+        assert!(with("listen = \"http://127.0.0.1:0\"").is_ok());
+        let e = with("listen = \"https://127.0.0.1:0\"").unwrap_err();
+        assert!(e.contains("gateway.tls_cert"), "{e}");
+        let https = with(&format!("listen = \"https://127.0.0.1:0\"\n{pair}")).unwrap();
+        let (_, files) = https.gateway.as_ref().unwrap().address().unwrap();
+        let (cert, _) = files.unwrap();
+        assert!(
+            cert.is_absolute(),
+            "relative to fleet.toml's directory: {cert:?}"
+        );
+        let e = with(&format!("listen = \"https://0.0.0.0:0\"\n{pair}")).unwrap_err();
+        assert!(e.contains("token_file"), "{e}");
+        assert!(with(&format!("listen = \"https://0.0.0.0:0\"\n{pair}\n{token}")).is_ok());
+        let e = with(&format!("listen = \"http://0.0.0.0:0\"\n{token}")).unwrap_err();
+        assert!(e.contains("in clear"), "{e}");
+        let opted = format!("listen = \"http://0.0.0.0:0\"\n{token}\nallow_plaintext = true");
+        assert!(with(&opted).is_ok());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! instance; one sent to an instance that died before answering is answered 502, since it may
 //! or may not have been applied. `GET /healthz` says which services have a ready instance;
 //! `GET /metrics` gathers every instance's metrics, labelled by service and instance, and the
-//! gateway's own. Off loopback every request needs `Authorization: Bearer <token>`.
+//! gateway's own. Off loopback every request needs `Authorization: Bearer <token>`, and the
+//! gateway listens `https://` (commondb's [`commondb::tls::Tls`], the certificate read again on
+//! SIGHUP) unless `allow_plaintext` says the network is trusted.
 //!
 //! It runs on a tokio runtime of its own, on half the CPUs (one event loop on two); `fleet down` first stops it (no new
 //! connection, the requests in flight answered), then the instances.
@@ -47,6 +49,8 @@ pub struct Handle {
     thread: std::thread::JoinHandle<()>,
     /// Where it listens.
     pub address: std::net::SocketAddr,
+    /// `http://` or `https://`.
+    pub scheme: &'static str,
 }
 
 struct Gateway {
@@ -64,7 +68,17 @@ struct Gateway {
 
 /// Binds `cfg.listen` and starts serving on a thread of its own.
 pub fn start(shared: Arc<Shared>, cfg: &config::Gateway) -> Result<Handle, String> {
-    let address = cfg.address()?;
+    let (address, pair) = cfg.address()?;
+    let tls = match pair {
+        None => None,
+        Some((cert, key)) => Some(Arc::new(
+            commondb::tls::Tls::from_files(cert, key, &[b"http/1.1"]).map_err(|e| {
+                let hint = e.hint_text().map(|h| format!(" ({h})")).unwrap_or_default();
+                format!("gateway: {}{hint}", e.message())
+            })?,
+        )),
+    };
+    let scheme = if tls.is_some() { "https://" } else { "http://" };
     let token = match &cfg.token_file {
         None => None,
         Some(path) => Some(
@@ -107,12 +121,13 @@ pub fn start(shared: Arc<Shared>, cfg: &config::Gateway) -> Result<Handle, Strin
         .map_err(|e| format!("cannot start the gateway: {e}"))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let thread = std::thread::spawn(move || {
-        runtime.block_on(accept(gateway, listener, stopped));
+        runtime.block_on(accept(gateway, listener, tls, stopped));
     });
     Ok(Handle {
         stop,
         thread,
         address,
+        scheme,
     })
 }
 
@@ -128,10 +143,17 @@ impl Handle {
 async fn accept(
     gateway: Arc<Gateway>,
     listener: std::net::TcpListener,
+    tls: Option<Arc<commondb::tls::Tls>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
+    };
+    // With TLS, SIGHUP reads the certificate and key again: new connections get the new pair,
+    // open ones keep theirs, and a pair that does not load leaves the old one.
+    let mut hup = match &tls {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        None => None,
     };
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -143,7 +165,20 @@ async fn accept(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve(Arc::clone(&gateway), stream, stopped.clone()));
+                let (gateway, stopped) = (Arc::clone(&gateway), stopped.clone());
+                match &tls {
+                    None => connections.spawn(serve(gateway, stream, stopped)),
+                    Some(tls) => connections.spawn(handshake(gateway, tls.acceptor(), stream, stopped)),
+                };
+            }
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                if let Some(tls) = &tls {
+                    let said = match tls.reload() {
+                        Ok(()) => "SIGHUP: the gateway's TLS certificate and key were read again".to_string(),
+                        Err(e) => format!("SIGHUP: the gateway keeps its TLS certificate: {}", e.message()),
+                    };
+                    gateway.shared.out.note("fleet", &said);
+                }
             }
             _ = stopped.changed() => break,
         }
@@ -154,12 +189,24 @@ async fn accept(
     let _ = tokio::time::timeout(grace, connections.wait()).await;
 }
 
-/// One client connection, keep-alive, until it closes or the gateway drains.
-async fn serve(
+/// A TLS connection: its handshake (dropped unfinished after commondb's timeout), then served.
+async fn handshake(
     gateway: Arc<Gateway>,
+    acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let timeout = commondb::tls::HANDSHAKE_TIMEOUT;
+    if let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        serve(gateway, stream, stopped).await;
+    }
+}
+
+/// One client connection, keep-alive, until it closes or the gateway drains.
+async fn serve<S>(gateway: Arc<Gateway>, stream: S, mut stopped: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handler = hyper::service::service_fn(move |req| {
         let gateway = Arc::clone(&gateway);
         async move { Ok::<_, Infallible>(gateway.route(req).await) }

@@ -356,7 +356,7 @@ fn up(file: &Path, watch: bool) -> Result<(), Failure> {
     if let Some(g) = &gateway {
         shared.out.note(
             "fleet",
-            &format!("gateway on http://{}: POST /<service>", g.address),
+            &format!("gateway on {}{}: POST /<service>", g.scheme, g.address),
         );
     }
     shared.out.note(
