@@ -3,6 +3,7 @@
 //! scripts/test in CI), and `runmany --serve nats://…` sends them, on every backend. Each test
 //! has a subject prefix of its own, so tests running at once never answer each other.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use commondb::protocol::listen::HTTP;
@@ -1265,6 +1266,19 @@ fn jetstream_over_tls_with_a_user_and_password() {
         .never_shows("s3cret-in-argv");
     off_loopback_needs_credentials_and_tls("nats://192.0.2.1:4222", "nats://worker@192.0.2.1:4222");
     a_wrong_password_is_refused(&sb, &url, password, "broker_password");
+
+    // The password as systemd's credential broker_password instead of the file.
+    let creds = tempfile::tempdir().unwrap();
+    let credential = creds.path().join("broker_password");
+    std::fs::write(&credential, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::remove_file(sb.secrets_dir().join(format!("{EXE}.toml"))).unwrap();
+    let mut status = sb.command(EXE, &["--self-status"]);
+    status.env("COMMONDB_SERVE__LISTEN", &url);
+    status.env("CREDENTIALS_DIRECTORY", creds.path());
+    Run::of(status, None).code(0).stdout_has("(reachable)");
+    broker_password(&sb, password);
+
     stop_and_clean_up(&sb, worker, &url, "the stream e2e_tls_create-user on");
     eprintln!("NATS over TLS as a user: setup, status, serve, runmany -n 200, cleanup: {text}");
 }
