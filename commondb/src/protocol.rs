@@ -218,6 +218,22 @@ pub mod login {
     }
 }
 
+/// `address` without its scheme, and whether it was `flagged` (`nats+js://`, `amqps://`) rather
+/// than `plain`; `None` when it is neither.
+fn strip_scheme<'a>(address: &'a str, flagged: &str, plain: &str) -> Option<(&'a str, bool)> {
+    match address.strip_prefix(flagged) {
+        Some(rest) => Some((rest, true)),
+        None => address.strip_prefix(plain).map(|rest| (rest, false)),
+    }
+}
+
+/// Whether `server` is `HOST:PORT` with a host and a port from 1 to 65535.
+fn valid_host_port(server: &str) -> bool {
+    server
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
@@ -310,22 +326,13 @@ pub mod nats {
         /// Parses `nats://[USER@]HOST:PORT[?prefix=P&tls=true&ca=/PATH]` or `nats+js://…` (P: 1
         /// to 64 of a-z, 0-9, `_` and `-`; `replicas=N` for JetStream).
         pub fn parse(address: &str) -> Result<Address, String> {
-            let (rest, durable) = match address.strip_prefix(super::listen::NATS_JS) {
-                Some(rest) => (rest, true),
-                None => (
-                    address
-                        .strip_prefix(super::listen::NATS)
-                        .ok_or_else(|| format!("{address:?} is not nats://HOST:PORT"))?,
-                    false,
-                ),
-            };
+            let (rest, durable) =
+                super::strip_scheme(address, super::listen::NATS_JS, super::listen::NATS)
+                    .ok_or_else(|| format!("{address:?} is not nats://HOST:PORT"))?;
             let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
             let (user, server) = super::login::split_user(rest)?;
             let server = server.trim_end_matches('/');
-            let valid_port = server
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid_port {
+            if !super::valid_host_port(server) {
                 return Err(format!(
                     "{address:?}: write nats://[USER@]HOST:PORT with a port from 1 to 65535"
                 ));
@@ -502,22 +509,13 @@ pub mod amqp {
         /// VHOST percent-encoded (`%2f` is `/`, the default), P 1 to 64 of a-z, 0-9, `_` and
         /// `-`. No password: that is a secret, never in an address.
         pub fn parse(address: &str) -> Result<Address, String> {
-            let (rest, tls) = match address.strip_prefix(super::listen::AMQPS) {
-                Some(rest) => (rest, true),
-                None => (
-                    address
-                        .strip_prefix(super::listen::AMQP)
-                        .ok_or_else(|| format!("{address:?} is not amqp://HOST:PORT"))?,
-                    false,
-                ),
-            };
+            let (rest, tls) =
+                super::strip_scheme(address, super::listen::AMQPS, super::listen::AMQP)
+                    .ok_or_else(|| format!("{address:?} is not amqp://HOST:PORT"))?;
             let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
             let (user, rest) = super::login::split_user(rest)?;
             let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-            let valid_port = server
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid_port {
+            if !super::valid_host_port(server) {
                 return Err(format!(
                     "{address:?}: write amqp[s]://[USER@]HOST:PORT[/VHOST] with a port from 1 to 65535"
                 ));
@@ -572,15 +570,16 @@ pub mod amqp {
         pub fn uri(&self, password: Option<&str>) -> String {
             let user = self.login.user.as_deref().unwrap_or("guest");
             let password = super::percent_encode(password.unwrap_or("guest"), b"-._~");
-            let scheme = match self.login.tls {
+            let (scheme, server, vhost) = (self.scheme(), &self.server, self.vhost_path());
+            format!("{scheme}{user}:{password}@{server}/{vhost}")
+        }
+
+        /// `amqps://` over TLS, else `amqp://`.
+        fn scheme(&self) -> &'static str {
+            match self.login.tls {
                 true => super::listen::AMQPS,
                 false => super::listen::AMQP,
-            };
-            format!(
-                "{scheme}{user}:{password}@{}/{}",
-                self.server,
-                self.vhost_path()
-            )
+            }
         }
 
         /// The virtual host, percent-encoded for a URI's path.
@@ -592,11 +591,8 @@ pub mod amqp {
     impl std::fmt::Display for Address {
         /// As [`Address::parse`] reads it (the defaults left out).
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            let scheme = match self.login.tls {
-                true => super::listen::AMQPS,
-                false => super::listen::AMQP,
-            };
-            write!(f, "{scheme}{}{}", self.login.user_part(), self.server)?;
+            let (scheme, user) = (self.scheme(), self.login.user_part());
+            write!(f, "{scheme}{user}{}", self.server)?;
             if self.vhost != "/" {
                 write!(f, "/{}", self.vhost_path())?;
             }

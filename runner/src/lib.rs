@@ -266,9 +266,7 @@ fn run(cli: &Cli) -> Result<bool, Fatal> {
     } else {
         Requests::Template(cli.args.clone())
     };
-    let name = exe
-        .file_name()
-        .map_or_else(|| cli.exe.clone(), |n| n.to_string_lossy().into_owned());
+    let name = exe_name(&cli.exe);
     let mut outcome = Outcome::default();
     if let Some(addr) = &cli.serve {
         let endpoint = Endpoint::parse(addr).map_err(usage)?.of_executable(&name);
@@ -507,6 +505,14 @@ fn process_run(
     Ok((summary, records))
 }
 
+/// The executable's name as `EXECUTABLE` gives it (a path or a name): its file name, which
+/// names its subject, queue, settings and secrets.
+fn exe_name(given: &str) -> String {
+    Path::new(given)
+        .file_name()
+        .map_or_else(|| given.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 fn serve_run(
     cli: &Cli,
     requests: &Requests,
@@ -520,10 +526,7 @@ fn serve_run(
     // A broker is logged in to as the executable does, with its own broker_password.
     let brokers = match endpoint {
         Endpoint::Nats(..) | Endpoint::Amqp(..) => {
-            let name = Path::new(&cli.exe)
-                .file_name()
-                .map_or_else(|| cli.exe.clone(), |n| n.to_string_lossy().into_owned());
-            commondb::brokers::BrokerSecrets::of_executable(&name)
+            commondb::brokers::BrokerSecrets::of_executable(&exe_name(&cli.exe))
                 .map_err(|e| Fatal(e.exit_code(), service::described(&e)))?
         }
         _ => commondb::brokers::BrokerSecrets::default(),

@@ -631,10 +631,7 @@ fn client_identity(
         return Err(format!("--cert {} holds no certificate", cert.display()));
     }
     let pem = commondb::secrets::read(key)
-        .map_err(|e| match e.hint_text() {
-            Some(hint) => format!("--key: {} ({hint})", e.message()),
-            None => format!("--key: {}", e.message()),
-        })?
+        .map_err(|e| format!("--key: {}", described(&e)))?
         .ok_or_else(|| format!("--key {} does not exist", key.display()))?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
         .map_err(|_| format!("--key {} holds no private key", key.display()))?;

@@ -1123,12 +1123,6 @@ fn broker_password(sb: &e2e::Sandbox, password: &str) {
     .unwrap();
 }
 
-fn with_url(sb: &e2e::Sandbox, args: &[&str], url: &str) -> Run {
-    let mut cmd = sb.command(EXE, args);
-    cmd.env("COMMONDB_SERVE__LISTEN", url);
-    Run::of(cmd, None)
-}
-
 /// A worker on `url`, and what runmany printed of 200 requests through it: each answered and
 /// applied once.
 fn serve_and_load(sb: &e2e::Sandbox, url: &str) -> (e2e::Served, String) {
@@ -1171,10 +1165,10 @@ fn a_wrong_password_is_refused(sb: &e2e::Sandbox, url: &str, password: &str, say
 }
 
 /// Stops the worker (SIGTERM: exit 0), and cleanup deletes what setup made on the broker.
-fn stop_and_clean_up(sb: &e2e::Sandbox, worker: e2e::Served, url: &str, gone: &str) {
+fn stop_and_clean_up(sb: &BackendSandbox, worker: e2e::Served, url: &str, gone: &str) {
     let (code, said) = worker.terminate();
     assert_eq!(code, Some(0), "{said}");
-    with_url(sb, &["--self-cleanup", "--yes"], url)
+    with_listen(sb, &["--self-cleanup", "--yes"], url)
         .code(0)
         .stdout_has(gone);
 }
@@ -1229,7 +1223,7 @@ fn jetstream_over_tls_with_a_user_and_password() {
     else {
         return;
     };
-    let sb = e2e::Sandbox::new();
+    let sb = BackendSandbox::new(Backend::Sqlite).unwrap();
     let server = format!("127.0.0.1:{}", broker.port);
     let url = format!(
         "nats+js://worker@{server}?prefix=e2e_tls&ca={}",
@@ -1237,14 +1231,14 @@ fn jetstream_over_tls_with_a_user_and_password() {
     );
 
     // A user without its password: what to do, before any connection.
-    with_url(&sb, &["--self-setup"], &url)
+    with_listen(&sb, &["--self-setup"], &url)
         .code(78)
         .stderr_has("broker_password");
     broker_password(&sb, password);
-    with_url(&sb, &["--self-setup"], &url)
+    with_listen(&sb, &["--self-setup"], &url)
         .code(0)
         .stdout_has("stream e2e_tls_create-user and consumer create-user on");
-    with_url(&sb, &["--self-status"], &url)
+    with_listen(&sb, &["--self-status"], &url)
         .code(0)
         .stdout_has("(reachable); stream e2e_tls_create-user");
     let (worker, text) = serve_and_load(&sb, &url);
@@ -1307,7 +1301,7 @@ fn rabbitmq_over_tls_with_a_user_of_its_own() {
     let Some(broker) = made else {
         return;
     };
-    let sb = e2e::Sandbox::new();
+    let sb = BackendSandbox::new(Backend::Sqlite).unwrap();
     let ca = broker.dir.path().join("rabbit-ca.pem");
     let url = format!(
         "amqps://worker@127.0.0.1:{}?prefix=e2e_tls&ca={}",
@@ -1315,11 +1309,11 @@ fn rabbitmq_over_tls_with_a_user_of_its_own() {
         ca.display()
     );
     broker_password(&sb, password);
-    with_url(&sb, &["--self-setup"], &url)
+    with_listen(&sb, &["--self-setup"], &url)
         .code(0)
         .stdout_has("queues e2e_tls.create-user and e2e_tls.dead.create-user on amqps://worker@");
     let (worker, text) = serve_and_load(&sb, &url);
-    with_url(&sb, &["--self-status"], &url)
+    with_listen(&sb, &["--self-status"], &url)
         .code(0)
         .stdout_has("queue e2e_tls.create-user: 0 request(s) ready, 1 consumer(s)");
     off_loopback_needs_credentials_and_tls(

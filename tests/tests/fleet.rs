@@ -464,10 +464,15 @@ fn users_named(sb: &Sandbox, prefix: &str) -> i64 {
 
 /// A fleet of create-user behind a gateway on a free port; the gateway's address.
 fn gateway_fleet(sb: &Sandbox, scale: u32) -> (Up, String) {
+    gateway_fleet_with(sb, "listen = \"http://127.0.0.1:0\"", scale)
+}
+
+/// The same with the `[gateway]` table's lines `gateway`.
+fn gateway_fleet_with(sb: &Sandbox, gateway: &str, scale: u32) -> (Up, String) {
     let up = Up::start(
         sb,
         &format!(
-            "[gateway]\nlisten = \"http://127.0.0.1:0\"\n\n[services.create-user]\nexe = \"create-user\"\nscale = {scale}\nbackoff_initial_ms = 50\n"
+            "[gateway]\n{gateway}\n\n[services.create-user]\nexe = \"create-user\"\nscale = {scale}\nbackoff_initial_ms = 50\n"
         ),
     );
     let gateway = up.gateway();
@@ -828,27 +833,12 @@ fn the_gateway_speaks_tls_and_reloads_its_certificate_on_sighup() {
     e2e::certificates(&openssl, dir, "two", "IP:127.0.0.1,DNS:localhost");
     std::fs::copy(dir.join("one.pem"), dir.join("gateway.pem")).unwrap();
     std::fs::copy(dir.join("one.key"), dir.join("gateway.key")).unwrap();
-    let up = Up::start(
-        &sb,
-        "[gateway]\nlisten = \"https://127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\n[services.create-user]\nexe = \"create-user\"\n",
-    );
-    let gateway = up.gateway();
-    up.wait(20, "every instance is ready", |l| {
-        l.starts_with("fleet: every instance is ready")
-            .then_some(())
-    });
-    assert!(created_over_tls(
-        &curl,
-        &gateway,
-        &dir.join("one-ca.pem"),
-        "tls1"
-    ));
-    assert!(!created_over_tls(
-        &curl,
-        &gateway,
-        &dir.join("two-ca.pem"),
-        "tls2"
-    ));
+    let https =
+        "listen = \"https://127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"";
+    let (up, gateway) = gateway_fleet_with(&sb, https, 1);
+    let trusting = |ca: &str, name: &str| created_over_tls(&curl, &gateway, &dir.join(ca), name);
+    assert!(trusting("one-ca.pem", "tls1"));
+    assert!(!trusting("two-ca.pem", "tls2"));
 
     std::fs::copy(dir.join("two.pem"), dir.join("gateway.pem")).unwrap();
     std::fs::copy(dir.join("two.key"), dir.join("gateway.key")).unwrap();
@@ -857,18 +847,8 @@ fn the_gateway_speaks_tls_and_reloads_its_certificate_on_sighup() {
         l.contains("SIGHUP: the gateway's TLS certificate and key were read again")
             .then_some(())
     });
-    assert!(created_over_tls(
-        &curl,
-        &gateway,
-        &dir.join("two-ca.pem"),
-        "tls3"
-    ));
-    assert!(!created_over_tls(
-        &curl,
-        &gateway,
-        &dir.join("one-ca.pem"),
-        "tls4"
-    ));
+    assert!(trusting("two-ca.pem", "tls3"));
+    assert!(!trusting("one-ca.pem", "tls4"));
     drop(up);
     let users = e2e::sqlite_count(&sb.database("create-user"), "SELECT COUNT(*) FROM users");
     assert_eq!(users, 2, "the two requests a trusted certificate carried");

@@ -72,10 +72,8 @@ pub fn start(shared: Arc<Shared>, cfg: &config::Gateway) -> Result<Handle, Strin
     let tls = match pair {
         None => None,
         Some((cert, key)) => Some(Arc::new(
-            commondb::tls::Tls::from_files(cert, key, &[b"http/1.1"]).map_err(|e| {
-                let hint = e.hint_text().map(|h| format!(" ({h})")).unwrap_or_default();
-                format!("gateway: {}{hint}", e.message())
-            })?,
+            commondb::tls::Tls::from_files(cert, key, &[b"http/1.1"])
+                .map_err(|e| format!("gateway: {}", crate::service::described(&e)))?,
         )),
     };
     let scheme = if tls.is_some() { "https://" } else { "http://" };
